@@ -1,0 +1,64 @@
+# rpec-notify: common tasks. Every variable below can be overridden from the
+# environment or the command line (make test TEST_DATABASE_URL=...).
+
+SHELL := /bin/bash
+.DEFAULT_GOAL := build
+
+CARGO ?= cargo
+
+# rustup installs into ~/.cargo/bin, which a non-login shell may not have on PATH.
+ifneq ($(wildcard $(HOME)/.cargo/bin/cargo),)
+ifeq ($(filter $(HOME)/.cargo/bin,$(subst :, ,$(PATH))),)
+export PATH := $(HOME)/.cargo/bin:$(PATH)
+endif
+endif
+
+DATABASE_URL      ?= postgres://postgres@127.0.0.1:5432/rpec
+RPEC_SMTP_URL     ?= file://./var/mail
+TEST_DATABASE_URL ?= postgres://postgres@127.0.0.1:5432/postgres
+TEST_AMQP_URL     ?= amqp://guest:guest@127.0.0.1:5672/%2f
+RUST_BACKTRACE    ?= 1
+export DATABASE_URL RPEC_SMTP_URL TEST_DATABASE_URL TEST_AMQP_URL RUST_BACKTRACE
+
+EXAMPLE_EVENT ?= ../shared/examples/events/contact-complex-case.json
+
+.PHONY: setup build run test bench fmt lint clean-mail publish-example
+
+## setup: install/start PostgreSQL, RabbitMQ and the toolchain as needed
+setup:
+	bash scripts/setup.sh
+
+## build: compile the worker
+build: setup
+	$(CARGO) build
+
+## run: run the worker (applies migrations itself; mail goes to var/mail/)
+run: setup
+	mkdir -p var/mail
+	$(CARGO) run --quiet -- run
+
+## test: formatting, lints, then every test target
+test: setup
+	$(CARGO) fmt --all -- --check
+	$(CARGO) clippy --all-targets -- -D warnings
+	$(CARGO) test --all-targets
+
+## bench: benchmarks (scripts/bench.sh)
+bench: setup
+	bash scripts/bench.sh
+
+## fmt: format the code
+fmt:
+	$(CARGO) fmt --all
+
+## lint: clippy with warnings as errors
+lint:
+	$(CARGO) clippy --all-targets -- -D warnings
+
+## clean-mail: delete the .eml files written by the file:// relay
+clean-mail:
+	rm -rf var/mail/*
+
+## publish-example: publish one example event to the broker
+publish-example: setup
+	$(CARGO) run --quiet -- publish $(EXAMPLE_EVENT)

@@ -1,0 +1,288 @@
+#!/usr/bin/env bash
+# Prepare this machine for building, running and testing rpec-notify.
+#
+#   bash scripts/setup.sh [--with-chromium]
+#
+# Idempotent and quiet when everything is already in place: it prints one line
+# for each thing it installs or starts, and never runs `apt-get update` unless
+# something actually has to be installed. Works on a fresh Debian 12 machine as
+# root (or through sudo when not root).
+#
+# Ensures:
+#   - PostgreSQL server installed, running, reachable on 127.0.0.1:5432 as user
+#     postgres without a password (trust auth for local dev), database `rpec`.
+#   - RabbitMQ installed and running on 127.0.0.1:5672 (guest/guest).
+#   - a Rust toolchain (cargo, rustc >= 1.85), gcc, make and pkg-config.
+#   - with --with-chromium: Debian's chromium and chromium-driver.
+set -euo pipefail
+
+readonly MIN_RUST="1.85"
+readonly PG_HOST="127.0.0.1"
+readonly PG_PORT="5432"
+readonly AMQP_PORT="5672"
+readonly WAIT_PG_SECS=60
+readonly WAIT_RABBIT_SECS=60
+
+with_chromium=0
+for arg in "$@"; do
+    case "$arg" in
+        --with-chromium) with_chromium=1 ;;
+        -h | --help)
+            sed -n '2,/^set -euo/p' "$0" | sed -e '$d' -e 's/^# \{0,1\}//'
+            exit 0
+            ;;
+        *)
+            echo "setup: unknown argument: $arg (usage: setup.sh [--with-chromium])" >&2
+            exit 2
+            ;;
+    esac
+done
+
+say() { echo "setup: $*"; }
+warn() { echo "setup: warning: $*" >&2; }
+die() {
+    echo "setup: error: $*" >&2
+    exit 1
+}
+have() { command -v "$1" >/dev/null 2>&1; }
+
+# Run a command as root: directly when we are root, else through sudo.
+as_root() {
+    if [ "$(id -u)" -eq 0 ]; then
+        "$@"
+    elif have sudo; then
+        sudo -n "$@" || sudo "$@"
+    else
+        die "need root to run '$*' (not root and no sudo)"
+    fi
+}
+
+# Install Debian packages; `apt-get update` runs once, and only when needed.
+apt_updated=0
+apt_install() {
+    local log
+    log="$(mktemp)"
+    export DEBIAN_FRONTEND=noninteractive
+    if [ "$apt_updated" -eq 0 ]; then
+        if ! as_root apt-get update -q </dev/null >"$log" 2>&1; then
+            tail -n 20 "$log" >&2
+            rm -f "$log"
+            die "apt-get update failed"
+        fi
+        apt_updated=1
+    fi
+    if ! as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -q \
+        --no-install-recommends -o Dpkg::Use-Pty=0 "$@" </dev/null >"$log" 2>&1; then
+        tail -n 30 "$log" >&2
+        rm -f "$log"
+        die "apt-get install $* failed"
+    fi
+    rm -f "$log"
+    say "installed $*"
+}
+
+# Does something accept TCP connections on 127.0.0.1:$1?
+port_open() {
+    timeout 2 bash -c "exec 3<>/dev/tcp/127.0.0.1/$1" >/dev/null 2>&1
+}
+
+# version_ge A B: is dotted version A >= B?
+version_ge() {
+    [ "$(printf '%s\n%s\n' "$2" "$1" | sort -V | head -n 1)" = "$2" ]
+}
+
+# ---------------------------------------------------------------- basics ----
+ensure_build_tools() {
+    local missing=()
+    have gcc || missing+=(build-essential)
+    have make || missing+=(build-essential)
+    have pkg-config || missing+=(pkg-config)
+    # cargo needs CA certificates to reach crates.io over TLS
+    [ -s /etc/ssl/certs/ca-certificates.crt ] || missing+=(ca-certificates)
+    if [ "${#missing[@]}" -gt 0 ]; then
+        # de-duplicate
+        mapfile -t missing < <(printf '%s\n' "${missing[@]}" | sort -u)
+        apt_install "${missing[@]}"
+    fi
+}
+
+# ------------------------------------------------------------------ rust ----
+ensure_rust() {
+    if ! have cargo && [ -x "$HOME/.cargo/bin/cargo" ]; then
+        export PATH="$HOME/.cargo/bin:$PATH"
+        warn "cargo was not on PATH; using $HOME/.cargo/bin (add it to your PATH)"
+    fi
+    if ! have cargo; then
+        warn "no Rust toolchain found; installing Debian's cargo (rpec-notify needs Rust >= $MIN_RUST, which Debian 12's may not be)"
+        apt_install cargo rustc
+    fi
+    have rustc || die "cargo is present but rustc is not on PATH"
+
+    local ver
+    ver="$(rustc --version | awk '{print $2}')"
+    ver="${ver%%-*}"
+    if ! version_ge "$ver" "$MIN_RUST"; then
+        die "Rust $ver is too old: rpec-notify needs Rust >= $MIN_RUST (install a newer toolchain, e.g. with rustup, and put it first on PATH)"
+    fi
+    if ! cargo fmt --version >/dev/null 2>&1; then
+        warn "'cargo fmt' is not available: 'make test' and 'make fmt' need rustfmt"
+    fi
+    if ! cargo clippy --version >/dev/null 2>&1; then
+        warn "'cargo clippy' is not available: 'make test' and 'make lint' need clippy"
+    fi
+}
+
+# ------------------------------------------------------------ postgresql ----
+pg_installed() {
+    have pg_ctlcluster && have psql && have pg_isready &&
+        compgen -G '/usr/lib/postgresql/*/bin/postgres' >/dev/null
+}
+
+pg_ready() {
+    pg_isready -q -h "$PG_HOST" -p "$PG_PORT" -t 3 >/dev/null 2>&1
+}
+
+# psql over TCP as postgres, never prompting for a password.
+pg_tcp() {
+    PGCONNECT_TIMEOUT=5 psql -w -X -q -At -v ON_ERROR_STOP=1 \
+        -h "$PG_HOST" -p "$PG_PORT" -U postgres -d postgres "$@" </dev/null
+}
+
+# psql over the local socket as the postgres OS user (peer auth by default).
+pg_local() {
+    local cmd=(psql -w -X -q -At -v ON_ERROR_STOP=1 -p "$PG_PORT" -d postgres "$@")
+    if [ "$(id -u)" -eq 0 ]; then
+        runuser -u postgres -- "${cmd[@]}" </dev/null
+    elif [ "$(id -un)" = postgres ]; then
+        "${cmd[@]}" </dev/null
+    elif have sudo; then
+        sudo -u postgres -- "${cmd[@]}" </dev/null
+    else
+        die "need root or sudo to reach PostgreSQL as user postgres"
+    fi
+}
+
+ensure_postgres() {
+    if ! pg_installed; then
+        apt_install postgresql
+    fi
+
+    # The server may already be up and fully set up: the fast path.
+    local has_db
+    if has_db="$(pg_tcp -c "select count(*) from pg_database where datname = 'rpec'" 2>/dev/null)"; then
+        if [ "$has_db" != "1" ]; then
+            pg_tcp -c "create database rpec owner postgres" >/dev/null
+            say "created PostgreSQL database rpec"
+        fi
+        return 0
+    fi
+
+    # A fresh install may come without a cluster.
+    if [ -z "$(ls /etc/postgresql 2>/dev/null)" ]; then
+        local pgver
+        pgver="$(ls /usr/lib/postgresql | sort -V | tail -n 1)"
+        as_root pg_createcluster "$pgver" main >/dev/null
+        say "created PostgreSQL cluster $pgver/main"
+    fi
+    local cluster
+    cluster="$(ls /etc/postgresql | head -n 1)"
+
+    if ! pg_ready; then
+        # "already running" exits non-zero too: the wait below is the judge.
+        as_root pg_ctlcluster --skip-systemctl-redirect "$cluster" main start >/dev/null 2>&1 || true
+        local deadline=$((SECONDS + WAIT_PG_SECS))
+        until pg_ready; do
+            if [ "$SECONDS" -ge "$deadline" ]; then
+                as_root pg_lsclusters >&2 || true
+                die "PostgreSQL $cluster/main did not accept connections on $PG_HOST:$PG_PORT within ${WAIT_PG_SECS}s (see /var/log/postgresql/)"
+            fi
+            sleep 1
+        done
+        say "started PostgreSQL $cluster/main"
+    fi
+
+    # Up, but maybe password auth over TCP: trust localhost for local dev.
+    if ! pg_tcp -c 'select 1' >/dev/null 2>&1; then
+        local hba
+        hba="$(pg_local -c 'show hba_file')" || die "cannot reach PostgreSQL through its local socket as user postgres"
+        if ! grep -q 'rpec-notify local dev' "$hba"; then
+            local tmp
+            tmp="$(mktemp)"
+            {
+                echo "# rpec-notify local dev: trust connections from this machine (added by scripts/setup.sh)"
+                echo "host    all             all             127.0.0.1/32            trust"
+                echo "host    all             all             ::1/128                 trust"
+                as_root cat "$hba"
+            } >"$tmp"
+            as_root cp "$tmp" "$hba"
+            rm -f "$tmp"
+            say "added trust auth for 127.0.0.1 and ::1 to $hba"
+        fi
+        pg_local -c 'select pg_reload_conf()' >/dev/null
+        local deadline=$((SECONDS + 10))
+        until pg_tcp -c 'select 1' >/dev/null 2>&1; do
+            [ "$SECONDS" -lt "$deadline" ] ||
+                die "cannot connect with: psql -h $PG_HOST -p $PG_PORT -U postgres (check $hba and listen_addresses)"
+            sleep 1
+        done
+        say "reloaded PostgreSQL configuration"
+    fi
+
+    if [ "$(pg_tcp -c "select count(*) from pg_database where datname = 'rpec'")" != "1" ]; then
+        pg_tcp -c "create database rpec owner postgres" >/dev/null
+        say "created PostgreSQL database rpec"
+    fi
+}
+
+# -------------------------------------------------------------- rabbitmq ----
+ensure_rabbitmq() {
+    if ! have rabbitmq-server || ! have rabbitmqctl; then
+        apt_install rabbitmq-server
+    fi
+
+    # Fast path: the AMQP listener only opens once the broker has booted.
+    if port_open "$AMQP_PORT"; then
+        return 0
+    fi
+
+    local started=0
+    if ! timeout 30 rabbitmqctl status >/dev/null 2>&1; then
+        # If a node is already booting, this fails; the wait below decides.
+        as_root rabbitmq-server -detached >/dev/null 2>&1 || true
+        started=1
+    fi
+
+    local deadline=$((SECONDS + WAIT_RABBIT_SECS))
+    until port_open "$AMQP_PORT"; do
+        if [ "$SECONDS" -ge "$deadline" ]; then
+            die "RabbitMQ did not open port $AMQP_PORT within ${WAIT_RABBIT_SECS}s (see /var/log/rabbitmq/; a node whose app was stopped needs 'rabbitmqctl start_app')"
+        fi
+        sleep 1
+    done
+    local left=$((deadline - SECONDS))
+    [ "$left" -ge 5 ] || left=5
+    if ! timeout "$((left + 5))" rabbitmqctl await_startup --timeout "$left" >/dev/null 2>&1; then
+        die "RabbitMQ did not finish starting within ${WAIT_RABBIT_SECS}s ('rabbitmqctl await_startup' failed; see /var/log/rabbitmq/)"
+    fi
+    if [ "$started" -eq 1 ]; then
+        say "started RabbitMQ"
+    fi
+}
+
+# -------------------------------------------------------------- chromium ----
+ensure_chromium() {
+    local missing=()
+    have chromium || missing+=(chromium)
+    have chromedriver || missing+=(chromium-driver)
+    if [ "${#missing[@]}" -gt 0 ]; then
+        apt_install "${missing[@]}"
+    fi
+}
+
+ensure_build_tools
+ensure_rust
+ensure_postgres
+ensure_rabbitmq
+if [ "$with_chromium" -eq 1 ]; then
+    ensure_chromium
+fi

@@ -1,0 +1,431 @@
+//! `regions.toml`: the eight regions, their areas and coordinators, the national and triage
+//! mailboxes, and the reminder, briefing and digest timings.
+
+use super::Problem;
+use crate::domain::{EmailAddress, RegionId};
+use chrono::Duration;
+use serde::Deserialize;
+use std::collections::{BTreeMap, HashMap};
+use std::path::Path;
+use std::str::FromStr;
+
+/// A time before a session: calendar days in UK time (same wall-clock time) or an exact duration.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Offset {
+    Days(u32),
+    Exact(Duration),
+}
+
+impl FromStr for Offset {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let s = s.trim();
+        let err = || format!("{s:?} is not an offset (a number followed by d, h or m, e.g. \"7d\")");
+        let (num, unit) = s.split_at(s.find(|c: char| !c.is_ascii_digit()).ok_or_else(err)?);
+        let n: u32 = num.parse().map_err(|_| err())?;
+        if n == 0 {
+            return Err(format!("{s:?}: an offset must be greater than zero"));
+        }
+        match unit {
+            "d" => Ok(Offset::Days(n)),
+            "h" => Ok(Offset::Exact(Duration::hours(n.into()))),
+            "m" => Ok(Offset::Exact(Duration::minutes(n.into()))),
+            _ => Err(err()),
+        }
+    }
+}
+
+/// The settings for one region, or for national sessions.
+#[derive(Debug, Clone)]
+pub struct RegionConfig {
+    pub name: String,
+    pub coordinators: Vec<EmailAddress>,
+    pub reminder_offsets: Vec<Offset>,
+    pub briefing_offset: Offset,
+    /// The digest's cron expression as written, and parsed (None for `[national]`).
+    pub digest_schedule: Option<(String, cron::Schedule)>,
+}
+
+/// Where an enquiry goes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Routing {
+    /// The enquiry named its region.
+    Region(RegionId),
+    /// The enquiry's area is listed for (or an alias of an area of) a region.
+    Area(RegionId),
+    /// Neither: the triage mailbox sends it on.
+    Triage,
+}
+
+impl Routing {
+    pub fn region(self) -> Option<RegionId> {
+        match self {
+            Routing::Region(r) | Routing::Area(r) => Some(r),
+            Routing::Triage => None,
+        }
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Routing::Region(_) => "region",
+            Routing::Area(_) => "area",
+            Routing::Triage => "triage",
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct Regions {
+    pub triage: Vec<EmailAddress>,
+    pub national: RegionConfig,
+    regions: BTreeMap<RegionId, RegionConfig>,
+    /// Normalised area or alias -> region.
+    areas: HashMap<String, RegionId>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawFile {
+    defaults: RawDefaults,
+    national: RawRegion,
+    regions: BTreeMap<String, RawRegion>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawDefaults {
+    reminder_offsets: Vec<String>,
+    briefing_offset: String,
+    digest_schedule: String,
+    triage: Vec<String>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawRegion {
+    name: String,
+    coordinators: Vec<String>,
+    #[serde(default)]
+    areas: Vec<String>,
+    #[serde(default)]
+    aliases: BTreeMap<String, Vec<String>>,
+    reminder_offsets: Option<Vec<String>>,
+    briefing_offset: Option<String>,
+    digest_schedule: Option<String>,
+}
+
+/// The form in which areas are compared: lower case, "&" read as "and", punctuation and extra
+/// spaces dropped, and a trailing "police", "constabulary" or "council" (as people often write
+/// the force or authority's full name) removed.
+pub fn normalise_area(s: &str) -> String {
+    let lowered = s.to_lowercase().replace('&', " and ");
+    let words: Vec<&str> = lowered
+        .split(|c: char| !c.is_alphanumeric())
+        .filter(|w| !w.is_empty())
+        .collect();
+    let mut words = words.as_slice();
+    if words.len() > 1 && words[0] == "the" {
+        words = &words[1..];
+    }
+    const SUFFIXES: [&[&str]; 8] = [
+        &["police", "force", "area"],
+        &["police", "area"],
+        &["police"],
+        &["constabulary"],
+        &["county", "council"],
+        &["city", "council"],
+        &["borough", "council"],
+        &["council"],
+    ];
+    for suffix in SUFFIXES {
+        if words.len() > suffix.len() && words.ends_with(suffix) {
+            words = &words[..words.len() - suffix.len()];
+            break;
+        }
+    }
+    words.join(" ")
+}
+
+fn parse_offsets(raw: &[String], place: &str, problems: &mut Vec<Problem>) -> Vec<Offset> {
+    raw.iter()
+        .filter_map(|o| {
+            o.parse()
+                .map_err(|e| problems.push(Problem::new(place, e)))
+                .ok()
+        })
+        .collect()
+}
+
+fn parse_addresses(raw: &[String], place: &str, problems: &mut Vec<Problem>) -> Vec<EmailAddress> {
+    if raw.is_empty() {
+        problems.push(Problem::new(place, "needs at least one address"));
+    }
+    raw.iter()
+        .filter_map(|a| {
+            EmailAddress::parse(a)
+                .map_err(|e| problems.push(Problem::new(place, format!("{a:?}: {e}"))))
+                .ok()
+        })
+        .collect()
+}
+
+/// Parses a digest schedule: cron with seconds (6 or 7 fields).
+pub fn parse_schedule(expr: &str) -> Result<cron::Schedule, String> {
+    let fields = expr.split_whitespace().count();
+    if !(6..=7).contains(&fields) {
+        return Err(format!(
+            "{expr:?} is not a cron expression with seconds (6 or 7 fields, e.g. \"0 0 9 * * Mon\"; it has {fields})"
+        ));
+    }
+    cron::Schedule::from_str(expr).map_err(|e| format!("{expr:?} is not a valid cron expression: {e}"))
+}
+
+impl Regions {
+    pub fn load(path: &Path) -> Result<Regions, Vec<Problem>> {
+        let file = path.display().to_string();
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| vec![Problem::new(&file, format!("cannot be read: {e}"))])?;
+        Self::parse(&text, &file)
+    }
+
+    pub fn parse(text: &str, file: &str) -> Result<Regions, Vec<Problem>> {
+        let raw: RawFile = toml::from_str(text)
+            .map_err(|e| vec![Problem::new(file, e.to_string().trim().replace('\n', " "))])?;
+        let mut problems = Vec::new();
+        let at = |key: &str| format!("{file}: {key}");
+
+        let default_offsets = parse_offsets(&raw.defaults.reminder_offsets, &at("defaults.reminder_offsets"), &mut problems);
+        let default_briefing = raw
+            .defaults
+            .briefing_offset
+            .parse()
+            .map_err(|e| problems.push(Problem::new(at("defaults.briefing_offset"), e)))
+            .unwrap_or(Offset::Days(1));
+        if let Err(e) = parse_schedule(&raw.defaults.digest_schedule) {
+            problems.push(Problem::new(at("defaults.digest_schedule"), e));
+        }
+        let triage = parse_addresses(&raw.defaults.triage, &at("defaults.triage"), &mut problems);
+
+        let build = |key: &str, r: &RawRegion, with_digest: bool, problems: &mut Vec<Problem>| {
+            let reminder_offsets = match &r.reminder_offsets {
+                Some(o) => parse_offsets(o, &at(&format!("{key}.reminder_offsets")), problems),
+                None => default_offsets.clone(),
+            };
+            let briefing_offset = match &r.briefing_offset {
+                Some(o) => o
+                    .parse()
+                    .map_err(|e| problems.push(Problem::new(at(&format!("{key}.briefing_offset")), e)))
+                    .unwrap_or(default_briefing),
+                None => default_briefing,
+            };
+            let digest_schedule = if with_digest {
+                let expr = r.digest_schedule.as_ref().unwrap_or(&raw.defaults.digest_schedule);
+                match parse_schedule(expr) {
+                    Ok(s) => Some((expr.clone(), s)),
+                    Err(e) => {
+                        if r.digest_schedule.is_some() {
+                            problems.push(Problem::new(at(&format!("{key}.digest_schedule")), e));
+                        }
+                        None
+                    }
+                }
+            } else {
+                if r.digest_schedule.is_some() {
+                    problems.push(Problem::new(
+                        at(&format!("{key}.digest_schedule")),
+                        "national sessions are listed in every region's digest; [national] has no digest of its own",
+                    ));
+                }
+                None
+            };
+            if r.name.trim().is_empty() {
+                problems.push(Problem::new(at(&format!("{key}.name")), "must not be empty"));
+            }
+            RegionConfig {
+                name: r.name.trim().to_owned(),
+                coordinators: parse_addresses(&r.coordinators, &at(&format!("{key}.coordinators")), problems),
+                reminder_offsets,
+                briefing_offset,
+                digest_schedule,
+            }
+        };
+
+        let national = build("national", &raw.national, false, &mut problems);
+        if !raw.national.areas.is_empty() {
+            problems.push(Problem::new(at("national.areas"), "national sessions have no areas"));
+        }
+        let mut regions = BTreeMap::new();
+        let mut areas: HashMap<String, (RegionId, String)> = HashMap::new();
+        for (key, r) in &raw.regions {
+            let place = format!("regions.{key}");
+            let id: RegionId = match key.parse() {
+                Ok(id) => id,
+                Err(e) => {
+                    problems.push(Problem::new(at(&place), e));
+                    continue;
+                }
+            };
+            regions.insert(id, build(&place, r, true, &mut problems));
+            let mut add = |name: &str, what: &str, problems: &mut Vec<Problem>| {
+                let norm = normalise_area(name);
+                if norm.is_empty() {
+                    problems.push(Problem::new(at(&format!("{place}.{what}")), "an empty area name"));
+                    return;
+                }
+                if let Some((other, first)) = areas.get(&norm) {
+                    if *other != id || first != name {
+                        problems.push(Problem::new(
+                            at(&format!("{place}.{what}")),
+                            format!("{name:?} is also listed as {first:?} in regions.{other}"),
+                        ));
+                    }
+                    return;
+                }
+                areas.insert(norm, (id, name.to_owned()));
+            };
+            for area in &r.areas {
+                add(area, "areas", &mut problems);
+            }
+            for (area, aliases) in &r.aliases {
+                if !r.areas.iter().any(|a| normalise_area(a) == normalise_area(area)) {
+                    problems.push(Problem::new(
+                        at(&format!("{place}.aliases")),
+                        format!("{area:?} is not one of this region's areas"),
+                    ));
+                }
+                for alias in aliases {
+                    add(alias, "aliases", &mut problems);
+                }
+            }
+        }
+        for id in RegionId::ALL {
+            if !regions.contains_key(&id) {
+                problems.push(Problem::new(at(&format!("regions.{id}")), "missing: every region needs its coordinators"));
+            }
+        }
+        if !problems.is_empty() {
+            return Err(problems);
+        }
+        Ok(Regions {
+            triage,
+            national,
+            regions,
+            areas: areas.into_iter().map(|(k, (id, _))| (k, id)).collect(),
+        })
+    }
+
+    pub fn region(&self, id: RegionId) -> &RegionConfig {
+        // Parsing refuses a file that lacks any of the eight regions.
+        &self.regions[&id]
+    }
+
+    pub fn iter(&self) -> impl Iterator<Item = (RegionId, &RegionConfig)> {
+        self.regions.iter().map(|(id, r)| (*id, r))
+    }
+
+    /// The region for a free-text area, if one lists it (or an alias of it).
+    pub fn find_area(&self, area: &str) -> Option<RegionId> {
+        self.areas.get(&normalise_area(area)).copied()
+    }
+
+    /// Region if given; otherwise the area's region; otherwise triage.
+    pub fn route(&self, region: Option<RegionId>, area: Option<&str>) -> Routing {
+        if let Some(r) = region {
+            return Routing::Region(r);
+        }
+        match area.and_then(|a| self.find_area(a)) {
+            Some(r) => Routing::Area(r),
+            None => Routing::Triage,
+        }
+    }
+
+    /// Who reads enquiries with this routing.
+    pub fn mailboxes(&self, routing: Routing) -> &[EmailAddress] {
+        match routing.region() {
+            Some(r) => &self.region(r).coordinators,
+            None => &self.triage,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn shipped() -> Regions {
+        Regions::load(Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/config/regions.toml")))
+            .unwrap()
+    }
+
+    #[test]
+    fn every_area_on_the_page_finds_its_region() {
+        let r = shipped();
+        let page = [
+            ("north-west", "Greater Manchester, Cheshire, Cumbria, Isle of Man, Lancashire, Merseyside"),
+            ("north-east", "West Yorkshire, Cleveland, Durham, Humberside, Northumbria, North Yorkshire, South Yorkshire"),
+            ("west-midlands", "West Midlands, Staffordshire, Warwickshire, West Mercia"),
+            ("east-midlands", "Derbyshire, Leicestershire, Lincolnshire, Northamptonshire, Nottinghamshire"),
+            ("south-east", "Thames Valley, Hampshire, Kent, Surrey, Sussex"),
+            ("south-west", "Avon & Somerset, Devon & Cornwall, Dorset, Gloucestershire, Wiltshire"),
+            ("east-of-england", "Bedfordshire, Essex, Hertfordshire, Norfolk, Cambridgeshire, Suffolk"),
+            ("london", "London"),
+        ];
+        for (region, areas) in page {
+            for area in areas.split(", ") {
+                assert_eq!(r.find_area(area).map(RegionId::as_str), Some(region), "{area}");
+            }
+        }
+    }
+
+    #[test]
+    fn matching_forgives_case_spacing_punctuation_and_ampersands() {
+        let r = shipped();
+        for spelling in ["avon and somerset", "AVON & SOMERSET", "  Avon   &Somerset ", "Avon-and-Somerset", "Avon and Somerset Police", "avon & somerset constabulary"] {
+            assert_eq!(r.find_area(spelling), Some(RegionId::SouthWest), "{spelling}");
+        }
+        assert_eq!(r.find_area("Manchester"), Some(RegionId::NorthWest));
+        assert_eq!(r.find_area("Kent County Council"), Some(RegionId::SouthEast));
+        assert_eq!(r.find_area("somewhere unlisted"), None);
+        assert_eq!(r.find_area("Somerset House"), None);
+    }
+
+    #[test]
+    fn routing_prefers_region_then_area_then_triage() {
+        let r = shipped();
+        assert_eq!(r.route(Some(RegionId::London), Some("Cumbria")), Routing::Region(RegionId::London));
+        assert_eq!(r.route(None, Some("Cumbria")), Routing::Area(RegionId::NorthWest));
+        assert_eq!(r.route(None, Some("Atlantis")), Routing::Triage);
+        assert_eq!(r.route(None, None), Routing::Triage);
+        assert_eq!(r.mailboxes(Routing::Triage)[0].as_str(), "prevent.triage@example.org");
+    }
+
+    #[test]
+    fn offsets_parse() {
+        assert_eq!("7d".parse(), Ok(Offset::Days(7)));
+        assert_eq!("1h".parse(), Ok(Offset::Exact(Duration::hours(1))));
+        assert_eq!("30m".parse(), Ok(Offset::Exact(Duration::minutes(30))));
+        assert!("7".parse::<Offset>().is_err());
+        assert!("0d".parse::<Offset>().is_err());
+        assert!("1w".parse::<Offset>().is_err());
+    }
+
+    #[test]
+    fn a_broken_file_reports_every_problem_with_its_place() {
+        let text = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/config/regions.toml")).unwrap();
+        let broken = text
+            .replace("[regions.london]", "[regions.londres]")
+            .replace("[regions.london.aliases]", "[regions.londres.aliases]")
+            .replace("\"Suffolk\"]", "\"Suffolk\", \"Kent\"]")
+            .replace("rpec.north-east@example.org", "not an address")
+            .replace("digest_schedule = \"0 0 9 * * Mon\"", "digest_schedule = \"every monday\"");
+        let problems = Regions::parse(&broken, "regions.toml").unwrap_err();
+        let all = problems.iter().map(|p| p.to_string()).collect::<Vec<_>>().join("\n");
+        assert!(all.contains("regions.toml: regions.londres: unknown region id"), "{all}");
+        assert!(all.contains("regions.toml: regions.london: missing"), "{all}");
+        let kent = all.lines().find(|l| l.contains("\"Kent\" is also listed")).expect("the duplicate area");
+        assert!(kent.contains("south-east") && kent.contains("east-of-england"), "{kent}");
+        assert!(all.contains("regions.north-east.coordinators: \"not an address\""), "{all}");
+        assert!(all.contains("defaults.digest_schedule: \"every monday\""), "{all}");
+    }
+}

@@ -1,0 +1,434 @@
+//! Settings, layered: `rpec.toml`, then `<profile>.toml` when present, then environment
+//! variables. Secrets (database URL, token key, relay credentials) are held as `SecretString`
+//! and never printed.
+
+use super::Problem;
+use crate::mail::Sender;
+use secrecy::{ExposeSecret, SecretString};
+use serde::Deserialize;
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+/// Used for signed links in the dev profile only, with a warning.
+const DEV_TOKEN_SECRET: &str = "rpec-notify-dev-only-token-secret-do-not-use-in-production";
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Profile {
+    Dev,
+    Production,
+}
+
+/// Exponential back-off: `initial` doubling to `max`, at most `max_attempts` attempts.
+#[derive(Debug, Clone, Copy)]
+pub struct RetryPolicy {
+    pub max_attempts: u32,
+    pub initial: Duration,
+    pub max: Duration,
+}
+
+impl RetryPolicy {
+    /// The wait before attempt `attempt + 1`, after `attempt` failures (1-based), without jitter.
+    pub fn backoff(&self, attempt: u32) -> Duration {
+        let factor = 2u32.saturating_pow(attempt.saturating_sub(1).min(20));
+        self.initial.saturating_mul(factor).min(self.max)
+    }
+
+    /// The same with up to 25% random jitter either way, so that many failures spread out.
+    pub fn backoff_with_jitter(&self, attempt: u32) -> Duration {
+        let base = self.backoff(attempt).as_millis() as f64;
+        let jitter = (fastrand::f64() - 0.5) * 0.5;
+        Duration::from_millis((base * (1.0 + jitter)).max(1.0) as u64)
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct Settings {
+    pub profile: Profile,
+    pub config_dir: PathBuf,
+    pub templates_dir: PathBuf,
+    pub database_url: SecretString,
+    pub db_max_connections: u32,
+    pub db_acquire_timeout: Duration,
+    pub db_statement_timeout: Duration,
+    pub amqp_url: SecretString,
+    pub exchange: String,
+    pub queue: String,
+    pub prefetch: u16,
+    pub max_body_bytes: usize,
+    /// Retries of messages that failed for a passing reason.
+    pub consume_retry: RetryPolicy,
+    pub smtp_url: SecretString,
+    pub transactional_from: Sender,
+    pub bulk_from: Sender,
+    pub send_timeout: Duration,
+    pub smtp_pool_max_size: u32,
+    pub send_concurrency: usize,
+    pub send_batch_size: i64,
+    pub send_lease: Duration,
+    pub send_poll_interval: Duration,
+    /// Retries of emails that failed for a passing reason.
+    pub send_retry: RetryPolicy,
+    pub http_addr: SocketAddr,
+    pub public_url: String,
+    pub token_secret: SecretString,
+    pub enquiry_retention_days: u32,
+    pub outbox_retention_days: u32,
+    pub retention_sweep_interval: Duration,
+    pub shutdown_grace: Duration,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawSettings {
+    /// Read from the table before the profile file is chosen; declared so it is not "unknown".
+    #[allow(dead_code)]
+    profile: String,
+    templates_dir: String,
+    database: RawDatabase,
+    amqp: RawAmqp,
+    mail: RawMail,
+    http: RawHttp,
+    retention: RawRetention,
+    shutdown: RawShutdown,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawDatabase {
+    max_connections: u32,
+    acquire_timeout_secs: u64,
+    statement_timeout_secs: u64,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawAmqp {
+    url: String,
+    exchange: String,
+    queue: String,
+    prefetch: u16,
+    max_body_bytes: usize,
+    retry: RawRetryMs,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawRetryMs {
+    max_attempts: u32,
+    initial_ms: u64,
+    max_ms: u64,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawMail {
+    smtp_url: String,
+    transactional_from: String,
+    bulk_from: String,
+    send_timeout_secs: u64,
+    pool_max_size: u32,
+    concurrency: usize,
+    batch_size: i64,
+    lease_secs: u64,
+    poll_interval_ms: u64,
+    retry: RawRetrySecs,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawRetrySecs {
+    max_attempts: u32,
+    initial_secs: f64,
+    max_secs: f64,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawHttp {
+    addr: String,
+    public_url: String,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawRetention {
+    enquiry_days: u32,
+    outbox_days: u32,
+    sweep_interval_secs: u64,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawShutdown {
+    grace_secs: u64,
+}
+
+/// Lays `over` onto `base`, table by table.
+fn merge(base: &mut toml::Table, over: toml::Table) {
+    for (k, v) in over {
+        match (base.get_mut(&k), v) {
+            (Some(toml::Value::Table(b)), toml::Value::Table(o)) => merge(b, o),
+            (_, v) => {
+                base.insert(k, v);
+            }
+        }
+    }
+}
+
+fn read_table(path: &Path) -> Result<toml::Table, Problem> {
+    let place = path.display().to_string();
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| Problem::new(&place, format!("cannot be read: {e}")))?;
+    text.parse::<toml::Table>()
+        .map_err(|e| Problem::new(&place, e.to_string().trim().replace('\n', " ")))
+}
+
+impl Settings {
+    /// Loads from the process environment (`RPEC_CONFIG_DIR`, default `./config`).
+    pub fn load() -> Result<Settings, Vec<Problem>> {
+        let env: HashMap<String, String> = std::env::vars().collect();
+        Self::load_from(&env)
+    }
+
+    /// Loads with an explicit environment, so tests need not touch the process's.
+    pub fn load_from(env: &HashMap<String, String>) -> Result<Settings, Vec<Problem>> {
+        let var = |k: &str| env.get(k).map(|v| v.trim().to_owned()).filter(|v| !v.is_empty());
+        let config_dir = PathBuf::from(var("RPEC_CONFIG_DIR").unwrap_or_else(|| "config".into()));
+        let base_path = config_dir.join("rpec.toml");
+        let mut table = read_table(&base_path).map_err(|p| vec![p])?;
+        let profile_name = var("RPEC_PROFILE").or_else(|| {
+            table
+                .get("profile")
+                .and_then(|v| v.as_str())
+                .map(str::to_owned)
+        });
+        let profile = match profile_name.as_deref() {
+            Some("dev") | None => Profile::Dev,
+            Some("production") => Profile::Production,
+            Some(other) => {
+                return Err(vec![Problem::new(
+                    "RPEC_PROFILE",
+                    format!("{other:?} is not a profile (dev or production)"),
+                )])
+            }
+        };
+        let profile_file = config_dir.join(match profile {
+            Profile::Dev => "dev.toml",
+            Profile::Production => "production.toml",
+        });
+        if profile_file.exists() {
+            merge(&mut table, read_table(&profile_file).map_err(|p| vec![p])?);
+        }
+        let raw: RawSettings = toml::Value::Table(table)
+            .try_into()
+            .map_err(|e: toml::de::Error| {
+                vec![Problem::new(
+                    base_path.display().to_string(),
+                    e.to_string().trim().replace('\n', " "),
+                )]
+            })?;
+        Self::from_raw(raw, profile, config_dir, &var)
+    }
+
+    fn from_raw(
+        raw: RawSettings,
+        profile: Profile,
+        config_dir: PathBuf,
+        var: &dyn Fn(&str) -> Option<String>,
+    ) -> Result<Settings, Vec<Problem>> {
+        let mut problems = Vec::new();
+        let file = config_dir.join("rpec.toml").display().to_string();
+        let at = |key: &str| format!("{file}: {key}");
+
+        // Checked where a connection is made (`check` and `preview` need no database).
+        let database_url = var("DATABASE_URL").unwrap_or_default();
+        let sender = |key: &str, raw: &str, problems: &mut Vec<Problem>| {
+            Sender::parse(raw).unwrap_or_else(|e| {
+                problems.push(Problem::new(at(key), e));
+                Sender::parse("invalid@example.org").expect("a valid fallback")
+            })
+        };
+        let transactional_from = sender("mail.transactional_from", &raw.mail.transactional_from, &mut problems);
+        let bulk_from = sender("mail.bulk_from", &raw.mail.bulk_from, &mut problems);
+        let http_addr_raw = var("RPEC_HTTP_ADDR").unwrap_or(raw.http.addr);
+        let http_addr = http_addr_raw.parse().unwrap_or_else(|_| {
+            problems.push(Problem::new(
+                "RPEC_HTTP_ADDR / http.addr",
+                format!("{http_addr_raw:?} is not a host:port address"),
+            ));
+            SocketAddr::from(([127, 0, 0, 1], 8080))
+        });
+        let public_url = var("RPEC_PUBLIC_URL")
+            .unwrap_or(raw.http.public_url)
+            .trim_end_matches('/')
+            .to_owned();
+        if !(public_url.starts_with("https://") || public_url.starts_with("http://")) {
+            problems.push(Problem::new(
+                "RPEC_PUBLIC_URL / http.public_url",
+                "must be an http(s) URL",
+            ));
+        }
+        let smtp_url = var("RPEC_SMTP_URL").unwrap_or(raw.mail.smtp_url);
+        if let Err(e) = crate::mail::RelayUrl::parse(&smtp_url) {
+            problems.push(Problem::new("RPEC_SMTP_URL / mail.smtp_url", e));
+        }
+        let token_secret = match var("RPEC_TOKEN_SECRET") {
+            Some(s) if s.len() >= 32 => s,
+            Some(_) => {
+                problems.push(Problem::new("RPEC_TOKEN_SECRET", "must be at least 32 bytes"));
+                String::new()
+            }
+            None if profile == Profile::Dev => {
+                tracing::warn!("RPEC_TOKEN_SECRET is not set: using the fixed dev key (dev profile only)");
+                DEV_TOKEN_SECRET.to_owned()
+            }
+            None => {
+                problems.push(Problem::new(
+                    "RPEC_TOKEN_SECRET",
+                    "is required in the production profile",
+                ));
+                String::new()
+            }
+        };
+        if profile == Profile::Production {
+            if smtp_url.starts_with("file:") {
+                problems.push(Problem::new(
+                    "RPEC_SMTP_URL",
+                    "the production profile needs a real mail relay, not file://",
+                ));
+            }
+            if public_url.starts_with("http://") {
+                problems.push(Problem::new(
+                    "RPEC_PUBLIC_URL",
+                    "the production profile needs an https public URL",
+                ));
+            }
+        }
+        let positive = |key: &str, v: u64, problems: &mut Vec<Problem>| {
+            if v == 0 {
+                problems.push(Problem::new(at(key), "must be greater than 0"));
+            }
+        };
+        positive("amqp.prefetch", raw.amqp.prefetch.into(), &mut problems);
+        positive("amqp.retry.max_attempts", raw.amqp.retry.max_attempts.into(), &mut problems);
+        positive("mail.concurrency", raw.mail.concurrency as u64, &mut problems);
+        positive("mail.batch_size", raw.mail.batch_size.max(0) as u64, &mut problems);
+        positive("mail.pool_max_size", raw.mail.pool_max_size.into(), &mut problems);
+        positive("database.max_connections", raw.database.max_connections.into(), &mut problems);
+        if !(raw.mail.retry.initial_secs > 0.0 && raw.mail.retry.max_secs >= raw.mail.retry.initial_secs) {
+            problems.push(Problem::new(at("mail.retry"), "needs 0 < initial_secs <= max_secs"));
+        }
+
+        if !problems.is_empty() {
+            return Err(problems);
+        }
+        let templates_dir = PathBuf::from(var("RPEC_TEMPLATES_DIR").unwrap_or(raw.templates_dir));
+        Ok(Settings {
+            profile,
+            config_dir,
+            templates_dir,
+            database_url: SecretString::from(database_url),
+            db_max_connections: raw.database.max_connections,
+            db_acquire_timeout: Duration::from_secs(raw.database.acquire_timeout_secs),
+            db_statement_timeout: Duration::from_secs(raw.database.statement_timeout_secs),
+            amqp_url: SecretString::from(var("RPEC_AMQP_URL").unwrap_or(raw.amqp.url)),
+            exchange: var("RPEC_EXCHANGE").unwrap_or(raw.amqp.exchange),
+            queue: var("RPEC_QUEUE").unwrap_or(raw.amqp.queue),
+            prefetch: raw.amqp.prefetch,
+            max_body_bytes: raw.amqp.max_body_bytes,
+            consume_retry: RetryPolicy {
+                max_attempts: raw.amqp.retry.max_attempts,
+                initial: Duration::from_millis(raw.amqp.retry.initial_ms),
+                max: Duration::from_millis(raw.amqp.retry.max_ms),
+            },
+            smtp_url: SecretString::from(smtp_url),
+            transactional_from,
+            bulk_from,
+            send_timeout: Duration::from_secs(raw.mail.send_timeout_secs.max(1)),
+            smtp_pool_max_size: raw.mail.pool_max_size,
+            send_concurrency: raw.mail.concurrency,
+            send_batch_size: raw.mail.batch_size,
+            send_lease: Duration::from_secs(raw.mail.lease_secs.max(1)),
+            send_poll_interval: Duration::from_millis(raw.mail.poll_interval_ms.max(10)),
+            send_retry: RetryPolicy {
+                max_attempts: raw.mail.retry.max_attempts.max(1),
+                initial: Duration::from_secs_f64(raw.mail.retry.initial_secs),
+                max: Duration::from_secs_f64(raw.mail.retry.max_secs),
+            },
+            http_addr,
+            public_url,
+            token_secret: SecretString::from(token_secret),
+            enquiry_retention_days: raw.retention.enquiry_days,
+            outbox_retention_days: raw.retention.outbox_days,
+            retention_sweep_interval: Duration::from_secs(raw.retention.sweep_interval_secs.max(1)),
+            shutdown_grace: Duration::from_secs(raw.shutdown.grace_secs),
+        })
+    }
+
+    pub fn regions_path(&self) -> PathBuf {
+        self.config_dir.join("regions.toml")
+    }
+
+    /// The mail relay URL (it may hold credentials: never log it).
+    pub fn smtp_url(&self) -> &str {
+        self.smtp_url.expose_secret()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn env(pairs: &[(&str, &str)]) -> HashMap<String, String> {
+        let mut m: HashMap<String, String> = pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        m.insert(
+            "RPEC_CONFIG_DIR".into(),
+            concat!(env!("CARGO_MANIFEST_DIR"), "/config").into(),
+        );
+        m
+    }
+
+    #[test]
+    fn the_shipped_files_load_and_env_overrides_them() {
+        let s = Settings::load_from(&env(&[
+            ("DATABASE_URL", "postgres://x@127.0.0.1/db"),
+            ("RPEC_QUEUE", "q1"),
+            ("RPEC_HTTP_ADDR", "127.0.0.1:9999"),
+        ]))
+        .unwrap();
+        assert_eq!(s.queue, "q1");
+        assert_eq!(s.exchange, "rpec.events");
+        assert_eq!(s.http_addr.port(), 9999);
+        assert_eq!(s.profile, Profile::Dev);
+        assert_eq!(s.max_body_bytes, 256 * 1024);
+    }
+
+    #[test]
+    fn production_refuses_unsafe_settings_and_names_each() {
+        let problems = Settings::load_from(&env(&[
+            ("DATABASE_URL", "postgres://x@127.0.0.1/db"),
+            ("RPEC_PROFILE", "production"),
+        ]))
+        .unwrap_err();
+        let places: Vec<&str> = problems.iter().map(|p| p.place.as_str()).collect();
+        assert!(places.contains(&"RPEC_TOKEN_SECRET"), "{places:?}");
+        assert!(places.contains(&"RPEC_SMTP_URL"), "{places:?}");
+        assert!(places.contains(&"RPEC_PUBLIC_URL"), "{places:?}");
+    }
+
+    #[test]
+    fn backoff_doubles_to_the_cap() {
+        let p = RetryPolicy {
+            max_attempts: 5,
+            initial: Duration::from_secs(2),
+            max: Duration::from_secs(10),
+        };
+        let waits: Vec<u64> = (1..=5).map(|a| p.backoff(a).as_secs()).collect();
+        assert_eq!(waits, [2, 4, 8, 10, 10]);
+    }
+}

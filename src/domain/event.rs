@@ -1,0 +1,493 @@
+//! The event envelope and the `data` of each event kind, parsed into domain types.
+//!
+//! Parsing is done by hand over `serde_json::Value` rather than with derived `Deserialize`, so that
+//! each refusal names its field the way the contract asks (`data.email: not an email address`), and
+//! so that unknown fields are ignored everywhere (forward compatibility).
+
+use super::text::{multi_line, single_line, FieldError};
+use super::{EmailAddress, RegionId};
+use chrono::{DateTime, Utc};
+use serde::Serialize;
+use serde_json::{Map, Value};
+use std::fmt;
+use uuid::Uuid;
+
+/// Limits from the contract.
+pub const MAX_NAME: usize = 200;
+pub const MAX_BODY: usize = 10_000;
+/// Phone numbers and ids are short; a long one is a mistake.
+pub const MAX_SHORT: usize = 64;
+
+/// The stable `x-rpec-error` codes a dead-lettered message carries.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ErrorCode {
+    MalformedJson,
+    UnknownType,
+    UnsupportedVersion,
+    InvalidPayload,
+    TooLarge,
+    UnknownSession,
+    /// A passing failure that did not pass within the retry budget.
+    RetriesExhausted,
+}
+
+impl ErrorCode {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ErrorCode::MalformedJson => "malformed_json",
+            ErrorCode::UnknownType => "unknown_type",
+            ErrorCode::UnsupportedVersion => "unsupported_version",
+            ErrorCode::InvalidPayload => "invalid_payload",
+            ErrorCode::TooLarge => "too_large",
+            ErrorCode::UnknownSession => "unknown_session",
+            ErrorCode::RetriesExhausted => "retries_exhausted",
+        }
+    }
+}
+
+/// A message that can never succeed, with the reason to put on the dead-letter queue.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ParseError {
+    pub code: ErrorCode,
+    pub detail: String,
+    /// The `type` of the envelope, when it could be read (for metrics).
+    pub event_type: Option<String>,
+}
+
+impl ParseError {
+    fn new(code: ErrorCode, detail: impl Into<String>) -> Self {
+        ParseError {
+            code,
+            detail: detail.into(),
+            event_type: None,
+        }
+    }
+}
+
+impl fmt::Display for ParseError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}: {}", self.code.as_str(), self.detail)
+    }
+}
+
+impl From<FieldError> for ParseError {
+    fn from(e: FieldError) -> Self {
+        ParseError::new(ErrorCode::InvalidPayload, e.to_string())
+    }
+}
+
+/// The event kinds this worker handles; its queue is bound to exactly these routing keys.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum EventType {
+    ContactSubmitted,
+}
+
+impl EventType {
+    pub const ALL: [EventType; 1] = [EventType::ContactSubmitted];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            EventType::ContactSubmitted => "contact.submitted",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<EventType> {
+        EventType::ALL.into_iter().find(|t| t.as_str() == s)
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct Envelope {
+    pub id: Uuid,
+    pub event_type: EventType,
+    pub occurred_at: DateTime<Utc>,
+    pub event: Event,
+}
+
+#[derive(Debug, Clone)]
+pub enum Event {
+    ContactSubmitted(ContactSubmitted),
+}
+
+impl Envelope {
+    /// Parses a message body. `max_bytes` is the contract's 256 KiB limit.
+    pub fn parse(body: &[u8], max_bytes: usize) -> Result<Envelope, ParseError> {
+        if body.len() > max_bytes {
+            return Err(ParseError::new(
+                ErrorCode::TooLarge,
+                format!("body is {} bytes; the limit is {max_bytes}", body.len()),
+            ));
+        }
+        let value: Value = serde_json::from_slice(body).map_err(|e| {
+            ParseError::new(ErrorCode::MalformedJson, format!("not valid JSON: {e}"))
+        })?;
+        let Value::Object(root) = value else {
+            return Err(ParseError::new(
+                ErrorCode::MalformedJson,
+                "the envelope must be a JSON object",
+            ));
+        };
+        let root = Fields::new(&root, "");
+        let type_name = root.required_str("type", MAX_NAME)?;
+        let with_type = |mut e: ParseError| {
+            e.event_type = Some(type_name.clone());
+            e
+        };
+        let event_type = EventType::parse(&type_name).ok_or_else(|| {
+            with_type(ParseError::new(
+                ErrorCode::UnknownType,
+                format!("type: {type_name:?} is not an event this worker handles"),
+            ))
+        })?;
+        let version = root.map.get("version");
+        if version != Some(&Value::from(1)) {
+            let shown = version.map_or("missing".to_string(), Value::to_string);
+            return Err(with_type(ParseError::new(
+                ErrorCode::UnsupportedVersion,
+                format!("version: {shown} is not supported (expected 1)"),
+            )));
+        }
+        let parse_rest = || -> Result<Envelope, FieldError> {
+            let id = root.uuid("id")?;
+            let occurred_at = root.timestamp("occurred_at")?;
+            let data = root.object("data")?;
+            let event = match event_type {
+                EventType::ContactSubmitted => {
+                    Event::ContactSubmitted(ContactSubmitted::parse(&data)?)
+                }
+            };
+            Ok(Envelope {
+                id,
+                event_type,
+                occurred_at,
+                event,
+            })
+        };
+        parse_rest().map_err(|e| with_type(e.into()))
+    }
+}
+
+/// The setting an enquirer works in.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Setting {
+    School,
+    FurtherEducation,
+    HigherEducation,
+    IndependentTrainingProvider,
+    Other,
+}
+
+impl Setting {
+    const ALL: [(&'static str, Setting, &'static str); 5] = [
+        ("school", Setting::School, "School"),
+        ("further-education", Setting::FurtherEducation, "Further education"),
+        ("higher-education", Setting::HigherEducation, "Higher education"),
+        (
+            "independent-training-provider",
+            Setting::IndependentTrainingProvider,
+            "Independent training provider",
+        ),
+        ("other", Setting::Other, "Other"),
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        Self::ALL.iter().find(|e| e.1 == self).map_or("other", |e| e.0)
+    }
+
+    pub fn label(self) -> &'static str {
+        Self::ALL.iter().find(|e| e.1 == self).map_or("Other", |e| e.2)
+    }
+}
+
+/// What an enquiry is about: the uses of the contact form that the page lists.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Topic {
+    Training,
+    Newsletter,
+    ComplexCase,
+    PreventAdvocate,
+    LocalRisk,
+    GoodPracticeForum,
+    NewProviderForumAccess,
+    Other,
+}
+
+impl Topic {
+    const ALL: [(&'static str, Topic, &'static str); 8] = [
+        ("training", Topic::Training, "Training available in the region"),
+        ("newsletter", Topic::Newsletter, "Signing up to the regional newsletter"),
+        ("complex-case", Topic::ComplexCase, "Help with a complex radicalisation case"),
+        (
+            "prevent-advocate",
+            Topic::PreventAdvocate,
+            "Finding a Prevent advocate for a higher education setting",
+        ),
+        ("local-risk", Topic::LocalRisk, "Understanding the local risk"),
+        ("good-practice-forum", Topic::GoodPracticeForum, "Regional good practice forums"),
+        (
+            "new-provider-forum-access",
+            Topic::NewProviderForumAccess,
+            "Access to good practice forums for a new provider",
+        ),
+        ("other", Topic::Other, "Something else"),
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        Self::ALL.iter().find(|e| e.1 == self).map_or("other", |e| e.0)
+    }
+
+    pub fn label(self) -> &'static str {
+        Self::ALL.iter().find(|e| e.1 == self).map_or("Other", |e| e.2)
+    }
+
+    pub fn is_urgent(self) -> bool {
+        self == Topic::ComplexCase
+    }
+}
+
+/// `contact.submitted`: the coordinator contact form.
+#[derive(Debug, Clone)]
+pub struct ContactSubmitted {
+    pub enquiry_id: String,
+    pub name: String,
+    pub email: EmailAddress,
+    pub organisation: String,
+    pub setting: Setting,
+    pub topic: Topic,
+    pub message: String,
+    pub phone: Option<String>,
+    pub region: Option<RegionId>,
+    pub area: Option<String>,
+}
+
+impl ContactSubmitted {
+    fn parse(data: &Fields<'_>) -> Result<Self, FieldError> {
+        Ok(ContactSubmitted {
+            enquiry_id: data.required_str("enquiry_id", MAX_NAME)?,
+            name: data.required_str("name", MAX_NAME)?,
+            email: data.email("email")?,
+            organisation: data.required_str("organisation", MAX_NAME)?,
+            setting: data.one_of("setting", &Setting::ALL.map(|e| (e.0, e.1)))?,
+            topic: data.one_of("topic", &Topic::ALL.map(|e| (e.0, e.1)))?,
+            message: data.required_text("message", MAX_BODY)?,
+            phone: data.optional_str("phone", MAX_SHORT)?,
+            region: data.optional_region("region")?,
+            area: data.optional_str("area", MAX_NAME)?,
+        })
+    }
+}
+
+/// A JSON object being read field by field; `prefix` makes errors name the full path.
+pub(crate) struct Fields<'a> {
+    map: &'a Map<String, Value>,
+    prefix: String,
+}
+
+impl<'a> Fields<'a> {
+    pub(crate) fn new(map: &'a Map<String, Value>, prefix: &str) -> Self {
+        Fields {
+            map,
+            prefix: prefix.to_owned(),
+        }
+    }
+
+    fn path(&self, key: &str) -> String {
+        format!("{}{key}", self.prefix)
+    }
+
+    fn err(&self, key: &str, reason: impl Into<String>) -> FieldError {
+        FieldError::new(self.path(key), reason)
+    }
+
+    /// The raw string, or None when absent or null.
+    fn raw_str(&self, key: &str) -> Result<Option<&'a str>, FieldError> {
+        match self.map.get(key) {
+            None | Some(Value::Null) => Ok(None),
+            Some(Value::String(s)) => Ok(Some(s.as_str())),
+            Some(_) => Err(self.err(key, "must be a string")),
+        }
+    }
+
+    fn limited(&self, key: &str, s: String, max: usize) -> Result<String, FieldError> {
+        let len = s.chars().count();
+        if len > max {
+            return Err(self.err(key, format!("too long ({len} characters; at most {max})")));
+        }
+        Ok(s)
+    }
+
+    /// A required single-line string, trimmed, with line breaks folded into spaces.
+    pub(crate) fn required_str(&self, key: &str, max: usize) -> Result<String, FieldError> {
+        self.optional_str(key, max)?
+            .ok_or_else(|| self.err(key, "is required"))
+    }
+
+    /// An optional single-line string; empty after trimming counts as absent.
+    pub(crate) fn optional_str(&self, key: &str, max: usize) -> Result<Option<String>, FieldError> {
+        match self.raw_str(key)? {
+            None => Ok(None),
+            Some(s) => {
+                let s = single_line(s);
+                if s.is_empty() {
+                    Ok(None)
+                } else {
+                    self.limited(key, s, max).map(Some)
+                }
+            }
+        }
+    }
+
+    /// A required multi-line text (a message body), trimmed, line breaks kept.
+    pub(crate) fn required_text(&self, key: &str, max: usize) -> Result<String, FieldError> {
+        let s = multi_line(
+            self.raw_str(key)?
+                .ok_or_else(|| self.err(key, "is required"))?,
+        );
+        if s.is_empty() {
+            return Err(self.err(key, "is required"));
+        }
+        self.limited(key, s, max)
+    }
+
+    pub(crate) fn email(&self, key: &str) -> Result<EmailAddress, FieldError> {
+        let s = self
+            .raw_str(key)?
+            .ok_or_else(|| self.err(key, "is required"))?;
+        EmailAddress::parse(s).map_err(|reason| self.err(key, reason))
+    }
+
+    pub(crate) fn optional_region(&self, key: &str) -> Result<Option<RegionId>, FieldError> {
+        match self.raw_str(key)?.map(str::trim) {
+            None | Some("") => Ok(None),
+            Some(s) => s.parse().map(Some).map_err(|reason| self.err(key, reason)),
+        }
+    }
+
+    pub(crate) fn one_of<T: Copy>(&self, key: &str, choices: &[(&str, T)]) -> Result<T, FieldError> {
+        let s = self
+            .raw_str(key)?
+            .map(str::trim)
+            .ok_or_else(|| self.err(key, "is required"))?;
+        choices
+            .iter()
+            .find(|(name, _)| *name == s)
+            .map(|(_, v)| *v)
+            .ok_or_else(|| {
+                let names: Vec<&str> = choices.iter().map(|c| c.0).collect();
+                self.err(key, format!("{s:?} is not one of {}", names.join(", ")))
+            })
+    }
+
+    pub(crate) fn uuid(&self, key: &str) -> Result<Uuid, FieldError> {
+        let s = self
+            .raw_str(key)?
+            .ok_or_else(|| self.err(key, "is required"))?;
+        Uuid::parse_str(s.trim()).map_err(|_| self.err(key, "not a UUID"))
+    }
+
+    pub(crate) fn timestamp(&self, key: &str) -> Result<DateTime<Utc>, FieldError> {
+        let s = self
+            .raw_str(key)?
+            .ok_or_else(|| self.err(key, "is required"))?;
+        DateTime::parse_from_rfc3339(s.trim())
+            .map(|t| t.with_timezone(&Utc))
+            .map_err(|_| self.err(key, "not an RFC 3339 time with an offset"))
+    }
+
+    pub(crate) fn object(&self, key: &str) -> Result<Fields<'a>, FieldError> {
+        match self.map.get(key) {
+            Some(Value::Object(m)) => Ok(Fields::new(m, &format!("{}.", self.path(key)))),
+            None | Some(Value::Null) => Err(self.err(key, "is required")),
+            Some(_) => Err(self.err(key, "must be an object")),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    const LIMIT: usize = 256 * 1024;
+
+    fn contact(data: Value) -> Vec<u8> {
+        serde_json::to_vec(&json!({
+            "id": "3b0c8a52-8f43-4a8e-9d0e-5c1f2f6b7a01",
+            "type": "contact.submitted",
+            "version": 1,
+            "occurred_at": "2024-10-03T10:15:00Z",
+            "data": data,
+            "something_new": true
+        }))
+        .unwrap()
+    }
+
+    fn valid() -> Value {
+        json!({
+            "enquiry_id": "enq-1", "name": " Sam ", "email": "sam@example.org",
+            "organisation": "Riverside", "setting": "school", "topic": "complex-case",
+            "message": "Line one\r\nLine two", "area": "Cumbria", "phone": "", "future": 1
+        })
+    }
+
+    fn code_and_detail(body: &[u8]) -> (&'static str, String) {
+        let e = Envelope::parse(body, LIMIT).unwrap_err();
+        (e.code.as_str(), e.detail)
+    }
+
+    #[test]
+    fn parses_a_contact_enquiry_and_ignores_unknown_fields() {
+        let env = Envelope::parse(&contact(valid()), LIMIT).unwrap();
+        let Event::ContactSubmitted(c) = env.event;
+        assert_eq!(c.name, "Sam");
+        assert_eq!(c.topic, Topic::ComplexCase);
+        assert_eq!(c.message, "Line one\nLine two");
+        assert_eq!(c.phone, None);
+        assert_eq!(c.area.as_deref(), Some("Cumbria"));
+    }
+
+    #[test]
+    fn refusals_name_the_field() {
+        let mut d = valid();
+        d["email"] = json!("Sam <sam@example.org>");
+        assert_eq!(
+            code_and_detail(&contact(d)),
+            ("invalid_payload", "data.email: not an email address".into())
+        );
+        let mut d = valid();
+        d.as_object_mut().unwrap().remove("organisation");
+        assert_eq!(
+            code_and_detail(&contact(d)),
+            ("invalid_payload", "data.organisation: is required".into())
+        );
+        let mut d = valid();
+        d["region"] = json!("wales");
+        assert!(code_and_detail(&contact(d)).1.starts_with("data.region: unknown region id"));
+        let mut d = valid();
+        d["name"] = json!("x".repeat(201));
+        assert!(code_and_detail(&contact(d)).1.starts_with("data.name: too long"));
+        let mut d = valid();
+        d["topic"] = json!("gossip");
+        assert!(code_and_detail(&contact(d)).1.starts_with("data.topic: \"gossip\" is not one of"));
+    }
+
+    #[test]
+    fn envelope_errors_have_their_codes() {
+        assert_eq!(code_and_detail(b"{not json").0, "malformed_json");
+        assert_eq!(code_and_detail(b"[1,2]").0, "malformed_json");
+        let body = String::from_utf8(contact(valid())).unwrap();
+        let unknown = body.replace("contact.submitted", "contact.deleted");
+        assert_eq!(code_and_detail(unknown.as_bytes()).0, "unknown_type");
+        let v2 = body.replace("\"version\":1", "\"version\":2");
+        assert_eq!(code_and_detail(v2.as_bytes()).0, "unsupported_version");
+        let bad_id = body.replace("3b0c8a52-8f43-4a8e-9d0e-5c1f2f6b7a01", "not-a-uuid");
+        assert_eq!(
+            code_and_detail(bad_id.as_bytes()),
+            ("invalid_payload", "id: not a UUID".into())
+        );
+        let big = vec![b' '; LIMIT + 1];
+        assert_eq!(code_and_detail(&big).0, "too_large");
+    }
+}

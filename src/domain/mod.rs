@@ -1,0 +1,12 @@
+//! Domain types. Every value that comes from outside is parsed into one of these at the edge, so
+//! an invalid region, address or over-long text cannot exist further in.
+
+mod email;
+pub mod event;
+mod region;
+mod text;
+
+pub use email::EmailAddress;
+pub use event::{ContactSubmitted, Envelope, Event, EventType, ParseError, Setting, Topic};
+pub use region::RegionId;
+pub use text::{single_line, FieldError};

@@ -1,0 +1,205 @@
+//! `contact.submitted`: route the enquiry to its region's coordinators (or triage), and
+//! acknowledge it to the person who wrote, with the page's safety advice.
+
+use super::Failure;
+use crate::config::Routing;
+use crate::domain::{ContactSubmitted, EmailAddress, Envelope, RegionId, Setting, Topic};
+use crate::mail::outbox::{enqueue, NewEmail};
+use crate::uk_time;
+use crate::worker::Shared;
+use chrono::{DateTime, Utc};
+use serde::Serialize;
+use serde_json::Value;
+use sqlx::PgConnection;
+
+/// Urgent enquiries are sent before anything else waiting.
+const URGENT_PRIORITY: i16 = 10;
+
+/// The coordinators' copy: every field of the enquiry.
+#[derive(Serialize)]
+struct CoordinatorEmail<'a> {
+    enquiry_id: &'a str,
+    urgent: bool,
+    received: String,
+    topic: &'static str,
+    topic_label: &'static str,
+    setting_label: &'static str,
+    name: &'a str,
+    email: &'a EmailAddress,
+    organisation: &'a str,
+    phone: Option<&'a str>,
+    area: Option<&'a str>,
+    message: &'a str,
+    /// The region that answers, or None for triage.
+    region_name: Option<&'a str>,
+    /// Why it came here, in a sentence.
+    routing_note: String,
+}
+
+/// The acknowledgement to the person who wrote.
+#[derive(Serialize)]
+struct Acknowledgement<'a> {
+    enquiry_id: &'a str,
+    name: &'a str,
+    topic_label: &'static str,
+    urgent: bool,
+    /// The region that will answer, or None when the national team passes it on.
+    region_name: Option<&'a str>,
+    newsletter: bool,
+}
+
+fn routing_note(routing: Routing, region_name: Option<&str>, area: Option<&str>) -> String {
+    match (routing, region_name) {
+        (Routing::Region(_), Some(name)) => format!("The enquirer chose the {name} region."),
+        (Routing::Area(_), Some(name)) => format!(
+            "The area the enquirer gave ({}) is in the {name} region.",
+            area.unwrap_or_default()
+        ),
+        _ => match area {
+            Some(a) => format!(
+                "The area the enquirer gave ({a}) matches no region: please pass this enquiry to the right coordinator."
+            ),
+            None => "The enquirer gave no region or area: please pass this enquiry to the right coordinator.".into(),
+        },
+    }
+}
+
+fn contexts(
+    shared_region_name: Option<&str>,
+    routing: Routing,
+    c: &ContactSubmitted,
+    received: DateTime<Utc>,
+) -> (Value, Value) {
+    let coordinator = CoordinatorEmail {
+        enquiry_id: &c.enquiry_id,
+        urgent: c.topic.is_urgent(),
+        received: uk_time::date_time(received),
+        topic: c.topic.as_str(),
+        topic_label: c.topic.label(),
+        setting_label: c.setting.label(),
+        name: &c.name,
+        email: &c.email,
+        organisation: &c.organisation,
+        phone: c.phone.as_deref(),
+        area: c.area.as_deref(),
+        message: &c.message,
+        region_name: shared_region_name,
+        routing_note: routing_note(routing, shared_region_name, c.area.as_deref()),
+    };
+    let ack = Acknowledgement {
+        enquiry_id: &c.enquiry_id,
+        name: &c.name,
+        topic_label: c.topic.label(),
+        urgent: c.topic.is_urgent(),
+        region_name: shared_region_name,
+        newsletter: c.topic == Topic::Newsletter && routing.region().is_some(),
+    };
+    (
+        serde_json::to_value(coordinator).unwrap_or_default(),
+        serde_json::to_value(ack).unwrap_or_default(),
+    )
+}
+
+pub(super) async fn handle(
+    tx: &mut PgConnection,
+    shared: &Shared,
+    envelope: &Envelope,
+    c: &ContactSubmitted,
+) -> Result<(), Failure> {
+    let regions = &shared.regions;
+    let routing = regions.route(c.region, c.area.as_deref());
+    let region_name = routing.region().map(|r| regions.region(r).name.as_str());
+
+    // The enquiry id is the website's: a second event for the same enquiry changes nothing.
+    let inserted = sqlx::query(
+        "INSERT INTO enquiries (enquiry_id, event_id, region, routed_by, topic, setting, urgent,
+                                name, email, organisation, phone, area, message, received_at)
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14)
+         ON CONFLICT (enquiry_id) DO NOTHING",
+    )
+    .bind(&c.enquiry_id)
+    .bind(envelope.id)
+    .bind(routing.region().map(RegionId::as_str))
+    .bind(routing.as_str())
+    .bind(c.topic.as_str())
+    .bind(c.setting.as_str())
+    .bind(c.topic.is_urgent())
+    .bind(&c.name)
+    .bind(c.email.as_str())
+    .bind(&c.organisation)
+    .bind(&c.phone)
+    .bind(&c.area)
+    .bind(&c.message)
+    .bind(envelope.occurred_at)
+    .execute(&mut *tx)
+    .await?
+    .rows_affected();
+    if inserted == 0 {
+        tracing::info!(event_id = %envelope.id, enquiry_id = %c.enquiry_id, "enquiry already recorded under another event: nothing sent");
+        return Ok(());
+    }
+
+    let (coordinator_ctx, ack_ctx) = contexts(region_name, routing, c, envelope.occurred_at);
+    let mailboxes = regions.mailboxes(routing).to_vec();
+
+    let mut to_coordinators = NewEmail::transactional("enquiry", "enquiry_coordinator", mailboxes.clone(), coordinator_ctx);
+    to_coordinators.reply_to = Some(c.email.clone());
+    to_coordinators.source_event = Some(envelope.id);
+    if c.topic.is_urgent() {
+        to_coordinators.priority = URGENT_PRIORITY;
+        to_coordinators.headers = vec![("Importance", "high".into()), ("X-Priority", "1".into())];
+    }
+    enqueue(tx, &to_coordinators).await?;
+
+    let mut ack = NewEmail::transactional("enquiry_ack", "enquiry_ack", vec![c.email.clone()], ack_ctx);
+    // A reply to the acknowledgement reaches the people who will answer.
+    ack.reply_to = mailboxes.first().cloned();
+    ack.source_event = Some(envelope.id);
+    if c.topic.is_urgent() {
+        ack.priority = URGENT_PRIORITY;
+    }
+    enqueue(tx, &ack).await?;
+
+    tracing::info!(
+        event_id = %envelope.id,
+        enquiry_id = %c.enquiry_id,
+        topic = c.topic.as_str(),
+        routed_by = routing.as_str(),
+        region = routing.region().map_or("triage", RegionId::as_str),
+        "enquiry routed"
+    );
+    Ok(())
+}
+
+pub(super) fn samples() -> Vec<(&'static str, Value)> {
+    let email = EmailAddress::parse("sam.okafor@school.example.org").expect("a valid address");
+    let full = ContactSubmitted {
+        enquiry_id: "enq-2024-000187".into(),
+        name: "Sam Okafor".into(),
+        email: email.clone(),
+        organisation: "Riverside Academy".into(),
+        setting: Setting::School,
+        topic: Topic::ComplexCase,
+        message: "We would like advice on a learner.\nThe DSL has spoken to the family.".into(),
+        phone: Some("01228 000000".into()),
+        region: None,
+        area: Some("Cumbria".into()),
+    };
+    let sparse = ContactSubmitted {
+        phone: None,
+        area: None,
+        topic: Topic::Newsletter,
+        ..full.clone()
+    };
+    let received = DateTime::parse_from_rfc3339("2024-10-03T10:15:00Z")
+        .map(|t| t.with_timezone(&Utc))
+        .unwrap_or_default();
+    let (c1, a1) = contexts(Some("North-West"), Routing::Area(RegionId::NorthWest), &full, received);
+    let (c2, a2) = contexts(None, Routing::Triage, &sparse, received);
+    vec![
+        ("enquiry_coordinator", c1),
+        ("enquiry_coordinator", c2),
+        ("enquiry_ack", a1),
+        ("enquiry_ack", a2),
+    ]
+}

@@ -1,0 +1,67 @@
+//! Event handlers: one module per event kind. Each takes the open transaction and the parsed
+//! event and writes its rows and its outgoing mail; `handle` wraps them in the de-duplication
+//! and the commit.
+
+mod contact;
+
+use crate::domain::event::ErrorCode;
+use crate::domain::{Envelope, Event};
+use crate::worker::Shared;
+use serde_json::Value;
+
+/// What handling an event came to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Handled {
+    /// Its effects are committed.
+    Done,
+    /// This event id was handled before: nothing was done.
+    Duplicate,
+}
+
+/// Why handling failed, which decides what happens to the message.
+#[derive(Debug, thiserror::Error)]
+pub enum Failure {
+    /// It can never succeed: dead-letter it at once.
+    #[error("{}: {detail}", code.as_str())]
+    Permanent { code: ErrorCode, detail: String },
+    /// It may succeed later (the database is down, ...): retry with back-off.
+    #[error(transparent)]
+    Transient(#[from] anyhow::Error),
+}
+
+impl From<sqlx::Error> for Failure {
+    fn from(e: sqlx::Error) -> Self {
+        Failure::Transient(anyhow::Error::new(e).context("database"))
+    }
+}
+
+/// Applies an event exactly once: records its id and its effects in one transaction.
+pub async fn handle(shared: &Shared, envelope: &Envelope) -> Result<Handled, Failure> {
+    let mut tx = shared.pool.begin().await?;
+    let first = sqlx::query(
+        "INSERT INTO processed_events (event_id, event_type, occurred_at) VALUES ($1, $2, $3)
+         ON CONFLICT (event_id) DO NOTHING",
+    )
+    .bind(envelope.id)
+    .bind(envelope.event_type.as_str())
+    .bind(envelope.occurred_at)
+    .execute(&mut *tx)
+    .await?
+    .rows_affected()
+        == 1;
+    if !first {
+        tx.rollback().await?;
+        return Ok(Handled::Duplicate);
+    }
+    match &envelope.event {
+        Event::ContactSubmitted(c) => contact::handle(&mut tx, shared, envelope, c).await?,
+    }
+    tx.commit().await?;
+    Ok(Handled::Done)
+}
+
+/// Sample contexts for every email, built from the handlers' own types, for `check` and for
+/// authors (`preview`).
+pub fn samples() -> Vec<(&'static str, Value)> {
+    contact::samples()
+}

@@ -1,0 +1,37 @@
+//! rpec-notify: the background worker behind the Department for Education's regional Prevent
+//! education coordinators (RPECs).
+//!
+//! It consumes events that the website publishes to RabbitMQ (contact enquiries, training sessions,
+//! registrations, newsletters), records their effects in PostgreSQL and turns them into email sent
+//! over SMTP. Every email is written to an outbox in the same transaction as the event's other
+//! effects, and a message is acknowledged only once that transaction has committed, so nothing is
+//! lost and the same event delivered twice causes its effects once.
+//!
+//! # Layout
+//!
+//! - [`config`]: layered settings (`config/rpec.toml`, a profile file, environment variables) and
+//!   `config/regions.toml` (regions, areas, coordinators, schedules), with a `check` that reports
+//!   every problem at once.
+//! - [`domain`]: the types an event is parsed into (parse, don't validate): region ids, email
+//!   addresses, bounded text, and the event envelope with errors that name the field.
+//! - [`consume`]: the AMQP topology, the consumer loop and the ack / retry / dead-letter decision.
+//! - [`handle`]: one module per event kind: `(transaction, event) -> rows and outgoing mail`.
+//! - [`mail`]: templates and rendering, the outbox, the SMTP / file transport and the sender loop.
+//! - [`http`]: health, readiness and Prometheus metrics.
+//! - [`worker`]: wires everything together for `rpec-notify run` and shuts it down cleanly.
+//! - [`publish`]: `rpec-notify publish`, with publisher confirms.
+
+pub mod config;
+pub mod consume;
+pub mod db;
+pub mod domain;
+pub mod handle;
+pub mod http;
+pub mod mail;
+pub mod metrics;
+pub mod publish;
+pub mod telemetry;
+pub mod uk_time;
+pub mod worker;
+
+pub use worker::run;

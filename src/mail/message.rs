@@ -1,0 +1,50 @@
+//! Builds the MIME message for one outbox row.
+
+use super::outbox::Claimed;
+use super::{Rendered, Sender};
+use lettre::message::header::{HeaderName, HeaderValue};
+use lettre::message::{Mailbox, MultiPart};
+use lettre::Message;
+
+/// Kinds that are not marked `Auto-Submitted` (the contract exempts newsletters: people asked
+/// for them, and some clients hide auto-submitted mail).
+const NOT_AUTO_SUBMITTED: [&str; 1] = ["newsletter"];
+
+pub fn build(row: &Claimed, from: &Sender, rendered: &Rendered) -> Result<Message, String> {
+    let mut builder = Message::builder()
+        .from(from.mailbox.clone())
+        .subject(rendered.subject.clone())
+        .message_id(Some(format!("<{}@{}>", row.message_uuid, from.domain)))
+        .date_now();
+    for to in &row.recipients {
+        let address = to.parse().map_err(|e| format!("recipient: {e}"))?;
+        builder = builder.to(Mailbox::new(None, address));
+    }
+    if let Some(reply_to) = &row.reply_to {
+        let address = reply_to.parse().map_err(|e| format!("reply-to: {e}"))?;
+        builder = builder.reply_to(Mailbox::new(None, address));
+    }
+    if !NOT_AUTO_SUBMITTED.contains(&row.kind.as_str()) {
+        builder = builder.raw_header(raw("Auto-Submitted", "auto-generated")?);
+    }
+    if let Some(headers) = row.headers.as_object() {
+        for (name, value) in headers {
+            let value = value.as_str().ok_or_else(|| format!("header {name}: not a string"))?;
+            builder = builder.raw_header(raw(name, value)?);
+        }
+    }
+    builder
+        .multipart(MultiPart::alternative_plain_html(
+            rendered.text.clone(),
+            rendered.html.clone(),
+        ))
+        .map_err(|e| format!("the message could not be built: {e}"))
+}
+
+fn raw(name: &str, value: &str) -> Result<HeaderValue, String> {
+    if value.contains(['\r', '\n']) {
+        return Err(format!("header {name}: a line break in the value"));
+    }
+    let name = HeaderName::new_from_ascii(name.to_owned()).map_err(|_| format!("header {name:?}: not a header name"))?;
+    Ok(HeaderValue::new(name, value.to_owned()))
+}

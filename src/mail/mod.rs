@@ -1,0 +1,34 @@
+//! Email: templates and rendering, the outbox (written in the event's transaction), the relay
+//! (SMTP or `.eml` files) and the sender loop that drains the outbox.
+
+mod message;
+pub mod outbox;
+mod relay;
+pub mod sender;
+pub mod templates;
+
+pub use outbox::{NewEmail, Stream};
+pub use relay::{Relay, RelayUrl, SendError};
+pub use templates::{Rendered, Templates};
+
+use lettre::message::Mailbox;
+use std::str::FromStr;
+
+/// A From address from the configuration ("Name <address>"), and its domain for Message-IDs.
+#[derive(Debug, Clone)]
+pub struct Sender {
+    pub mailbox: Mailbox,
+    pub domain: String,
+}
+
+impl Sender {
+    pub fn parse(raw: &str) -> Result<Sender, String> {
+        let mailbox = Mailbox::from_str(raw.trim())
+            .map_err(|e| format!("{raw:?} is not a mailbox (\"Name <address>\"): {e}"))?;
+        if raw.contains(['\r', '\n']) {
+            return Err(format!("{raw:?} contains a line break"));
+        }
+        let domain = mailbox.email.domain().to_owned();
+        Ok(Sender { mailbox, domain })
+    }
+}

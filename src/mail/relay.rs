@@ -1,0 +1,140 @@
+//! The mail relay: a pooled lettre SMTP transport (plain, STARTTLS or implicit TLS, as the URL
+//! says) or lettre's file transport, which writes one `.eml` file per email.
+
+use lettre::transport::smtp::PoolConfig;
+use lettre::{AsyncFileTransport, AsyncSmtpTransport, AsyncTransport, Message, Tokio1Executor};
+use std::path::PathBuf;
+use std::time::Duration;
+
+/// `RPEC_SMTP_URL`, parsed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RelayUrl {
+    /// smtp://, smtps:// (lettre reads TLS mode and credentials from the URL).
+    Smtp(String),
+    /// file:///dir or file://./relative/dir.
+    File(PathBuf),
+}
+
+impl RelayUrl {
+    pub fn parse(url: &str) -> Result<RelayUrl, String> {
+        if let Some(path) = url.strip_prefix("file://") {
+            if path.is_empty() {
+                return Err("file:// needs a directory, e.g. file://./var/mail".into());
+            }
+            return Ok(RelayUrl::File(PathBuf::from(path)));
+        }
+        if url.starts_with("smtp://") || url.starts_with("smtps://") {
+            AsyncSmtpTransport::<Tokio1Executor>::from_url(url)
+                .map_err(|e| format!("not a usable SMTP URL: {e}"))?;
+            return Ok(RelayUrl::Smtp(url.to_owned()));
+        }
+        Err("must start with smtp://, smtps:// or file://".into())
+    }
+}
+
+/// Why a send failed, which decides whether it is tried again.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SendError {
+    /// 4xx replies, refused connections, time-outs: try again later.
+    Transient(String),
+    /// 5xx replies: the relay will never take it.
+    Permanent(String),
+}
+
+impl SendError {
+    /// A short, personal-data-free description for logs (replies can quote addresses).
+    pub fn log_summary(&self) -> &'static str {
+        match self {
+            SendError::Transient(_) => "transient",
+            SendError::Permanent(_) => "permanent",
+        }
+    }
+}
+
+#[derive(Clone)]
+pub enum Relay {
+    Smtp(AsyncSmtpTransport<Tokio1Executor>),
+    File(AsyncFileTransport<Tokio1Executor>, PathBuf),
+}
+
+impl Relay {
+    pub fn new(url: &str, pool_max_size: u32, timeout: Duration) -> anyhow::Result<Relay> {
+        match RelayUrl::parse(url).map_err(anyhow::Error::msg)? {
+            RelayUrl::File(dir) => {
+                std::fs::create_dir_all(&dir)?;
+                Ok(Relay::File(AsyncFileTransport::new(&dir), dir))
+            }
+            RelayUrl::Smtp(url) => {
+                let transport = AsyncSmtpTransport::<Tokio1Executor>::from_url(&url)?
+                    .timeout(Some(timeout))
+                    .pool_config(PoolConfig::new().max_size(pool_max_size))
+                    .build();
+                Ok(Relay::Smtp(transport))
+            }
+        }
+    }
+
+    /// Sends one message, giving up (as a passing failure) after `timeout`.
+    pub async fn send(&self, message: Message, timeout: Duration) -> Result<(), SendError> {
+        let attempt = async {
+            match self {
+                Relay::Smtp(t) => t.send(message).await.map(|_| ()).map_err(|e| {
+                    let text = e.to_string();
+                    if e.is_permanent() {
+                        SendError::Permanent(text)
+                    } else {
+                        SendError::Transient(text)
+                    }
+                }),
+                Relay::File(t, _) => t
+                    .send(message)
+                    .await
+                    .map(|_| ())
+                    .map_err(|e| SendError::Transient(e.to_string())),
+            }
+        };
+        match tokio::time::timeout(timeout, attempt).await {
+            Ok(r) => r,
+            Err(_) => Err(SendError::Transient(format!(
+                "no answer from the relay within {}s",
+                timeout.as_secs()
+            ))),
+        }
+    }
+
+    /// Whether the relay can be reached now (for /readyz).
+    pub async fn check(&self, timeout: Duration) -> Result<(), String> {
+        match self {
+            Relay::Smtp(t) => match tokio::time::timeout(timeout, t.test_connection()).await {
+                Ok(Ok(true)) => Ok(()),
+                Ok(Ok(false)) => Err("the relay did not accept a connection".into()),
+                Ok(Err(e)) => Err(format!("the relay cannot be reached: {}", e.status().map_or("no reply".to_string(), |c| c.to_string()))),
+                Err(_) => Err("the relay did not answer in time".into()),
+            },
+            Relay::File(_, dir) => {
+                let meta = tokio::fs::metadata(dir).await.map_err(|e| format!("mail directory: {e}"))?;
+                if meta.is_dir() && !meta.permissions().readonly() {
+                    Ok(())
+                } else {
+                    Err("the mail directory is not writable".into())
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn relay_urls() {
+        assert_eq!(RelayUrl::parse("file://./var/mail"), Ok(RelayUrl::File("./var/mail".into())));
+        assert_eq!(RelayUrl::parse("file:///tmp/m"), Ok(RelayUrl::File("/tmp/m".into())));
+        assert!(matches!(RelayUrl::parse("smtp://127.0.0.1:2525"), Ok(RelayUrl::Smtp(_))));
+        assert!(matches!(RelayUrl::parse("smtp://relay.example.org:587?tls=required"), Ok(RelayUrl::Smtp(_))));
+        assert!(matches!(RelayUrl::parse("smtps://user:pass@relay.example.org"), Ok(RelayUrl::Smtp(_))));
+        assert!(RelayUrl::parse("http://relay").is_err());
+        assert!(RelayUrl::parse("file://").is_err());
+    }
+}

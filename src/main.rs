@@ -1,0 +1,186 @@
+//! The `rpec-notify` command line: parses the command and hands over to the library.
+
+use clap::{Parser, Subcommand};
+use rpec_notify::config::{Problem, Regions, Settings};
+use rpec_notify::mail::Templates;
+use rpec_notify::{db, handle, publish, telemetry};
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+#[derive(Parser)]
+#[command(name = "rpec-notify", version, about = "Turns RPEC website events into email")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Apply pending migrations, then consume, schedule, send and serve HTTP until SIGTERM/SIGINT.
+    Run,
+    /// Apply pending database migrations and exit.
+    Migrate,
+    /// Check the settings, regions.toml and every template; report every problem.
+    Check,
+    /// Publish event files (one event or a JSON array each), with publisher confirms.
+    Publish {
+        #[arg(required = true)]
+        files: Vec<PathBuf>,
+    },
+    /// Render an email from a template and a JSON context, without sending it.
+    Preview {
+        /// The email's name: a directory under templates/ (e.g. enquiry_ack).
+        template: String,
+        /// A JSON file with the context.
+        #[arg(long)]
+        data: PathBuf,
+        /// Write subject.txt, body.txt and body.html here instead of printing them.
+        #[arg(long)]
+        out: Option<PathBuf>,
+    },
+}
+
+fn settings() -> Result<Settings, ExitCode> {
+    Settings::load().map_err(|problems| {
+        eprintln!("{}", rpec_notify::config::Problems(problems));
+        ExitCode::from(2)
+    })
+}
+
+fn fail(e: anyhow::Error) -> ExitCode {
+    eprintln!("error: {e:#}");
+    ExitCode::FAILURE
+}
+
+#[tokio::main]
+async fn main() -> ExitCode {
+    telemetry::init();
+    let cli = Cli::parse();
+    match cli.command {
+        Command::Run => {
+            let settings = match settings() {
+                Ok(s) => s,
+                Err(code) => return code,
+            };
+            let listener = match tokio::net::TcpListener::bind(settings.http_addr).await {
+                Ok(l) => l,
+                Err(e) => return fail(anyhow::anyhow!("cannot listen on {}: {e}", settings.http_addr)),
+            };
+            match rpec_notify::run(settings, listener, shutdown_signal()).await {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => fail(e),
+            }
+        }
+        Command::Migrate => {
+            let settings = match settings() {
+                Ok(s) => s,
+                Err(code) => return code,
+            };
+            let result = async {
+                let pool = db::connect(&settings).await?;
+                db::migrate(&pool).await
+            };
+            match result.await {
+                Ok(()) => {
+                    println!("migrations applied");
+                    ExitCode::SUCCESS
+                }
+                Err(e) => fail(e),
+            }
+        }
+        Command::Check => check(),
+        Command::Publish { files } => {
+            let settings = match settings() {
+                Ok(s) => s,
+                Err(code) => return code,
+            };
+            use secrecy::ExposeSecret;
+            match publish::publish(settings.amqp_url.expose_secret(), &settings.exchange, &settings.queue, &files).await {
+                Ok(n) => {
+                    println!("published {n} event(s) to {}", settings.exchange);
+                    ExitCode::SUCCESS
+                }
+                Err(e) => fail(e),
+            }
+        }
+        Command::Preview { template, data, out } => preview(&template, &data, out.as_deref()),
+    }
+}
+
+fn check() -> ExitCode {
+    let mut problems: Vec<Problem> = Vec::new();
+    let env_or = |k: &str, d: &str| std::env::var(k).ok().filter(|v| !v.is_empty()).unwrap_or_else(|| d.into());
+    let (config_dir, templates_dir, public_url) = match Settings::load() {
+        Ok(s) => (s.config_dir.clone(), s.templates_dir.clone(), s.public_url.clone()),
+        Err(p) => {
+            problems.extend(p);
+            (
+                PathBuf::from(env_or("RPEC_CONFIG_DIR", "config")),
+                PathBuf::from(env_or("RPEC_TEMPLATES_DIR", "templates")),
+                "http://127.0.0.1:8080".to_string(),
+            )
+        }
+    };
+    let regions = Regions::load(&config_dir.join("regions.toml")).map_err(|p| problems.extend(p)).ok();
+    let templates = Templates::load(&templates_dir, &public_url).map_err(|p| problems.extend(p)).ok();
+    if let Some(t) = &templates {
+        problems.extend(t.check_samples(&templates_dir, &handle::samples()));
+    }
+    if problems.is_empty() {
+        let n = regions.map_or(0, |r| r.iter().count());
+        println!("configuration OK: {n} regions, every email template renders");
+        ExitCode::SUCCESS
+    } else {
+        eprint!("{}", rpec_notify::config::Problems(problems));
+        ExitCode::FAILURE
+    }
+}
+
+fn preview(template: &str, data: &std::path::Path, out: Option<&std::path::Path>) -> ExitCode {
+    let result = (|| -> anyhow::Result<()> {
+        let (templates_dir, public_url) = match Settings::load() {
+            Ok(s) => (s.templates_dir, s.public_url),
+            Err(_) => (PathBuf::from("templates"), "http://127.0.0.1:8080".into()),
+        };
+        let templates = Templates::load(&templates_dir, &public_url).map_err(rpec_notify::config::Problems)?;
+        let context: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(data)?)?;
+        let r = templates.render(template, &context).map_err(anyhow::Error::msg)?;
+        match out {
+            Some(dir) => {
+                std::fs::create_dir_all(dir)?;
+                std::fs::write(dir.join("subject.txt"), &r.subject)?;
+                std::fs::write(dir.join("body.txt"), &r.text)?;
+                std::fs::write(dir.join("body.html"), &r.html)?;
+                println!("wrote subject.txt, body.txt and body.html to {}", dir.display());
+            }
+            None => println!("Subject: {}\n\n----- text -----\n{}\n----- html -----\n{}", r.subject, r.text, r.html),
+        }
+        Ok(())
+    })();
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => fail(e),
+    }
+}
+
+/// Resolves on SIGTERM or SIGINT.
+async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! {
+        _ = ctrl_c => {},
+        _ = term => {},
+    }
+}

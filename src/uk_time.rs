@@ -1,0 +1,54 @@
+//! Times for people: UK local time (Europe/London), written the way the GOV.UK page writes
+//! them: "Wednesday 2 October 2024, 3:30pm to 4:30pm".
+
+use chrono::{DateTime, TimeZone, Utc};
+use chrono_tz::Europe::London;
+
+/// "Wednesday 2 October 2024"
+pub fn date(t: DateTime<Utc>) -> String {
+    London.from_utc_datetime(&t.naive_utc()).format("%A %-d %B %Y").to_string()
+}
+
+/// "3:30pm"
+pub fn clock(t: DateTime<Utc>) -> String {
+    London.from_utc_datetime(&t.naive_utc()).format("%-I:%M%P").to_string()
+}
+
+/// "Wednesday 2 October 2024, 3:30pm"
+pub fn date_time(t: DateTime<Utc>) -> String {
+    format!("{}, {}", date(t), clock(t))
+}
+
+/// "Wednesday 2 October 2024, 3:30pm to 4:30pm"; the end's date is named when it differs.
+pub fn range(start: DateTime<Utc>, end: DateTime<Utc>) -> String {
+    if date(start) == date(end) {
+        format!("{}, {} to {}", date(start), clock(start), clock(end))
+    } else {
+        format!("{} to {}", date_time(start), date_time(end))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn utc(s: &str) -> DateTime<Utc> {
+        DateTime::parse_from_rfc3339(s).unwrap().with_timezone(&Utc)
+    }
+
+    #[test]
+    fn writes_times_as_the_page_does_in_summer_and_winter() {
+        assert_eq!(
+            range(utc("2024-10-02T15:30:00+01:00"), utc("2024-10-02T16:30:00+01:00")),
+            "Wednesday 2 October 2024, 3:30pm to 4:30pm"
+        );
+        assert_eq!(
+            range(utc("2024-11-25T15:30:00Z"), utc("2024-11-25T16:30:00Z")),
+            "Monday 25 November 2024, 3:30pm to 4:30pm"
+        );
+        assert_eq!(
+            range(utc("2024-10-22T11:00:00Z"), utc("2024-10-22T12:00:00Z")),
+            "Tuesday 22 October 2024, 12:00pm to 1:00pm"
+        );
+    }
+}

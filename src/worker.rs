@@ -1,0 +1,112 @@
+//! `rpec-notify run`: loads everything, applies migrations, then runs the consumer, the sender,
+//! the retention sweep and the HTTP server until `shutdown` resolves; then stops consuming,
+//! finishes what is in hand and returns.
+
+use crate::config::{Regions, Settings};
+use crate::mail::{Relay, Templates};
+use crate::metrics::Metrics;
+use crate::{consume, db, http, mail};
+use anyhow::Context;
+use sqlx::PgPool;
+use std::future::Future;
+use std::sync::atomic::AtomicBool;
+use std::sync::Arc;
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+
+/// What every part of the worker shares.
+pub struct Shared {
+    pub settings: Settings,
+    pub regions: Regions,
+    pub templates: Templates,
+    pub pool: PgPool,
+    pub metrics: Metrics,
+    /// Whether the consumer holds a working broker connection (for /readyz).
+    pub amqp_ready: AtomicBool,
+}
+
+impl Shared {
+    /// Loads regions and templates and connects to PostgreSQL (no migrations).
+    pub async fn load(settings: Settings) -> anyhow::Result<Shared> {
+        let regions = Regions::load(&settings.regions_path()).map_err(|p| crate::config::Problems(p))?;
+        let templates =
+            Templates::load(&settings.templates_dir, &settings.public_url).map_err(|p| crate::config::Problems(p))?;
+        let pool = db::connect(&settings).await?;
+        Ok(Shared {
+            settings,
+            regions,
+            templates,
+            pool,
+            metrics: Metrics::new(),
+            amqp_ready: AtomicBool::new(false),
+        })
+    }
+}
+
+/// Runs the worker on `listener` until `shutdown` completes.
+pub async fn run(settings: Settings, listener: TcpListener, shutdown: impl Future<Output = ()>) -> anyhow::Result<()> {
+    let shared = Arc::new(Shared::load(settings).await?);
+    db::migrate(&shared.pool).await?;
+    let s = &shared.settings;
+    let relay = Relay::new(s.smtp_url(), s.smtp_pool_max_size, s.send_timeout).context("Failed to set up the mail relay")?;
+
+    let stop = CancellationToken::new();
+    let mut tasks = tokio::task::JoinSet::new();
+    tasks.spawn(consume::run(shared.clone(), stop.clone()));
+    tasks.spawn(mail::sender::run(shared.clone(), relay.clone(), stop.clone()));
+    tasks.spawn(retention_sweep(shared.clone(), stop.clone()));
+    tasks.spawn(http::serve(listener, shared.clone(), relay, stop.clone()));
+    tracing::info!("worker started");
+
+    tokio::select! {
+        _ = shutdown => tracing::info!("shutting down: finishing what is in hand"),
+        _ = tasks.join_next() => tracing::error!("a worker task ended unexpectedly: shutting down"),
+    }
+    stop.cancel();
+    // Each task bounds its own drain by the grace period; this is the backstop.
+    let grace = shared.settings.shutdown_grace + std::time::Duration::from_secs(1);
+    if tokio::time::timeout(grace, async { while tasks.join_next().await.is_some() {} }).await.is_err() {
+        tracing::warn!("tasks still running after the grace period: stopping them");
+        tasks.abort_all();
+    }
+    shared.pool.close().await;
+    tracing::info!("worker stopped");
+    Ok(())
+}
+
+/// Deletes personal data older than the configured retention: enquiries are anonymised, and
+/// finished emails (with their recipients and content) deleted.
+pub async fn sweep_once(shared: &Shared) -> sqlx::Result<(u64, u64)> {
+    let s = &shared.settings;
+    let enquiries = sqlx::query(
+        "UPDATE enquiries SET name = NULL, email = NULL, organisation = NULL, phone = NULL,
+                area = NULL, message = NULL, anonymised_at = now()
+         WHERE anonymised_at IS NULL AND received_at < now() - make_interval(days => $1)",
+    )
+    .bind(s.enquiry_retention_days as i32)
+    .execute(&shared.pool)
+    .await?
+    .rows_affected();
+    let emails = sqlx::query(
+        "DELETE FROM outbox WHERE status IN ('sent', 'failed') AND created_at < now() - make_interval(days => $1)",
+    )
+    .bind(s.outbox_retention_days as i32)
+    .execute(&shared.pool)
+    .await?
+    .rows_affected();
+    Ok((enquiries, emails))
+}
+
+async fn retention_sweep(shared: Arc<Shared>, stop: CancellationToken) {
+    loop {
+        match sweep_once(&shared).await {
+            Ok((0, 0)) => {}
+            Ok((enquiries, emails)) => tracing::info!(enquiries, emails, "retention: personal data removed"),
+            Err(e) => tracing::warn!(error = %e, "retention sweep failed"),
+        }
+        tokio::select! {
+            _ = stop.cancelled() => break,
+            _ = tokio::time::sleep(shared.settings.retention_sweep_interval) => {}
+        }
+    }
+}

@@ -29,5 +29,8 @@ pub async fn connect(settings: &Settings) -> anyhow::Result<PgPool> {
 }
 
 pub async fn migrate(pool: &PgPool) -> anyhow::Result<()> {
-    MIGRATOR.run(pool).await.context("Failed to apply migrations")
+    MIGRATOR
+        .run(pool)
+        .await
+        .context("Failed to apply migrations")
 }

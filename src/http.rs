@@ -30,7 +30,12 @@ pub fn router(shared: Arc<Shared>, relay: Relay) -> Router {
         .with_state(AppState { shared, relay })
 }
 
-pub async fn serve(listener: TcpListener, shared: Arc<Shared>, relay: Relay, stop: CancellationToken) {
+pub async fn serve(
+    listener: TcpListener,
+    shared: Arc<Shared>,
+    relay: Relay,
+    stop: CancellationToken,
+) {
     let app = router(shared, relay);
     if let Err(e) = axum::serve(listener, app)
         .with_graceful_shutdown(async move { stop.cancelled().await })
@@ -41,7 +46,12 @@ pub async fn serve(listener: TcpListener, shared: Arc<Shared>, relay: Relay, sto
 }
 
 async fn readyz(State(state): State<AppState>) -> impl IntoResponse {
-    let database = match tokio::time::timeout(CHECK_TIMEOUT, sqlx::query("SELECT 1").execute(&state.shared.pool)).await {
+    let database = match tokio::time::timeout(
+        CHECK_TIMEOUT,
+        sqlx::query("SELECT 1").execute(&state.shared.pool),
+    )
+    .await
+    {
         Ok(Ok(_)) => Ok(()),
         Ok(Err(e)) => Err(format!("{e}")),
         Err(_) => Err("no answer in time".to_string()),
@@ -56,7 +66,12 @@ async fn readyz(State(state): State<AppState>) -> impl IntoResponse {
         Ok(()) => format!("{name}: ok\n"),
         Err(e) => format!("{name}: {e}\n"),
     };
-    let body = [line("postgresql", &database), line("rabbitmq", &broker), line("mail relay", &relay)].concat();
+    let body = [
+        line("postgresql", &database),
+        line("rabbitmq", &broker),
+        line("mail relay", &relay),
+    ]
+    .concat();
     let status = if database.is_ok() && broker.is_ok() && relay.is_ok() {
         StatusCode::OK
     } else {
@@ -66,11 +81,15 @@ async fn readyz(State(state): State<AppState>) -> impl IntoResponse {
 }
 
 async fn metrics(State(state): State<AppState>) -> impl IntoResponse {
-    if let Ok(Ok(n)) = tokio::time::timeout(CHECK_TIMEOUT, outbox::depth(&state.shared.pool)).await {
+    if let Ok(Ok(n)) = tokio::time::timeout(CHECK_TIMEOUT, outbox::depth(&state.shared.pool)).await
+    {
         state.shared.metrics.outbox_depth.set(n);
     }
     (
-        [(header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")],
+        [(
+            header::CONTENT_TYPE,
+            "text/plain; version=0.0.4; charset=utf-8",
+        )],
         state.shared.metrics.render(),
     )
 }

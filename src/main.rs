@@ -8,7 +8,11 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 #[derive(Parser)]
-#[command(name = "rpec-notify", version, about = "Turns RPEC website events into email")]
+#[command(
+    name = "rpec-notify",
+    version,
+    about = "Turns RPEC website events into email"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -64,7 +68,12 @@ async fn main() -> ExitCode {
             };
             let listener = match tokio::net::TcpListener::bind(settings.http_addr).await {
                 Ok(l) => l,
-                Err(e) => return fail(anyhow::anyhow!("cannot listen on {}: {e}", settings.http_addr)),
+                Err(e) => {
+                    return fail(anyhow::anyhow!(
+                        "cannot listen on {}: {e}",
+                        settings.http_addr
+                    ))
+                }
             };
             match rpec_notify::run(settings, listener, shutdown_signal()).await {
                 Ok(()) => ExitCode::SUCCESS,
@@ -95,7 +104,14 @@ async fn main() -> ExitCode {
                 Err(code) => return code,
             };
             use secrecy::ExposeSecret;
-            match publish::publish(settings.amqp_url.expose_secret(), &settings.exchange, &settings.queue, &files).await {
+            match publish::publish(
+                settings.amqp_url.expose_secret(),
+                &settings.exchange,
+                &settings.queue,
+                &files,
+            )
+            .await
+            {
                 Ok(n) => {
                     println!("published {n} event(s) to {}", settings.exchange);
                     ExitCode::SUCCESS
@@ -103,15 +119,28 @@ async fn main() -> ExitCode {
                 Err(e) => fail(e),
             }
         }
-        Command::Preview { template, data, out } => preview(&template, &data, out.as_deref()),
+        Command::Preview {
+            template,
+            data,
+            out,
+        } => preview(&template, &data, out.as_deref()),
     }
 }
 
 fn check() -> ExitCode {
     let mut problems: Vec<Problem> = Vec::new();
-    let env_or = |k: &str, d: &str| std::env::var(k).ok().filter(|v| !v.is_empty()).unwrap_or_else(|| d.into());
+    let env_or = |k: &str, d: &str| {
+        std::env::var(k)
+            .ok()
+            .filter(|v| !v.is_empty())
+            .unwrap_or_else(|| d.into())
+    };
     let (config_dir, templates_dir, public_url) = match Settings::load() {
-        Ok(s) => (s.config_dir.clone(), s.templates_dir.clone(), s.public_url.clone()),
+        Ok(s) => (
+            s.config_dir.clone(),
+            s.templates_dir.clone(),
+            s.public_url.clone(),
+        ),
         Err(p) => {
             problems.extend(p);
             (
@@ -121,8 +150,12 @@ fn check() -> ExitCode {
             )
         }
     };
-    let regions = Regions::load(&config_dir.join("regions.toml")).map_err(|p| problems.extend(p)).ok();
-    let templates = Templates::load(&templates_dir, &public_url).map_err(|p| problems.extend(p)).ok();
+    let regions = Regions::load(&config_dir.join("regions.toml"))
+        .map_err(|p| problems.extend(p))
+        .ok();
+    let templates = Templates::load(&templates_dir, &public_url)
+        .map_err(|p| problems.extend(p))
+        .ok();
     if let Some(t) = &templates {
         problems.extend(t.check_samples(&templates_dir, &handle::samples()));
     }
@@ -142,18 +175,27 @@ fn preview(template: &str, data: &std::path::Path, out: Option<&std::path::Path>
             Ok(s) => (s.templates_dir, s.public_url),
             Err(_) => (PathBuf::from("templates"), "http://127.0.0.1:8080".into()),
         };
-        let templates = Templates::load(&templates_dir, &public_url).map_err(rpec_notify::config::Problems)?;
+        let templates =
+            Templates::load(&templates_dir, &public_url).map_err(rpec_notify::config::Problems)?;
         let context: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(data)?)?;
-        let r = templates.render(template, &context).map_err(anyhow::Error::msg)?;
+        let r = templates
+            .render(template, &context)
+            .map_err(anyhow::Error::msg)?;
         match out {
             Some(dir) => {
                 std::fs::create_dir_all(dir)?;
                 std::fs::write(dir.join("subject.txt"), &r.subject)?;
                 std::fs::write(dir.join("body.txt"), &r.text)?;
                 std::fs::write(dir.join("body.html"), &r.html)?;
-                println!("wrote subject.txt, body.txt and body.html to {}", dir.display());
+                println!(
+                    "wrote subject.txt, body.txt and body.html to {}",
+                    dir.display()
+                );
             }
-            None => println!("Subject: {}\n\n----- text -----\n{}\n----- html -----\n{}", r.subject, r.text, r.html),
+            None => println!(
+                "Subject: {}\n\n----- text -----\n{}\n----- html -----\n{}",
+                r.subject, r.text, r.html
+            ),
         }
         Ok(())
     })();

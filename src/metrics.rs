@@ -17,24 +17,66 @@ pub struct Metrics {
 
 fn counter(registry: &Registry, name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
     let c = IntCounterVec::new(Opts::new(name, help), labels).expect("a valid metric");
-    registry.register(Box::new(c.clone())).expect("registered once");
+    registry
+        .register(Box::new(c.clone()))
+        .expect("registered once");
     c
 }
 
 impl Metrics {
     pub fn new() -> Metrics {
         let registry = Registry::new();
-        let outbox_depth = IntGauge::new("rpec_outbox_depth", "Emails waiting to be sent (pending or being sent)")
-            .expect("a valid metric");
-        registry.register(Box::new(outbox_depth.clone())).expect("registered once");
+        let outbox_depth = IntGauge::new(
+            "rpec_outbox_depth",
+            "Emails waiting to be sent (pending or being sent)",
+        )
+        .expect("a valid metric");
+        registry
+            .register(Box::new(outbox_depth.clone()))
+            .expect("registered once");
         Metrics {
-            events_consumed: counter(&registry, "rpec_events_consumed_total", "Events handled and acknowledged, by type", &["type"]),
-            events_duplicate: counter(&registry, "rpec_events_duplicate_total", "Events delivered again and ignored, by type", &["type"]),
-            events_retried: counter(&registry, "rpec_events_retried_total", "Events put back for a later attempt after a passing failure, by type", &["type"]),
-            events_dead_lettered: counter(&registry, "rpec_events_dead_lettered_total", "Events sent to the dead-letter queue, by type and reason", &["type", "reason"]),
-            emails_sent: counter(&registry, "rpec_emails_sent_total", "Emails accepted by the relay, by kind", &["kind"]),
-            emails_retried: counter(&registry, "rpec_emails_retried_total", "Sends that failed for a passing reason and will be retried, by kind", &["kind"]),
-            emails_failed: counter(&registry, "rpec_emails_failed_total", "Emails that will not be sent (permanent failure or retries exhausted), by kind", &["kind"]),
+            events_consumed: counter(
+                &registry,
+                "rpec_events_consumed_total",
+                "Events handled and acknowledged, by type",
+                &["type"],
+            ),
+            events_duplicate: counter(
+                &registry,
+                "rpec_events_duplicate_total",
+                "Events delivered again and ignored, by type",
+                &["type"],
+            ),
+            events_retried: counter(
+                &registry,
+                "rpec_events_retried_total",
+                "Events put back for a later attempt after a passing failure, by type",
+                &["type"],
+            ),
+            events_dead_lettered: counter(
+                &registry,
+                "rpec_events_dead_lettered_total",
+                "Events sent to the dead-letter queue, by type and reason",
+                &["type", "reason"],
+            ),
+            emails_sent: counter(
+                &registry,
+                "rpec_emails_sent_total",
+                "Emails accepted by the relay, by kind",
+                &["kind"],
+            ),
+            emails_retried: counter(
+                &registry,
+                "rpec_emails_retried_total",
+                "Sends that failed for a passing reason and will be retried, by kind",
+                &["kind"],
+            ),
+            emails_failed: counter(
+                &registry,
+                "rpec_emails_failed_total",
+                "Emails that will not be sent (permanent failure or retries exhausted), by kind",
+                &["kind"],
+            ),
             outbox_depth,
             registry,
         }

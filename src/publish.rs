@@ -11,8 +11,10 @@ use std::path::Path;
 
 /// Reads the events in a file, each re-serialised on its own.
 pub fn read_events(path: &Path) -> anyhow::Result<Vec<(String, Vec<u8>)>> {
-    let text = std::fs::read_to_string(path).with_context(|| format!("{}: cannot be read", path.display()))?;
-    let value: Value = serde_json::from_str(&text).with_context(|| format!("{}: not valid JSON", path.display()))?;
+    let text = std::fs::read_to_string(path)
+        .with_context(|| format!("{}: cannot be read", path.display()))?;
+    let value: Value = serde_json::from_str(&text)
+        .with_context(|| format!("{}: not valid JSON", path.display()))?;
     let events = match value {
         Value::Array(items) => items,
         other => vec![other],
@@ -30,22 +32,37 @@ pub fn read_events(path: &Path) -> anyhow::Result<Vec<(String, Vec<u8>)>> {
 }
 
 /// Publishes every event of every file; returns how many were confirmed.
-pub async fn publish(amqp_url: &str, exchange: &str, queue: &str, files: &[impl AsRef<Path>]) -> anyhow::Result<usize> {
+pub async fn publish(
+    amqp_url: &str,
+    exchange: &str,
+    queue: &str,
+    files: &[impl AsRef<Path>],
+) -> anyhow::Result<usize> {
     let mut events = Vec::new();
     for f in files {
         events.extend(read_events(f.as_ref())?);
     }
-    let connection = topology::connect(amqp_url).await.context("Failed to connect to RabbitMQ")?;
+    let connection = topology::connect(amqp_url)
+        .await
+        .context("Failed to connect to RabbitMQ")?;
     let channel = connection.create_channel().await?;
     topology::declare(&channel, &Topology::new(exchange, queue)).await?;
-    channel.confirm_select(ConfirmSelectOptions::default()).await?;
+    channel
+        .confirm_select(ConfirmSelectOptions::default())
+        .await?;
     let mut confirmed = 0;
     for (event_type, body) in &events {
         let props = BasicProperties::default()
             .with_delivery_mode(2)
             .with_content_type("application/json".into());
         let confirm = channel
-            .basic_publish(exchange, event_type, BasicPublishOptions::default(), body, props)
+            .basic_publish(
+                exchange,
+                event_type,
+                BasicPublishOptions::default(),
+                body,
+                props,
+            )
             .await?
             .await?;
         if !confirm.is_ack() {

@@ -6,12 +6,18 @@ use chrono_tz::Europe::London;
 
 /// "Wednesday 2 October 2024"
 pub fn date(t: DateTime<Utc>) -> String {
-    London.from_utc_datetime(&t.naive_utc()).format("%A %-d %B %Y").to_string()
+    London
+        .from_utc_datetime(&t.naive_utc())
+        .format("%A %-d %B %Y")
+        .to_string()
 }
 
 /// "3:30pm"
 pub fn clock(t: DateTime<Utc>) -> String {
-    London.from_utc_datetime(&t.naive_utc()).format("%-I:%M%P").to_string()
+    London
+        .from_utc_datetime(&t.naive_utc())
+        .format("%-I:%M%P")
+        .to_string()
 }
 
 /// "Wednesday 2 October 2024, 3:30pm"
@@ -39,7 +45,10 @@ mod tests {
     #[test]
     fn writes_times_as_the_page_does_in_summer_and_winter() {
         assert_eq!(
-            range(utc("2024-10-02T15:30:00+01:00"), utc("2024-10-02T16:30:00+01:00")),
+            range(
+                utc("2024-10-02T15:30:00+01:00"),
+                utc("2024-10-02T16:30:00+01:00")
+            ),
             "Wednesday 2 October 2024, 3:30pm to 4:30pm"
         );
         assert_eq!(

@@ -28,9 +28,9 @@ pub struct Shared {
 impl Shared {
     /// Loads regions and templates and connects to PostgreSQL (no migrations).
     pub async fn load(settings: Settings) -> anyhow::Result<Shared> {
-        let regions = Regions::load(&settings.regions_path()).map_err(|p| crate::config::Problems(p))?;
-        let templates =
-            Templates::load(&settings.templates_dir, &settings.public_url).map_err(|p| crate::config::Problems(p))?;
+        let regions = Regions::load(&settings.regions_path()).map_err(crate::config::Problems)?;
+        let templates = Templates::load(&settings.templates_dir, &settings.public_url)
+            .map_err(crate::config::Problems)?;
         let pool = db::connect(&settings).await?;
         Ok(Shared {
             settings,
@@ -44,16 +44,25 @@ impl Shared {
 }
 
 /// Runs the worker on `listener` until `shutdown` completes.
-pub async fn run(settings: Settings, listener: TcpListener, shutdown: impl Future<Output = ()>) -> anyhow::Result<()> {
+pub async fn run(
+    settings: Settings,
+    listener: TcpListener,
+    shutdown: impl Future<Output = ()>,
+) -> anyhow::Result<()> {
     let shared = Arc::new(Shared::load(settings).await?);
     db::migrate(&shared.pool).await?;
     let s = &shared.settings;
-    let relay = Relay::new(s.smtp_url(), s.smtp_pool_max_size, s.send_timeout).context("Failed to set up the mail relay")?;
+    let relay = Relay::new(s.smtp_url(), s.smtp_pool_max_size, s.send_timeout)
+        .context("Failed to set up the mail relay")?;
 
     let stop = CancellationToken::new();
     let mut tasks = tokio::task::JoinSet::new();
     tasks.spawn(consume::run(shared.clone(), stop.clone()));
-    tasks.spawn(mail::sender::run(shared.clone(), relay.clone(), stop.clone()));
+    tasks.spawn(mail::sender::run(
+        shared.clone(),
+        relay.clone(),
+        stop.clone(),
+    ));
     tasks.spawn(retention_sweep(shared.clone(), stop.clone()));
     tasks.spawn(http::serve(listener, shared.clone(), relay, stop.clone()));
     tracing::info!("worker started");
@@ -65,7 +74,10 @@ pub async fn run(settings: Settings, listener: TcpListener, shutdown: impl Futur
     stop.cancel();
     // Each task bounds its own drain by the grace period; this is the backstop.
     let grace = shared.settings.shutdown_grace + std::time::Duration::from_secs(1);
-    if tokio::time::timeout(grace, async { while tasks.join_next().await.is_some() {} }).await.is_err() {
+    if tokio::time::timeout(grace, async { while tasks.join_next().await.is_some() {} })
+        .await
+        .is_err()
+    {
         tracing::warn!("tasks still running after the grace period: stopping them");
         tasks.abort_all();
     }
@@ -101,7 +113,9 @@ async fn retention_sweep(shared: Arc<Shared>, stop: CancellationToken) {
     loop {
         match sweep_once(&shared).await {
             Ok((0, 0)) => {}
-            Ok((enquiries, emails)) => tracing::info!(enquiries, emails, "retention: personal data removed"),
+            Ok((enquiries, emails)) => {
+                tracing::info!(enquiries, emails, "retention: personal data removed")
+            }
             Err(e) => tracing::warn!(error = %e, "retention sweep failed"),
         }
         tokio::select! {

@@ -21,7 +21,8 @@ impl FromStr for Offset {
 
     fn from_str(s: &str) -> Result<Self, Self::Err> {
         let s = s.trim();
-        let err = || format!("{s:?} is not an offset (a number followed by d, h or m, e.g. \"7d\")");
+        let err =
+            || format!("{s:?} is not an offset (a number followed by d, h or m, e.g. \"7d\")");
         let (num, unit) = s.split_at(s.find(|c: char| !c.is_ascii_digit()).ok_or_else(err)?);
         let n: u32 = num.parse().map_err(|_| err())?;
         if n == 0 {
@@ -178,7 +179,8 @@ pub fn parse_schedule(expr: &str) -> Result<cron::Schedule, String> {
             "{expr:?} is not a cron expression with seconds (6 or 7 fields, e.g. \"0 0 9 * * Mon\"; it has {fields})"
         ));
     }
-    cron::Schedule::from_str(expr).map_err(|e| format!("{expr:?} is not a valid cron expression: {e}"))
+    cron::Schedule::from_str(expr)
+        .map_err(|e| format!("{expr:?} is not a valid cron expression: {e}"))
 }
 
 impl Regions {
@@ -195,7 +197,11 @@ impl Regions {
         let mut problems = Vec::new();
         let at = |key: &str| format!("{file}: {key}");
 
-        let default_offsets = parse_offsets(&raw.defaults.reminder_offsets, &at("defaults.reminder_offsets"), &mut problems);
+        let default_offsets = parse_offsets(
+            &raw.defaults.reminder_offsets,
+            &at("defaults.reminder_offsets"),
+            &mut problems,
+        );
         let default_briefing = raw
             .defaults
             .briefing_offset
@@ -215,12 +221,17 @@ impl Regions {
             let briefing_offset = match &r.briefing_offset {
                 Some(o) => o
                     .parse()
-                    .map_err(|e| problems.push(Problem::new(at(&format!("{key}.briefing_offset")), e)))
+                    .map_err(|e| {
+                        problems.push(Problem::new(at(&format!("{key}.briefing_offset")), e))
+                    })
                     .unwrap_or(default_briefing),
                 None => default_briefing,
             };
             let digest_schedule = if with_digest {
-                let expr = r.digest_schedule.as_ref().unwrap_or(&raw.defaults.digest_schedule);
+                let expr = r
+                    .digest_schedule
+                    .as_ref()
+                    .unwrap_or(&raw.defaults.digest_schedule);
                 match parse_schedule(expr) {
                     Ok(s) => Some((expr.clone(), s)),
                     Err(e) => {
@@ -240,11 +251,18 @@ impl Regions {
                 None
             };
             if r.name.trim().is_empty() {
-                problems.push(Problem::new(at(&format!("{key}.name")), "must not be empty"));
+                problems.push(Problem::new(
+                    at(&format!("{key}.name")),
+                    "must not be empty",
+                ));
             }
             RegionConfig {
                 name: r.name.trim().to_owned(),
-                coordinators: parse_addresses(&r.coordinators, &at(&format!("{key}.coordinators")), problems),
+                coordinators: parse_addresses(
+                    &r.coordinators,
+                    &at(&format!("{key}.coordinators")),
+                    problems,
+                ),
                 reminder_offsets,
                 briefing_offset,
                 digest_schedule,
@@ -253,7 +271,10 @@ impl Regions {
 
         let national = build("national", &raw.national, false, &mut problems);
         if !raw.national.areas.is_empty() {
-            problems.push(Problem::new(at("national.areas"), "national sessions have no areas"));
+            problems.push(Problem::new(
+                at("national.areas"),
+                "national sessions have no areas",
+            ));
         }
         let mut regions = BTreeMap::new();
         let mut areas: HashMap<String, (RegionId, String)> = HashMap::new();
@@ -270,7 +291,10 @@ impl Regions {
             let mut add = |name: &str, what: &str, problems: &mut Vec<Problem>| {
                 let norm = normalise_area(name);
                 if norm.is_empty() {
-                    problems.push(Problem::new(at(&format!("{place}.{what}")), "an empty area name"));
+                    problems.push(Problem::new(
+                        at(&format!("{place}.{what}")),
+                        "an empty area name",
+                    ));
                     return;
                 }
                 if let Some((other, first)) = areas.get(&norm) {
@@ -288,7 +312,11 @@ impl Regions {
                 add(area, "areas", &mut problems);
             }
             for (area, aliases) in &r.aliases {
-                if !r.areas.iter().any(|a| normalise_area(a) == normalise_area(area)) {
+                if !r
+                    .areas
+                    .iter()
+                    .any(|a| normalise_area(a) == normalise_area(area))
+                {
                     problems.push(Problem::new(
                         at(&format!("{place}.aliases")),
                         format!("{area:?} is not one of this region's areas"),
@@ -301,7 +329,10 @@ impl Regions {
         }
         for id in RegionId::ALL {
             if !regions.contains_key(&id) {
-                problems.push(Problem::new(at(&format!("regions.{id}")), "missing: every region needs its coordinators"));
+                problems.push(Problem::new(
+                    at(&format!("regions.{id}")),
+                    "missing: every region needs its coordinators",
+                ));
             }
         }
         if !problems.is_empty() {
@@ -354,8 +385,11 @@ mod tests {
     use super::*;
 
     fn shipped() -> Regions {
-        Regions::load(Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/config/regions.toml")))
-            .unwrap()
+        Regions::load(Path::new(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/config/regions.toml"
+        )))
+        .unwrap()
     }
 
     #[test]
@@ -373,7 +407,11 @@ mod tests {
         ];
         for (region, areas) in page {
             for area in areas.split(", ") {
-                assert_eq!(r.find_area(area).map(RegionId::as_str), Some(region), "{area}");
+                assert_eq!(
+                    r.find_area(area).map(RegionId::as_str),
+                    Some(region),
+                    "{area}"
+                );
             }
         }
     }
@@ -381,11 +419,25 @@ mod tests {
     #[test]
     fn matching_forgives_case_spacing_punctuation_and_ampersands() {
         let r = shipped();
-        for spelling in ["avon and somerset", "AVON & SOMERSET", "  Avon   &Somerset ", "Avon-and-Somerset", "Avon and Somerset Police", "avon & somerset constabulary"] {
-            assert_eq!(r.find_area(spelling), Some(RegionId::SouthWest), "{spelling}");
+        for spelling in [
+            "avon and somerset",
+            "AVON & SOMERSET",
+            "  Avon   &Somerset ",
+            "Avon-and-Somerset",
+            "Avon and Somerset Police",
+            "avon & somerset constabulary",
+        ] {
+            assert_eq!(
+                r.find_area(spelling),
+                Some(RegionId::SouthWest),
+                "{spelling}"
+            );
         }
         assert_eq!(r.find_area("Manchester"), Some(RegionId::NorthWest));
-        assert_eq!(r.find_area("Kent County Council"), Some(RegionId::SouthEast));
+        assert_eq!(
+            r.find_area("Kent County Council"),
+            Some(RegionId::SouthEast)
+        );
         assert_eq!(r.find_area("somewhere unlisted"), None);
         assert_eq!(r.find_area("Somerset House"), None);
     }
@@ -393,11 +445,20 @@ mod tests {
     #[test]
     fn routing_prefers_region_then_area_then_triage() {
         let r = shipped();
-        assert_eq!(r.route(Some(RegionId::London), Some("Cumbria")), Routing::Region(RegionId::London));
-        assert_eq!(r.route(None, Some("Cumbria")), Routing::Area(RegionId::NorthWest));
+        assert_eq!(
+            r.route(Some(RegionId::London), Some("Cumbria")),
+            Routing::Region(RegionId::London)
+        );
+        assert_eq!(
+            r.route(None, Some("Cumbria")),
+            Routing::Area(RegionId::NorthWest)
+        );
         assert_eq!(r.route(None, Some("Atlantis")), Routing::Triage);
         assert_eq!(r.route(None, None), Routing::Triage);
-        assert_eq!(r.mailboxes(Routing::Triage)[0].as_str(), "prevent.triage@example.org");
+        assert_eq!(
+            r.mailboxes(Routing::Triage)[0].as_str(),
+            "prevent.triage@example.org"
+        );
     }
 
     #[test]
@@ -412,20 +473,47 @@ mod tests {
 
     #[test]
     fn a_broken_file_reports_every_problem_with_its_place() {
-        let text = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/config/regions.toml")).unwrap();
+        let text =
+            std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/config/regions.toml"))
+                .unwrap();
         let broken = text
             .replace("[regions.london]", "[regions.londres]")
             .replace("[regions.london.aliases]", "[regions.londres.aliases]")
             .replace("\"Suffolk\"]", "\"Suffolk\", \"Kent\"]")
             .replace("rpec.north-east@example.org", "not an address")
-            .replace("digest_schedule = \"0 0 9 * * Mon\"", "digest_schedule = \"every monday\"");
+            .replace(
+                "digest_schedule = \"0 0 9 * * Mon\"",
+                "digest_schedule = \"every monday\"",
+            );
         let problems = Regions::parse(&broken, "regions.toml").unwrap_err();
-        let all = problems.iter().map(|p| p.to_string()).collect::<Vec<_>>().join("\n");
-        assert!(all.contains("regions.toml: regions.londres: unknown region id"), "{all}");
-        assert!(all.contains("regions.toml: regions.london: missing"), "{all}");
-        let kent = all.lines().find(|l| l.contains("\"Kent\" is also listed")).expect("the duplicate area");
-        assert!(kent.contains("south-east") && kent.contains("east-of-england"), "{kent}");
-        assert!(all.contains("regions.north-east.coordinators: \"not an address\""), "{all}");
-        assert!(all.contains("defaults.digest_schedule: \"every monday\""), "{all}");
+        let all = problems
+            .iter()
+            .map(|p| p.to_string())
+            .collect::<Vec<_>>()
+            .join("\n");
+        assert!(
+            all.contains("regions.toml: regions.londres: unknown region id"),
+            "{all}"
+        );
+        assert!(
+            all.contains("regions.toml: regions.london: missing"),
+            "{all}"
+        );
+        let kent = all
+            .lines()
+            .find(|l| l.contains("\"Kent\" is also listed"))
+            .expect("the duplicate area");
+        assert!(
+            kent.contains("south-east") && kent.contains("east-of-england"),
+            "{kent}"
+        );
+        assert!(
+            all.contains("regions.north-east.coordinators: \"not an address\""),
+            "{all}"
+        );
+        assert!(
+            all.contains("defaults.digest_schedule: \"every monday\""),
+            "{all}"
+        );
     }
 }

@@ -194,7 +194,11 @@ impl Settings {
 
     /// Loads with an explicit environment, so tests need not touch the process's.
     pub fn load_from(env: &HashMap<String, String>) -> Result<Settings, Vec<Problem>> {
-        let var = |k: &str| env.get(k).map(|v| v.trim().to_owned()).filter(|v| !v.is_empty());
+        let var = |k: &str| {
+            env.get(k)
+                .map(|v| v.trim().to_owned())
+                .filter(|v| !v.is_empty())
+        };
         let config_dir = PathBuf::from(var("RPEC_CONFIG_DIR").unwrap_or_else(|| "config".into()));
         let base_path = config_dir.join("rpec.toml");
         let mut table = read_table(&base_path).map_err(|p| vec![p])?;
@@ -221,14 +225,15 @@ impl Settings {
         if profile_file.exists() {
             merge(&mut table, read_table(&profile_file).map_err(|p| vec![p])?);
         }
-        let raw: RawSettings = toml::Value::Table(table)
-            .try_into()
-            .map_err(|e: toml::de::Error| {
-                vec![Problem::new(
-                    base_path.display().to_string(),
-                    e.to_string().trim().replace('\n', " "),
-                )]
-            })?;
+        let raw: RawSettings =
+            toml::Value::Table(table)
+                .try_into()
+                .map_err(|e: toml::de::Error| {
+                    vec![Problem::new(
+                        base_path.display().to_string(),
+                        e.to_string().trim().replace('\n', " "),
+                    )]
+                })?;
         Self::from_raw(raw, profile, config_dir, &var)
     }
 
@@ -250,7 +255,11 @@ impl Settings {
                 Sender::parse("invalid@example.org").expect("a valid fallback")
             })
         };
-        let transactional_from = sender("mail.transactional_from", &raw.mail.transactional_from, &mut problems);
+        let transactional_from = sender(
+            "mail.transactional_from",
+            &raw.mail.transactional_from,
+            &mut problems,
+        );
         let bulk_from = sender("mail.bulk_from", &raw.mail.bulk_from, &mut problems);
         let http_addr_raw = var("RPEC_HTTP_ADDR").unwrap_or(raw.http.addr);
         let http_addr = http_addr_raw.parse().unwrap_or_else(|_| {
@@ -277,11 +286,16 @@ impl Settings {
         let token_secret = match var("RPEC_TOKEN_SECRET") {
             Some(s) if s.len() >= 32 => s,
             Some(_) => {
-                problems.push(Problem::new("RPEC_TOKEN_SECRET", "must be at least 32 bytes"));
+                problems.push(Problem::new(
+                    "RPEC_TOKEN_SECRET",
+                    "must be at least 32 bytes",
+                ));
                 String::new()
             }
             None if profile == Profile::Dev => {
-                tracing::warn!("RPEC_TOKEN_SECRET is not set: using the fixed dev key (dev profile only)");
+                tracing::warn!(
+                    "RPEC_TOKEN_SECRET is not set: using the fixed dev key (dev profile only)"
+                );
                 DEV_TOKEN_SECRET.to_owned()
             }
             None => {
@@ -312,13 +326,38 @@ impl Settings {
             }
         };
         positive("amqp.prefetch", raw.amqp.prefetch.into(), &mut problems);
-        positive("amqp.retry.max_attempts", raw.amqp.retry.max_attempts.into(), &mut problems);
-        positive("mail.concurrency", raw.mail.concurrency as u64, &mut problems);
-        positive("mail.batch_size", raw.mail.batch_size.max(0) as u64, &mut problems);
-        positive("mail.pool_max_size", raw.mail.pool_max_size.into(), &mut problems);
-        positive("database.max_connections", raw.database.max_connections.into(), &mut problems);
-        if !(raw.mail.retry.initial_secs > 0.0 && raw.mail.retry.max_secs >= raw.mail.retry.initial_secs) {
-            problems.push(Problem::new(at("mail.retry"), "needs 0 < initial_secs <= max_secs"));
+        positive(
+            "amqp.retry.max_attempts",
+            raw.amqp.retry.max_attempts.into(),
+            &mut problems,
+        );
+        positive(
+            "mail.concurrency",
+            raw.mail.concurrency as u64,
+            &mut problems,
+        );
+        positive(
+            "mail.batch_size",
+            raw.mail.batch_size.max(0) as u64,
+            &mut problems,
+        );
+        positive(
+            "mail.pool_max_size",
+            raw.mail.pool_max_size.into(),
+            &mut problems,
+        );
+        positive(
+            "database.max_connections",
+            raw.database.max_connections.into(),
+            &mut problems,
+        );
+        if !(raw.mail.retry.initial_secs > 0.0
+            && raw.mail.retry.max_secs >= raw.mail.retry.initial_secs)
+        {
+            problems.push(Problem::new(
+                at("mail.retry"),
+                "needs 0 < initial_secs <= max_secs",
+            ));
         }
 
         if !problems.is_empty() {

@@ -43,8 +43,15 @@ pub const HEADER_ATTEMPT: &str = "x-rpec-attempt";
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Decision {
     Ack,
-    DeadLetter { code: ErrorCode, detail: String },
-    Retry { attempt: u32, delay: Duration, error: String },
+    DeadLetter {
+        code: ErrorCode,
+        detail: String,
+    },
+    Retry {
+        attempt: u32,
+        delay: Duration,
+        error: String,
+    },
 }
 
 /// Parses and handles one message body; `attempt` counts from 1.
@@ -53,18 +60,32 @@ pub async fn decide(shared: &Shared, body: &[u8], attempt: u32) -> (Option<Strin
         Ok(e) => e,
         Err(e) => {
             let detail = e.detail.clone();
-            return (e.event_type, Decision::DeadLetter { code: e.code, detail });
+            return (
+                e.event_type,
+                Decision::DeadLetter {
+                    code: e.code,
+                    detail,
+                },
+            );
         }
     };
     let event_type = Some(envelope.event_type.as_str().to_owned());
     let decision = match handle::handle(shared, &envelope).await {
         Ok(Handled::Done) => {
-            shared.metrics.events_consumed.with_label_values(&[envelope.event_type.as_str()]).inc();
+            shared
+                .metrics
+                .events_consumed
+                .with_label_values(&[envelope.event_type.as_str()])
+                .inc();
             tracing::info!(event_id = %envelope.id, event_type = envelope.event_type.as_str(), "event handled");
             Decision::Ack
         }
         Ok(Handled::Duplicate) => {
-            shared.metrics.events_duplicate.with_label_values(&[envelope.event_type.as_str()]).inc();
+            shared
+                .metrics
+                .events_duplicate
+                .with_label_values(&[envelope.event_type.as_str()])
+                .inc();
             tracing::info!(event_id = %envelope.id, "event already handled: ignored");
             Decision::Ack
         }
@@ -79,7 +100,11 @@ pub async fn decide(shared: &Shared, body: &[u8], attempt: u32) -> (Option<Strin
                 }
             } else {
                 tracing::warn!(event_id = %envelope.id, attempt, error = %error, "event failed for a passing reason: will retry");
-                Decision::Retry { attempt: attempt + 1, delay: policy.backoff_with_jitter(attempt), error }
+                Decision::Retry {
+                    attempt: attempt + 1,
+                    delay: policy.backoff_with_jitter(attempt),
+                    error,
+                }
             }
         }
     };
@@ -108,10 +133,20 @@ fn forwarded(delivery: &Delivery, extra: Vec<(&str, AMQPValue)>) -> BasicPropert
     for (k, v) in extra {
         headers.insert(ShortString::from(k), v);
     }
-    delivery.properties.clone().with_headers(headers).with_delivery_mode(2)
+    delivery
+        .properties
+        .clone()
+        .with_headers(headers)
+        .with_delivery_mode(2)
 }
 
-async fn publish_confirmed(channel: &Channel, exchange: &str, key: &str, body: &[u8], props: BasicProperties) -> anyhow::Result<()> {
+async fn publish_confirmed(
+    channel: &Channel,
+    exchange: &str,
+    key: &str,
+    body: &[u8],
+    props: BasicProperties,
+) -> anyhow::Result<()> {
     let confirm = channel
         .basic_publish(exchange, key, BasicPublishOptions::default(), body, props)
         .await?
@@ -121,25 +156,63 @@ async fn publish_confirmed(channel: &Channel, exchange: &str, key: &str, body: &
 }
 
 /// Carries out a decision. Only after the dead letter or retry is confirmed is the original acked.
-async fn settle(shared: &Shared, publisher: &Channel, topology: &Topology, delivery: &Delivery, event_type: Option<&str>, decision: Decision) {
+async fn settle(
+    shared: &Shared,
+    publisher: &Channel,
+    topology: &Topology,
+    delivery: &Delivery,
+    event_type: Option<&str>,
+    decision: Decision,
+) {
     let label = event_type.unwrap_or("unknown");
     let forwarded_ok = match &decision {
         Decision::Ack => Ok(()),
         Decision::DeadLetter { code, detail } => {
-            shared.metrics.events_dead_lettered.with_label_values(&[label, code.as_str()]).inc();
+            shared
+                .metrics
+                .events_dead_lettered
+                .with_label_values(&[label, code.as_str()])
+                .inc();
             tracing::warn!(reason = code.as_str(), detail = %detail, event_type = label, "message dead-lettered");
-            let props = forwarded(delivery, vec![
-                (HEADER_ERROR, AMQPValue::LongString(code.as_str().into())),
-                (HEADER_ERROR_DETAIL, AMQPValue::LongString(detail.as_str().into())),
-            ]);
-            publish_confirmed(publisher, &topology.dead_letter, delivery.routing_key.as_str(), &delivery.data, props).await
+            let props = forwarded(
+                delivery,
+                vec![
+                    (HEADER_ERROR, AMQPValue::LongString(code.as_str().into())),
+                    (
+                        HEADER_ERROR_DETAIL,
+                        AMQPValue::LongString(detail.as_str().into()),
+                    ),
+                ],
+            );
+            publish_confirmed(
+                publisher,
+                &topology.dead_letter,
+                delivery.routing_key.as_str(),
+                &delivery.data,
+                props,
+            )
+            .await
         }
-        Decision::Retry { attempt, delay, error } => {
-            shared.metrics.events_retried.with_label_values(&[label]).inc();
-            let props = forwarded(delivery, vec![
-                (HEADER_ATTEMPT, AMQPValue::LongUInt(*attempt)),
-                ("x-rpec-last-error", AMQPValue::LongString(error.as_str().into())),
-            ])
+        Decision::Retry {
+            attempt,
+            delay,
+            error,
+        } => {
+            shared
+                .metrics
+                .events_retried
+                .with_label_values(&[label])
+                .inc();
+            let props = forwarded(
+                delivery,
+                vec![
+                    (HEADER_ATTEMPT, AMQPValue::LongUInt(*attempt)),
+                    (
+                        "x-rpec-last-error",
+                        AMQPValue::LongString(error.as_str().into()),
+                    ),
+                ],
+            )
             .with_expiration(delay.as_millis().max(1).to_string().into());
             publish_confirmed(publisher, "", &topology.retry, &delivery.data, props).await
         }
@@ -179,18 +252,33 @@ pub async fn run(shared: Arc<Shared>, shutdown: CancellationToken) {
 }
 
 /// One connection's life: returns Ok at shutdown, Err when the connection fails.
-async fn consume(shared: &Arc<Shared>, topology: &Topology, shutdown: &CancellationToken) -> anyhow::Result<()> {
+async fn consume(
+    shared: &Arc<Shared>,
+    topology: &Topology,
+    shutdown: &CancellationToken,
+) -> anyhow::Result<()> {
     let connection = topology::connect(shared.settings.amqp_url.expose_secret())
         .await
         .context("Failed to connect to RabbitMQ")?;
     let channel = connection.create_channel().await?;
-    topology::declare(&channel, topology).await.context("Failed to declare the topology")?;
-    channel.basic_qos(shared.settings.prefetch, BasicQosOptions::default()).await?;
+    topology::declare(&channel, topology)
+        .await
+        .context("Failed to declare the topology")?;
+    channel
+        .basic_qos(shared.settings.prefetch, BasicQosOptions::default())
+        .await?;
     let publisher = connection.create_channel().await?;
-    publisher.confirm_select(ConfirmSelectOptions::default()).await?;
+    publisher
+        .confirm_select(ConfirmSelectOptions::default())
+        .await?;
     let tag = format!("rpec-notify-{}", uuid::Uuid::new_v4());
     let mut consumer = channel
-        .basic_consume(&topology.queue, &tag, BasicConsumeOptions::default(), FieldTable::default())
+        .basic_consume(
+            &topology.queue,
+            &tag,
+            BasicConsumeOptions::default(),
+            FieldTable::default(),
+        )
         .await?;
     shared.amqp_ready.store(true, Ordering::SeqCst);
     tracing::info!(queue = %topology.queue, "consuming");
@@ -219,13 +307,18 @@ async fn consume(shared: &Arc<Shared>, topology: &Topology, shutdown: &Cancellat
     shared.amqp_ready.store(false, Ordering::SeqCst);
     // Stop new deliveries, then finish and settle what is in hand before closing the channel
     // (deliveries prefetched but not started are returned to the queue when it closes).
-    let _ = channel.basic_cancel(&tag, BasicCancelOptions::default()).await;
+    let _ = channel
+        .basic_cancel(&tag, BasicCancelOptions::default())
+        .await;
     let finished = tokio::time::timeout(shared.settings.shutdown_grace, async {
         while in_hand.join_next().await.is_some() {}
     })
     .await;
     if finished.is_err() {
-        tracing::warn!(left = in_hand.len(), "shutdown grace ran out with deliveries in hand: they will be redelivered");
+        tracing::warn!(
+            left = in_hand.len(),
+            "shutdown grace ran out with deliveries in hand: they will be redelivered"
+        );
         in_hand.abort_all();
     }
     let _ = channel.close(200, "shutting down").await;

@@ -55,24 +55,48 @@ pub async fn declare(channel: &Channel, t: &Topology) -> lapin::Result<()> {
         ..ExchangeDeclareOptions::default()
     };
     channel
-        .exchange_declare(&t.exchange, ExchangeKind::Topic, durable, FieldTable::default())
+        .exchange_declare(
+            &t.exchange,
+            ExchangeKind::Topic,
+            durable,
+            FieldTable::default(),
+        )
         .await?;
     channel
-        .exchange_declare(&t.dead_letter, ExchangeKind::Fanout, durable, FieldTable::default())
+        .exchange_declare(
+            &t.dead_letter,
+            ExchangeKind::Fanout,
+            durable,
+            FieldTable::default(),
+        )
         .await?;
     channel
         .queue_declare(&t.dead_letter, durable_queue(), FieldTable::default())
         .await?;
     channel
-        .queue_bind(&t.dead_letter, &t.dead_letter, "", QueueBindOptions::default(), FieldTable::default())
+        .queue_bind(
+            &t.dead_letter,
+            &t.dead_letter,
+            "",
+            QueueBindOptions::default(),
+            FieldTable::default(),
+        )
         .await?;
 
     let mut main_args = FieldTable::default();
     main_args.insert("x-dead-letter-exchange".into(), string(&t.dead_letter));
-    channel.queue_declare(&t.queue, durable_queue(), main_args).await?;
+    channel
+        .queue_declare(&t.queue, durable_queue(), main_args)
+        .await?;
     for event_type in EventType::ALL {
         channel
-            .queue_bind(&t.queue, &t.exchange, event_type.as_str(), QueueBindOptions::default(), FieldTable::default())
+            .queue_bind(
+                &t.queue,
+                &t.exchange,
+                event_type.as_str(),
+                QueueBindOptions::default(),
+                FieldTable::default(),
+            )
             .await?;
     }
 
@@ -80,6 +104,8 @@ pub async fn declare(channel: &Channel, t: &Topology) -> lapin::Result<()> {
     let mut retry_args = FieldTable::default();
     retry_args.insert("x-dead-letter-exchange".into(), string(""));
     retry_args.insert("x-dead-letter-routing-key".into(), string(&t.queue));
-    channel.queue_declare(&t.retry, durable_queue(), retry_args).await?;
+    channel
+        .queue_declare(&t.retry, durable_queue(), retry_args)
+        .await?;
     Ok(())
 }

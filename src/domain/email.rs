@@ -16,7 +16,9 @@ impl EmailAddress {
         if s.len() > 254 {
             return Err("not an email address (longer than 254 characters)".into());
         }
-        if s.chars().any(|c| c.is_whitespace() || c.is_control() || c == '<' || c == '>') {
+        if s.chars()
+            .any(|c| c.is_whitespace() || c.is_control() || c == '<' || c == '>')
+        {
             return Err("not an email address".into());
         }
         match lettre::Address::from_str(s) {

@@ -181,8 +181,16 @@ pub enum Setting {
 impl Setting {
     const ALL: [(&'static str, Setting, &'static str); 5] = [
         ("school", Setting::School, "School"),
-        ("further-education", Setting::FurtherEducation, "Further education"),
-        ("higher-education", Setting::HigherEducation, "Higher education"),
+        (
+            "further-education",
+            Setting::FurtherEducation,
+            "Further education",
+        ),
+        (
+            "higher-education",
+            Setting::HigherEducation,
+            "Higher education",
+        ),
         (
             "independent-training-provider",
             Setting::IndependentTrainingProvider,
@@ -192,11 +200,17 @@ impl Setting {
     ];
 
     pub fn as_str(self) -> &'static str {
-        Self::ALL.iter().find(|e| e.1 == self).map_or("other", |e| e.0)
+        Self::ALL
+            .iter()
+            .find(|e| e.1 == self)
+            .map_or("other", |e| e.0)
     }
 
     pub fn label(self) -> &'static str {
-        Self::ALL.iter().find(|e| e.1 == self).map_or("Other", |e| e.2)
+        Self::ALL
+            .iter()
+            .find(|e| e.1 == self)
+            .map_or("Other", |e| e.2)
     }
 }
 
@@ -216,16 +230,36 @@ pub enum Topic {
 
 impl Topic {
     const ALL: [(&'static str, Topic, &'static str); 8] = [
-        ("training", Topic::Training, "Training available in the region"),
-        ("newsletter", Topic::Newsletter, "Signing up to the regional newsletter"),
-        ("complex-case", Topic::ComplexCase, "Help with a complex radicalisation case"),
+        (
+            "training",
+            Topic::Training,
+            "Training available in the region",
+        ),
+        (
+            "newsletter",
+            Topic::Newsletter,
+            "Signing up to the regional newsletter",
+        ),
+        (
+            "complex-case",
+            Topic::ComplexCase,
+            "Help with a complex radicalisation case",
+        ),
         (
             "prevent-advocate",
             Topic::PreventAdvocate,
             "Finding a Prevent advocate for a higher education setting",
         ),
-        ("local-risk", Topic::LocalRisk, "Understanding the local risk"),
-        ("good-practice-forum", Topic::GoodPracticeForum, "Regional good practice forums"),
+        (
+            "local-risk",
+            Topic::LocalRisk,
+            "Understanding the local risk",
+        ),
+        (
+            "good-practice-forum",
+            Topic::GoodPracticeForum,
+            "Regional good practice forums",
+        ),
         (
             "new-provider-forum-access",
             Topic::NewProviderForumAccess,
@@ -235,11 +269,17 @@ impl Topic {
     ];
 
     pub fn as_str(self) -> &'static str {
-        Self::ALL.iter().find(|e| e.1 == self).map_or("other", |e| e.0)
+        Self::ALL
+            .iter()
+            .find(|e| e.1 == self)
+            .map_or("other", |e| e.0)
     }
 
     pub fn label(self) -> &'static str {
-        Self::ALL.iter().find(|e| e.1 == self).map_or("Other", |e| e.2)
+        Self::ALL
+            .iter()
+            .find(|e| e.1 == self)
+            .map_or("Other", |e| e.2)
     }
 
     pub fn is_urgent(self) -> bool {
@@ -365,7 +405,11 @@ impl<'a> Fields<'a> {
         }
     }
 
-    pub(crate) fn one_of<T: Copy>(&self, key: &str, choices: &[(&str, T)]) -> Result<T, FieldError> {
+    pub(crate) fn one_of<T: Copy>(
+        &self,
+        key: &str,
+        choices: &[(&str, T)],
+    ) -> Result<T, FieldError> {
         let s = self
             .raw_str(key)?
             .map(str::trim)
@@ -464,13 +508,19 @@ mod tests {
         );
         let mut d = valid();
         d["region"] = json!("wales");
-        assert!(code_and_detail(&contact(d)).1.starts_with("data.region: unknown region id"));
+        assert!(code_and_detail(&contact(d))
+            .1
+            .starts_with("data.region: unknown region id"));
         let mut d = valid();
         d["name"] = json!("x".repeat(201));
-        assert!(code_and_detail(&contact(d)).1.starts_with("data.name: too long"));
+        assert!(code_and_detail(&contact(d))
+            .1
+            .starts_with("data.name: too long"));
         let mut d = valid();
         d["topic"] = json!("gossip");
-        assert!(code_and_detail(&contact(d)).1.starts_with("data.topic: \"gossip\" is not one of"));
+        assert!(code_and_detail(&contact(d))
+            .1
+            .starts_with("data.topic: \"gossip\" is not one of"));
     }
 
     #[test]

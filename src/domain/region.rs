@@ -54,7 +54,12 @@ impl FromStr for RegionId {
         RegionId::ALL
             .into_iter()
             .find(|r| r.as_str() == s)
-            .ok_or_else(|| format!("unknown region id (expected one of {})", RegionId::all_ids()))
+            .ok_or_else(|| {
+                format!(
+                    "unknown region id (expected one of {})",
+                    RegionId::all_ids()
+                )
+            })
     }
 }
 

@@ -142,7 +142,12 @@ pub(super) async fn handle(
     let (coordinator_ctx, ack_ctx) = contexts(region_name, routing, c, envelope.occurred_at);
     let mailboxes = regions.mailboxes(routing).to_vec();
 
-    let mut to_coordinators = NewEmail::transactional("enquiry", "enquiry_coordinator", mailboxes.clone(), coordinator_ctx);
+    let mut to_coordinators = NewEmail::transactional(
+        "enquiry",
+        "enquiry_coordinator",
+        mailboxes.clone(),
+        coordinator_ctx,
+    );
     to_coordinators.reply_to = Some(c.email.clone());
     to_coordinators.source_event = Some(envelope.id);
     if c.topic.is_urgent() {
@@ -151,7 +156,8 @@ pub(super) async fn handle(
     }
     enqueue(tx, &to_coordinators).await?;
 
-    let mut ack = NewEmail::transactional("enquiry_ack", "enquiry_ack", vec![c.email.clone()], ack_ctx);
+    let mut ack =
+        NewEmail::transactional("enquiry_ack", "enquiry_ack", vec![c.email.clone()], ack_ctx);
     // A reply to the acknowledgement reaches the people who will answer.
     ack.reply_to = mailboxes.first().cloned();
     ack.source_event = Some(envelope.id);
@@ -194,7 +200,12 @@ pub(super) fn samples() -> Vec<(&'static str, Value)> {
     let received = DateTime::parse_from_rfc3339("2024-10-03T10:15:00Z")
         .map(|t| t.with_timezone(&Utc))
         .unwrap_or_default();
-    let (c1, a1) = contexts(Some("North-West"), Routing::Area(RegionId::NorthWest), &full, received);
+    let (c1, a1) = contexts(
+        Some("North-West"),
+        Routing::Area(RegionId::NorthWest),
+        &full,
+        received,
+    );
     let (c2, a2) = contexts(None, Routing::Triage, &sparse, received);
     vec![
         ("enquiry_coordinator", c1),

@@ -29,7 +29,9 @@ pub fn build(row: &Claimed, from: &Sender, rendered: &Rendered) -> Result<Messag
     }
     if let Some(headers) = row.headers.as_object() {
         for (name, value) in headers {
-            let value = value.as_str().ok_or_else(|| format!("header {name}: not a string"))?;
+            let value = value
+                .as_str()
+                .ok_or_else(|| format!("header {name}: not a string"))?;
             builder = builder.raw_header(raw(name, value)?);
         }
     }
@@ -45,6 +47,7 @@ fn raw(name: &str, value: &str) -> Result<HeaderValue, String> {
     if value.contains(['\r', '\n']) {
         return Err(format!("header {name}: a line break in the value"));
     }
-    let name = HeaderName::new_from_ascii(name.to_owned()).map_err(|_| format!("header {name:?}: not a header name"))?;
+    let name = HeaderName::new_from_ascii(name.to_owned())
+        .map_err(|_| format!("header {name:?}: not a header name"))?;
     Ok(HeaderValue::new(name, value.to_owned()))
 }

@@ -45,7 +45,12 @@ pub struct NewEmail {
 }
 
 impl NewEmail {
-    pub fn transactional(kind: &'static str, template: &'static str, to: Vec<EmailAddress>, context: Value) -> Self {
+    pub fn transactional(
+        kind: &'static str,
+        template: &'static str,
+        to: Vec<EmailAddress>,
+        context: Value,
+    ) -> Self {
         NewEmail {
             kind,
             template,
@@ -161,18 +166,21 @@ pub async fn mark_retry(pool: &PgPool, id: i64, wait: Duration, error: &str) -> 
 
 /// Records that a row will never be sent, and why. It stays in the outbox for operators.
 pub async fn mark_failed(pool: &PgPool, id: i64, error: &str) -> sqlx::Result<()> {
-    sqlx::query("UPDATE outbox SET status = 'failed', claimed_until = NULL, last_error = $2 WHERE id = $1")
-        .bind(id)
-        .bind(error)
-        .execute(pool)
-        .await?;
+    sqlx::query(
+        "UPDATE outbox SET status = 'failed', claimed_until = NULL, last_error = $2 WHERE id = $1",
+    )
+    .bind(id)
+    .bind(error)
+    .execute(pool)
+    .await?;
     Ok(())
 }
 
 /// Emails not yet sent (pending or being sent).
 pub async fn depth(pool: &PgPool) -> sqlx::Result<i64> {
-    let (n,): (i64,) = sqlx::query_as("SELECT count(*) FROM outbox WHERE status IN ('pending', 'sending')")
-        .fetch_one(pool)
-        .await?;
+    let (n,): (i64,) =
+        sqlx::query_as("SELECT count(*) FROM outbox WHERE status IN ('pending', 'sending')")
+            .fetch_one(pool)
+            .await?;
     Ok(n)
 }

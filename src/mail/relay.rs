@@ -108,11 +108,16 @@ impl Relay {
             Relay::Smtp(t) => match tokio::time::timeout(timeout, t.test_connection()).await {
                 Ok(Ok(true)) => Ok(()),
                 Ok(Ok(false)) => Err("the relay did not accept a connection".into()),
-                Ok(Err(e)) => Err(format!("the relay cannot be reached: {}", e.status().map_or("no reply".to_string(), |c| c.to_string()))),
+                Ok(Err(e)) => Err(format!(
+                    "the relay cannot be reached: {}",
+                    e.status().map_or("no reply".to_string(), |c| c.to_string())
+                )),
                 Err(_) => Err("the relay did not answer in time".into()),
             },
             Relay::File(_, dir) => {
-                let meta = tokio::fs::metadata(dir).await.map_err(|e| format!("mail directory: {e}"))?;
+                let meta = tokio::fs::metadata(dir)
+                    .await
+                    .map_err(|e| format!("mail directory: {e}"))?;
                 if meta.is_dir() && !meta.permissions().readonly() {
                     Ok(())
                 } else {
@@ -129,11 +134,26 @@ mod tests {
 
     #[test]
     fn relay_urls() {
-        assert_eq!(RelayUrl::parse("file://./var/mail"), Ok(RelayUrl::File("./var/mail".into())));
-        assert_eq!(RelayUrl::parse("file:///tmp/m"), Ok(RelayUrl::File("/tmp/m".into())));
-        assert!(matches!(RelayUrl::parse("smtp://127.0.0.1:2525"), Ok(RelayUrl::Smtp(_))));
-        assert!(matches!(RelayUrl::parse("smtp://relay.example.org:587?tls=required"), Ok(RelayUrl::Smtp(_))));
-        assert!(matches!(RelayUrl::parse("smtps://user:pass@relay.example.org"), Ok(RelayUrl::Smtp(_))));
+        assert_eq!(
+            RelayUrl::parse("file://./var/mail"),
+            Ok(RelayUrl::File("./var/mail".into()))
+        );
+        assert_eq!(
+            RelayUrl::parse("file:///tmp/m"),
+            Ok(RelayUrl::File("/tmp/m".into()))
+        );
+        assert!(matches!(
+            RelayUrl::parse("smtp://127.0.0.1:2525"),
+            Ok(RelayUrl::Smtp(_))
+        ));
+        assert!(matches!(
+            RelayUrl::parse("smtp://relay.example.org:587?tls=required"),
+            Ok(RelayUrl::Smtp(_))
+        ));
+        assert!(matches!(
+            RelayUrl::parse("smtps://user:pass@relay.example.org"),
+            Ok(RelayUrl::Smtp(_))
+        ));
         assert!(RelayUrl::parse("http://relay").is_err());
         assert!(RelayUrl::parse("file://").is_err());
     }

@@ -37,7 +37,11 @@ pub async fn send_due(shared: &Shared, relay: &Relay) -> anyhow::Result<usize> {
 
 async fn send_one(shared: &Shared, relay: &Relay, row: Claimed) -> anyhow::Result<Outcome> {
     let s = &shared.settings;
-    let from = if row.stream == "bulk" { &s.bulk_from } else { &s.transactional_from };
+    let from = if row.stream == "bulk" {
+        &s.bulk_from
+    } else {
+        &s.transactional_from
+    };
     let message = shared
         .templates
         .render(&row.template, &row.context)

@@ -45,7 +45,8 @@ impl Templates {
     pub fn load(dir: &Path, public_url: &str) -> Result<Templates, Vec<Problem>> {
         let place = dir.display().to_string();
         let mut files = Vec::new();
-        hbs_files(dir, &mut files).map_err(|e| vec![Problem::new(&place, format!("cannot be read: {e}"))])?;
+        hbs_files(dir, &mut files)
+            .map_err(|e| vec![Problem::new(&place, format!("cannot be read: {e}"))])?;
         files.sort();
         let mut html = Handlebars::new();
         html.set_strict_mode(true);
@@ -63,7 +64,10 @@ impl Templates {
             let source = match std::fs::read_to_string(&file) {
                 Ok(s) => s,
                 Err(e) => {
-                    problems.push(Problem::new(file.display().to_string(), format!("cannot be read: {e}")));
+                    problems.push(Problem::new(
+                        file.display().to_string(),
+                        format!("cannot be read: {e}"),
+                    ));
                     continue;
                 }
             };
@@ -71,7 +75,10 @@ impl Templates {
                 .register_template_string(&name, &source)
                 .and_then(|()| text.register_template_string(&name, &source));
             if let Err(e) = compiled {
-                problems.push(Problem::new(file.display().to_string(), single_line(&e.to_string())));
+                problems.push(Problem::new(
+                    file.display().to_string(),
+                    single_line(&e.to_string()),
+                ));
             }
         }
         if !problems.is_empty() {
@@ -116,7 +123,8 @@ impl Templates {
         }
         let text = part(&self.text, "text")?;
         let html = part(&self.html, "html")?;
-        let html = css_inline::inline(&html).map_err(|e| format!("{name}/html: CSS inlining failed: {e}"))?;
+        let html = css_inline::inline(&html)
+            .map_err(|e| format!("{name}/html: CSS inlining failed: {e}"))?;
         Ok(Rendered {
             subject,
             text: tidy_text(&text),
@@ -175,10 +183,22 @@ mod tests {
     fn sample_dir() -> tempfile::TempDir {
         let dir = tempfile::tempdir().unwrap();
         write(dir.path(), "layout/html.hbs", "<html><head><style>p { color: red }</style></head><body>{{> @partial-block}}</body></html>");
-        write(dir.path(), "layout/text.hbs", "{{> @partial-block}}\n\n\n-- {{site.name}}");
+        write(
+            dir.path(),
+            "layout/text.hbs",
+            "{{> @partial-block}}\n\n\n-- {{site.name}}",
+        );
         write(dir.path(), "hello/subject.hbs", "Hello {{name}}");
-        write(dir.path(), "hello/text.hbs", "{{#> layout/text}}Hi {{name}}   \n{{/layout/text}}");
-        write(dir.path(), "hello/html.hbs", "{{#> layout/html}}<p>Hi {{name}}</p>{{/layout/html}}");
+        write(
+            dir.path(),
+            "hello/text.hbs",
+            "{{#> layout/text}}Hi {{name}}   \n{{/layout/text}}",
+        );
+        write(
+            dir.path(),
+            "hello/html.hbs",
+            "{{#> layout/html}}<p>Hi {{name}}</p>{{/layout/html}}",
+        );
         dir
     }
 
@@ -186,10 +206,25 @@ mod tests {
     fn renders_with_layouts_escaping_and_inlined_css() {
         let dir = sample_dir();
         let t = Templates::load(dir.path(), "http://x").unwrap();
-        let r = t.render("hello", &json!({"name": "<b>Sam</b>\r\nBcc: x@example.org"})).unwrap();
+        let r = t
+            .render(
+                "hello",
+                &json!({"name": "<b>Sam</b>\r\nBcc: x@example.org"}),
+            )
+            .unwrap();
         assert_eq!(r.subject, "Hello <b>Sam</b> Bcc: x@example.org");
-        assert!(r.text.starts_with("Hi <b>Sam</b>\nBcc: x@example.org\n\n-- Regional Prevent"), "{}", r.text);
-        assert!(r.html.contains("<p style=\"color: red;\">Hi &lt;b&gt;Sam&lt;/b&gt;"), "{}", r.html);
+        assert!(
+            r.text
+                .starts_with("Hi <b>Sam</b>\nBcc: x@example.org\n\n-- Regional Prevent"),
+            "{}",
+            r.text
+        );
+        assert!(
+            r.html
+                .contains("<p style=\"color: red;\">Hi &lt;b&gt;Sam&lt;/b&gt;"),
+            "{}",
+            r.html
+        );
     }
 
     #[test]
@@ -205,6 +240,9 @@ mod tests {
         let dir = sample_dir();
         write(dir.path(), "broken/subject.hbs", "{{#if x}}never closed");
         let problems = Templates::load(dir.path(), "http://x").err().unwrap();
-        assert!(problems[0].place.ends_with("broken/subject.hbs"), "{problems:?}");
+        assert!(
+            problems[0].place.ends_with("broken/subject.hbs"),
+            "{problems:?}"
+        );
     }
 }

@@ -1,0 +1,160 @@
+//! The command line: `check` and `preview`.
+
+use crate::helpers::manifest_dir;
+use std::path::Path;
+use std::process::{Command, Output};
+
+pub fn binary() -> Command {
+    let mut c = Command::new(env!("CARGO_BIN_EXE_rpec-notify"));
+    c.env_remove("RPEC_PROFILE").env("RUST_LOG", "warn");
+    c
+}
+
+/// A copy of the shipped config/ and templates/ that a test may break.
+fn copy_of_config() -> tempfile::TempDir {
+    let dir = tempfile::tempdir().unwrap();
+    copy_dir(&manifest_dir().join("config"), &dir.path().join("config"));
+    copy_dir(
+        &manifest_dir().join("templates"),
+        &dir.path().join("templates"),
+    );
+    dir
+}
+
+fn copy_dir(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for entry in std::fs::read_dir(from).unwrap() {
+        let path = entry.unwrap().path();
+        let target = to.join(path.file_name().unwrap());
+        if path.is_dir() {
+            copy_dir(&path, &target);
+        } else {
+            std::fs::copy(&path, &target).unwrap();
+        }
+    }
+}
+
+fn check(dir: &Path) -> Output {
+    binary()
+        .arg("check")
+        .env("RPEC_CONFIG_DIR", dir.join("config"))
+        .env("RPEC_TEMPLATES_DIR", dir.join("templates"))
+        .output()
+        .unwrap()
+}
+
+#[test]
+fn check_passes_on_the_shipped_configuration() {
+    let dir = copy_of_config();
+    let out = check(dir.path());
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(String::from_utf8_lossy(&out.stdout).contains("configuration OK: 8 regions"));
+}
+
+#[test]
+fn check_reports_every_problem_in_a_broken_regions_file() {
+    let dir = copy_of_config();
+    let path = dir.path().join("config/regions.toml");
+    let text = std::fs::read_to_string(&path).unwrap();
+    let broken = text
+        .replace("[regions.east-midlands]", "[regions.mid-england]")
+        .replace(
+            "[regions.east-midlands.aliases]",
+            "[regions.mid-england.aliases]",
+        )
+        .replace("\"Surrey\"", "\"Surrey\", \"Cumbria\"")
+        .replace("rpec.london@example.org", "rpec.london(at)example.org")
+        .replace(
+            "name = \"London\"",
+            "name = \"London\"\ndigest_schedule = \"0 0 25 * * Mon\"",
+        );
+    std::fs::write(&path, broken).unwrap();
+    let out = check(dir.path());
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("regions.toml: regions.mid-england: unknown region id"),
+        "{err}"
+    );
+    assert!(
+        err.contains("regions.toml: regions.east-midlands: missing"),
+        "{err}"
+    );
+    assert!(err.contains("\"Cumbria\" is also listed"), "{err}");
+    assert!(
+        err.contains(
+            "regions.london.coordinators: \"rpec.london(at)example.org\": not an email address"
+        ),
+        "{err}"
+    );
+    assert!(
+        err.contains(
+            "regions.london.digest_schedule: \"0 0 25 * * Mon\" is not a valid cron expression"
+        ),
+        "{err}"
+    );
+}
+
+#[test]
+fn check_names_a_template_that_uses_a_missing_variable() {
+    let dir = copy_of_config();
+    let path = dir.path().join("templates/enquiry_ack/html.hbs");
+    let text = std::fs::read_to_string(&path).unwrap();
+    std::fs::write(&path, text.replace("{{enquiry_id}}", "{{enquiry_number}}")).unwrap();
+    let out = check(dir.path());
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("enquiry_ack/html"), "{err}");
+    assert!(err.contains("enquiry_number"), "{err}");
+}
+
+#[test]
+fn check_names_a_template_that_does_not_compile() {
+    let dir = copy_of_config();
+    let path = dir.path().join("templates/enquiry_coordinator/subject.hbs");
+    std::fs::write(&path, "{{#if urgent}}URGENT").unwrap();
+    let out = check(dir.path());
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("enquiry_coordinator/subject.hbs"), "{err}");
+}
+
+#[test]
+fn preview_renders_an_email_without_sending_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("ack.json");
+    std::fs::write(&data, r#"{"enquiry_id": "enq-1", "name": "<Sam>", "topic_label": "Training", "urgent": false, "region_name": "London", "newsletter": false}"#).unwrap();
+    let out = binary()
+        .current_dir(manifest_dir())
+        .args(["preview", "enquiry_ack", "--data"])
+        .arg(&data)
+        .arg("--out")
+        .arg(dir.path().join("out"))
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let read = |f: &str| std::fs::read_to_string(dir.path().join("out").join(f)).unwrap();
+    assert_eq!(read("subject.txt"), "We have received your enquiry (enq-1)");
+    assert!(read("body.txt").contains("Dear <Sam>,"));
+    assert!(read("body.html").contains("Dear &lt;Sam&gt;,"));
+    assert!(read("body.html").contains("style=\""), "CSS is inlined");
+
+    // A context missing a variable is refused with the variable's template named.
+    std::fs::write(&data, r#"{"enquiry_id": "enq-1"}"#).unwrap();
+    let out = binary()
+        .current_dir(manifest_dir())
+        .args(["preview", "enquiry_ack", "--data"])
+        .arg(&data)
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("enquiry_ack/"));
+}

@@ -1,0 +1,90 @@
+//! Sending: transient SMTP failures are retried until they pass; permanent ones are recorded.
+
+use crate::helpers::*;
+use serde_json::json;
+use std::time::Duration;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mail_waits_while_the_smtp_server_is_down_and_arrives_when_it_is_back() {
+    let smtp = SmtpServer::reserve();
+    let app = spawn_app_with(Options {
+        smtp: Some(smtp.clone()),
+        ..Options::default()
+    })
+    .await;
+    app.publish(&contact_event(json!({"region": "west-midlands"})))
+        .await;
+    let rows = eventually(Duration::from_secs(20), "failed attempts", || async {
+        let rows = app.outbox().await;
+        (rows.len() == 2
+            && rows
+                .iter()
+                .all(|r| r.1 == "pending" && r.2 >= 1 && r.3.is_some()))
+        .then_some(rows)
+    })
+    .await;
+    assert!(
+        rows.iter()
+            .all(|r| r.3.as_deref().unwrap().contains("onnection")),
+        "{rows:?}"
+    );
+    let (status, body) = app.get("/readyz").await;
+    assert_eq!(status, 503);
+    assert!(body.contains("mail relay: the relay"), "{body}");
+
+    smtp.start();
+    let mails = app.mails(2).await;
+    assert!(mails
+        .iter()
+        .any(|m| m.envelope_to == ["rpec.west-midlands@example.org"]));
+    let rows = eventually(Duration::from_secs(10), "rows marked sent", || async {
+        let rows = app.outbox().await;
+        rows.iter().all(|r| r.1 == "sent").then_some(rows)
+    })
+    .await;
+    assert!(rows.iter().all(|r| r.2 >= 2 && r.3.is_none()), "{rows:?}");
+    assert_eq!(app.get("/readyz").await.0, 200);
+    app.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_550_reply_marks_the_email_failed_and_keeps_it() {
+    let app = spawn_app().await;
+    app.publish(&contact_event(
+        json!({"region": "east-midlands", "email": "bounce.me@school.example.org"}),
+    ))
+    .await;
+    let mails = app.mails(1).await;
+    assert_eq!(mails[0].envelope_to, ["rpec.east-midlands@example.org"]);
+    let rows = eventually(
+        Duration::from_secs(10),
+        "the acknowledgement to fail",
+        || async {
+            let rows = app.outbox().await;
+            rows.iter()
+                .any(|r| r.0 == "enquiry_ack" && r.1 == "failed")
+                .then_some(rows)
+        },
+    )
+    .await;
+    let ack = rows.iter().find(|r| r.0 == "enquiry_ack").unwrap();
+    assert_eq!(ack.2, 1, "a permanent failure is not retried");
+    assert!(ack.3.as_deref().unwrap().contains("550"), "{ack:?}");
+    tokio::time::sleep(Duration::from_millis(800)).await;
+    assert_eq!(
+        app.outbox()
+            .await
+            .iter()
+            .find(|r| r.0 == "enquiry_ack")
+            .unwrap()
+            .2,
+        1
+    );
+    assert_eq!(
+        app.metric("rpec_emails_failed_total{kind=\"enquiry_ack\"}")
+            .await,
+        1.0
+    );
+    assert_eq!(app.smtp.received().len(), 1);
+    app.stop().await;
+}

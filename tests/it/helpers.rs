@@ -1,0 +1,567 @@
+//! The test harness: every test gets its own database, its own exchange and queues on the real
+//! RabbitMQ, its own real SMTP server on a free port, and its own worker.
+
+use lapin::options::{
+    BasicAckOptions, BasicGetOptions, BasicPublishOptions, ConfirmSelectOptions,
+    ExchangeDeleteOptions, QueueDeleteOptions,
+};
+use lapin::types::{AMQPValue, FieldTable};
+use lapin::{BasicProperties, Channel, Connection};
+use rpec_notify::config::Settings;
+use rpec_notify::consume::topology::{self, Topology};
+use serde_json::Value;
+use sqlx::{Connection as _, PgConnection, PgPool};
+use std::collections::HashMap;
+use std::net::{SocketAddr, TcpListener};
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+use tokio::sync::oneshot;
+use uuid::Uuid;
+
+pub fn database_admin_url() -> String {
+    std::env::var("TEST_DATABASE_URL")
+        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".into())
+}
+
+pub fn amqp_url() -> String {
+    std::env::var("TEST_AMQP_URL")
+        .unwrap_or_else(|_| "amqp://guest:guest@127.0.0.1:5672/%2f".into())
+}
+
+pub fn manifest_dir() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+/// Retry timings short enough for tests, laid over the shipped rpec.toml as a profile file.
+pub const FAST_TIMINGS: &str = r#"
+[database]
+acquire_timeout_secs = 1
+
+[amqp.retry]
+max_attempts = 5
+initial_ms = 100
+max_ms = 400
+
+[mail]
+poll_interval_ms = 200
+lease_secs = 30
+send_timeout_secs = 5
+
+[mail.retry]
+max_attempts = 15
+initial_secs = 0.2
+max_secs = 1.0
+
+[shutdown]
+grace_secs = 5
+"#;
+
+// ---------------------------------------------------------------------------------------------
+// A real SMTP server (mailin-embedded) that keeps what it receives.
+
+/// One message as the SMTP server received it.
+#[derive(Clone, Debug)]
+pub struct Mail {
+    pub envelope_to: Vec<String>,
+    pub raw: Vec<u8>,
+}
+
+impl Mail {
+    pub fn parsed(&self) -> mail_parser::Message<'_> {
+        mail_parser::MessageParser::default()
+            .parse(&self.raw)
+            .expect("a parsable message")
+    }
+
+    pub fn subject(&self) -> String {
+        self.parsed().subject().unwrap_or_default().to_owned()
+    }
+
+    pub fn text(&self) -> String {
+        self.parsed()
+            .body_text(0)
+            .map(|c| c.into_owned())
+            .unwrap_or_default()
+    }
+
+    pub fn html(&self) -> String {
+        self.parsed()
+            .body_html(0)
+            .map(|c| c.into_owned())
+            .unwrap_or_default()
+    }
+
+    /// The header block as sent (up to the first blank line).
+    pub fn raw_headers(&self) -> String {
+        let s = String::from_utf8_lossy(&self.raw);
+        s.split("\r\n\r\n").next().unwrap_or_default().to_owned()
+    }
+
+    /// Header names, in order, as sent.
+    pub fn header_names(&self) -> Vec<String> {
+        self.raw_headers()
+            .lines()
+            .filter(|l| !l.starts_with([' ', '\t']))
+            .filter_map(|l| l.split_once(':').map(|(n, _)| n.to_ascii_lowercase()))
+            .collect()
+    }
+
+    /// A header's raw value (unfolded), if present.
+    pub fn header(&self, name: &str) -> Option<String> {
+        self.parsed()
+            .header_raw(name)
+            .map(|v| v.replace("\r\n", "").trim().to_owned())
+    }
+
+    pub fn reply_to(&self) -> Option<String> {
+        self.parsed()
+            .reply_to()
+            .and_then(|a| a.first())
+            .and_then(|a| a.address())
+            .map(str::to_owned)
+    }
+}
+
+#[derive(Clone, Default)]
+struct SinkHandler {
+    received: Arc<Mutex<Vec<Mail>>>,
+    to: Vec<String>,
+    data: Vec<u8>,
+}
+
+impl mailin_embedded::Handler for SinkHandler {
+    fn rcpt(&mut self, to: &str) -> mailin_embedded::Response {
+        // Recipients whose local part starts with "bounce" do not exist: a real 550.
+        if to.trim_start_matches('<').starts_with("bounce") {
+            mailin_embedded::response::NO_MAILBOX
+        } else {
+            mailin_embedded::response::OK
+        }
+    }
+
+    fn data_start(
+        &mut self,
+        _domain: &str,
+        _from: &str,
+        _is8bit: bool,
+        to: &[String],
+    ) -> mailin_embedded::Response {
+        self.to = to.to_vec();
+        self.data.clear();
+        mailin_embedded::response::OK
+    }
+
+    fn data(&mut self, buf: &[u8]) -> std::io::Result<()> {
+        self.data.extend_from_slice(buf);
+        Ok(())
+    }
+
+    fn data_end(&mut self) -> mailin_embedded::Response {
+        let mail = Mail {
+            envelope_to: std::mem::take(&mut self.to),
+            raw: std::mem::take(&mut self.data),
+        };
+        self.received.lock().unwrap().push(mail);
+        mailin_embedded::response::OK
+    }
+}
+
+/// A real SMTP server on 127.0.0.1; it runs until the test process ends.
+#[derive(Clone)]
+pub struct SmtpServer {
+    pub port: u16,
+    received: Arc<Mutex<Vec<Mail>>>,
+}
+
+impl SmtpServer {
+    /// A port nobody listens on yet; `start` opens it later (an SMTP server "down").
+    pub fn reserve() -> SmtpServer {
+        let port = TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        SmtpServer {
+            port,
+            received: Arc::default(),
+        }
+    }
+
+    pub fn start_new() -> SmtpServer {
+        let s = Self::reserve();
+        s.start();
+        s
+    }
+
+    pub fn start(&self) {
+        let handler = SinkHandler {
+            received: self.received.clone(),
+            ..SinkHandler::default()
+        };
+        let mut server = mailin_embedded::Server::new(handler);
+        server
+            .with_name("smtp.test.example.org")
+            .with_num_threads(4)
+            .with_addr(("127.0.0.1", self.port))
+            .expect("the SMTP port");
+        std::thread::spawn(move || {
+            let _ = server.serve();
+        });
+        // serve() binds on its thread: wait until it accepts.
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while std::net::TcpStream::connect(("127.0.0.1", self.port)).is_err() {
+            assert!(Instant::now() < deadline, "the SMTP server did not start");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    pub fn url(&self) -> String {
+        format!("smtp://127.0.0.1:{}", self.port)
+    }
+
+    pub fn received(&self) -> Vec<Mail> {
+        self.received.lock().unwrap().clone()
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// The worker under test.
+
+pub struct TestApp {
+    pub pool: PgPool,
+    pub db_name: String,
+    pub topology: Topology,
+    pub smtp: SmtpServer,
+    pub http: SocketAddr,
+    /// Kept so the directory lives as long as the worker that reads it.
+    _config_dir: tempfile::TempDir,
+    amqp: Connection,
+    channel: Channel,
+    stop: Option<oneshot::Sender<()>>,
+    worker: Option<tokio::task::JoinHandle<anyhow::Result<()>>>,
+}
+
+pub struct Options {
+    pub smtp: Option<SmtpServer>,
+    /// Laid over rpec.toml as the dev profile file.
+    pub profile_toml: String,
+}
+
+impl Default for Options {
+    fn default() -> Self {
+        Options {
+            smtp: None,
+            profile_toml: FAST_TIMINGS.into(),
+        }
+    }
+}
+
+pub async fn spawn_app() -> TestApp {
+    spawn_app_with(Options::default()).await
+}
+
+pub async fn spawn_app_with(options: Options) -> TestApp {
+    let id = Uuid::new_v4().simple().to_string();
+    let db_name = format!("rpec_test_{id}");
+    let mut admin = PgConnection::connect(&database_admin_url())
+        .await
+        .expect("PostgreSQL (TEST_DATABASE_URL)");
+    sqlx::query(&format!("CREATE DATABASE \"{db_name}\""))
+        .execute(&mut admin)
+        .await
+        .unwrap();
+    admin.close().await.unwrap();
+    let db_url = database_url_for(&db_name);
+
+    let config_dir = tempfile::tempdir().unwrap();
+    for f in ["rpec.toml", "regions.toml"] {
+        std::fs::copy(
+            manifest_dir().join("config").join(f),
+            config_dir.path().join(f),
+        )
+        .unwrap();
+    }
+    std::fs::write(config_dir.path().join("dev.toml"), &options.profile_toml).unwrap();
+
+    let smtp = options.smtp.unwrap_or_else(SmtpServer::start_new);
+    let topology = Topology::new(
+        &format!("rpec.events.{id}"),
+        &format!("rpec-notify.events.{id}"),
+    );
+    let env: HashMap<String, String> = [
+        ("DATABASE_URL", db_url.clone()),
+        ("RPEC_AMQP_URL", amqp_url()),
+        ("RPEC_SMTP_URL", smtp.url()),
+        ("RPEC_EXCHANGE", topology.exchange.clone()),
+        ("RPEC_QUEUE", topology.queue.clone()),
+        ("RPEC_CONFIG_DIR", config_dir.path().display().to_string()),
+        (
+            "RPEC_TEMPLATES_DIR",
+            manifest_dir().join("templates").display().to_string(),
+        ),
+        ("RPEC_PUBLIC_URL", "http://127.0.0.1:8080".to_string()),
+    ]
+    .into_iter()
+    .map(|(k, v)| (k.to_owned(), v))
+    .collect();
+    let settings = Settings::load_from(&env).expect("test settings");
+
+    // Declared before the worker starts, so nothing published early is unroutable.
+    let amqp = topology::connect(&amqp_url())
+        .await
+        .expect("RabbitMQ (TEST_AMQP_URL)");
+    let channel = amqp.create_channel().await.unwrap();
+    topology::declare(&channel, &topology).await.unwrap();
+    channel
+        .confirm_select(ConfirmSelectOptions::default())
+        .await
+        .unwrap();
+
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let http = listener.local_addr().unwrap();
+    let (stop, stopped) = oneshot::channel::<()>();
+    let worker = tokio::spawn(rpec_notify::run(settings, listener, async move {
+        let _ = stopped.await;
+    }));
+    let pool = PgPool::connect(&db_url).await.unwrap();
+    // HTTP is served once migrations are applied and every task has started.
+    eventually(
+        Duration::from_secs(30),
+        "the worker to answer /healthz",
+        || async {
+            reqwest::get(format!("http://{http}/healthz"))
+                .await
+                .ok()
+                .filter(|r| r.status() == 200)
+        },
+    )
+    .await;
+    TestApp {
+        pool,
+        db_name,
+        topology,
+        smtp,
+        http,
+        _config_dir: config_dir,
+        amqp,
+        channel,
+        stop: Some(stop),
+        worker: Some(worker),
+    }
+}
+
+pub fn database_url_for(db_name: &str) -> String {
+    let admin = database_admin_url();
+    let base = admin.rsplit_once('/').map_or(admin.as_str(), |(b, _)| b);
+    format!("{base}/{db_name}")
+}
+
+/// Polls `f` every 50 ms until it returns Some, or panics after `timeout` with `what`.
+pub async fn eventually<T, F, Fut>(timeout: Duration, what: &str, mut f: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Option<T>>,
+{
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(v) = f().await {
+            return v;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "timed out after {timeout:?} waiting for {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// A dead-lettered message.
+pub struct DeadLetter {
+    pub error: String,
+    pub detail: String,
+    pub body: Vec<u8>,
+}
+
+fn header_string(headers: &FieldTable, name: &str) -> String {
+    match headers.inner().get(name) {
+        Some(AMQPValue::LongString(s)) => String::from_utf8_lossy(s.as_bytes()).into_owned(),
+        Some(other) => format!("{other:?}"),
+        None => String::new(),
+    }
+}
+
+impl TestApp {
+    /// Publishes raw bytes with routing key `key`, persistent, confirmed.
+    pub async fn publish_raw(&self, key: &str, body: &[u8]) {
+        let props = BasicProperties::default().with_delivery_mode(2);
+        let confirm = self
+            .channel
+            .basic_publish(
+                &self.topology.exchange,
+                key,
+                BasicPublishOptions::default(),
+                body,
+                props,
+            )
+            .await
+            .unwrap()
+            .await
+            .unwrap();
+        assert!(confirm.is_ack());
+    }
+
+    pub async fn publish(&self, event: &Value) {
+        let key = event["type"]
+            .as_str()
+            .unwrap_or("contact.submitted")
+            .to_owned();
+        self.publish_raw(&key, &serde_json::to_vec(event).unwrap())
+            .await;
+    }
+
+    /// Waits until the SMTP server holds at least `n` messages; returns them all.
+    pub async fn mails(&self, n: usize) -> Vec<Mail> {
+        let smtp = self.smtp.clone();
+        eventually(Duration::from_secs(20), &format!("{n} email(s)"), || {
+            let m = smtp.received();
+            async move { (m.len() >= n).then_some(m) }
+        })
+        .await
+    }
+
+    /// Waits for `n` dead letters, taking them off the dead-letter queue.
+    pub async fn dead_letters(&self, n: usize) -> Vec<DeadLetter> {
+        let mut out = Vec::new();
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while out.len() < n {
+            assert!(
+                Instant::now() < deadline,
+                "timed out waiting for {n} dead letters (got {})",
+                out.len()
+            );
+            match self
+                .channel
+                .basic_get(&self.topology.dead_letter, BasicGetOptions::default())
+                .await
+                .unwrap()
+            {
+                Some(msg) => {
+                    let headers = msg
+                        .delivery
+                        .properties
+                        .headers()
+                        .clone()
+                        .unwrap_or_default();
+                    out.push(DeadLetter {
+                        error: header_string(&headers, "x-rpec-error"),
+                        detail: header_string(&headers, "x-rpec-error-detail"),
+                        body: msg.delivery.data.clone(),
+                    });
+                    msg.delivery.ack(BasicAckOptions::default()).await.unwrap();
+                }
+                None => tokio::time::sleep(Duration::from_millis(50)).await,
+            }
+        }
+        out
+    }
+
+    pub async fn get(&self, path: &str) -> (u16, String) {
+        let r = reqwest::get(format!("http://{}{path}", self.http))
+            .await
+            .unwrap();
+        (r.status().as_u16(), r.text().await.unwrap())
+    }
+
+    /// A counter's value from /metrics (0 when absent).
+    pub async fn metric(&self, name_and_labels: &str) -> f64 {
+        let (_, body) = self.get("/metrics").await;
+        body.lines()
+            .find_map(|l| {
+                l.strip_prefix(name_and_labels)
+                    .and_then(|v| v.trim().parse().ok())
+            })
+            .unwrap_or(0.0)
+    }
+
+    /// Outbox rows as (kind, status, attempts, last_error).
+    pub async fn outbox(&self) -> Vec<(String, String, i32, Option<String>)> {
+        sqlx::query_as("SELECT kind, status, attempts, last_error FROM outbox ORDER BY id")
+            .fetch_all(&self.pool)
+            .await
+            .unwrap()
+    }
+
+    /// Stops the worker gracefully and removes the database, queues and exchanges.
+    pub async fn stop(mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        if let Some(worker) = self.worker.take() {
+            let result = tokio::time::timeout(Duration::from_secs(15), worker).await;
+            let result = result
+                .expect("the worker stops within 15 s")
+                .expect("the worker task");
+            result.expect("the worker exits cleanly");
+        }
+        let t = &self.topology;
+        for q in [&t.queue, &t.retry, &t.dead_letter] {
+            let _ = self
+                .channel
+                .queue_delete(q, QueueDeleteOptions::default())
+                .await;
+        }
+        for e in [&t.exchange, &t.dead_letter] {
+            let _ = self
+                .channel
+                .exchange_delete(e, ExchangeDeleteOptions::default())
+                .await;
+        }
+        let _ = self.amqp.close(200, "done").await;
+        self.pool.close().await;
+        if let Ok(mut admin) = PgConnection::connect(&database_admin_url()).await {
+            let _ = sqlx::query(&format!(
+                "DROP DATABASE IF EXISTS \"{}\" WITH (FORCE)",
+                self.db_name
+            ))
+            .execute(&mut admin)
+            .await;
+        }
+    }
+}
+
+/// A contact.submitted event with a fresh id; `data` fields override the defaults.
+pub fn contact_event(data: Value) -> Value {
+    let mut d = serde_json::json!({
+        "enquiry_id": format!("enq-{}", Uuid::new_v4().simple()),
+        "name": "Sam Okafor",
+        "email": "s.okafor@school.example.org",
+        "organisation": "Riverside Academy",
+        "setting": "school",
+        "topic": "training",
+        "message": "Please tell us about training in our region."
+    });
+    for (k, v) in data.as_object().cloned().unwrap_or_default() {
+        if v.is_null() {
+            d.as_object_mut().unwrap().remove(&k);
+        } else {
+            d[k] = v;
+        }
+    }
+    serde_json::json!({
+        "id": Uuid::new_v4().to_string(),
+        "type": "contact.submitted",
+        "version": 1,
+        "occurred_at": "2024-10-03T10:15:00Z",
+        "data": d
+    })
+}
+
+/// The example events shipped beside the project.
+pub fn shared_example(name: &str) -> Value {
+    let path = manifest_dir().join("../shared/examples/events").join(name);
+    serde_json::from_str(
+        &std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display())),
+    )
+    .unwrap()
+}

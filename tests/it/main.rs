@@ -1,0 +1,9 @@
+//! Integration tests, one binary: real PostgreSQL, RabbitMQ and SMTP server, one module per
+//! capability.
+
+mod cli;
+mod contact;
+mod dead_letter;
+mod delivery;
+mod helpers;
+mod ops;

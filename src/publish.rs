@@ -42,7 +42,7 @@ pub async fn publish(
     for f in files {
         events.extend(read_events(f.as_ref())?);
     }
-    let connection = topology::connect(amqp_url)
+    let connection = topology::connect(amqp_url, "rpec-notify publish")
         .await
         .context("Failed to connect to RabbitMQ")?;
     let channel = connection.create_channel().await?;

@@ -257,9 +257,12 @@ async fn consume(
     topology: &Topology,
     shutdown: &CancellationToken,
 ) -> anyhow::Result<()> {
-    let connection = topology::connect(shared.settings.amqp_url.expose_secret())
-        .await
-        .context("Failed to connect to RabbitMQ")?;
+    let connection = topology::connect(
+        shared.settings.amqp_url.expose_secret(),
+        &format!("rpec-notify consumer {}", topology.queue),
+    )
+    .await
+    .context("Failed to connect to RabbitMQ")?;
     let channel = connection.create_channel().await?;
     topology::declare(&channel, topology)
         .await

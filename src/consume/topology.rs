@@ -29,11 +29,13 @@ impl Topology {
     }
 }
 
-pub async fn connect(url: &str) -> lapin::Result<Connection> {
+/// Connects with a `name` that shows in the broker's connection list (operators can tell the
+/// worker's connections from a publisher's).
+pub async fn connect(url: &str, name: &str) -> lapin::Result<Connection> {
     let properties = ConnectionProperties::default()
         .with_executor(tokio_executor_trait::Tokio::current())
         .with_reactor(tokio_reactor_trait::Tokio)
-        .with_connection_name("rpec-notify".into());
+        .with_connection_name(name.into());
     Connection::connect(url, properties).await
 }
 

@@ -308,7 +308,7 @@ pub async fn spawn_app_with(options: Options) -> TestApp {
     let settings = Settings::load_from(&env).expect("test settings");
 
     // Declared before the worker starts, so nothing published early is unroutable.
-    let amqp = topology::connect(&amqp_url())
+    let amqp = topology::connect(&amqp_url(), "rpec-notify tests")
         .await
         .expect("RabbitMQ (TEST_AMQP_URL)");
     let channel = amqp.create_channel().await.unwrap();

@@ -191,7 +191,7 @@ async fn the_binary_turns_the_published_example_into_two_eml_files_and_stops_on_
     ))
     .execute(&mut admin)
     .await;
-    let conn = rpec_notify::consume::topology::connect(&amqp_url())
+    let conn = rpec_notify::consume::topology::connect(&amqp_url(), "rpec-notify tests")
         .await
         .unwrap();
     let ch = conn.create_channel().await.unwrap();
@@ -209,4 +209,53 @@ async fn the_binary_turns_the_published_example_into_two_eml_files_and_stops_on_
             Default::default(),
         )
         .await;
+}
+
+/// Closes the worker's broker connection from the broker's side, as a broker restart would.
+fn close_worker_connection(queue: &str) -> bool {
+    let out = std::process::Command::new("rabbitmqctl")
+        .args(["list_connections", "pid", "client_properties"])
+        .output()
+        .expect("rabbitmqctl");
+    let listing = String::from_utf8_lossy(&out.stdout);
+    let wanted = format!("rpec-notify consumer {queue}");
+    let Some(pid) = listing
+        .lines()
+        .find(|l| l.contains(&wanted))
+        .and_then(|l| l.split_whitespace().next())
+    else {
+        return false;
+    };
+    std::process::Command::new("rabbitmqctl")
+        .args(["close_connection", pid, "test: connection dropped"])
+        .status()
+        .expect("rabbitmqctl")
+        .success()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_worker_reconnects_when_the_broker_drops_its_connection() {
+    let app = spawn_app().await;
+    eventually(Duration::from_secs(10), "ready", || async {
+        (app.get("/readyz").await.0 == 200).then_some(())
+    })
+    .await;
+    let queue = app.topology.queue.clone();
+    assert!(
+        tokio::task::spawn_blocking(move || close_worker_connection(&queue))
+            .await
+            .unwrap(),
+        "the worker's connection is listed by the broker"
+    );
+    app.publish(&contact_event(json!({"region": "north-west"})))
+        .await;
+    let mails = app.mails(2).await;
+    assert!(mails
+        .iter()
+        .any(|m| m.envelope_to == ["rpec.north-west@example.org"]));
+    eventually(Duration::from_secs(10), "ready again", || async {
+        (app.get("/readyz").await.0 == 200).then_some(())
+    })
+    .await;
+    app.stop().await;
 }

@@ -46,12 +46,16 @@ CREATE TABLE outbox (
     context         jsonb NOT NULL,
     -- Extra headers from trusted values only (Importance, List-Id, ...).
     headers         jsonb NOT NULL DEFAULT '{}'::jsonb,
+    -- Files to attach: [{"filename", "content_type", "content"}] (text content, e.g. .ics).
+    attachments     jsonb NOT NULL DEFAULT '[]'::jsonb,
     -- The Message-ID's local part: the same on every attempt.
     message_uuid    uuid NOT NULL UNIQUE,
     source_event    uuid,
     priority        smallint NOT NULL DEFAULT 0,
+    -- 'cancelled': not sent because its cause went away before it was due (a cancelled
+    -- session, an unsubscribed reader); decided at send time by mail::prepare.
     status          text NOT NULL DEFAULT 'pending'
-                    CHECK (status IN ('pending', 'sending', 'sent', 'failed')),
+                    CHECK (status IN ('pending', 'sending', 'sent', 'failed', 'cancelled')),
     attempts        integer NOT NULL DEFAULT 0,
     next_attempt_at timestamptz NOT NULL DEFAULT now(),
     claimed_until   timestamptz,
@@ -61,4 +65,4 @@ CREATE TABLE outbox (
     sent_at         timestamptz
 );
 CREATE INDEX outbox_due ON outbox (priority DESC, next_attempt_at) WHERE status IN ('pending', 'sending');
-CREATE INDEX outbox_finished ON outbox (created_at) WHERE status IN ('sent', 'failed');
+CREATE INDEX outbox_finished ON outbox (created_at) WHERE status IN ('sent', 'failed', 'cancelled');

@@ -12,6 +12,7 @@ pub struct Metrics {
     pub emails_sent: IntCounterVec,
     pub emails_retried: IntCounterVec,
     pub emails_failed: IntCounterVec,
+    pub emails_cancelled: IntCounterVec,
     pub outbox_depth: IntGauge,
 }
 
@@ -77,6 +78,7 @@ impl Metrics {
                 "Emails that will not be sent (permanent failure or retries exhausted), by kind",
                 &["kind"],
             ),
+            emails_cancelled: counter(&registry, "rpec_emails_cancelled_total", "Emails not sent because their cause went away (a cancelled session, an unsubscribed reader), by kind", &["kind"]),
             outbox_depth,
             registry,
         }
@@ -87,6 +89,7 @@ impl Metrics {
             Outcome::Sent => &self.emails_sent,
             Outcome::Retry => &self.emails_retried,
             Outcome::Failed => &self.emails_failed,
+            Outcome::Cancelled => &self.emails_cancelled,
         }
         .with_label_values(&[kind])
         .inc();

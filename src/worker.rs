@@ -100,7 +100,7 @@ pub async fn sweep_once(shared: &Shared) -> sqlx::Result<(u64, u64)> {
     .await?
     .rows_affected();
     let emails = sqlx::query(
-        "DELETE FROM outbox WHERE status IN ('sent', 'failed') AND created_at < now() - make_interval(days => $1)",
+        "DELETE FROM outbox WHERE status IN ('sent', 'failed', 'cancelled') AND created_at < now() - make_interval(days => $1)",
     )
     .bind(s.outbox_retention_days as i32)
     .execute(&shared.pool)

@@ -1,7 +1,8 @@
 //! Builds the MIME message for one outbox row.
 
-use super::outbox::Claimed;
+use super::outbox::{Attachment, Claimed};
 use super::{Rendered, Sender};
+use lettre::message::header::ContentType;
 use lettre::message::header::{HeaderName, HeaderValue};
 use lettre::message::{Mailbox, MultiPart};
 use lettre::Message;
@@ -10,7 +11,12 @@ use lettre::Message;
 /// for them, and some clients hide auto-submitted mail).
 const NOT_AUTO_SUBMITTED: [&str; 1] = ["newsletter"];
 
-pub fn build(row: &Claimed, from: &Sender, rendered: &Rendered) -> Result<Message, String> {
+pub fn build(
+    row: &Claimed,
+    from: &Sender,
+    rendered: &Rendered,
+    attachments: &[Attachment],
+) -> Result<Message, String> {
     let mut builder = Message::builder()
         .from(from.mailbox.clone())
         .subject(rendered.subject.clone())
@@ -35,11 +41,23 @@ pub fn build(row: &Claimed, from: &Sender, rendered: &Rendered) -> Result<Messag
             builder = builder.raw_header(raw(name, value)?);
         }
     }
+    let body = MultiPart::alternative_plain_html(rendered.text.clone(), rendered.html.clone());
+    let body = if attachments.is_empty() {
+        body
+    } else {
+        let mut mixed = MultiPart::mixed().multipart(body);
+        for a in attachments {
+            let content_type = ContentType::parse(&a.content_type)
+                .map_err(|e| format!("attachment {}: {e}", a.filename))?;
+            mixed = mixed.singlepart(
+                lettre::message::Attachment::new(a.filename.clone())
+                    .body(a.content.clone(), content_type),
+            );
+        }
+        mixed
+    };
     builder
-        .multipart(MultiPart::alternative_plain_html(
-            rendered.text.clone(),
-            rendered.html.clone(),
-        ))
+        .multipart(body)
         .map_err(|e| format!("the message could not be built: {e}"))
 }
 

@@ -3,11 +3,12 @@
 
 mod message;
 pub mod outbox;
+pub mod prepare;
 mod relay;
 pub mod sender;
 pub mod templates;
 
-pub use outbox::{NewEmail, Stream};
+pub use outbox::{Attachment, NewEmail, Stream};
 pub use relay::{Relay, RelayUrl, SendError};
 pub use templates::{Rendered, Templates};
 

@@ -39,6 +39,7 @@ pub struct NewEmail {
     pub context: Value,
     /// Extra headers; values must come from trusted code, never from input.
     pub headers: Vec<(&'static str, String)>,
+    pub attachments: Vec<Attachment>,
     /// Higher goes first (urgent enquiries).
     pub priority: i16,
     pub source_event: Option<Uuid>,
@@ -59,10 +60,19 @@ impl NewEmail {
             reply_to: None,
             context,
             headers: Vec::new(),
+            attachments: Vec::new(),
             priority: 0,
             source_event: None,
         }
     }
+}
+
+/// A file attached to an email (text content: calendar files and the like).
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct Attachment {
+    pub filename: String,
+    pub content_type: String,
+    pub content: String,
 }
 
 /// Adds an email to the outbox inside the caller's transaction. The NOTIFY is delivered only
@@ -76,8 +86,8 @@ pub async fn enqueue(conn: &mut PgConnection, email: &NewEmail) -> sqlx::Result<
         .collect();
     let (id,): (i64,) = sqlx::query_as(
         "INSERT INTO outbox (kind, template, stream, recipients, reply_to, context, headers,
-                             message_uuid, source_event, priority)
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)
+                             attachments, message_uuid, source_event, priority)
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)
          RETURNING id",
     )
     .bind(email.kind)
@@ -87,6 +97,7 @@ pub async fn enqueue(conn: &mut PgConnection, email: &NewEmail) -> sqlx::Result<
     .bind(email.reply_to.as_ref().map(EmailAddress::as_str))
     .bind(&email.context)
     .bind(Value::Object(headers))
+    .bind(serde_json::to_value(&email.attachments).unwrap_or_else(|_| Value::Array(Vec::new())))
     .bind(Uuid::new_v4())
     .bind(email.source_event)
     .bind(email.priority)
@@ -110,7 +121,9 @@ pub struct Claimed {
     pub reply_to: Option<String>,
     pub context: Value,
     pub headers: Value,
+    pub attachments: Value,
     pub message_uuid: Uuid,
+    pub source_event: Option<Uuid>,
     pub attempts: i32,
 }
 
@@ -130,7 +143,7 @@ pub async fn claim(pool: &PgPool, limit: i64, lease: Duration) -> sqlx::Result<V
              attempts = o.attempts + 1
          FROM due WHERE o.id = due.id
          RETURNING o.id, o.kind, o.template, o.stream, o.recipients, o.reply_to, o.context,
-                   o.headers, o.message_uuid, o.attempts",
+                   o.headers, o.attachments, o.message_uuid, o.source_event, o.attempts",
     )
     .bind(limit)
     .bind(lease.as_secs_f64())
@@ -173,6 +186,16 @@ pub async fn mark_failed(pool: &PgPool, id: i64, error: &str) -> sqlx::Result<()
     .bind(error)
     .execute(pool)
     .await?;
+    Ok(())
+}
+
+/// Records that a row was not sent because its cause went away (see `mail::prepare`).
+pub async fn mark_cancelled(pool: &PgPool, id: i64, reason: &str) -> sqlx::Result<()> {
+    sqlx::query("UPDATE outbox SET status = 'cancelled', claimed_until = NULL, last_error = $2 WHERE id = $1")
+        .bind(id)
+        .bind(reason)
+        .execute(pool)
+        .await?;
     Ok(())
 }
 

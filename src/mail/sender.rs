@@ -2,6 +2,7 @@
 //! One round (`send_due`) is a unit the tests can call; `run` decides when the next round is.
 
 use super::outbox::{self, Claimed, NOTIFY_CHANNEL};
+use super::prepare::{prepare, Prepared};
 use super::{message, Relay, SendError};
 use crate::worker::Shared;
 use futures_util::StreamExt;
@@ -16,6 +17,8 @@ pub enum Outcome {
     Sent,
     Retry,
     Failed,
+    /// Not sent: its cause went away before it was due.
+    Cancelled,
 }
 
 /// Claims one batch and sends it; returns how many rows it claimed.
@@ -42,14 +45,30 @@ async fn send_one(shared: &Shared, relay: &Relay, row: Claimed) -> anyhow::Resul
     } else {
         &s.transactional_from
     };
-    let message = shared
-        .templates
-        .render(&row.template, &row.context)
-        .and_then(|rendered| message::build(&row, from, &rendered));
-    let result = match message {
-        // A template or address that does not work now never will: keep the row, say why.
-        Err(e) => Err(SendError::Permanent(format!("not sendable: {e}"))),
-        Ok(m) => relay.send(m, s.send_timeout).await,
+    let result = match prepare(shared, &row).await {
+        Ok(Prepared::Skip(reason)) => {
+            outbox::mark_cancelled(&shared.pool, row.id, &reason).await?;
+            tracing::info!(outbox_id = row.id, kind = %row.kind, reason = %reason, "email not sent: no longer wanted");
+            shared.metrics.email_outcome(&row.kind, Outcome::Cancelled);
+            return Ok(Outcome::Cancelled);
+        }
+        Err(e) => Err(SendError::Transient(format!(
+            "could not prepare the email: {e:#}"
+        ))),
+        Ok(Prepared::Send {
+            context,
+            attachments,
+        }) => {
+            let message = shared
+                .templates
+                .render(&row.template, &context)
+                .and_then(|rendered| message::build(&row, from, &rendered, &attachments));
+            match message {
+                // A template or address that does not work now never will: keep the row, say why.
+                Err(e) => Err(SendError::Permanent(format!("not sendable: {e}"))),
+                Ok(m) => relay.send(m, s.send_timeout).await,
+            }
+        }
     };
     let outcome = match result {
         Ok(()) => {

@@ -17,10 +17,16 @@
 //! - [`consume`]: the AMQP topology, the consumer loop and the ack / retry / dead-letter decision.
 //! - [`handle`]: one module per event kind: `(transaction, event) -> rows and outgoing mail`.
 //! - [`mail`]: templates and rendering, the outbox, the SMTP / file transport and the sender loop.
+//! - [`schedule`]: reminders, coordinator briefings and digests: plans in UK time, hands what is
+//!   due to the outbox.
+//! - [`calendar`]: `.ics` files for sessions.
+//! - [`clock`]: the worker's "now" (the system clock, or a manual one in tests).
 //! - [`http`]: health, readiness and Prometheus metrics.
 //! - [`worker`]: wires everything together for `rpec-notify run` and shuts it down cleanly.
 //! - [`publish`]: `rpec-notify publish`, with publisher confirms.
 
+pub mod calendar;
+pub mod clock;
 pub mod config;
 pub mod consume;
 pub mod db;
@@ -30,6 +36,7 @@ pub mod http;
 pub mod mail;
 pub mod metrics;
 pub mod publish;
+pub mod schedule;
 pub mod telemetry;
 pub mod uk_time;
 pub mod worker;

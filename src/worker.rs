@@ -2,10 +2,11 @@
 //! the retention sweep and the HTTP server until `shutdown` resolves; then stops consuming,
 //! finishes what is in hand and returns.
 
+use crate::clock::Clock;
 use crate::config::{Regions, Settings};
 use crate::mail::{Relay, Templates};
 use crate::metrics::Metrics;
-use crate::{consume, db, http, mail};
+use crate::{consume, db, http, mail, schedule};
 use anyhow::Context;
 use sqlx::PgPool;
 use std::future::Future;
@@ -23,11 +24,13 @@ pub struct Shared {
     pub metrics: Metrics,
     /// Whether the consumer holds a working broker connection (for /readyz).
     pub amqp_ready: AtomicBool,
+    /// "Now" for planning and for what is due.
+    pub clock: Clock,
 }
 
 impl Shared {
     /// Loads regions and templates and connects to PostgreSQL (no migrations).
-    pub async fn load(settings: Settings) -> anyhow::Result<Shared> {
+    pub async fn load(settings: Settings, clock: Clock) -> anyhow::Result<Shared> {
         let regions = Regions::load(&settings.regions_path()).map_err(crate::config::Problems)?;
         let templates = Templates::load(&settings.templates_dir, &settings.public_url)
             .map_err(crate::config::Problems)?;
@@ -39,6 +42,7 @@ impl Shared {
             pool,
             metrics: Metrics::new(),
             amqp_ready: AtomicBool::new(false),
+            clock,
         })
     }
 }
@@ -49,7 +53,17 @@ pub async fn run(
     listener: TcpListener,
     shutdown: impl Future<Output = ()>,
 ) -> anyhow::Result<()> {
-    let shared = Arc::new(Shared::load(settings).await?);
+    run_with_clock(settings, listener, shutdown, Clock::System).await
+}
+
+/// `run`, with a clock of the caller's (tests stand on chosen days and move time).
+pub async fn run_with_clock(
+    settings: Settings,
+    listener: TcpListener,
+    shutdown: impl Future<Output = ()>,
+    clock: Clock,
+) -> anyhow::Result<()> {
+    let shared = Arc::new(Shared::load(settings, clock).await?);
     db::migrate(&shared.pool).await?;
     let s = &shared.settings;
     let relay = Relay::new(s.smtp_url(), s.smtp_pool_max_size, s.send_timeout)
@@ -64,6 +78,7 @@ pub async fn run(
         stop.clone(),
     ));
     tasks.spawn(retention_sweep(shared.clone(), stop.clone()));
+    tasks.spawn(schedule::run(shared.clone(), stop.clone()));
     tasks.spawn(http::serve(listener, shared.clone(), relay, stop.clone()));
     tracing::info!("worker started");
 

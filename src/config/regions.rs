@@ -37,6 +37,16 @@ impl FromStr for Offset {
     }
 }
 
+impl std::fmt::Display for Offset {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Offset::Days(n) => write!(f, "{n}d"),
+            Offset::Exact(d) if d.num_minutes() % 60 == 0 => write!(f, "{}h", d.num_hours()),
+            Offset::Exact(d) => write!(f, "{}m", d.num_minutes()),
+        }
+    }
+}
+
 /// The settings for one region, or for national sessions.
 #[derive(Debug, Clone)]
 pub struct RegionConfig {
@@ -355,6 +365,14 @@ impl Regions {
         self.regions.iter().map(|(id, r)| (*id, r))
     }
 
+    /// Reminder and briefing settings for a session: its region's, or `[national]`'s.
+    pub fn for_session(&self, region: Option<RegionId>) -> &RegionConfig {
+        match region {
+            Some(r) => self.region(r),
+            None => &self.national,
+        }
+    }
+
     /// The region for a free-text area, if one lists it (or an alias of it).
     pub fn find_area(&self, area: &str) -> Option<RegionId> {
         self.areas.get(&normalise_area(area)).copied()
@@ -469,6 +487,9 @@ mod tests {
         assert!("7".parse::<Offset>().is_err());
         assert!("0d".parse::<Offset>().is_err());
         assert!("1w".parse::<Offset>().is_err());
+        for label in ["7d", "1h", "90m", "24h"] {
+            assert_eq!(label.parse::<Offset>().unwrap().to_string(), label);
+        }
     }
 
     #[test]

@@ -59,6 +59,11 @@ pub struct Settings {
     pub max_body_bytes: usize,
     /// Retries of messages that failed for a passing reason.
     pub consume_retry: RetryPolicy,
+    /// How long an event that needs a session not yet known (events can arrive out of order)
+    /// keeps being retried before it is dead-lettered as unknown_session.
+    pub unknown_session_wait: Duration,
+    /// How often the scheduler looks for due reminders, briefings and digests.
+    pub schedule_poll_interval: Duration,
     pub smtp_url: SecretString,
     pub transactional_from: Sender,
     pub bulk_from: Sender,
@@ -91,7 +96,14 @@ struct RawSettings {
     mail: RawMail,
     http: RawHttp,
     retention: RawRetention,
+    schedule: RawSchedule,
     shutdown: RawShutdown,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawSchedule {
+    poll_interval_ms: u64,
 }
 
 #[derive(Deserialize)]
@@ -110,6 +122,7 @@ struct RawAmqp {
     queue: String,
     prefetch: u16,
     max_body_bytes: usize,
+    unknown_session_wait_secs: u64,
     retry: RawRetryMs,
 }
 
@@ -382,6 +395,8 @@ impl Settings {
                 initial: Duration::from_millis(raw.amqp.retry.initial_ms),
                 max: Duration::from_millis(raw.amqp.retry.max_ms),
             },
+            unknown_session_wait: Duration::from_secs(raw.amqp.unknown_session_wait_secs),
+            schedule_poll_interval: Duration::from_millis(raw.schedule.poll_interval_ms.max(10)),
             smtp_url: SecretString::from(smtp_url),
             transactional_from,
             bulk_from,

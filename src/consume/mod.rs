@@ -38,6 +38,32 @@ pub use topology::Topology;
 pub const HEADER_ERROR: &str = "x-rpec-error";
 pub const HEADER_ERROR_DETAIL: &str = "x-rpec-error-detail";
 pub const HEADER_ATTEMPT: &str = "x-rpec-attempt";
+pub const HEADER_DEFERRALS: &str = "x-rpec-deferrals";
+pub const HEADER_FIRST_SEEN: &str = "x-rpec-first-seen-ms";
+
+/// The longest a deferred event waits between two tries.
+const MAX_DEFERRAL_DELAY: Duration = Duration::from_secs(30);
+
+/// What a message has been through, carried in its headers from one delivery to the next.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Redelivery {
+    /// Attempts that failed for a passing reason, plus this one (from 1).
+    pub attempt: u32,
+    /// Times it waited for something not yet known (a session).
+    pub deferrals: u32,
+    /// When it was first deferred (ms since the epoch, wall clock).
+    pub first_seen_ms: Option<i64>,
+}
+
+impl Default for Redelivery {
+    fn default() -> Self {
+        Redelivery {
+            attempt: 1,
+            deferrals: 0,
+            first_seen_ms: None,
+        }
+    }
+}
 
 /// What becomes of one delivery.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -48,14 +74,15 @@ pub enum Decision {
         detail: String,
     },
     Retry {
-        attempt: u32,
+        next: Redelivery,
         delay: Duration,
         error: String,
     },
 }
 
-/// Parses and handles one message body; `attempt` counts from 1.
-pub async fn decide(shared: &Shared, body: &[u8], attempt: u32) -> (Option<String>, Decision) {
+/// Parses and handles one message body.
+pub async fn decide(shared: &Shared, body: &[u8], seen: Redelivery) -> (Option<String>, Decision) {
+    let attempt = seen.attempt;
     let envelope = match Envelope::parse(body, shared.settings.max_body_bytes) {
         Ok(e) => e,
         Err(e) => {
@@ -90,6 +117,38 @@ pub async fn decide(shared: &Shared, body: &[u8], attempt: u32) -> (Option<Strin
             Decision::Ack
         }
         Err(Failure::Permanent { code, detail }) => Decision::DeadLetter { code, detail },
+        Err(Failure::Deferred { code, detail }) => {
+            let now_ms = chrono::Utc::now().timestamp_millis();
+            let first = seen.first_seen_ms.unwrap_or(now_ms);
+            let waited = Duration::from_millis((now_ms - first).max(0) as u64);
+            let limit = shared.settings.unknown_session_wait;
+            if waited >= limit {
+                Decision::DeadLetter {
+                    code,
+                    detail: format!("{detail} (waited {}s for it)", waited.as_secs()),
+                }
+            } else {
+                let deferrals = seen.deferrals + 1;
+                // Try again soon, and once more right at the deadline.
+                let delay = shared
+                    .settings
+                    .consume_retry
+                    .backoff(deferrals)
+                    .min(MAX_DEFERRAL_DELAY)
+                    .min(limit - waited)
+                    .max(Duration::from_millis(1));
+                tracing::info!(event_id = %envelope.id, deferrals, reason = code.as_str(), "event waits for something not yet known");
+                Decision::Retry {
+                    next: Redelivery {
+                        deferrals,
+                        first_seen_ms: Some(first),
+                        ..seen
+                    },
+                    delay,
+                    error: detail,
+                }
+            }
+        }
         Err(Failure::Transient(e)) => {
             let policy = shared.settings.consume_retry;
             let error = format!("{e:#}");
@@ -101,7 +160,10 @@ pub async fn decide(shared: &Shared, body: &[u8], attempt: u32) -> (Option<Strin
             } else {
                 tracing::warn!(event_id = %envelope.id, attempt, error = %error, "event failed for a passing reason: will retry");
                 Decision::Retry {
-                    attempt: attempt + 1,
+                    next: Redelivery {
+                        attempt: attempt + 1,
+                        ..seen
+                    },
                     delay: policy.backoff_with_jitter(attempt),
                     error,
                 }
@@ -115,16 +177,28 @@ fn header<'a>(delivery: &'a Delivery, name: &str) -> Option<&'a AMQPValue> {
     delivery.properties.headers().as_ref()?.inner().get(name)
 }
 
-/// The attempt number a delivery carries (1 when it has none).
-fn attempt_of(delivery: &Delivery) -> u32 {
-    match header(delivery, HEADER_ATTEMPT) {
-        Some(AMQPValue::LongUInt(n)) => *n,
-        Some(AMQPValue::LongInt(n)) => (*n).max(1) as u32,
-        Some(AMQPValue::LongLongInt(n)) => (*n).max(1) as u32,
-        Some(AMQPValue::ShortShortUInt(n)) => (*n).into(),
-        _ => 1,
+fn integer_header(delivery: &Delivery, name: &str) -> Option<i64> {
+    match header(delivery, name)? {
+        AMQPValue::LongUInt(n) => Some((*n).into()),
+        AMQPValue::LongInt(n) => Some((*n).into()),
+        AMQPValue::LongLongInt(n) => Some(*n),
+        AMQPValue::ShortShortUInt(n) => Some((*n).into()),
+        AMQPValue::ShortUInt(n) => Some((*n).into()),
+        _ => None,
     }
-    .max(1)
+}
+
+/// What the delivery's headers say it has been through.
+fn redelivery_of(delivery: &Delivery) -> Redelivery {
+    Redelivery {
+        attempt: integer_header(delivery, HEADER_ATTEMPT)
+            .unwrap_or(1)
+            .clamp(1, u32::MAX.into()) as u32,
+        deferrals: integer_header(delivery, HEADER_DEFERRALS)
+            .unwrap_or(0)
+            .clamp(0, u32::MAX.into()) as u32,
+        first_seen_ms: integer_header(delivery, HEADER_FIRST_SEEN),
+    }
 }
 
 /// Copies the original properties, with `extra` headers laid over its headers.
@@ -193,27 +267,25 @@ async fn settle(
             )
             .await
         }
-        Decision::Retry {
-            attempt,
-            delay,
-            error,
-        } => {
+        Decision::Retry { next, delay, error } => {
             shared
                 .metrics
                 .events_retried
                 .with_label_values(&[label])
                 .inc();
-            let props = forwarded(
-                delivery,
-                vec![
-                    (HEADER_ATTEMPT, AMQPValue::LongUInt(*attempt)),
-                    (
-                        "x-rpec-last-error",
-                        AMQPValue::LongString(error.as_str().into()),
-                    ),
-                ],
-            )
-            .with_expiration(delay.as_millis().max(1).to_string().into());
+            let mut headers = vec![
+                (HEADER_ATTEMPT, AMQPValue::LongUInt(next.attempt)),
+                (HEADER_DEFERRALS, AMQPValue::LongUInt(next.deferrals)),
+                (
+                    "x-rpec-last-error",
+                    AMQPValue::LongString(error.as_str().into()),
+                ),
+            ];
+            if let Some(first) = next.first_seen_ms {
+                headers.push((HEADER_FIRST_SEEN, AMQPValue::LongLongInt(first)));
+            }
+            let props = forwarded(delivery, headers)
+                .with_expiration(delay.as_millis().max(1).to_string().into());
             publish_confirmed(publisher, "", &topology.retry, &delivery.data, props).await
         }
     };
@@ -297,8 +369,8 @@ async fn consume(
                     let publisher = publisher.clone();
                     let topology = topology.clone();
                     in_hand.spawn(async move {
-                        let attempt = attempt_of(&delivery);
-                        let (event_type, decision) = decide(&shared, &delivery.data, attempt).await;
+                        let seen = redelivery_of(&delivery);
+                        let (event_type, decision) = decide(&shared, &delivery.data, seen).await;
                         settle(&shared, &publisher, &topology, &delivery, event_type.as_deref(), decision).await;
                     });
                 }

@@ -80,14 +80,31 @@ impl From<FieldError> for ParseError {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum EventType {
     ContactSubmitted,
+    SessionScheduled,
+    SessionUpdated,
+    SessionCancelled,
+    RegistrationCreated,
+    RegistrationCancelled,
 }
 
 impl EventType {
-    pub const ALL: [EventType; 1] = [EventType::ContactSubmitted];
+    pub const ALL: [EventType; 6] = [
+        EventType::ContactSubmitted,
+        EventType::SessionScheduled,
+        EventType::SessionUpdated,
+        EventType::SessionCancelled,
+        EventType::RegistrationCreated,
+        EventType::RegistrationCancelled,
+    ];
 
     pub fn as_str(self) -> &'static str {
         match self {
             EventType::ContactSubmitted => "contact.submitted",
+            EventType::SessionScheduled => "session.scheduled",
+            EventType::SessionUpdated => "session.updated",
+            EventType::SessionCancelled => "session.cancelled",
+            EventType::RegistrationCreated => "registration.created",
+            EventType::RegistrationCancelled => "registration.cancelled",
         }
     }
 
@@ -107,6 +124,11 @@ pub struct Envelope {
 #[derive(Debug, Clone)]
 pub enum Event {
     ContactSubmitted(ContactSubmitted),
+    SessionScheduled(SessionDetails),
+    SessionUpdated(SessionDetails),
+    SessionCancelled(SessionCancelled),
+    RegistrationCreated(RegistrationCreated),
+    RegistrationCancelled(RegistrationCancelled),
 }
 
 impl Envelope {
@@ -154,6 +176,25 @@ impl Envelope {
             let event = match event_type {
                 EventType::ContactSubmitted => {
                     Event::ContactSubmitted(ContactSubmitted::parse(&data)?)
+                }
+                EventType::SessionScheduled => {
+                    Event::SessionScheduled(SessionDetails::parse(&data)?)
+                }
+                EventType::SessionUpdated => Event::SessionUpdated(SessionDetails::parse(&data)?),
+                EventType::SessionCancelled => Event::SessionCancelled(SessionCancelled {
+                    session_id: data.session_id("session_id")?,
+                    reason: data.optional_text("reason", MAX_BODY)?,
+                }),
+                EventType::RegistrationCreated => Event::RegistrationCreated(RegistrationCreated {
+                    registration_id: data.required_str("registration_id", MAX_NAME)?,
+                    session_id: data.session_id("session_id")?,
+                    name: data.required_str("name", MAX_NAME)?,
+                    email: data.email("email")?,
+                }),
+                EventType::RegistrationCancelled => {
+                    Event::RegistrationCancelled(RegistrationCancelled {
+                        registration_id: data.required_str("registration_id", MAX_NAME)?,
+                    })
                 }
             };
             Ok(Envelope {
@@ -319,6 +360,77 @@ impl ContactSubmitted {
     }
 }
 
+/// The longest a session may last.
+pub const MAX_SESSION_HOURS: i64 = 12;
+pub const MAX_URL: usize = 2_000;
+
+/// `session.scheduled` / `session.updated`: a virtual training session.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SessionDetails {
+    pub session_id: String,
+    pub title: String,
+    /// Display text, e.g. "Designated safeguarding leads".
+    pub audience: String,
+    /// None: a national session open to everyone.
+    pub region: Option<RegionId>,
+    pub starts_at: DateTime<Utc>,
+    pub ends_at: DateTime<Utc>,
+    pub registration_url: String,
+    pub joining_url: Option<String>,
+    pub description: Option<String>,
+}
+
+impl SessionDetails {
+    fn parse(data: &Fields<'_>) -> Result<Self, FieldError> {
+        let starts_at = data.timestamp("starts_at")?;
+        let ends_at = data.timestamp("ends_at")?;
+        if ends_at <= starts_at {
+            return Err(FieldError::new(
+                "data.ends_at",
+                "must be after data.starts_at",
+            ));
+        }
+        if ends_at - starts_at > chrono::Duration::hours(MAX_SESSION_HOURS) {
+            return Err(FieldError::new(
+                "data.ends_at",
+                format!("a session lasts at most {MAX_SESSION_HOURS} hours"),
+            ));
+        }
+        Ok(SessionDetails {
+            session_id: data.session_id("session_id")?,
+            title: data.required_str("title", MAX_NAME)?,
+            audience: data.required_str("audience", MAX_NAME)?,
+            region: data.optional_region("region")?,
+            starts_at,
+            ends_at,
+            registration_url: data
+                .url("registration_url")?
+                .ok_or_else(|| FieldError::new("data.registration_url", "is required"))?,
+            joining_url: data.url("joining_url")?,
+            description: data.optional_text("description", MAX_BODY)?,
+        })
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct SessionCancelled {
+    pub session_id: String,
+    pub reason: Option<String>,
+}
+
+#[derive(Debug, Clone)]
+pub struct RegistrationCreated {
+    pub registration_id: String,
+    pub session_id: String,
+    pub name: String,
+    pub email: EmailAddress,
+}
+
+#[derive(Debug, Clone)]
+pub struct RegistrationCancelled {
+    pub registration_id: String,
+}
+
 /// A JSON object being read field by field; `prefix` makes errors name the full path.
 pub(crate) struct Fields<'a> {
     map: &'a Map<String, Value>,
@@ -389,6 +501,73 @@ impl<'a> Fields<'a> {
             return Err(self.err(key, "is required"));
         }
         self.limited(key, s, max)
+    }
+
+    /// An optional multi-line text; empty after trimming counts as absent.
+    pub(crate) fn optional_text(
+        &self,
+        key: &str,
+        max: usize,
+    ) -> Result<Option<String>, FieldError> {
+        match self.raw_str(key)? {
+            None => Ok(None),
+            Some(s) => {
+                let s = multi_line(s);
+                if s.is_empty() {
+                    Ok(None)
+                } else {
+                    self.limited(key, s, max).map(Some)
+                }
+            }
+        }
+    }
+
+    /// A session id: 1 to 64 of `[A-Za-z0-9._:-]` (it ends up in calendar UIDs and URLs).
+    pub(crate) fn session_id(&self, key: &str) -> Result<String, FieldError> {
+        let s = self.raw_str(key)?.map(str::trim).unwrap_or_default();
+        if s.is_empty() {
+            return Err(self.err(key, "is required"));
+        }
+        let valid = s.len() <= 64
+            && s.chars()
+                .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | ':' | '-'));
+        if !valid {
+            return Err(self.err(
+                key,
+                "must be 1 to 64 of A-Z, a-z, 0-9, '.', '_', ':' and '-'",
+            ));
+        }
+        Ok(s.to_owned())
+    }
+
+    /// An optional URL: https, or http only for localhost; at most 2,000 characters.
+    pub(crate) fn url(&self, key: &str) -> Result<Option<String>, FieldError> {
+        let Some(s) = self.raw_str(key)?.map(str::trim).filter(|s| !s.is_empty()) else {
+            return Ok(None);
+        };
+        if s.chars().count() > MAX_URL {
+            return Err(self.err(key, format!("too long (at most {MAX_URL} characters)")));
+        }
+        let rest = if let Some(rest) = s.strip_prefix("https://") {
+            rest
+        } else if let Some(rest) = s.strip_prefix("http://") {
+            let host = rest.split(['/', '?', '#']).next().unwrap_or_default();
+            let host = host.rsplit_once(':').map_or(host, |(h, _)| h);
+            if !matches!(host, "localhost" | "127.0.0.1" | "[::1]") {
+                return Err(self.err(key, "must be an https URL (http only for localhost)"));
+            }
+            rest
+        } else {
+            return Err(self.err(key, "must be an https URL (http only for localhost)"));
+        };
+        let host = rest.split(['/', '?', '#']).next().unwrap_or_default();
+        if host.is_empty()
+            || s.chars()
+                .any(|c| c.is_whitespace() || c.is_control() || c == '"' || c == '<' || c == '>')
+        {
+            return Err(self.err(key, "not a valid URL"));
+        }
+        Ok(Some(s.to_owned()))
     }
 
     pub(crate) fn email(&self, key: &str) -> Result<EmailAddress, FieldError> {
@@ -484,7 +663,9 @@ mod tests {
     #[test]
     fn parses_a_contact_enquiry_and_ignores_unknown_fields() {
         let env = Envelope::parse(&contact(valid()), LIMIT).unwrap();
-        let Event::ContactSubmitted(c) = env.event;
+        let Event::ContactSubmitted(c) = env.event else {
+            panic!("an enquiry")
+        };
         assert_eq!(c.name, "Sam");
         assert_eq!(c.topic, Topic::ComplexCase);
         assert_eq!(c.message, "Line one\nLine two");
@@ -521,6 +702,91 @@ mod tests {
         assert!(code_and_detail(&contact(d))
             .1
             .starts_with("data.topic: \"gossip\" is not one of"));
+    }
+
+    fn session(data: Value) -> Vec<u8> {
+        serde_json::to_vec(&json!({
+            "id": "b14899dc-8144-558d-8b22-eb860f85ad15", "type": "session.scheduled", "version": 1,
+            "occurred_at": "2024-09-02T09:00:00Z", "data": data
+        }))
+        .unwrap()
+    }
+
+    fn valid_session() -> Value {
+        json!({
+            "session_id": "dsl-2024-10-02", "title": "Prevent in education", "audience": "DSLs",
+            "region": null, "starts_at": "2024-10-02T15:30:00+01:00", "ends_at": "2024-10-02T16:30:00+01:00",
+            "registration_url": "https://www.eventbrite.co.uk/e/x", "joining_url": "http://localhost:9/j"
+        })
+    }
+
+    #[test]
+    fn parses_a_session_in_utc() {
+        let env = Envelope::parse(&session(valid_session()), LIMIT).unwrap();
+        let Event::SessionScheduled(s) = env.event else {
+            panic!("a session")
+        };
+        assert_eq!(s.starts_at.to_rfc3339(), "2024-10-02T14:30:00+00:00");
+        assert_eq!(s.region, None);
+        assert_eq!(s.joining_url.as_deref(), Some("http://localhost:9/j"));
+    }
+
+    #[test]
+    fn session_refusals_name_the_field() {
+        let cases = [
+            (
+                "session_id",
+                json!("has space"),
+                "data.session_id: must be 1 to 64",
+            ),
+            (
+                "session_id",
+                json!("x".repeat(65)),
+                "data.session_id: must be 1 to 64",
+            ),
+            (
+                "ends_at",
+                json!("2024-10-02T15:00:00+01:00"),
+                "data.ends_at: must be after data.starts_at",
+            ),
+            (
+                "ends_at",
+                json!("2024-10-03T15:30:00+01:00"),
+                "data.ends_at: a session lasts at most 12 hours",
+            ),
+            (
+                "starts_at",
+                json!("2024-10-02 15:30"),
+                "data.starts_at: not an RFC 3339 time",
+            ),
+            (
+                "registration_url",
+                json!("http://example.org/r"),
+                "data.registration_url: must be an https URL",
+            ),
+            (
+                "registration_url",
+                json!(null),
+                "data.registration_url: is required",
+            ),
+            (
+                "joining_url",
+                json!(format!("https://e.org/{}", "x".repeat(2000))),
+                "data.joining_url: too long",
+            ),
+            (
+                "region",
+                json!("scotland"),
+                "data.region: unknown region id",
+            ),
+        ];
+        for (field, value, expected) in cases {
+            let mut d = valid_session();
+            d[field] = value;
+            let (code, detail) = code_and_detail(&session(d));
+            assert_eq!(code, "invalid_payload");
+            assert!(detail.starts_with(expected), "{field}: {detail}");
+        }
     }
 
     #[test]

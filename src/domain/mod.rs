@@ -7,6 +7,9 @@ mod region;
 mod text;
 
 pub use email::EmailAddress;
-pub use event::{ContactSubmitted, Envelope, Event, EventType, ParseError, Setting, Topic};
+pub use event::{
+    ContactSubmitted, Envelope, Event, EventType, ParseError, RegistrationCancelled,
+    RegistrationCreated, SessionCancelled, SessionDetails, Setting, Topic,
+};
 pub use region::RegionId;
 pub use text::{single_line, FieldError};

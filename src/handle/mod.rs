@@ -3,6 +3,7 @@
 //! and the commit.
 
 mod contact;
+pub mod session;
 
 use crate::domain::event::ErrorCode;
 use crate::domain::{Envelope, Event};
@@ -24,6 +25,10 @@ pub enum Failure {
     /// It can never succeed: dead-letter it at once.
     #[error("{}: {detail}", code.as_str())]
     Permanent { code: ErrorCode, detail: String },
+    /// It depends on something not known yet (a registration before its session): wait for it
+    /// (re-delivered with back-off) up to the configured time, then dead-letter with `code`.
+    #[error("{}: {detail}", code.as_str())]
+    Deferred { code: ErrorCode, detail: String },
     /// It may succeed later (the database is down, ...): retry with back-off.
     #[error(transparent)]
     Transient(#[from] anyhow::Error),
@@ -55,6 +60,16 @@ pub async fn handle(shared: &Shared, envelope: &Envelope) -> Result<Handled, Fai
     }
     match &envelope.event {
         Event::ContactSubmitted(c) => contact::handle(&mut tx, shared, envelope, c).await?,
+        Event::SessionScheduled(s) | Event::SessionUpdated(s) => {
+            session::scheduled_or_updated(&mut tx, shared, envelope, s).await?
+        }
+        Event::SessionCancelled(c) => session::cancelled(&mut tx, shared, envelope, c).await?,
+        Event::RegistrationCreated(r) => {
+            session::registration_created(&mut tx, shared, envelope, r).await?
+        }
+        Event::RegistrationCancelled(r) => {
+            session::registration_cancelled(&mut tx, shared, envelope, r).await?
+        }
     }
     tx.commit().await?;
     Ok(Handled::Done)
@@ -63,5 +78,7 @@ pub async fn handle(shared: &Shared, envelope: &Envelope) -> Result<Handled, Fai
 /// Sample contexts for every email, built from the handlers' own types, for `check` and for
 /// authors (`preview`).
 pub fn samples() -> Vec<(&'static str, Value)> {
-    contact::samples()
+    let mut all = contact::samples();
+    all.extend(session::samples());
+    all
 }

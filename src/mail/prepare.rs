@@ -22,7 +22,10 @@ pub enum Prepared {
 
 /// Decides, just before sending, whether and with what a row is sent. An error is a passing
 /// failure (the row is retried).
-pub async fn prepare(_shared: &Shared, row: &Claimed) -> anyhow::Result<Prepared> {
+pub async fn prepare(shared: &Shared, row: &Claimed) -> anyhow::Result<Prepared> {
+    if let Some(p) = crate::handle::session::prepare(shared, row).await? {
+        return Ok(p);
+    }
     let attachments: Vec<Attachment> = serde_json::from_value(row.attachments.clone())?;
     // Kinds whose content depends on state at send time get their branch here.
     Ok(Prepared::Send {

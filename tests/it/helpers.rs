@@ -7,6 +7,7 @@ use lapin::options::{
 };
 use lapin::types::{AMQPValue, FieldTable};
 use lapin::{BasicProperties, Channel, Connection};
+use rpec_notify::clock::Clock;
 use rpec_notify::config::Settings;
 use rpec_notify::consume::topology::{self, Topology};
 use serde_json::Value;
@@ -38,6 +39,9 @@ pub const FAST_TIMINGS: &str = r#"
 [database]
 acquire_timeout_secs = 1
 
+[amqp]
+unknown_session_wait_secs = 30
+
 [amqp.retry]
 max_attempts = 5
 initial_ms = 100
@@ -52,6 +56,9 @@ send_timeout_secs = 5
 max_attempts = 15
 initial_secs = 0.2
 max_secs = 1.0
+
+[schedule]
+poll_interval_ms = 100
 
 [shutdown]
 grace_secs = 5
@@ -202,7 +209,8 @@ impl SmtpServer {
         let mut server = mailin_embedded::Server::new(handler);
         server
             .with_name("smtp.test.example.org")
-            .with_num_threads(4)
+            // Pooled connections each hold a thread; several workers keep several open.
+            .with_num_threads(32)
             .with_addr(("127.0.0.1", self.port))
             .expect("the SMTP port");
         std::thread::spawn(move || {
@@ -236,16 +244,38 @@ pub struct TestApp {
     pub http: SocketAddr,
     /// Kept so the directory lives as long as the worker that reads it.
     _config_dir: tempfile::TempDir,
+    pub clock: Clock,
+    settings: Settings,
     amqp: Connection,
     channel: Channel,
-    stop: Option<oneshot::Sender<()>>,
-    worker: Option<tokio::task::JoinHandle<anyhow::Result<()>>>,
+    workers: Vec<Worker>,
+}
+
+/// One running worker.
+struct Worker {
+    stop: oneshot::Sender<()>,
+    task: tokio::task::JoinHandle<anyhow::Result<()>>,
+}
+
+fn start_worker(settings: Settings, listener: tokio::net::TcpListener, clock: Clock) -> Worker {
+    let (stop, stopped) = oneshot::channel::<()>();
+    let task = tokio::spawn(rpec_notify::worker::run_with_clock(
+        settings,
+        listener,
+        async move {
+            let _ = stopped.await;
+        },
+        clock,
+    ));
+    Worker { stop, task }
 }
 
 pub struct Options {
     pub smtp: Option<SmtpServer>,
     /// Laid over rpec.toml as the dev profile file.
     pub profile_toml: String,
+    /// The worker's clock (the system clock when None).
+    pub clock: Option<Clock>,
 }
 
 impl Default for Options {
@@ -253,8 +283,25 @@ impl Default for Options {
         Options {
             smtp: None,
             profile_toml: FAST_TIMINGS.into(),
+            clock: None,
         }
     }
+}
+
+impl Options {
+    /// The fast timings with a manual clock standing at `now`.
+    pub fn at(now: &str) -> Options {
+        Options {
+            clock: Some(Clock::manual(utc(now))),
+            ..Options::default()
+        }
+    }
+}
+
+pub fn utc(s: &str) -> chrono::DateTime<chrono::Utc> {
+    chrono::DateTime::parse_from_rfc3339(s)
+        .expect("an RFC 3339 time")
+        .with_timezone(&chrono::Utc)
 }
 
 pub async fn spawn_app() -> TestApp {
@@ -262,6 +309,10 @@ pub async fn spawn_app() -> TestApp {
 }
 
 pub async fn spawn_app_with(options: Options) -> TestApp {
+    // Worker logs only when asked for (RUST_LOG=info cargo test ...).
+    if std::env::var("RUST_LOG").is_ok() {
+        rpec_notify::telemetry::init();
+    }
     let id = Uuid::new_v4().simple().to_string();
     let db_name = format!("rpec_test_{id}");
     let mut admin = PgConnection::connect(&database_admin_url())
@@ -320,10 +371,8 @@ pub async fn spawn_app_with(options: Options) -> TestApp {
 
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let http = listener.local_addr().unwrap();
-    let (stop, stopped) = oneshot::channel::<()>();
-    let worker = tokio::spawn(rpec_notify::run(settings, listener, async move {
-        let _ = stopped.await;
-    }));
+    let clock = options.clock.unwrap_or_default();
+    let worker = start_worker(settings.clone(), listener, clock.clone());
     let pool = PgPool::connect(&db_url).await.unwrap();
     // HTTP is served once migrations are applied and every task has started.
     eventually(
@@ -344,10 +393,11 @@ pub async fn spawn_app_with(options: Options) -> TestApp {
         smtp,
         http,
         _config_dir: config_dir,
+        clock,
+        settings,
         amqp,
         channel,
-        stop: Some(stop),
-        worker: Some(worker),
+        workers: vec![worker],
     }
 }
 
@@ -493,12 +543,43 @@ impl TestApp {
     }
 
     /// Stops the worker gracefully and removes the database, queues and exchanges.
+    /// Starts one more worker on the same database, queue, relay and clock.
+    pub async fn add_worker(&mut self) {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        self.workers.push(start_worker(
+            self.settings.clone(),
+            listener,
+            self.clock.clone(),
+        ));
+        eventually(
+            Duration::from_secs(30),
+            "the second worker to answer /healthz",
+            || async {
+                reqwest::get(format!("http://{addr}/healthz"))
+                    .await
+                    .ok()
+                    .filter(|r| r.status() == 200)
+            },
+        )
+        .await;
+    }
+
+    /// Moves the workers' clock.
+    pub fn set_time(&self, now: &str) {
+        self.clock.set(utc(now));
+    }
+
+    /// Rows of a query with one text column, for quick assertions.
+    pub async fn strings(&self, sql: &str) -> Vec<String> {
+        sqlx::query_scalar(sql).fetch_all(&self.pool).await.unwrap()
+    }
+
+    /// Stops the workers gracefully and removes the database, queues and exchanges.
     pub async fn stop(mut self) {
-        if let Some(stop) = self.stop.take() {
-            let _ = stop.send(());
-        }
-        if let Some(worker) = self.worker.take() {
-            let result = tokio::time::timeout(Duration::from_secs(15), worker).await;
+        for worker in self.workers.drain(..) {
+            let _ = worker.stop.send(());
+            let result = tokio::time::timeout(Duration::from_secs(15), worker.task).await;
             let result = result
                 .expect("the worker stops within 15 s")
                 .expect("the worker task");
@@ -564,4 +645,136 @@ pub fn shared_example(name: &str) -> Value {
         &std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display())),
     )
     .unwrap()
+}
+
+impl Mail {
+    /// The text of the first calendar attachment, if any.
+    pub fn calendar(&self) -> Option<String> {
+        let parsed = self.parsed();
+        let part = parsed.attachments().find(|p| {
+            use mail_parser::MimeHeaders;
+            p.content_type()
+                .is_some_and(|c| c.ctype() == "text" && c.subtype() == Some("calendar"))
+        })?;
+        Some(String::from_utf8_lossy(part.contents()).into_owned())
+    }
+}
+
+/// A session.scheduled (or .updated) event.
+pub fn session_event(
+    kind: &str,
+    session_id: &str,
+    starts: &str,
+    ends: &str,
+    region: Option<&str>,
+) -> Value {
+    serde_json::json!({
+        "id": Uuid::new_v4().to_string(),
+        "type": kind,
+        "version": 1,
+        "occurred_at": chrono::Utc::now().to_rfc3339(),
+        "data": {
+            "session_id": session_id,
+            "title": "Prevent in education: training for designated safeguarding leads (DSLs)",
+            "audience": "Designated safeguarding leads",
+            "region": region,
+            "starts_at": starts,
+            "ends_at": ends,
+            "registration_url": format!("https://www.eventbrite.co.uk/e/{session_id}"),
+            "joining_url": format!("https://teams.example.org/join/{session_id}")
+        }
+    })
+}
+
+pub fn registration_event(registration_id: &str, session_id: &str, email: &str) -> Value {
+    serde_json::json!({
+        "id": Uuid::new_v4().to_string(),
+        "type": "registration.created",
+        "version": 1,
+        "occurred_at": chrono::Utc::now().to_rfc3339(),
+        "data": {
+            "registration_id": registration_id,
+            "session_id": session_id,
+            "name": format!("Registrant {registration_id}"),
+            "email": email
+        }
+    })
+}
+
+pub fn simple_event(kind: &str, data: Value) -> Value {
+    serde_json::json!({
+        "id": Uuid::new_v4().to_string(),
+        "type": kind,
+        "version": 1,
+        "occurred_at": chrono::Utc::now().to_rfc3339(),
+        "data": data
+    })
+}
+
+/// A planned reminder or briefing: (kind, registration, offset, due, status).
+pub type Planned = (
+    String,
+    Option<String>,
+    String,
+    chrono::DateTime<chrono::Utc>,
+    String,
+);
+
+impl TestApp {
+    /// Waits until `n` events have been handled (committed).
+    pub async fn handled(&self, n: i64) {
+        eventually(
+            Duration::from_secs(30),
+            &format!("{n} events handled"),
+            || async {
+                let (count,): (i64,) = sqlx::query_as("SELECT count(*) FROM processed_events")
+                    .fetch_one(&self.pool)
+                    .await
+                    .unwrap();
+                (count >= n).then_some(())
+            },
+        )
+        .await;
+    }
+
+    /// Planned reminders and briefings of a session: (kind, registration, offset, due, status).
+    pub async fn planned(&self, session_id: &str) -> Vec<Planned> {
+        sqlx::query_as(
+            "SELECT kind, registration_id, offset_label, due_at, status FROM scheduled_emails
+             WHERE session_id = $1 ORDER BY kind, registration_id, due_at",
+        )
+        .bind(session_id)
+        .fetch_all(&self.pool)
+        .await
+        .unwrap()
+    }
+
+    /// Received emails whose subject starts with `prefix`.
+    pub fn mails_starting(&self, prefix: &str) -> Vec<Mail> {
+        self.smtp
+            .received()
+            .into_iter()
+            .filter(|m| m.subject().starts_with(prefix))
+            .collect()
+    }
+
+    /// Waits for exactly `n` emails whose subject starts with `prefix` (and a moment more, to
+    /// see that no more come).
+    pub async fn exactly(&self, prefix: &str, n: usize) -> Vec<Mail> {
+        eventually(
+            Duration::from_secs(20),
+            &format!("{n} emails '{prefix}...'"),
+            || async { (self.mails_starting(prefix).len() >= n).then_some(()) },
+        )
+        .await;
+        tokio::time::sleep(Duration::from_millis(700)).await;
+        let got = self.mails_starting(prefix);
+        assert_eq!(
+            got.len(),
+            n,
+            "emails '{prefix}...': {:?}",
+            got.iter().map(|m| m.subject()).collect::<Vec<_>>()
+        );
+        got
+    }
 }

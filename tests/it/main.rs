@@ -7,3 +7,4 @@ mod dead_letter;
 mod delivery;
 mod helpers;
 mod ops;
+mod sessions;

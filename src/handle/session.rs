@@ -1,0 +1,671 @@
+//! Training sessions and registrations: `session.scheduled`, `session.updated`,
+//! `session.cancelled`, `registration.created`, `registration.cancelled`, and the emails they
+//! cause (confirmations with calendar files, "session moved", new joining links, cancellations).
+//!
+//! Per-registrant emails are written to the outbox with ids only and completed just before
+//! sending ([`prepare`]) from the session's current state, so a registrant never gets stale
+//! details, and nothing about a cancelled session or registration goes out.
+
+use super::Failure;
+use crate::calendar::{self, CalendarSession, Method};
+use crate::config::Offset;
+use crate::domain::event::ErrorCode;
+use crate::domain::{
+    Envelope, RegionId, RegistrationCancelled, RegistrationCreated, SessionCancelled,
+    SessionDetails,
+};
+use crate::mail::outbox::{enqueue, Claimed, NewEmail, NOTIFY_CHANNEL};
+use crate::mail::prepare::Prepared;
+use crate::schedule::plan::due_at;
+use crate::uk_time;
+use crate::worker::Shared;
+use chrono::{DateTime, Utc};
+use serde::Serialize;
+use serde_json::{json, Value};
+use sqlx::PgConnection;
+
+/// A session as stored.
+#[derive(Debug, Clone, sqlx::FromRow)]
+pub struct SessionRow {
+    pub session_id: String,
+    pub title: String,
+    pub audience: String,
+    pub region: Option<String>,
+    pub starts_at: DateTime<Utc>,
+    pub ends_at: DateTime<Utc>,
+    pub registration_url: String,
+    pub joining_url: Option<String>,
+    pub description: Option<String>,
+    pub status: String,
+    pub cancel_reason: Option<String>,
+    pub sequence: i32,
+    pub last_event_at: DateTime<Utc>,
+}
+
+impl SessionRow {
+    pub fn region_id(&self) -> Option<RegionId> {
+        self.region.as_deref().and_then(|r| r.parse().ok())
+    }
+
+    pub fn is_cancelled(&self) -> bool {
+        self.status == "cancelled"
+    }
+}
+
+const SESSION_COLUMNS: &str =
+    "session_id, title, audience, region, starts_at, ends_at, registration_url, \
+     joining_url, description, status, cancel_reason, sequence, last_event_at";
+
+pub async fn load_session(
+    conn: &mut PgConnection,
+    session_id: &str,
+    lock: bool,
+) -> sqlx::Result<Option<SessionRow>> {
+    let lock = if lock { " FOR UPDATE" } else { "" };
+    sqlx::query_as(&format!(
+        "SELECT {SESSION_COLUMNS} FROM sessions WHERE session_id = $1{lock}"
+    ))
+    .bind(session_id)
+    .fetch_optional(conn)
+    .await
+}
+
+fn unknown_session(session_id: &str) -> Failure {
+    Failure::Deferred {
+        code: ErrorCode::UnknownSession,
+        detail: format!("data.session_id: session {session_id:?} is not known"),
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Planning reminders and briefings.
+
+async fn plan(
+    conn: &mut PgConnection,
+    kind: &str,
+    session: &SessionRow,
+    registration_id: Option<&str>,
+    offset: Offset,
+    now: DateTime<Utc>,
+) -> sqlx::Result<()> {
+    let due = due_at(session.starts_at, offset);
+    // An offset already past is skipped, never sent late.
+    if due <= now {
+        return Ok(());
+    }
+    sqlx::query(
+        "INSERT INTO scheduled_emails (kind, session_id, registration_id, offset_label, due_at)
+         VALUES ($1, $2, $3, $4, $5) ON CONFLICT DO NOTHING",
+    )
+    .bind(kind)
+    .bind(&session.session_id)
+    .bind(registration_id)
+    .bind(offset.to_string())
+    .bind(due)
+    .execute(conn)
+    .await?;
+    Ok(())
+}
+
+async fn plan_reminders(
+    conn: &mut PgConnection,
+    shared: &Shared,
+    session: &SessionRow,
+    registration_id: &str,
+    now: DateTime<Utc>,
+) -> sqlx::Result<()> {
+    let offsets = shared
+        .regions
+        .for_session(session.region_id())
+        .reminder_offsets
+        .clone();
+    for offset in offsets {
+        plan(
+            conn,
+            "reminder",
+            session,
+            Some(registration_id),
+            offset,
+            now,
+        )
+        .await?;
+    }
+    Ok(())
+}
+
+async fn plan_briefing(
+    conn: &mut PgConnection,
+    shared: &Shared,
+    session: &SessionRow,
+    now: DateTime<Utc>,
+) -> sqlx::Result<()> {
+    let offset = shared
+        .regions
+        .for_session(session.region_id())
+        .briefing_offset;
+    plan(conn, "briefing", session, None, offset, now).await
+}
+
+/// Throws away what was planned for a session and plans again against its current time.
+async fn replan(
+    conn: &mut PgConnection,
+    shared: &Shared,
+    session: &SessionRow,
+    now: DateTime<Utc>,
+) -> sqlx::Result<()> {
+    sqlx::query("DELETE FROM scheduled_emails WHERE session_id = $1 AND status = 'pending'")
+        .bind(&session.session_id)
+        .execute(&mut *conn)
+        .await?;
+    plan_briefing(conn, shared, session, now).await?;
+    let registrations: Vec<(String,)> = sqlx::query_as(
+        "SELECT registration_id FROM registrations WHERE session_id = $1 AND status = 'registered'",
+    )
+    .bind(&session.session_id)
+    .fetch_all(&mut *conn)
+    .await?;
+    for (registration_id,) in registrations {
+        plan_reminders(conn, shared, session, &registration_id, now).await?;
+    }
+    Ok(())
+}
+
+/// One email of `kind` to every current registrant of a session, set-based; `extra` is merged
+/// into each row's context.
+async fn email_registrants(
+    conn: &mut PgConnection,
+    envelope: &Envelope,
+    session_id: &str,
+    kind: &'static str,
+    extra: Value,
+) -> sqlx::Result<u64> {
+    let n = sqlx::query(
+        "INSERT INTO outbox (kind, template, stream, recipients, context, message_uuid, source_event)
+         SELECT $1, $1, 'transactional', ARRAY[r.email],
+                jsonb_build_object('registration_id', r.registration_id, 'session_id', r.session_id) || $2::jsonb,
+                gen_random_uuid(), $3
+         FROM registrations r
+         WHERE r.session_id = $4 AND r.status = 'registered' AND r.email IS NOT NULL",
+    )
+    .bind(kind)
+    .bind(extra)
+    .bind(envelope.id)
+    .bind(session_id)
+    .execute(&mut *conn)
+    .await?
+    .rows_affected();
+    if n > 0 {
+        sqlx::query("SELECT pg_notify($1, '')")
+            .bind(NOTIFY_CHANNEL)
+            .execute(&mut *conn)
+            .await?;
+    }
+    Ok(n)
+}
+
+// ---------------------------------------------------------------------------------------------
+// Handlers.
+
+/// `session.scheduled` and `session.updated` (either may come first; a session is created by
+/// whichever arrives first, and an older event than the last applied one changes nothing).
+pub(super) async fn scheduled_or_updated(
+    conn: &mut PgConnection,
+    shared: &Shared,
+    envelope: &Envelope,
+    s: &SessionDetails,
+) -> Result<(), Failure> {
+    let now = shared.clock.now();
+    let Some(old) = load_session(conn, &s.session_id, true).await? else {
+        sqlx::query(
+            "INSERT INTO sessions (session_id, title, audience, region, starts_at, ends_at, registration_url,
+                                   joining_url, description, first_seen_at, last_event_at)
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)",
+        )
+        .bind(&s.session_id)
+        .bind(&s.title)
+        .bind(&s.audience)
+        .bind(s.region.map(RegionId::as_str))
+        .bind(s.starts_at)
+        .bind(s.ends_at)
+        .bind(&s.registration_url)
+        .bind(&s.joining_url)
+        .bind(&s.description)
+        .bind(now)
+        .bind(envelope.occurred_at)
+        .execute(&mut *conn)
+        .await?;
+        let session = load_session(conn, &s.session_id, false)
+            .await?
+            .ok_or_else(|| anyhow::anyhow!("the session just stored is missing"))?;
+        plan_briefing(conn, shared, &session, now).await?;
+        tracing::info!(event_id = %envelope.id, session_id = %s.session_id, "session scheduled");
+        return Ok(());
+    };
+    if envelope.occurred_at < old.last_event_at {
+        tracing::info!(event_id = %envelope.id, session_id = %s.session_id, "an older update than the one applied: ignored");
+        return Ok(());
+    }
+    if old.is_cancelled() {
+        tracing::info!(event_id = %envelope.id, session_id = %s.session_id, "update to a cancelled session: ignored");
+        return Ok(());
+    }
+    let moved = old.starts_at != s.starts_at || old.ends_at != s.ends_at;
+    let new_link = s.joining_url.is_some() && old.joining_url != s.joining_url;
+    let region_changed = old.region.as_deref() != s.region.map(RegionId::as_str);
+    sqlx::query(
+        "UPDATE sessions SET title = $2, audience = $3, region = $4, starts_at = $5, ends_at = $6,
+                registration_url = $7, joining_url = $8, description = $9, last_event_at = $10,
+                sequence = sequence + $11
+         WHERE session_id = $1",
+    )
+    .bind(&s.session_id)
+    .bind(&s.title)
+    .bind(&s.audience)
+    .bind(s.region.map(RegionId::as_str))
+    .bind(s.starts_at)
+    .bind(s.ends_at)
+    .bind(&s.registration_url)
+    .bind(&s.joining_url)
+    .bind(&s.description)
+    .bind(envelope.occurred_at)
+    .bind(i32::from(moved || new_link))
+    .execute(&mut *conn)
+    .await?;
+    if moved || region_changed {
+        let session = load_session(conn, &s.session_id, false)
+            .await?
+            .ok_or_else(|| anyhow::anyhow!("the session just updated is missing"))?;
+        replan(conn, shared, &session, now).await?;
+    }
+    if moved {
+        let previous = uk_time::range(old.starts_at, old.ends_at);
+        let n = email_registrants(
+            conn,
+            envelope,
+            &s.session_id,
+            "session_moved",
+            json!({ "previous_when": previous }),
+        )
+        .await?;
+        tracing::info!(event_id = %envelope.id, session_id = %s.session_id, registrants = n, "session moved");
+    } else if new_link {
+        let n = email_registrants(
+            conn,
+            envelope,
+            &s.session_id,
+            "joining_link_changed",
+            json!({}),
+        )
+        .await?;
+        tracing::info!(event_id = %envelope.id, session_id = %s.session_id, registrants = n, "new joining link");
+    }
+    Ok(())
+}
+
+pub(super) async fn cancelled(
+    conn: &mut PgConnection,
+    shared: &Shared,
+    envelope: &Envelope,
+    c: &SessionCancelled,
+) -> Result<(), Failure> {
+    let old = load_session(conn, &c.session_id, true)
+        .await?
+        .ok_or_else(|| unknown_session(&c.session_id))?;
+    if old.is_cancelled() {
+        return Ok(());
+    }
+    sqlx::query(
+        "UPDATE sessions SET status = 'cancelled', cancel_reason = $2, sequence = sequence + 1,
+                last_event_at = greatest(last_event_at, $3)
+         WHERE session_id = $1",
+    )
+    .bind(&c.session_id)
+    .bind(&c.reason)
+    .bind(envelope.occurred_at)
+    .execute(&mut *conn)
+    .await?;
+    sqlx::query("UPDATE scheduled_emails SET status = 'dropped', handled_at = $2 WHERE session_id = $1 AND status = 'pending'")
+        .bind(&c.session_id)
+        .bind(shared.clock.now())
+        .execute(&mut *conn)
+        .await?;
+    let n = email_registrants(
+        conn,
+        envelope,
+        &c.session_id,
+        "session_cancelled",
+        json!({}),
+    )
+    .await?;
+    tracing::info!(event_id = %envelope.id, session_id = %c.session_id, registrants = n, "session cancelled");
+    Ok(())
+}
+
+pub(super) async fn registration_created(
+    conn: &mut PgConnection,
+    shared: &Shared,
+    envelope: &Envelope,
+    r: &RegistrationCreated,
+) -> Result<(), Failure> {
+    let now = shared.clock.now();
+    let session = load_session(conn, &r.session_id, true)
+        .await?
+        .ok_or_else(|| unknown_session(&r.session_id))?;
+    let inserted = sqlx::query(
+        "INSERT INTO registrations (registration_id, session_id, name, email, created_at)
+         VALUES ($1, $2, $3, $4, $5) ON CONFLICT (registration_id) DO NOTHING",
+    )
+    .bind(&r.registration_id)
+    .bind(&r.session_id)
+    .bind(&r.name)
+    .bind(r.email.as_str())
+    .bind(now)
+    .execute(&mut *conn)
+    .await?
+    .rows_affected();
+    if inserted == 0 {
+        tracing::info!(event_id = %envelope.id, registration_id = %r.registration_id, "registration already recorded: nothing sent");
+        return Ok(());
+    }
+    let kind = if session.is_cancelled() {
+        "session_cancelled"
+    } else {
+        "registration_confirmation"
+    };
+    let mut email = NewEmail::transactional(
+        kind,
+        kind,
+        vec![r.email.clone()],
+        json!({ "registration_id": r.registration_id, "session_id": r.session_id }),
+    );
+    email.source_event = Some(envelope.id);
+    enqueue(conn, &email).await?;
+    if !session.is_cancelled() {
+        plan_reminders(conn, shared, &session, &r.registration_id, now).await?;
+    }
+    tracing::info!(event_id = %envelope.id, registration_id = %r.registration_id, session_id = %r.session_id, "registration confirmed");
+    Ok(())
+}
+
+pub(super) async fn registration_cancelled(
+    conn: &mut PgConnection,
+    shared: &Shared,
+    envelope: &Envelope,
+    r: &RegistrationCancelled,
+) -> Result<(), Failure> {
+    let now = shared.clock.now();
+    let status: Option<(String,)> =
+        sqlx::query_as("SELECT status FROM registrations WHERE registration_id = $1 FOR UPDATE")
+            .bind(&r.registration_id)
+            .fetch_optional(&mut *conn)
+            .await?;
+    match status {
+        None => {
+            // It may be overtaking its own registration.created: wait for it like an unknown session.
+            return Err(Failure::Deferred {
+                code: ErrorCode::UnknownSession,
+                detail: format!(
+                    "data.registration_id: registration {:?} is not known",
+                    r.registration_id
+                ),
+            });
+        }
+        Some((s,)) if s == "cancelled" => return Ok(()),
+        Some(_) => {}
+    }
+    sqlx::query("UPDATE registrations SET status = 'cancelled', cancelled_at = $2 WHERE registration_id = $1")
+        .bind(&r.registration_id)
+        .bind(now)
+        .execute(&mut *conn)
+        .await?;
+    sqlx::query("UPDATE scheduled_emails SET status = 'dropped', handled_at = $2 WHERE registration_id = $1 AND status = 'pending'")
+        .bind(&r.registration_id)
+        .bind(now)
+        .execute(&mut *conn)
+        .await?;
+    tracing::info!(event_id = %envelope.id, registration_id = %r.registration_id, "registration cancelled");
+    Ok(())
+}
+
+// ---------------------------------------------------------------------------------------------
+// Completing the emails just before they are sent.
+
+/// A session as emails show it.
+#[derive(Serialize)]
+pub struct SessionView {
+    session_id: String,
+    title: String,
+    audience: String,
+    /// "National" or the region's name.
+    scope: String,
+    national: bool,
+    /// "Wednesday 2 October 2024, 3:30pm to 4:30pm"
+    when: String,
+    date: String,
+    registration_url: String,
+    joining_url: Option<String>,
+    description: Option<String>,
+    cancel_reason: Option<String>,
+}
+
+impl SessionView {
+    pub fn new(shared: &Shared, s: &SessionRow) -> SessionView {
+        SessionView {
+            session_id: s.session_id.clone(),
+            title: s.title.clone(),
+            audience: s.audience.clone(),
+            scope: shared.regions.for_session(s.region_id()).name.clone(),
+            national: s.region.is_none(),
+            when: uk_time::range(s.starts_at, s.ends_at),
+            date: uk_time::date(s.starts_at),
+            registration_url: s.registration_url.clone(),
+            joining_url: s.joining_url.clone(),
+            description: s.description.clone(),
+            cancel_reason: s.cancel_reason.clone(),
+        }
+    }
+}
+
+/// "in 7 days", "tomorrow", "in 1 hour", "in 30 minutes".
+pub fn offset_phrase(label: &str) -> String {
+    match label.parse::<Offset>() {
+        Ok(Offset::Days(1)) => "tomorrow".into(),
+        Ok(Offset::Days(n)) => format!("in {n} days"),
+        Ok(Offset::Exact(d)) if d.num_minutes() % 60 == 0 => match d.num_hours() {
+            1 => "in 1 hour".into(),
+            h => format!("in {h} hours"),
+        },
+        Ok(Offset::Exact(d)) => format!("in {} minutes", d.num_minutes()),
+        Err(_) => "soon".into(),
+    }
+}
+
+#[derive(sqlx::FromRow)]
+struct RegistrantRow {
+    name: Option<String>,
+    email: Option<String>,
+    status: String,
+}
+
+fn context_str<'a>(row: &'a Claimed, key: &str) -> anyhow::Result<&'a str> {
+    row.context
+        .get(key)
+        .and_then(Value::as_str)
+        .ok_or_else(|| anyhow::anyhow!("outbox row {}: context has no {key}", row.id))
+}
+
+/// Completes the session emails; None for other kinds.
+pub async fn prepare(shared: &Shared, row: &Claimed) -> anyhow::Result<Option<Prepared>> {
+    const KINDS: [&str; 6] = [
+        "registration_confirmation",
+        "session_reminder",
+        "session_moved",
+        "joining_link_changed",
+        "session_cancelled",
+        "coordinator_briefing",
+    ];
+    if !KINDS.contains(&row.kind.as_str()) {
+        return Ok(None);
+    }
+    let skip = |why: &str| Ok(Some(Prepared::Skip(why.to_owned())));
+    let mut conn = shared.pool.acquire().await?;
+    let session_id = context_str(row, "session_id")?;
+    let Some(session) = load_session(&mut conn, session_id, false).await? else {
+        return skip("the session is gone");
+    };
+    let now = shared.clock.now();
+    let view = SessionView::new(shared, &session);
+
+    if row.kind == "coordinator_briefing" {
+        if session.is_cancelled() {
+            return skip("the session was cancelled");
+        }
+        if session.starts_at <= now {
+            return skip("the session has started");
+        }
+        let registrants: Vec<(Option<String>, Option<String>)> = sqlx::query_as(
+            "SELECT name, email FROM registrations
+             WHERE session_id = $1 AND status = 'registered' AND email IS NOT NULL ORDER BY lower(name), registration_id",
+        )
+        .bind(session_id)
+        .fetch_all(&mut *conn)
+        .await?;
+        let list: Vec<Value> = registrants
+            .iter()
+            .map(|(n, e)| json!({ "name": n, "email": e }))
+            .collect();
+        return Ok(Some(Prepared::Send {
+            context: json!({ "session": view, "count": list.len(), "registrants": list }),
+            attachments: Vec::new(),
+        }));
+    }
+
+    let registration_id = context_str(row, "registration_id")?;
+    let registrant: Option<RegistrantRow> =
+        sqlx::query_as("SELECT name, email, status FROM registrations WHERE registration_id = $1")
+            .bind(registration_id)
+            .fetch_optional(&mut *conn)
+            .await?;
+    let Some(RegistrantRow {
+        name: Some(name),
+        email: Some(email),
+        status,
+    }) = registrant
+    else {
+        return skip("the registration is gone");
+    };
+    if status != "registered" {
+        return skip("the registration was cancelled");
+    }
+    let cancelled_kind = row.kind == "session_cancelled";
+    if session.is_cancelled() != cancelled_kind {
+        return skip(if cancelled_kind {
+            "the session is not cancelled"
+        } else {
+            "the session was cancelled"
+        });
+    }
+    let mut context = json!({ "name": name, "session": view });
+    match row.kind.as_str() {
+        "session_reminder" => {
+            if session.starts_at <= now {
+                return skip("the session has started");
+            }
+            if row.context.get("starts_at").and_then(Value::as_str)
+                != Some(session.starts_at.to_rfc3339().as_str())
+            {
+                return skip("the session has moved since this reminder was due");
+            }
+            context["offset_phrase"] = json!(offset_phrase(context_str(row, "offset")?));
+        }
+        "session_moved" => context["previous_when"] = json!(context_str(row, "previous_when")?),
+        _ => {}
+    }
+    let with_calendar = [
+        "registration_confirmation",
+        "session_moved",
+        "joining_link_changed",
+        "session_cancelled",
+    ];
+    let attachments = if with_calendar.contains(&row.kind.as_str()) {
+        let description = format!(
+            "{}\n\nFor: {}\nRegistration: {}",
+            session.description.as_deref().unwrap_or(&session.title),
+            session.audience,
+            session.registration_url
+        );
+        let method = if cancelled_kind {
+            Method::Cancel
+        } else {
+            Method::Request
+        };
+        let file = calendar::session_file(
+            &CalendarSession {
+                session_id: &session.session_id,
+                title: &session.title,
+                description: &description,
+                starts_at: session.starts_at,
+                ends_at: session.ends_at,
+                joining_url: session.joining_url.as_deref(),
+                sequence: session.sequence.max(0) as u32,
+            },
+            method,
+            shared.settings.transactional_from.mailbox.email.as_ref(),
+            &email,
+            now,
+        );
+        vec![file]
+    } else {
+        Vec::new()
+    };
+    Ok(Some(Prepared::Send {
+        context,
+        attachments,
+    }))
+}
+
+/// Sample contexts for `check`, shaped as `prepare` shapes them.
+pub(super) fn samples() -> Vec<(&'static str, Value)> {
+    let session = json!({
+        "session_id": "dsl-2024-10-02",
+        "title": "Prevent in education: training for designated safeguarding leads (DSLs)",
+        "audience": "Designated safeguarding leads",
+        "scope": "National", "national": true,
+        "when": "Wednesday 2 October 2024, 3:30pm to 4:30pm",
+        "date": "Wednesday 2 October 2024",
+        "registration_url": "https://www.eventbrite.co.uk/e/prevent-in-education-dsl-2024-10-02",
+        "joining_url": "https://teams.example.org/join/dsl-2024-10-02",
+        "description": "An introduction to the Prevent duty.",
+        "cancel_reason": "Trainer unavailable."
+    });
+    let mut bare = session.clone();
+    for key in ["joining_url", "description", "cancel_reason"] {
+        bare[key] = Value::Null;
+    }
+    let mut out = Vec::new();
+    for s in [&session, &bare] {
+        out.push((
+            "registration_confirmation",
+            json!({ "name": "Jo Bloggs", "session": s }),
+        ));
+        out.push((
+            "session_reminder",
+            json!({ "name": "Jo Bloggs", "session": s, "offset_phrase": "in 1 hour" }),
+        ));
+        out.push(("session_moved", json!({ "name": "Jo Bloggs", "session": s, "previous_when": "Tuesday 1 October 2024, 3:30pm to 4:30pm" })));
+        out.push((
+            "joining_link_changed",
+            json!({ "name": "Jo Bloggs", "session": s }),
+        ));
+        out.push((
+            "session_cancelled",
+            json!({ "name": "Jo Bloggs", "session": s }),
+        ));
+        out.push(("coordinator_briefing", json!({ "session": s, "count": 1, "registrants": [{ "name": "Jo Bloggs", "email": "jo@example.org" }] })));
+    }
+    out.push((
+        "coordinator_briefing",
+        json!({ "session": session, "count": 0, "registrants": [] }),
+    ));
+    out
+}

@@ -1,0 +1,180 @@
+//! The scheduler: hands due reminders and coordinator briefings to the outbox (and, in
+//! `digest`, fires each region's weekly digest). It only enqueues; the sender sends.
+//!
+//! Due rows are claimed with `FOR UPDATE SKIP LOCKED` and handed over in the same transaction:
+//! the row lock is the lease, so two workers never take one row, and a worker that dies mid-way
+//! leaves its rows pending for the next. A reminder whose session was cancelled or has already
+//! started (after downtime, say), or whose registration was cancelled, is dropped, not sent late;
+//! so is one handed over later than half its offset (a "7 days before" reminder found due six
+//! days late would only mislead: the later reminders cover it).
+
+pub mod plan;
+
+use crate::mail::outbox::{enqueue, NewEmail};
+use crate::worker::Shared;
+use chrono::{DateTime, Utc};
+use serde_json::json;
+use std::sync::Arc;
+use tokio_util::sync::CancellationToken;
+
+/// Rows handed over per transaction.
+const BATCH: i64 = 200;
+
+#[derive(sqlx::FromRow)]
+struct Due {
+    id: i64,
+    kind: String,
+    session_id: String,
+    registration_id: Option<String>,
+    offset_label: String,
+    due_at: DateTime<Utc>,
+    session_status: String,
+    starts_at: DateTime<Utc>,
+    region: Option<String>,
+    registration_status: Option<String>,
+    email: Option<String>,
+}
+
+/// What one round did.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct Round {
+    pub queued: usize,
+    pub dropped: usize,
+}
+
+/// Hands every due reminder and briefing to the outbox, as of `shared.clock`.
+pub async fn hand_over_due(shared: &Shared) -> anyhow::Result<Round> {
+    let mut total = Round::default();
+    loop {
+        let round = hand_over_batch(shared).await?;
+        total.queued += round.queued;
+        total.dropped += round.dropped;
+        if ((round.queued + round.dropped) as i64) < BATCH {
+            return Ok(total);
+        }
+    }
+}
+
+async fn hand_over_batch(shared: &Shared) -> anyhow::Result<Round> {
+    let now = shared.clock.now();
+    let mut tx = shared.pool.begin().await?;
+    let due: Vec<Due> = sqlx::query_as(
+        "SELECT e.id, e.kind, e.session_id, e.registration_id, e.offset_label, e.due_at,
+                s.status AS session_status, s.starts_at, s.region,
+                r.status AS registration_status, r.email
+         FROM scheduled_emails e
+         JOIN sessions s ON s.session_id = e.session_id
+         LEFT JOIN registrations r ON r.registration_id = e.registration_id
+         WHERE e.status = 'pending' AND e.due_at <= $1
+         ORDER BY e.due_at
+         LIMIT $2
+         FOR UPDATE OF e SKIP LOCKED",
+    )
+    .bind(now)
+    .bind(BATCH)
+    .fetch_all(&mut *tx)
+    .await?;
+    let mut round = Round::default();
+    for d in due {
+        let drop_reason = if d.session_status != "scheduled" {
+            Some("session cancelled")
+        } else if d.starts_at <= now {
+            Some("session already started")
+        } else if d.kind == "reminder"
+            && (d.registration_status.as_deref() != Some("registered") || d.email.is_none())
+        {
+            Some("registration cancelled")
+        } else if d.kind == "reminder" && now - d.due_at > offset_length(&d.offset_label) / 2 {
+            Some("too late to be useful")
+        } else {
+            None
+        };
+        let outbox_id = match drop_reason {
+            Some(reason) => {
+                tracing::info!(scheduled_id = d.id, kind = %d.kind, session_id = %d.session_id, reason, "dropped");
+                None
+            }
+            None => Some(enqueue(&mut tx, &email_for(shared, &d)?).await?),
+        };
+        sqlx::query("UPDATE scheduled_emails SET status = $2, outbox_id = $3, handled_at = $4 WHERE id = $1")
+            .bind(d.id)
+            .bind(if outbox_id.is_some() { "queued" } else { "dropped" })
+            .bind(outbox_id)
+            .bind(now)
+            .execute(&mut *tx)
+            .await?;
+        if outbox_id.is_some() {
+            round.queued += 1;
+        } else {
+            round.dropped += 1;
+        }
+    }
+    tx.commit().await?;
+    Ok(round)
+}
+
+/// How far before the session an offset lies (days counted as 24 hours: this is for judging
+/// lateness, not for planning).
+fn offset_length(label: &str) -> chrono::Duration {
+    match label.parse::<crate::config::Offset>() {
+        Ok(crate::config::Offset::Days(n)) => chrono::Duration::days(n.into()),
+        Ok(crate::config::Offset::Exact(d)) => d,
+        Err(_) => chrono::Duration::zero(),
+    }
+}
+
+fn email_for(shared: &Shared, d: &Due) -> anyhow::Result<NewEmail> {
+    if d.kind == "reminder" {
+        let email = d
+            .email
+            .as_deref()
+            .ok_or_else(|| anyhow::anyhow!("a reminder without an address"))?;
+        let to = crate::domain::EmailAddress::parse(email).map_err(anyhow::Error::msg)?;
+        let mut e = NewEmail::transactional(
+            "session_reminder",
+            "session_reminder",
+            vec![to],
+            json!({
+                "registration_id": d.registration_id,
+                "session_id": d.session_id,
+                "offset": d.offset_label,
+                "starts_at": d.starts_at.to_rfc3339(),
+            }),
+        );
+        // Closer reminders matter more when many are due at once.
+        e.priority = 5;
+        Ok(e)
+    } else {
+        let region = d.region.as_deref().and_then(|r| r.parse().ok());
+        let coordinators = shared.regions.for_session(region).coordinators.clone();
+        Ok(NewEmail::transactional(
+            "coordinator_briefing",
+            "coordinator_briefing",
+            coordinators,
+            json!({ "session_id": d.session_id }),
+        ))
+    }
+}
+
+/// Runs rounds until `stop`.
+pub async fn run(shared: Arc<Shared>, stop: CancellationToken) {
+    loop {
+        match hand_over_due(&shared).await {
+            Ok(Round {
+                queued: 0,
+                dropped: 0,
+            }) => {}
+            Ok(r) => tracing::info!(
+                queued = r.queued,
+                dropped = r.dropped,
+                "scheduled emails handed over"
+            ),
+            Err(e) => tracing::warn!(error = %format!("{e:#}"), "scheduler round failed"),
+        }
+        tokio::select! {
+            _ = stop.cancelled() => break,
+            _ = tokio::time::sleep(shared.settings.schedule_poll_interval) => {}
+        }
+    }
+    tracing::info!("scheduler stopped");
+}

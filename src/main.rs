@@ -31,6 +31,15 @@ enum Command {
         #[arg(required = true)]
         files: Vec<PathBuf>,
     },
+    /// Print the next weekly digest times of each region, in UK time.
+    Schedule {
+        /// Only this region (an id such as north-west).
+        #[arg(long)]
+        region: Option<String>,
+        /// How many times to print per region.
+        #[arg(long, default_value_t = 5)]
+        count: usize,
+    },
     /// Render an email from a template and a JSON context, without sending it.
     Preview {
         /// The email's name: a directory under templates/ (e.g. enquiry_ack).
@@ -124,6 +133,7 @@ async fn main() -> ExitCode {
             data,
             out,
         } => preview(&template, &data, out.as_deref()),
+        Command::Schedule { region, count } => schedule(region.as_deref(), count),
     }
 }
 
@@ -203,6 +213,52 @@ fn preview(template: &str, data: &std::path::Path, out: Option<&std::path::Path>
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => fail(e),
     }
+}
+
+fn schedule(only: Option<&str>, count: usize) -> ExitCode {
+    let dir = std::env::var("RPEC_CONFIG_DIR")
+        .ok()
+        .filter(|v| !v.is_empty())
+        .unwrap_or_else(|| "config".into());
+    let regions = match Regions::load(&PathBuf::from(dir).join("regions.toml")) {
+        Ok(r) => r,
+        Err(p) => {
+            eprint!("{}", rpec_notify::config::Problems(p));
+            return ExitCode::FAILURE;
+        }
+    };
+    if let Some(id) = only {
+        if let Err(e) = id.parse::<rpec_notify::domain::RegionId>() {
+            eprintln!("error: --region {id}: {e}");
+            return ExitCode::from(2);
+        }
+    }
+    let now = chrono::Utc::now();
+    for (id, region) in regions
+        .iter()
+        .filter(|(id, _)| only.is_none_or(|o| o == id.as_str()))
+    {
+        let Some((expr, schedule)) = &region.digest_schedule else {
+            continue;
+        };
+        println!("{id} ({}): \"{expr}\"", region.name);
+        let mut t = now;
+        for _ in 0..count {
+            let Some(next) = rpec_notify::schedule::plan::next_fire(schedule, t) else {
+                println!("  (no further times)");
+                break;
+            };
+            let local = next.with_timezone(&chrono_tz::Europe::London);
+            println!(
+                "  {}, {} {}",
+                rpec_notify::uk_time::date(next),
+                rpec_notify::uk_time::clock(next),
+                local.format("%Z")
+            );
+            t = next;
+        }
+    }
+    ExitCode::SUCCESS
 }
 
 /// Resolves on SIGTERM or SIGINT.

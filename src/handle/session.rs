@@ -52,7 +52,7 @@ impl SessionRow {
     }
 }
 
-const SESSION_COLUMNS: &str =
+pub const SESSION_COLUMNS: &str =
     "session_id, title, audience, region, starts_at, ends_at, registration_url, \
      joining_url, description, status, cancel_reason, sequence, last_event_at";
 

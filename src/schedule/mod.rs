@@ -8,6 +8,7 @@
 //! so is one handed over later than half its offset (a "7 days before" reminder found due six
 //! days late would only mislead: the later reminders cover it).
 
+pub mod digest;
 pub mod plan;
 
 use crate::mail::outbox::{enqueue, NewEmail};
@@ -170,6 +171,9 @@ pub async fn run(shared: Arc<Shared>, stop: CancellationToken) {
                 "scheduled emails handed over"
             ),
             Err(e) => tracing::warn!(error = %format!("{e:#}"), "scheduler round failed"),
+        }
+        if let Err(e) = digest::fire_due(&shared).await {
+            tracing::warn!(error = %format!("{e:#}"), "digest round failed");
         }
         tokio::select! {
             _ = stop.cancelled() => break,

@@ -245,7 +245,7 @@ pub struct TestApp {
     /// Kept so the directory lives as long as the worker that reads it.
     _config_dir: tempfile::TempDir,
     pub clock: Clock,
-    settings: Settings,
+    pub settings: Settings,
     amqp: Connection,
     channel: Channel,
     workers: Vec<Worker>,
@@ -276,6 +276,8 @@ pub struct Options {
     pub profile_toml: String,
     /// The worker's clock (the system clock when None).
     pub clock: Option<Clock>,
+    /// Replaces the shipped regions.toml.
+    pub regions_toml: Option<String>,
 }
 
 impl Default for Options {
@@ -284,6 +286,7 @@ impl Default for Options {
             smtp: None,
             profile_toml: FAST_TIMINGS.into(),
             clock: None,
+            regions_toml: None,
         }
     }
 }
@@ -296,6 +299,18 @@ impl Options {
             ..Options::default()
         }
     }
+}
+
+/// The shipped regions.toml with one region's digest schedule replaced.
+pub fn regions_with_digest(region_name: &str, schedule: &str) -> String {
+    let text = std::fs::read_to_string(manifest_dir().join("config/regions.toml")).unwrap();
+    let name_line = format!("name = \"{region_name}\"\n");
+    assert!(text.contains(&name_line), "a region named {region_name}");
+    text.replacen(
+        &name_line,
+        &format!("{name_line}digest_schedule = \"{schedule}\"\n"),
+        1,
+    )
 }
 
 pub fn utc(s: &str) -> chrono::DateTime<chrono::Utc> {
@@ -334,6 +349,9 @@ pub async fn spawn_app_with(options: Options) -> TestApp {
         .unwrap();
     }
     std::fs::write(config_dir.path().join("dev.toml"), &options.profile_toml).unwrap();
+    if let Some(regions) = &options.regions_toml {
+        std::fs::write(config_dir.path().join("regions.toml"), regions).unwrap();
+    }
 
     let smtp = options.smtp.unwrap_or_else(SmtpServer::start_new);
     let topology = Topology::new(

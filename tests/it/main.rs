@@ -5,6 +5,7 @@ mod cli;
 mod contact;
 mod dead_letter;
 mod delivery;
+mod digest;
 mod helpers;
 mod ops;
 mod sessions;

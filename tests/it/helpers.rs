@@ -796,3 +796,210 @@ impl TestApp {
         got
     }
 }
+
+/// The real `rpec-notify run` binary as `make run` starts it: its own database and queue, mail
+/// written as `.eml` files by the file relay, logs captured.
+pub struct RealWorker {
+    pub envs: Vec<(String, String)>,
+    pub mail_dir: tempfile::TempDir,
+    pub port: u16,
+    db_name: String,
+    id: String,
+    child: tokio::process::Child,
+    log: tokio::task::JoinHandle<String>,
+}
+
+impl RealWorker {
+    pub async fn start() -> RealWorker {
+        let id = Uuid::new_v4().simple().to_string();
+        let db_name = format!("rpec_test_{id}");
+        let mut admin = PgConnection::connect(&database_admin_url()).await.unwrap();
+        sqlx::query(&format!("CREATE DATABASE \"{db_name}\""))
+            .execute(&mut admin)
+            .await
+            .unwrap();
+        let mail_dir = tempfile::tempdir().unwrap();
+        let port = TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let envs: Vec<(String, String)> = [
+            ("DATABASE_URL", database_url_for(&db_name)),
+            ("RPEC_AMQP_URL", amqp_url()),
+            (
+                "RPEC_SMTP_URL",
+                format!("file://{}", mail_dir.path().display()),
+            ),
+            ("RPEC_EXCHANGE", format!("rpec.events.{id}")),
+            ("RPEC_QUEUE", format!("rpec-notify.events.{id}")),
+            ("RPEC_HTTP_ADDR", format!("127.0.0.1:{port}")),
+            ("RUST_LOG", "info".into()),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_owned(), v))
+        .collect();
+        let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_rpec-notify"))
+            .arg("run")
+            .current_dir(manifest_dir())
+            .envs(envs.iter().map(|(k, v)| (k, v)))
+            .env_remove("RPEC_PROFILE")
+            .stderr(std::process::Stdio::piped())
+            .kill_on_drop(true)
+            .spawn()
+            .unwrap();
+        let mut stderr = child.stderr.take().unwrap();
+        let log = tokio::spawn(async move {
+            use tokio::io::AsyncReadExt;
+            let mut s = String::new();
+            let _ = stderr.read_to_string(&mut s).await;
+            s
+        });
+        let worker = RealWorker {
+            envs,
+            mail_dir,
+            port,
+            db_name,
+            id,
+            child,
+            log,
+        };
+        eventually(
+            Duration::from_secs(30),
+            "the worker to answer /healthz",
+            || async {
+                reqwest::get(worker.url("/healthz"))
+                    .await
+                    .ok()
+                    .filter(|r| r.status() == 200)
+            },
+        )
+        .await;
+        worker
+    }
+
+    /// A URL on the worker's HTTP server.
+    pub fn url(&self, path: &str) -> String {
+        format!("http://127.0.0.1:{}{path}", self.port)
+    }
+
+    /// `rpec-notify publish FILE`, as an operator would run it.
+    pub fn publish_file(&self, path: &std::path::Path) -> String {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_rpec-notify"))
+            .arg("publish")
+            .arg(path)
+            .current_dir(manifest_dir())
+            .envs(self.envs.iter().map(|(k, v)| (k, v)))
+            .env("RUST_LOG", "warn")
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    /// Writes `events` to a file and publishes it.
+    pub fn publish_events(&self, events: &[Value]) -> String {
+        let file = self
+            .mail_dir
+            .path()
+            .join(format!("events-{}.json", Uuid::new_v4().simple()));
+        std::fs::write(&file, serde_json::to_vec(events).unwrap()).unwrap();
+        let out = self.publish_file(&file);
+        let _ = std::fs::remove_file(file);
+        out
+    }
+
+    /// The `.eml` files written so far.
+    pub fn mails(&self) -> Vec<Mail> {
+        let mut files: Vec<_> = std::fs::read_dir(self.mail_dir.path())
+            .unwrap()
+            .filter_map(|e| e.ok())
+            .map(|e| e.path())
+            .filter(|p| p.extension().is_some_and(|x| x == "eml"))
+            .collect();
+        files.sort();
+        files
+            .iter()
+            .map(|f| Mail {
+                envelope_to: vec![],
+                raw: std::fs::read(f).unwrap(),
+            })
+            .collect()
+    }
+
+    /// Waits until `n` emails whose subject starts with `prefix` have been written.
+    pub async fn wait_for(&self, prefix: &str, n: usize, timeout: Duration) -> Vec<Mail> {
+        eventually(
+            timeout,
+            &format!("{n} .eml file(s) '{prefix}...'"),
+            || async {
+                let m: Vec<Mail> = self
+                    .mails()
+                    .into_iter()
+                    .filter(|m| m.subject().starts_with(prefix))
+                    .collect();
+                (m.len() >= n).then_some(m)
+            },
+        )
+        .await
+    }
+
+    /// SIGTERM; returns the exit status, how long it took, and the log.
+    pub async fn terminate(mut self) -> (std::process::ExitStatus, Duration, String) {
+        let started = Instant::now();
+        let pid = self.child.id().unwrap().to_string();
+        assert!(std::process::Command::new("kill")
+            .args(["-TERM", &pid])
+            .status()
+            .unwrap()
+            .success());
+        let status = tokio::time::timeout(Duration::from_secs(15), self.child.wait())
+            .await
+            .expect("the worker exits after SIGTERM")
+            .unwrap();
+        let took = started.elapsed();
+        let log = (&mut self.log).await.unwrap();
+        self.cleanup().await;
+        (status, took, log)
+    }
+
+    async fn cleanup(&self) {
+        if let Ok(mut admin) = PgConnection::connect(&database_admin_url()).await {
+            let _ = sqlx::query(&format!(
+                "DROP DATABASE IF EXISTS \"{}\" WITH (FORCE)",
+                self.db_name
+            ))
+            .execute(&mut admin)
+            .await;
+        }
+        if let Ok(conn) = topology::connect(&amqp_url(), "rpec-notify tests").await {
+            if let Ok(ch) = conn.create_channel().await {
+                for q in ["", ".retry", ".dead-letter"] {
+                    let _ = ch
+                        .queue_delete(
+                            &format!("rpec-notify.events.{}{q}", self.id),
+                            QueueDeleteOptions::default(),
+                        )
+                        .await;
+                }
+                let _ = ch
+                    .exchange_delete(
+                        &format!("rpec.events.{}", self.id),
+                        ExchangeDeleteOptions::default(),
+                    )
+                    .await;
+                let _ = ch
+                    .exchange_delete(
+                        &format!("rpec-notify.events.{}.dead-letter", self.id),
+                        ExchangeDeleteOptions::default(),
+                    )
+                    .await;
+            }
+            let _ = conn.close(200, "done").await;
+        }
+    }
+}

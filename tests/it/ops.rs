@@ -1,12 +1,9 @@
 //! Operating the worker: health, readiness and metrics; the real binary end to end with the file
 //! relay and `publish`; SIGTERM; logs without personal data.
 
-use crate::cli::binary;
 use crate::helpers::*;
 use serde_json::json;
-use sqlx::{Connection, PgConnection};
-use std::process::Stdio;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn health_readiness_and_metrics() {
@@ -42,107 +39,15 @@ async fn health_readiness_and_metrics() {
 /// The worker as `make run` runs it: the real binary, the file relay, `publish` for the event.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_binary_turns_the_published_example_into_two_eml_files_and_stops_on_sigterm() {
-    let id = uuid::Uuid::new_v4().simple().to_string();
-    let db_name = format!("rpec_test_{id}");
-    let mut admin = PgConnection::connect(&database_admin_url()).await.unwrap();
-    sqlx::query(&format!("CREATE DATABASE \"{db_name}\""))
-        .execute(&mut admin)
-        .await
-        .unwrap();
-    let mail_dir = tempfile::tempdir().unwrap();
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
-    let envs = [
-        ("DATABASE_URL", database_url_for(&db_name)),
-        ("RPEC_AMQP_URL", amqp_url()),
-        (
-            "RPEC_SMTP_URL",
-            format!("file://{}", mail_dir.path().display()),
-        ),
-        ("RPEC_EXCHANGE", format!("rpec.events.{id}")),
-        ("RPEC_QUEUE", format!("rpec-notify.events.{id}")),
-        ("RPEC_HTTP_ADDR", format!("127.0.0.1:{port}")),
-        ("RUST_LOG", "info".into()),
-    ];
-    let mut worker = tokio::process::Command::new(env!("CARGO_BIN_EXE_rpec-notify"))
-        .arg("run")
-        .current_dir(manifest_dir())
-        .envs(envs.iter().map(|(k, v)| (*k, v.as_str())))
-        .stderr(Stdio::piped())
-        .kill_on_drop(true)
-        .spawn()
-        .unwrap();
-    let stderr = worker.stderr.take().unwrap();
-    let log = tokio::spawn(async move {
-        use tokio::io::AsyncReadExt;
-        let mut s = String::new();
-        let mut stderr = stderr;
-        let _ = stderr.read_to_string(&mut s).await;
-        s
-    });
-    eventually(
-        Duration::from_secs(30),
-        "the worker to answer /healthz",
-        || async {
-            reqwest::get(format!("http://127.0.0.1:{port}/healthz"))
-                .await
-                .ok()
-                .filter(|r| r.status() == 200)
-        },
-    )
-    .await;
-
+    let worker = RealWorker::start().await;
     let example = manifest_dir().join("../shared/examples/events/contact-complex-case.json");
-    let publish = binary()
-        .arg("publish")
-        .arg(&example)
-        .current_dir(manifest_dir())
-        .envs(envs.iter().map(|(k, v)| (*k, v.as_str())))
-        .output()
-        .unwrap();
-    assert!(
-        publish.status.success(),
-        "{}",
-        String::from_utf8_lossy(&publish.stderr)
-    );
-    assert!(String::from_utf8_lossy(&publish.stdout).contains("published 1 event(s)"));
-
-    let files = eventually(Duration::from_secs(20), "two .eml files", || {
-        let dir = mail_dir.path().to_owned();
-        async move {
-            let files: Vec<_> = std::fs::read_dir(&dir)
-                .ok()?
-                .filter_map(|e| e.ok())
-                .map(|e| e.path())
-                .filter(|p| p.extension().is_some_and(|x| x == "eml"))
-                .collect();
-            (files.len() >= 2).then_some(files)
-        }
-    })
-    .await;
+    assert!(worker
+        .publish_file(&example)
+        .contains("published 1 event(s)"));
+    worker.wait_for("", 2, Duration::from_secs(20)).await;
     tokio::time::sleep(Duration::from_millis(500)).await;
-    assert_eq!(
-        std::fs::read_dir(mail_dir.path())
-            .unwrap()
-            .filter(|e| e
-                .as_ref()
-                .unwrap()
-                .path()
-                .extension()
-                .is_some_and(|x| x == "eml"))
-            .count(),
-        2
-    );
-    let mails: Vec<Mail> = files
-        .iter()
-        .map(|f| Mail {
-            envelope_to: vec![],
-            raw: std::fs::read(f).unwrap(),
-        })
-        .collect();
+    let mails = worker.mails();
+    assert_eq!(mails.len(), 2);
     let urgent = mails
         .iter()
         .find(|m| m.subject().starts_with("URGENT:"))
@@ -162,22 +67,10 @@ async fn the_binary_turns_the_published_example_into_two_eml_files_and_stops_on_
         .expect("an acknowledgement");
     assert!(ack.text().contains("calling 999"));
 
-    let started = Instant::now();
-    let pid = worker.id().unwrap().to_string();
-    assert!(std::process::Command::new("kill")
-        .args(["-TERM", &pid])
-        .status()
-        .unwrap()
-        .success());
-    let status = tokio::time::timeout(Duration::from_secs(10), worker.wait())
-        .await
-        .expect("exits within 10 s")
-        .unwrap();
+    let (status, took, log) = worker.terminate().await;
     assert!(status.success(), "exit status {status:?}");
-    assert!(started.elapsed() < Duration::from_secs(10));
-
+    assert!(took < Duration::from_secs(10), "stopped in {took:?}");
     // Ids only in the logs: no address, name, organisation or enquiry text.
-    let log = log.await.unwrap();
     assert!(
         log.contains("enq-2024-000187"),
         "the enquiry id is logged: {log}"
@@ -185,30 +78,69 @@ async fn the_binary_turns_the_published_example_into_two_eml_files_and_stops_on_
     for personal in ["s.okafor", "Sam Okafor", "Riverside", "Year 10", "01228"] {
         assert!(!log.contains(personal), "{personal} in the log:\n{log}");
     }
+}
 
-    let _ = sqlx::query(&format!(
-        "DROP DATABASE IF EXISTS \"{db_name}\" WITH (FORCE)"
-    ))
-    .execute(&mut admin)
-    .await;
-    let conn = rpec_notify::consume::topology::connect(&amqp_url(), "rpec-notify tests")
-        .await
-        .unwrap();
-    let ch = conn.create_channel().await.unwrap();
-    for q in ["", ".retry", ".dead-letter"] {
-        let _ = ch
-            .queue_delete(&format!("rpec-notify.events.{id}{q}"), Default::default())
-            .await;
-    }
-    let _ = ch
-        .exchange_delete(&format!("rpec.events.{id}"), Default::default())
+/// Issue 3's demonstration with the real clock: a session starting in just over an hour gets
+/// its confirmation at once and its 1-hour reminder when due; a cancelled session gets one
+/// cancellation and nothing after.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_binary_sends_a_confirmation_then_the_hour_reminder_on_time_and_honours_cancellation() {
+    let worker = RealWorker::start().await;
+    let now = chrono::Utc::now();
+    let soon = now + chrono::Duration::hours(1) + chrono::Duration::seconds(8);
+    let later = now + chrono::Duration::days(3);
+    let iso = |t: chrono::DateTime<chrono::Utc>| t.to_rfc3339();
+    worker.publish_events(&[
+        session_event(
+            "session.scheduled",
+            "soon",
+            &iso(soon),
+            &iso(soon + chrono::Duration::hours(1)),
+            None,
+        ),
+        session_event(
+            "session.scheduled",
+            "later",
+            &iso(later),
+            &iso(later + chrono::Duration::hours(1)),
+            Some("london"),
+        ),
+        registration_event("r-soon", "soon", "jo.bloggs@school.example.org"),
+        registration_event("r-later", "later", "sam@school.example.org"),
+    ]);
+    let confirmations = worker
+        .wait_for("You are registered", 2, Duration::from_secs(20))
         .await;
-    let _ = ch
-        .exchange_delete(
-            &format!("rpec-notify.events.{id}.dead-letter"),
-            Default::default(),
-        )
+    assert!(confirmations.iter().all(|m| m.calendar().is_some()));
+    let reminder = worker
+        .wait_for("Reminder:", 1, Duration::from_secs(40))
         .await;
+    assert!(reminder[0].subject().ends_with("starts in 1 hour"));
+    assert!(reminder[0]
+        .header("To")
+        .unwrap()
+        .contains("jo.bloggs@school.example.org"));
+
+    worker.publish_events(&[simple_event(
+        "session.cancelled",
+        json!({"session_id": "later"}),
+    )]);
+    let cancelled = worker
+        .wait_for("Cancelled:", 1, Duration::from_secs(20))
+        .await;
+    assert!(cancelled[0]
+        .header("To")
+        .unwrap()
+        .contains("sam@school.example.org"));
+    assert!(cancelled[0].calendar().unwrap().contains("METHOD:CANCEL"));
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(
+        worker.mails().len(),
+        4,
+        "two confirmations, one reminder, one cancellation"
+    );
+    let (status, _, _) = worker.terminate().await;
+    assert!(status.success());
 }
 
 /// Closes the worker's broker connection from the broker's side, as a broker restart would.

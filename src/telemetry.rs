@@ -3,9 +3,11 @@
 
 use tracing_subscriber::EnvFilter;
 
+/// lapin's own logs are off by default: the consumer reports every connection loss itself,
+/// and lapin reports an "error" when a short-lived publisher's runtime ends.
 pub fn init() {
     let filter = EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| EnvFilter::new("info,lapin=warn,sqlx=warn"));
+        .unwrap_or_else(|_| EnvFilter::new("info,lapin=off,sqlx=warn"));
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr);

@@ -393,17 +393,7 @@ pub async fn spawn_app_with(options: Options) -> TestApp {
     let worker = start_worker(settings.clone(), listener, clock.clone());
     let pool = PgPool::connect(&db_url).await.unwrap();
     // HTTP is served once migrations are applied and every task has started.
-    eventually(
-        Duration::from_secs(30),
-        "the worker to answer /healthz",
-        || async {
-            reqwest::get(format!("http://{http}/healthz"))
-                .await
-                .ok()
-                .filter(|r| r.status() == 200)
-        },
-    )
-    .await;
+    wait_healthy(format!("http://{http}/healthz")).await;
     TestApp {
         pool,
         db_name,
@@ -423,6 +413,22 @@ pub fn database_url_for(db_name: &str) -> String {
     let admin = database_admin_url();
     let base = admin.rsplit_once('/').map_or(admin.as_str(), |(b, _)| b);
     format!("{base}/{db_name}")
+}
+
+/// Waits until a worker answers `GET /healthz` at `url` (it serves HTTP once migrations are
+/// applied and every task has started).
+pub async fn wait_healthy(url: String) {
+    eventually(
+        Duration::from_secs(30),
+        "the worker to answer /healthz",
+        || async {
+            reqwest::get(url.as_str())
+                .await
+                .ok()
+                .filter(|r| r.status() == 200)
+        },
+    )
+    .await;
 }
 
 /// Polls `f` every 50 ms until it returns Some, or panics after `timeout` with `what`.
@@ -570,17 +576,7 @@ impl TestApp {
             listener,
             self.clock.clone(),
         ));
-        eventually(
-            Duration::from_secs(30),
-            "the second worker to answer /healthz",
-            || async {
-                reqwest::get(format!("http://{addr}/healthz"))
-                    .await
-                    .ok()
-                    .filter(|r| r.status() == 200)
-            },
-        )
-        .await;
+        wait_healthy(format!("http://{addr}/healthz")).await;
     }
 
     /// Moves the workers' clock.
@@ -864,17 +860,7 @@ impl RealWorker {
             child,
             log,
         };
-        eventually(
-            Duration::from_secs(30),
-            "the worker to answer /healthz",
-            || async {
-                reqwest::get(worker.url("/healthz"))
-                    .await
-                    .ok()
-                    .filter(|r| r.status() == 200)
-            },
-        )
-        .await;
+        wait_healthy(worker.url("/healthz")).await;
         worker
     }
 

@@ -101,35 +101,72 @@ pub async fn run_with_clock(
     Ok(())
 }
 
-/// Deletes personal data older than the configured retention: enquiries are anonymised, and
-/// finished emails (with their recipients and content) deleted.
-pub async fn sweep_once(shared: &Shared) -> sqlx::Result<(u64, u64)> {
+/// What one retention sweep removed.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct Swept {
+    pub enquiries: u64,
+    pub registrations: u64,
+    pub emails: u64,
+}
+
+/// Removes personal data older than the configured retention (as of the worker's clock):
+/// enquiries and registrations are anonymised (their ids and routing stay, for counts), and
+/// finished emails, with their recipients and content, deleted.
+pub async fn sweep_once(shared: &Shared) -> sqlx::Result<Swept> {
     let s = &shared.settings;
+    let now = shared.clock.now();
     let enquiries = sqlx::query(
         "UPDATE enquiries SET name = NULL, email = NULL, organisation = NULL, phone = NULL,
-                area = NULL, message = NULL, anonymised_at = now()
-         WHERE anonymised_at IS NULL AND received_at < now() - make_interval(days => $1)",
+                area = NULL, message = NULL, anonymised_at = $2
+         WHERE anonymised_at IS NULL AND received_at < $2 - make_interval(days => $1)",
     )
     .bind(s.enquiry_retention_days as i32)
+    .bind(now)
+    .execute(&shared.pool)
+    .await?
+    .rows_affected();
+    let registrations = sqlx::query(
+        "UPDATE registrations r SET name = NULL, email = NULL
+         FROM sessions s
+         WHERE s.session_id = r.session_id AND r.email IS NOT NULL
+           AND s.ends_at < $2 - make_interval(days => $1)",
+    )
+    .bind(s.registration_retention_days as i32)
+    .bind(now)
     .execute(&shared.pool)
     .await?
     .rows_affected();
     let emails = sqlx::query(
-        "DELETE FROM outbox WHERE status IN ('sent', 'failed', 'cancelled') AND created_at < now() - make_interval(days => $1)",
+        "DELETE FROM outbox WHERE status IN ('sent', 'failed', 'cancelled')
+           AND created_at < $2 - make_interval(days => $1)",
     )
     .bind(s.outbox_retention_days as i32)
+    .bind(now)
     .execute(&shared.pool)
     .await?
     .rows_affected();
-    Ok((enquiries, emails))
+    Ok(Swept {
+        enquiries,
+        registrations,
+        emails,
+    })
 }
 
 async fn retention_sweep(shared: Arc<Shared>, stop: CancellationToken) {
     loop {
         match sweep_once(&shared).await {
-            Ok((0, 0)) => {}
-            Ok((enquiries, emails)) => {
-                tracing::info!(enquiries, emails, "retention: personal data removed")
+            Ok(swept) if swept == Swept::default() => {}
+            Ok(Swept {
+                enquiries,
+                registrations,
+                emails,
+            }) => {
+                tracing::info!(
+                    enquiries,
+                    registrations,
+                    emails,
+                    "retention: personal data removed"
+                )
             }
             Err(e) => tracing::warn!(error = %e, "retention sweep failed"),
         }

@@ -80,6 +80,7 @@ pub struct Settings {
     pub token_secret: SecretString,
     pub enquiry_retention_days: u32,
     pub outbox_retention_days: u32,
+    pub registration_retention_days: u32,
     pub retention_sweep_interval: Duration,
     pub shutdown_grace: Duration,
 }
@@ -169,6 +170,7 @@ struct RawHttp {
 struct RawRetention {
     enquiry_days: u32,
     outbox_days: u32,
+    registration_days: u32,
     sweep_interval_secs: u64,
 }
 
@@ -416,6 +418,7 @@ impl Settings {
             token_secret: SecretString::from(token_secret),
             enquiry_retention_days: raw.retention.enquiry_days,
             outbox_retention_days: raw.retention.outbox_days,
+            registration_retention_days: raw.retention.registration_days,
             retention_sweep_interval: Duration::from_secs(raw.retention.sweep_interval_secs.max(1)),
             shutdown_grace: Duration::from_secs(raw.shutdown.grace_secs),
         })

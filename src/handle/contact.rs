@@ -130,7 +130,8 @@ pub(super) async fn handle(
     .bind(&c.phone)
     .bind(&c.area)
     .bind(&c.message)
-    .bind(envelope.occurred_at)
+    // Retention counts from when the enquiry reached us.
+    .bind(shared.clock.now())
     .execute(&mut *tx)
     .await?
     .rows_affected();

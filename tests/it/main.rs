@@ -8,4 +8,5 @@ mod delivery;
 mod digest;
 mod helpers;
 mod ops;
+mod retention;
 mod sessions;

@@ -3,4 +3,4 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 mkdir -p var
-cargo test --release --test bench -- --ignored --nocapture --test-threads 1 2>&1 | tee var/bench.log | grep -E '^bench |test result|panicked|FAILED'
+cargo test --release --test bench -- --ignored --nocapture --test-threads 1 2>&1 | tee var/bench.log | grep -oE 'bench [a-z_]+: .*|test result.*|panicked.*|FAILED.*'

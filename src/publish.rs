@@ -5,6 +5,7 @@
 use crate::consume::topology::{self, Topology};
 use anyhow::{bail, Context};
 use lapin::options::{BasicPublishOptions, ConfirmSelectOptions};
+use lapin::publisher_confirm::Confirmation;
 use lapin::BasicProperties;
 use serde_json::Value;
 use std::path::Path;
@@ -51,26 +52,37 @@ pub async fn publish(
         .confirm_select(ConfirmSelectOptions::default())
         .await?;
     let mut confirmed = 0;
-    for (event_type, body) in &events {
+    let mut undelivered = Vec::new();
+    for (i, (event_type, body)) in events.iter().enumerate() {
         let props = BasicProperties::default()
             .with_delivery_mode(2)
             .with_content_type("application/json".into());
+        // Mandatory: an event that no queue takes comes back instead of vanishing.
+        let mandatory = BasicPublishOptions {
+            mandatory: true,
+            ..BasicPublishOptions::default()
+        };
         let confirm = channel
-            .basic_publish(
-                exchange,
-                event_type,
-                BasicPublishOptions::default(),
-                body,
-                props,
-            )
+            .basic_publish(exchange, event_type, mandatory, body, props)
             .await?
             .await?;
-        if !confirm.is_ack() {
-            bail!("the broker refused a {event_type} event");
+        match confirm {
+            Confirmation::Ack(None) => confirmed += 1,
+            Confirmation::Ack(Some(_)) => undelivered.push(format!(
+                "event {}: no queue takes {event_type:?} events: not delivered",
+                i + 1
+            )),
+            _ => undelivered.push(format!("event {}: the broker refused it", i + 1)),
         }
-        confirmed += 1;
     }
     let _ = channel.close(200, "done").await;
     let _ = connection.close(200, "done").await;
+    if !undelivered.is_empty() {
+        bail!(
+            "{confirmed} event(s) published; {} not:\n  {}",
+            undelivered.len(),
+            undelivered.join("\n  ")
+        );
+    }
     Ok(confirmed)
 }

@@ -158,3 +158,52 @@ fn preview_renders_an_email_without_sending_it() {
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("enquiry_ack/"));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn publish_reports_an_event_that_no_queue_takes_instead_of_losing_it() {
+    let id = uuid::Uuid::new_v4().simple().to_string();
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("events.json");
+    let mut unknown = crate::helpers::contact_event(serde_json::json!({}));
+    unknown["type"] = serde_json::json!("contact.archived");
+    let events = serde_json::json!([
+        crate::helpers::contact_event(serde_json::json!({})),
+        unknown
+    ]);
+    std::fs::write(&file, events.to_string()).unwrap();
+    let out = binary()
+        .current_dir(manifest_dir())
+        .arg("publish")
+        .arg(&file)
+        .env("RPEC_EXCHANGE", format!("rpec.events.{id}"))
+        .env("RPEC_QUEUE", format!("rpec-notify.events.{id}"))
+        .env("RPEC_AMQP_URL", crate::helpers::amqp_url())
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("1 event(s) published; 1 not"), "{err}");
+    assert!(
+        err.contains("event 2: no queue takes \"contact.archived\" events"),
+        "{err}"
+    );
+    let conn =
+        rpec_notify::consume::topology::connect(&crate::helpers::amqp_url(), "rpec-notify tests")
+            .await
+            .unwrap();
+    let ch = conn.create_channel().await.unwrap();
+    for q in ["", ".retry", ".dead-letter"] {
+        let _ = ch
+            .queue_delete(&format!("rpec-notify.events.{id}{q}"), Default::default())
+            .await;
+    }
+    let _ = ch
+        .exchange_delete(&format!("rpec.events.{id}"), Default::default())
+        .await;
+    let _ = ch
+        .exchange_delete(
+            &format!("rpec-notify.events.{id}.dead-letter"),
+            Default::default(),
+        )
+        .await;
+}

@@ -962,30 +962,29 @@ impl RealWorker {
             .execute(&mut admin)
             .await;
         }
-        if let Ok(conn) = topology::connect(&amqp_url(), "rpec-notify tests").await {
-            if let Ok(ch) = conn.create_channel().await {
-                for q in ["", ".retry", ".dead-letter"] {
-                    let _ = ch
-                        .queue_delete(
-                            &format!("rpec-notify.events.{}{q}", self.id),
-                            QueueDeleteOptions::default(),
-                        )
-                        .await;
-                }
-                let _ = ch
-                    .exchange_delete(
-                        &format!("rpec.events.{}", self.id),
-                        ExchangeDeleteOptions::default(),
-                    )
-                    .await;
-                let _ = ch
-                    .exchange_delete(
-                        &format!("rpec-notify.events.{}.dead-letter", self.id),
-                        ExchangeDeleteOptions::default(),
-                    )
-                    .await;
-            }
-            let _ = conn.close(200, "done").await;
+        delete_broker_names(&self.id).await;
+    }
+}
+
+/// Deletes the queues and exchanges named after test id `id` (`rpec.events.{id}`, ...).
+pub async fn delete_broker_names(id: &str) {
+    let Ok(conn) = topology::connect(&amqp_url(), "rpec-notify tests").await else {
+        return;
+    };
+    if let Ok(ch) = conn.create_channel().await {
+        let queue = format!("rpec-notify.events.{id}");
+        for q in [
+            queue.clone(),
+            format!("{queue}.retry"),
+            format!("{queue}.dead-letter"),
+        ] {
+            let _ = ch.queue_delete(&q, QueueDeleteOptions::default()).await;
+        }
+        for e in [format!("rpec.events.{id}"), format!("{queue}.dead-letter")] {
+            let _ = ch
+                .exchange_delete(&e, ExchangeDeleteOptions::default())
+                .await;
         }
     }
+    let _ = conn.close(200, "done").await;
 }

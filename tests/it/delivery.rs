@@ -88,3 +88,35 @@ async fn a_550_reply_marks_the_email_failed_and_keeps_it() {
     assert_eq!(app.smtp.received().len(), 1);
     app.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_email_claimed_by_a_worker_that_died_is_sent_once_its_lease_runs_out() {
+    let app = spawn_app().await;
+    // As a crashed worker leaves it: claimed ('sending'), never released.
+    let context = serde_json::json!({"enquiry_id": "enq-lease", "name": "Kim", "topic_label": "Training", "urgent": false, "region_name": "London", "newsletter": false});
+    for (status, lease) in [
+        ("sending", "now() - interval '1 second'"),
+        ("sending", "now() + interval '1 hour'"),
+    ] {
+        sqlx::query(&format!(
+            "INSERT INTO outbox (kind, template, stream, recipients, context, message_uuid, status, attempts, claimed_until)
+             VALUES ('enquiry_ack', 'enquiry_ack', 'transactional', ARRAY['kim@school.example.org'], $1, gen_random_uuid(), '{status}', 1, {lease})"
+        ))
+        .bind(&context)
+        .execute(&app.pool)
+        .await
+        .unwrap();
+    }
+    let mails = app.mails(1).await;
+    assert_eq!(mails[0].envelope_to, ["kim@school.example.org"]);
+    tokio::time::sleep(Duration::from_millis(800)).await;
+    // The row whose lease still runs is left to its (live) owner.
+    let rows = app.outbox().await;
+    assert_eq!(
+        rows.iter().map(|r| r.1.as_str()).collect::<Vec<_>>(),
+        ["sent", "sending"]
+    );
+    assert_eq!(rows[0].2, 2, "the reclaim counts as an attempt");
+    assert_eq!(app.smtp.received().len(), 1);
+    app.stop().await;
+}

@@ -15,6 +15,8 @@
 #   - a Rust toolchain (cargo, rustc >= 1.85), gcc, make and pkg-config.
 #   - with --with-chromium: Debian's chromium and chromium-driver.
 set -euo pipefail
+# Services are started with setsid, in a session of their own, so that they outlive the shell
+# (or test runner) that happened to start them.
 
 readonly MIN_RUST="1.85"
 readonly PG_HOST="127.0.0.1"
@@ -189,7 +191,7 @@ ensure_postgres() {
 
     if ! pg_ready; then
         # "already running" exits non-zero too: the wait below is the judge.
-        as_root pg_ctlcluster --skip-systemctl-redirect "$cluster" main start >/dev/null 2>&1 || true
+        as_root setsid pg_ctlcluster --skip-systemctl-redirect "$cluster" main start >/dev/null 2>&1 || true
         local deadline=$((SECONDS + WAIT_PG_SECS))
         until pg_ready; do
             if [ "$SECONDS" -ge "$deadline" ]; then
@@ -248,7 +250,7 @@ ensure_rabbitmq() {
     local started=0
     if ! timeout 30 rabbitmqctl status >/dev/null 2>&1; then
         # If a node is already booting, this fails; the wait below decides.
-        as_root rabbitmq-server -detached >/dev/null 2>&1 || true
+        as_root setsid rabbitmq-server -detached >/dev/null 2>&1 || true
         started=1
     fi
 

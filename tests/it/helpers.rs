@@ -807,6 +807,11 @@ pub struct RealWorker {
 
 impl RealWorker {
     pub async fn start() -> RealWorker {
+        Self::start_with(&[]).await
+    }
+
+    /// Starts it with extra environment variables.
+    pub async fn start_with(extra_env: &[(&str, &str)]) -> RealWorker {
         let id = Uuid::new_v4().simple().to_string();
         let db_name = format!("rpec_test_{id}");
         let mut admin = PgConnection::connect(&database_admin_url()).await.unwrap();
@@ -834,6 +839,11 @@ impl RealWorker {
         ]
         .into_iter()
         .map(|(k, v)| (k.to_owned(), v))
+        .chain(
+            extra_env
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string())),
+        )
         .collect();
         let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_rpec-notify"))
             .arg("run")

@@ -191,3 +191,28 @@ async fn the_worker_reconnects_when_the_broker_drops_its_connection() {
     .await;
     app.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn logs_are_json_lines_when_log_format_is_json() {
+    let worker = RealWorker::start_with(&[("LOG_FORMAT", "json")]).await;
+    worker.publish_events(&[contact_event(
+        json!({"region": "london", "name": "Jamie Json"}),
+    )]);
+    worker.wait_for("", 2, Duration::from_secs(20)).await;
+    let (status, _, log) = worker.terminate().await;
+    assert!(status.success());
+    let lines: Vec<serde_json::Value> = log
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("not JSON ({e}): {l}")))
+        .collect();
+    assert!(
+        lines
+            .iter()
+            .any(|l| l["message"] == "enquiry routed" && l["region"] == "london"),
+        "{log}"
+    );
+    assert!(lines
+        .iter()
+        .all(|l| l["level"].is_string() && l["timestamp"].is_string()));
+    assert!(!log.contains("Jamie"));
+}

@@ -31,6 +31,7 @@ pub mod mail;
 pub mod metrics;
 pub mod publish;
 pub mod telemetry;
+pub mod tokens;
 pub mod uk_time;
 pub mod worker;
 

@@ -5,6 +5,7 @@ mod email;
 pub mod event;
 mod region;
 mod text;
+pub mod url;
 
 pub use email::EmailAddress;
 pub use event::{ContactSubmitted, Envelope, Event, EventType, ParseError, Setting, Topic};

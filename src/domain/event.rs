@@ -4,6 +4,9 @@
 //! each refusal names its field the way the contract asks (`data.email: not an email address`), and
 //! so that unknown fields are ignored everywhere (forward compatibility).
 
+use super::newsletter::{
+    ErasureRequested, NewsletterPublished, SubscriptionCancelled, SubscriptionRequested,
+};
 use super::text::{multi_line, single_line, FieldError};
 use super::{EmailAddress, RegionId};
 use chrono::{DateTime, Utc};
@@ -80,14 +83,28 @@ impl From<FieldError> for ParseError {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum EventType {
     ContactSubmitted,
+    SubscriptionRequested,
+    SubscriptionCancelled,
+    NewsletterPublished,
+    PersonErasureRequested,
 }
 
 impl EventType {
-    pub const ALL: [EventType; 1] = [EventType::ContactSubmitted];
+    pub const ALL: [EventType; 5] = [
+        EventType::ContactSubmitted,
+        EventType::SubscriptionRequested,
+        EventType::SubscriptionCancelled,
+        EventType::NewsletterPublished,
+        EventType::PersonErasureRequested,
+    ];
 
     pub fn as_str(self) -> &'static str {
         match self {
             EventType::ContactSubmitted => "contact.submitted",
+            EventType::SubscriptionRequested => "subscription.requested",
+            EventType::SubscriptionCancelled => "subscription.cancelled",
+            EventType::NewsletterPublished => "newsletter.published",
+            EventType::PersonErasureRequested => "person.erasure_requested",
         }
     }
 
@@ -107,6 +124,10 @@ pub struct Envelope {
 #[derive(Debug, Clone)]
 pub enum Event {
     ContactSubmitted(ContactSubmitted),
+    SubscriptionRequested(SubscriptionRequested),
+    SubscriptionCancelled(SubscriptionCancelled),
+    NewsletterPublished(NewsletterPublished),
+    PersonErasureRequested(ErasureRequested),
 }
 
 impl Envelope {
@@ -154,6 +175,18 @@ impl Envelope {
             let event = match event_type {
                 EventType::ContactSubmitted => {
                     Event::ContactSubmitted(ContactSubmitted::parse(&data)?)
+                }
+                EventType::SubscriptionRequested => {
+                    Event::SubscriptionRequested(SubscriptionRequested::parse(&data)?)
+                }
+                EventType::SubscriptionCancelled => {
+                    Event::SubscriptionCancelled(SubscriptionCancelled::parse(&data)?)
+                }
+                EventType::NewsletterPublished => {
+                    Event::NewsletterPublished(NewsletterPublished::parse(&data)?)
+                }
+                EventType::PersonErasureRequested => {
+                    Event::PersonErasureRequested(ErasureRequested::parse(&data)?)
                 }
             };
             Ok(Envelope {
@@ -337,7 +370,7 @@ impl<'a> Fields<'a> {
         format!("{}{key}", self.prefix)
     }
 
-    fn err(&self, key: &str, reason: impl Into<String>) -> FieldError {
+    pub(crate) fn err(&self, key: &str, reason: impl Into<String>) -> FieldError {
         FieldError::new(self.path(key), reason)
     }
 
@@ -447,6 +480,65 @@ impl<'a> Fields<'a> {
             Some(_) => Err(self.err(key, "must be an object")),
         }
     }
+
+    /// An optional list of region ids (`data.regions`); absent or null is None, an empty list
+    /// is refused (it would mean "none", which no one asks for). Repeats are dropped.
+    pub(crate) fn optional_regions(&self, key: &str) -> Result<Option<Vec<RegionId>>, FieldError> {
+        let items = match self.map.get(key) {
+            None | Some(Value::Null) => return Ok(None),
+            Some(Value::Array(items)) => items,
+            Some(_) => return Err(self.err(key, "must be a list of region ids")),
+        };
+        if items.is_empty() {
+            return Err(self.err(key, "must name at least one region"));
+        }
+        let mut regions = Vec::with_capacity(items.len());
+        for (i, item) in items.iter().enumerate() {
+            let at = format!("{key}[{i}]");
+            let region: RegionId = item
+                .as_str()
+                .ok_or_else(|| self.err(&at, "must be a string"))?
+                .trim()
+                .parse()
+                .map_err(|reason: String| self.err(&at, reason))?;
+            if !regions.contains(&region) {
+                regions.push(region);
+            }
+        }
+        Ok(Some(regions))
+    }
+
+    /// A required, non-empty list of objects (`data.sections`); each is read with its own path
+    /// (`data.sections[0].heading`).
+    pub(crate) fn objects(&self, key: &str) -> Result<Vec<Fields<'a>>, FieldError> {
+        let items = match self.map.get(key) {
+            None | Some(Value::Null) => return Err(self.err(key, "is required")),
+            Some(Value::Array(items)) => items,
+            Some(_) => return Err(self.err(key, "must be a list")),
+        };
+        if items.is_empty() {
+            return Err(self.err(key, "must hold at least one item"));
+        }
+        items
+            .iter()
+            .enumerate()
+            .map(|(i, item)| match item {
+                Value::Object(m) => Ok(Fields::new(m, &format!("{}[{i}].", self.path(key)))),
+                _ => Err(self.err(&format!("{key}[{i}]"), "must be an object")),
+            })
+            .collect()
+    }
+
+    /// An optional link: at most 2,000 characters, `https` (or `http` for this machine only),
+    /// no white space. Returned in its normalised form (percent-encoded where needed).
+    pub(crate) fn optional_url(&self, key: &str) -> Result<Option<String>, FieldError> {
+        let Some(raw) = self.raw_str(key)?.map(str::trim).filter(|s| !s.is_empty()) else {
+            return Ok(None);
+        };
+        super::url::parse_link(raw)
+            .map(Some)
+            .map_err(|reason| self.err(key, reason))
+    }
 }
 
 #[cfg(test)]
@@ -484,7 +576,9 @@ mod tests {
     #[test]
     fn parses_a_contact_enquiry_and_ignores_unknown_fields() {
         let env = Envelope::parse(&contact(valid()), LIMIT).unwrap();
-        let Event::ContactSubmitted(c) = env.event;
+        let Event::ContactSubmitted(c) = env.event else {
+            panic!("not a contact enquiry")
+        };
         assert_eq!(c.name, "Sam");
         assert_eq!(c.topic, Topic::ComplexCase);
         assert_eq!(c.message, "Line one\nLine two");

@@ -3,11 +3,15 @@
 
 mod email;
 pub mod event;
+pub mod newsletter;
 mod region;
 mod text;
 pub mod url;
 
 pub use email::EmailAddress;
 pub use event::{ContactSubmitted, Envelope, Event, EventType, ParseError, Setting, Topic};
+pub use newsletter::{
+    ErasureRequested, NewsletterPublished, Section, SubscriptionCancelled, SubscriptionRequested,
+};
 pub use region::RegionId;
 pub use text::{single_line, FieldError};

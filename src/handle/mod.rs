@@ -3,6 +3,11 @@
 //! and the commit.
 
 mod contact;
+mod erasure;
+pub(crate) mod newsletter;
+pub(crate) mod subscription;
+
+pub use erasure::ERASURE;
 
 use crate::domain::event::ErrorCode;
 use crate::domain::{Envelope, Event};
@@ -55,6 +60,14 @@ pub async fn handle(shared: &Shared, envelope: &Envelope) -> Result<Handled, Fai
     }
     match &envelope.event {
         Event::ContactSubmitted(c) => contact::handle(&mut tx, shared, envelope, c).await?,
+        Event::SubscriptionRequested(r) => {
+            subscription::handle_requested(&mut tx, shared, envelope, r).await?
+        }
+        Event::SubscriptionCancelled(c) => {
+            subscription::handle_cancelled(&mut tx, envelope, c).await?
+        }
+        Event::NewsletterPublished(n) => newsletter::handle(&mut tx, shared, envelope, n).await?,
+        Event::PersonErasureRequested(e) => erasure::handle(&mut tx, envelope, e).await?,
     }
     tx.commit().await?;
     Ok(Handled::Done)
@@ -63,5 +76,8 @@ pub async fn handle(shared: &Shared, envelope: &Envelope) -> Result<Handled, Fai
 /// Sample contexts for every email, built from the handlers' own types, for `check` and for
 /// authors (`preview`).
 pub fn samples() -> Vec<(&'static str, Value)> {
-    contact::samples()
+    let mut all = contact::samples();
+    all.extend(subscription::samples());
+    all.extend(newsletter::samples());
+    all
 }

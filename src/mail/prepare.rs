@@ -22,9 +22,13 @@ pub enum Prepared {
 
 /// Decides, just before sending, whether and with what a row is sent. An error is a passing
 /// failure (the row is retried).
-pub async fn prepare(_shared: &Shared, row: &Claimed) -> anyhow::Result<Prepared> {
-    let attachments: Vec<Attachment> = serde_json::from_value(row.attachments.clone())?;
+pub async fn prepare(shared: &Shared, row: &Claimed) -> anyhow::Result<Prepared> {
     // Kinds whose content depends on state at send time get their branch here.
+    if row.kind == "newsletter" {
+        // The reader's name and unsubscribe link; skipped if they left since the fan-out.
+        return crate::handle::newsletter::complete(shared, row).await;
+    }
+    let attachments: Vec<Attachment> = serde_json::from_value(row.attachments.clone())?;
     Ok(Prepared::Send {
         context: row.context.clone(),
         attachments,

@@ -132,6 +132,31 @@ impl Templates {
         })
     }
 
+    /// Renders web page `name` (`templates/pages/NAME.hbs`), every value HTML-escaped; `site`
+    /// is added to the context.
+    pub fn render_page(&self, name: &str, context: &Value) -> Result<String, String> {
+        let mut data = context.clone();
+        match data.as_object_mut() {
+            Some(map) => {
+                map.insert("site".into(), self.site.clone());
+            }
+            None => return Err("the page context must be an object".into()),
+        }
+        let template = format!("pages/{name}");
+        self.html
+            .render(&template, &data)
+            .map_err(|e| format!("{template}: {}", single_line(&e.to_string())))
+    }
+
+    /// Renders every sample page, for `check`: each failure is a problem.
+    pub fn check_pages(&self, dir: &Path, samples: &[(&'static str, Value)]) -> Vec<Problem> {
+        samples
+            .iter()
+            .filter_map(|(name, context)| self.render_page(name, context).err())
+            .map(|e| Problem::new(dir.display().to_string(), e))
+            .collect()
+    }
+
     /// Renders every sample, for `check`: each failure is a problem.
     pub fn check_samples(&self, dir: &Path, samples: &[(&'static str, Value)]) -> Vec<Problem> {
         let mut problems = Vec::new();

@@ -1,9 +1,14 @@
 //! Integration tests, one binary: real PostgreSQL, RabbitMQ and SMTP server, one module per
 //! capability.
 
+mod binary;
+mod browser;
 mod cli;
 mod contact;
 mod dead_letter;
 mod delivery;
+mod erasure;
+mod fan_out;
 mod helpers;
+mod newsletter;
 mod ops;

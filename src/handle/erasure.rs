@@ -7,7 +7,8 @@ use serde_json::{Map, Value};
 use sqlx::PgConnection;
 
 /// Every statement that removes personal data for one address, in the order they run. `$1` is
-/// the address in lower case: compare with `lower(column) = $1`, so that case never hides a row.
+/// the address lower-cased by PostgreSQL: compare with `lower(column) = $1`, so that case never
+/// hides a row.
 /// The label is the key of the count in the audit row.
 ///
 /// THIS LIST IS THE ONE PLACE. Whoever adds a table or column that can hold an address or a
@@ -58,7 +59,10 @@ pub(super) async fn handle(
     envelope: &Envelope,
     e: &ErasureRequested,
 ) -> Result<(), Failure> {
-    let address = e.email.normalised();
+    let (address,): (String,) = sqlx::query_as("SELECT lower($1)")
+        .bind(e.email.as_str())
+        .fetch_one(&mut *tx)
+        .await?;
     let mut counts = Map::new();
     for (label, statement) in ERASURE {
         let n = sqlx::query(statement)

@@ -92,7 +92,12 @@ pub(crate) async fn request(
     name: Option<&str>,
     regions: &[RegionId],
 ) -> Result<Requested, Failure> {
-    let address = email.normalised();
+    // Lower-cased by PostgreSQL, as every stored address is compared (`lower(email)`), so the
+    // two can never disagree about a character.
+    let (address,): (String,) = sqlx::query_as("SELECT lower($1)")
+        .bind(email.as_str())
+        .fetch_one(&mut *tx)
+        .await?;
     // Events are handled concurrently: two requests for one address must not both decide that
     // nothing was sent today. Taken for the rest of the transaction.
     sqlx::query("SELECT pg_advisory_xact_lock($1, hashtext($2))")
@@ -219,10 +224,10 @@ pub(super) async fn handle_cancelled(
         .map(|rs| rs.iter().map(|r| r.as_str()).collect());
     let ended = sqlx::query(
         "UPDATE subscriptions SET status = 'unsubscribed', unsubscribed_at = now()
-         WHERE lower(email) = $1 AND status <> 'unsubscribed'
+         WHERE lower(email) = lower($1) AND status <> 'unsubscribed'
            AND ($2::text[] IS NULL OR region = ANY($2))",
     )
-    .bind(c.email.normalised())
+    .bind(c.email.as_str())
     .bind(regions)
     .execute(&mut *tx)
     .await?

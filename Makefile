@@ -37,8 +37,10 @@ run: setup
 	mkdir -p var/mail
 	$(CARGO) run --quiet -- run
 
-## test: formatting, lints, then every test target
-test: setup
+## test: formatting, lints, then every test target (the browser test needs Chromium, so the
+## set-up installs Debian's chromium and chromium-driver too)
+test:
+	bash scripts/setup.sh --with-chromium
 	$(CARGO) fmt --all -- --check
 	$(CARGO) clippy --all-targets -- -D warnings
 	$(CARGO) test --all-targets

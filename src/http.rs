@@ -1,5 +1,10 @@
-//! HTTP: `/healthz` (alive), `/readyz` (PostgreSQL, RabbitMQ and the relay reachable) and
-//! `/metrics` (Prometheus text format).
+//! HTTP: `/healthz` (alive), `/readyz` (PostgreSQL, RabbitMQ and the relay reachable),
+//! `/metrics` (Prometheus text format), and the pages behind the links in newsletter emails
+//! ([`links`]: confirming a subscription, unsubscribing).
+
+mod links;
+
+pub use links::page_samples;
 
 use crate::mail::{outbox, Relay};
 use crate::worker::Shared;
@@ -27,6 +32,14 @@ pub fn router(shared: Arc<Shared>, relay: Relay) -> Router {
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics))
+        .route(
+            "/subscriptions/confirm",
+            get(links::confirm_page).post(links::confirm),
+        )
+        .route(
+            "/unsubscribe",
+            get(links::unsubscribe_page).post(links::unsubscribe),
+        )
         .with_state(AppState { shared, relay })
 }
 

@@ -3,7 +3,8 @@
 //!
 //! It consumes events that the website publishes to RabbitMQ (contact enquiries, training sessions,
 //! registrations, newsletters), records their effects in PostgreSQL and turns them into email sent
-//! over SMTP. Every email is written to an outbox in the same transaction as the event's other
+//! over SMTP. It also serves the pages behind the links in those emails (confirming a newsletter
+//! subscription, unsubscribing). Every email is written to an outbox in the same transaction as the event's other
 //! effects, and a message is acknowledged only once that transaction has committed, so nothing is
 //! lost and the same event delivered twice causes its effects once.
 //!
@@ -16,12 +17,16 @@
 //!   addresses, bounded text, and the event envelope with errors that name the field.
 //! - [`consume`]: the AMQP topology, the consumer loop and the ack / retry / dead-letter decision.
 //! - [`handle`]: one module per event kind: `(transaction, event) -> rows and outgoing mail`.
-//! - [`mail`]: templates and rendering, the outbox, the SMTP / file transport and the sender loop.
+//!   Newsletters: `subscription` (double opt-in), `newsletter` (the set-based fan-out and the
+//!   send-time completion of each copy), `erasure` (the one list of erasure statements).
+//! - [`mail`]: templates and rendering, markdown, the outbox, the SMTP / file transport and the
+//!   sender loop (which suppresses addresses that refuse bulk mail for good).
+//! - [`tokens`]: the signed confirmation and unsubscribe links.
 //! - [`schedule`]: reminders, coordinator briefings and digests: plans in UK time, hands what is
 //!   due to the outbox.
 //! - [`calendar`]: `.ics` files for sessions.
 //! - [`clock`]: the worker's "now" (the system clock, or a manual one in tests).
-//! - [`http`]: health, readiness and Prometheus metrics.
+//! - [`http`]: health, readiness, Prometheus metrics, and the confirm and unsubscribe pages.
 //! - [`worker`]: wires everything together for `rpec-notify run` and shuts it down cleanly.
 //! - [`publish`]: `rpec-notify publish`, with publisher confirms.
 
@@ -38,6 +43,7 @@ pub mod metrics;
 pub mod publish;
 pub mod schedule;
 pub mod telemetry;
+pub mod tokens;
 pub mod uk_time;
 pub mod worker;
 

@@ -168,10 +168,11 @@ fn check() -> ExitCode {
         .ok();
     if let Some(t) = &templates {
         problems.extend(t.check_samples(&templates_dir, &handle::samples()));
+        problems.extend(t.check_pages(&templates_dir, &rpec_notify::http::page_samples()));
     }
     if problems.is_empty() {
         let n = regions.map_or(0, |r| r.iter().count());
-        println!("configuration OK: {n} regions, every email template renders");
+        println!("configuration OK: {n} regions, every email template and page renders");
         ExitCode::SUCCESS
     } else {
         eprint!("{}", rpec_notify::config::Problems(problems));

@@ -4,6 +4,9 @@
 //! each refusal names its field the way the contract asks (`data.email: not an email address`), and
 //! so that unknown fields are ignored everywhere (forward compatibility).
 
+use super::newsletter::{
+    ErasureRequested, NewsletterPublished, SubscriptionCancelled, SubscriptionRequested,
+};
 use super::text::{multi_line, single_line, FieldError};
 use super::{EmailAddress, RegionId};
 use chrono::{DateTime, Utc};
@@ -85,16 +88,24 @@ pub enum EventType {
     SessionCancelled,
     RegistrationCreated,
     RegistrationCancelled,
+    SubscriptionRequested,
+    SubscriptionCancelled,
+    NewsletterPublished,
+    PersonErasureRequested,
 }
 
 impl EventType {
-    pub const ALL: [EventType; 6] = [
+    pub const ALL: [EventType; 10] = [
         EventType::ContactSubmitted,
         EventType::SessionScheduled,
         EventType::SessionUpdated,
         EventType::SessionCancelled,
         EventType::RegistrationCreated,
         EventType::RegistrationCancelled,
+        EventType::SubscriptionRequested,
+        EventType::SubscriptionCancelled,
+        EventType::NewsletterPublished,
+        EventType::PersonErasureRequested,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -105,6 +116,10 @@ impl EventType {
             EventType::SessionCancelled => "session.cancelled",
             EventType::RegistrationCreated => "registration.created",
             EventType::RegistrationCancelled => "registration.cancelled",
+            EventType::SubscriptionRequested => "subscription.requested",
+            EventType::SubscriptionCancelled => "subscription.cancelled",
+            EventType::NewsletterPublished => "newsletter.published",
+            EventType::PersonErasureRequested => "person.erasure_requested",
         }
     }
 
@@ -129,6 +144,10 @@ pub enum Event {
     SessionCancelled(SessionCancelled),
     RegistrationCreated(RegistrationCreated),
     RegistrationCancelled(RegistrationCancelled),
+    SubscriptionRequested(SubscriptionRequested),
+    SubscriptionCancelled(SubscriptionCancelled),
+    NewsletterPublished(NewsletterPublished),
+    PersonErasureRequested(ErasureRequested),
 }
 
 impl Envelope {
@@ -195,6 +214,18 @@ impl Envelope {
                     Event::RegistrationCancelled(RegistrationCancelled {
                         registration_id: data.required_str("registration_id", MAX_NAME)?,
                     })
+                }
+                EventType::SubscriptionRequested => {
+                    Event::SubscriptionRequested(SubscriptionRequested::parse(&data)?)
+                }
+                EventType::SubscriptionCancelled => {
+                    Event::SubscriptionCancelled(SubscriptionCancelled::parse(&data)?)
+                }
+                EventType::NewsletterPublished => {
+                    Event::NewsletterPublished(NewsletterPublished::parse(&data)?)
+                }
+                EventType::PersonErasureRequested => {
+                    Event::PersonErasureRequested(ErasureRequested::parse(&data)?)
                 }
             };
             Ok(Envelope {
@@ -449,7 +480,7 @@ impl<'a> Fields<'a> {
         format!("{}{key}", self.prefix)
     }
 
-    fn err(&self, key: &str, reason: impl Into<String>) -> FieldError {
+    pub(crate) fn err(&self, key: &str, reason: impl Into<String>) -> FieldError {
         FieldError::new(self.path(key), reason)
     }
 
@@ -625,6 +656,65 @@ impl<'a> Fields<'a> {
             None | Some(Value::Null) => Err(self.err(key, "is required")),
             Some(_) => Err(self.err(key, "must be an object")),
         }
+    }
+
+    /// An optional list of region ids (`data.regions`); absent or null is None, an empty list
+    /// is refused (it would mean "none", which no one asks for). Repeats are dropped.
+    pub(crate) fn optional_regions(&self, key: &str) -> Result<Option<Vec<RegionId>>, FieldError> {
+        let items = match self.map.get(key) {
+            None | Some(Value::Null) => return Ok(None),
+            Some(Value::Array(items)) => items,
+            Some(_) => return Err(self.err(key, "must be a list of region ids")),
+        };
+        if items.is_empty() {
+            return Err(self.err(key, "must name at least one region"));
+        }
+        let mut regions = Vec::with_capacity(items.len());
+        for (i, item) in items.iter().enumerate() {
+            let at = format!("{key}[{i}]");
+            let region: RegionId = item
+                .as_str()
+                .ok_or_else(|| self.err(&at, "must be a string"))?
+                .trim()
+                .parse()
+                .map_err(|reason: String| self.err(&at, reason))?;
+            if !regions.contains(&region) {
+                regions.push(region);
+            }
+        }
+        Ok(Some(regions))
+    }
+
+    /// A required, non-empty list of objects (`data.sections`); each is read with its own path
+    /// (`data.sections[0].heading`).
+    pub(crate) fn objects(&self, key: &str) -> Result<Vec<Fields<'a>>, FieldError> {
+        let items = match self.map.get(key) {
+            None | Some(Value::Null) => return Err(self.err(key, "is required")),
+            Some(Value::Array(items)) => items,
+            Some(_) => return Err(self.err(key, "must be a list")),
+        };
+        if items.is_empty() {
+            return Err(self.err(key, "must hold at least one item"));
+        }
+        items
+            .iter()
+            .enumerate()
+            .map(|(i, item)| match item {
+                Value::Object(m) => Ok(Fields::new(m, &format!("{}[{i}].", self.path(key)))),
+                _ => Err(self.err(&format!("{key}[{i}]"), "must be an object")),
+            })
+            .collect()
+    }
+
+    /// An optional link: at most 2,000 characters, `https` (or `http` for this machine only),
+    /// no white space. Returned in its normalised form (percent-encoded where needed).
+    pub(crate) fn optional_url(&self, key: &str) -> Result<Option<String>, FieldError> {
+        let Some(raw) = self.raw_str(key)?.map(str::trim).filter(|s| !s.is_empty()) else {
+            return Ok(None);
+        };
+        super::url::parse_link(raw)
+            .map(Some)
+            .map_err(|reason| self.err(key, reason))
     }
 }
 

@@ -3,13 +3,18 @@
 
 mod email;
 pub mod event;
+pub mod newsletter;
 mod region;
 mod text;
+pub mod url;
 
 pub use email::EmailAddress;
 pub use event::{
     ContactSubmitted, Envelope, Event, EventType, ParseError, RegistrationCancelled,
     RegistrationCreated, SessionCancelled, SessionDetails, Setting, Topic,
+};
+pub use newsletter::{
+    ErasureRequested, NewsletterPublished, Section, SubscriptionCancelled, SubscriptionRequested,
 };
 pub use region::RegionId;
 pub use text::{single_line, FieldError};

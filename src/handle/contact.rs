@@ -1,6 +1,7 @@
 //! `contact.submitted`: route the enquiry to its region's coordinators (or triage), and
 //! acknowledge it to the person who wrote, with the page's safety advice.
 
+use super::subscription::{self, Requested};
 use super::Failure;
 use crate::config::Routing;
 use crate::domain::{ContactSubmitted, EmailAddress, Envelope, RegionId, Setting, Topic};
@@ -45,7 +46,13 @@ struct Acknowledgement<'a> {
     urgent: bool,
     /// The region that will answer, or None when the national team passes it on.
     region_name: Option<&'a str>,
+    /// A newsletter enquiry with a region: a subscription to that region's newsletter was asked
+    /// for. The next two say how it stands.
     newsletter: bool,
+    /// They were subscribed already: nothing changed.
+    newsletter_confirmed: bool,
+    /// A confirmation went to them less than a day ago: no new one was sent.
+    newsletter_recent: bool,
 }
 
 fn routing_note(routing: Routing, region_name: Option<&str>, area: Option<&str>) -> String {
@@ -69,6 +76,7 @@ fn contexts(
     routing: Routing,
     c: &ContactSubmitted,
     received: DateTime<Utc>,
+    subscription: Option<Requested>,
 ) -> (Value, Value) {
     let coordinator = CoordinatorEmail {
         enquiry_id: &c.enquiry_id,
@@ -92,7 +100,9 @@ fn contexts(
         topic_label: c.topic.label(),
         urgent: c.topic.is_urgent(),
         region_name: shared_region_name,
-        newsletter: c.topic == Topic::Newsletter && routing.region().is_some(),
+        newsletter: subscription.is_some(),
+        newsletter_confirmed: subscription == Some(Requested::AlreadyConfirmed),
+        newsletter_recent: subscription == Some(Requested::RecentlySent),
     };
     (
         serde_json::to_value(coordinator).unwrap_or_default(),
@@ -140,7 +150,18 @@ pub(super) async fn handle(
         return Ok(());
     }
 
-    let (coordinator_ctx, ack_ctx) = contexts(region_name, routing, c, envelope.occurred_at);
+    // A newsletter enquiry starts the same double opt-in as subscription.requested, for the
+    // region that answers (without a region there is no newsletter to subscribe to; the
+    // coordinators who triage it can follow up).
+    let subscription = match (c.topic, routing.region()) {
+        (Topic::Newsletter, Some(region)) => Some(
+            subscription::request(tx, shared, envelope.id, &c.email, Some(&c.name), &[region])
+                .await?,
+        ),
+        _ => None,
+    };
+    let (coordinator_ctx, ack_ctx) =
+        contexts(region_name, routing, c, envelope.occurred_at, subscription);
     let mailboxes = regions.mailboxes(routing).to_vec();
 
     let mut to_coordinators = NewEmail::transactional(
@@ -201,17 +222,28 @@ pub(super) fn samples() -> Vec<(&'static str, Value)> {
     let received = DateTime::parse_from_rfc3339("2024-10-03T10:15:00Z")
         .map(|t| t.with_timezone(&Utc))
         .unwrap_or_default();
-    let (c1, a1) = contexts(
-        Some("North-West"),
-        Routing::Area(RegionId::NorthWest),
-        &full,
-        received,
-    );
-    let (c2, a2) = contexts(None, Routing::Triage, &sparse, received);
-    vec![
+    let north_west = Routing::Area(RegionId::NorthWest);
+    let (c1, a1) = contexts(Some("North-West"), north_west, &full, received, None);
+    let (c2, a2) = contexts(None, Routing::Triage, &sparse, received, None);
+    let mut samples = vec![
         ("enquiry_coordinator", c1),
         ("enquiry_coordinator", c2),
         ("enquiry_ack", a1),
         ("enquiry_ack", a2),
-    ]
+    ];
+    for outcome in [
+        Requested::ConfirmationSent,
+        Requested::RecentlySent,
+        Requested::AlreadyConfirmed,
+    ] {
+        let (_, ack) = contexts(
+            Some("North-West"),
+            north_west,
+            &sparse,
+            received,
+            Some(outcome),
+        );
+        samples.push(("enquiry_ack", ack));
+    }
+    samples
 }

@@ -3,7 +3,12 @@
 //! and the commit.
 
 mod contact;
+mod erasure;
+pub(crate) mod newsletter;
 pub mod session;
+pub(crate) mod subscription;
+
+pub use erasure::ERASURE;
 
 use crate::domain::event::ErrorCode;
 use crate::domain::{Envelope, Event};
@@ -70,6 +75,14 @@ pub async fn handle(shared: &Shared, envelope: &Envelope) -> Result<Handled, Fai
         Event::RegistrationCancelled(r) => {
             session::registration_cancelled(&mut tx, shared, envelope, r).await?
         }
+        Event::SubscriptionRequested(r) => {
+            subscription::handle_requested(&mut tx, shared, envelope, r).await?
+        }
+        Event::SubscriptionCancelled(c) => {
+            subscription::handle_cancelled(&mut tx, envelope, c).await?
+        }
+        Event::NewsletterPublished(n) => newsletter::handle(&mut tx, shared, envelope, n).await?,
+        Event::PersonErasureRequested(e) => erasure::handle(&mut tx, envelope, e).await?,
     }
     tx.commit().await?;
     Ok(Handled::Done)
@@ -80,5 +93,7 @@ pub async fn handle(shared: &Shared, envelope: &Envelope) -> Result<Handled, Fai
 pub fn samples() -> Vec<(&'static str, Value)> {
     let mut all = contact::samples();
     all.extend(session::samples());
+    all.extend(subscription::samples());
+    all.extend(newsletter::samples());
     all
 }

@@ -667,5 +667,15 @@ pub(super) fn samples() -> Vec<(&'static str, Value)> {
         "coordinator_briefing",
         json!({ "session": session, "count": 0, "registrants": [] }),
     ));
+    for name in [json!("Morgan Lee"), Value::Null] {
+        out.push((
+            "weekly_digest",
+            json!({
+                "name": name, "subscription_id": 1, "region_name": "North-West", "count": 2,
+                "sessions": [session, bare],
+                "unsubscribe_url": "http://127.0.0.1:8080/unsubscribe?token=AQIAAAAAAAAAKgAAAABnCmOg"
+            }),
+        ));
+    }
     out
 }

@@ -11,11 +11,14 @@ use lettre::Message;
 /// for them, and some clients hide auto-submitted mail).
 const NOT_AUTO_SUBMITTED: [&str; 1] = ["newsletter"];
 
+/// Builds the message. `unsubscribe_url` (bulk mail only, from our own signed link) becomes the
+/// RFC 8058 one-click pair `List-Unsubscribe` + `List-Unsubscribe-Post`.
 pub fn build(
     row: &Claimed,
     from: &Sender,
     rendered: &Rendered,
     attachments: &[Attachment],
+    unsubscribe_url: Option<&str>,
 ) -> Result<Message, String> {
     let mut builder = Message::builder()
         .from(from.mailbox.clone())
@@ -40,6 +43,11 @@ pub fn build(
                 .ok_or_else(|| format!("header {name}: not a string"))?;
             builder = builder.raw_header(raw(name, value)?);
         }
+    }
+    if let Some(url) = unsubscribe_url {
+        builder = builder
+            .raw_header(raw("List-Unsubscribe", &format!("<{url}>"))?)
+            .raw_header(raw("List-Unsubscribe-Post", "List-Unsubscribe=One-Click")?);
     }
     let body = MultiPart::alternative_plain_html(rendered.text.clone(), rendered.html.clone());
     let body = if attachments.is_empty() {

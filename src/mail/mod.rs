@@ -1,6 +1,7 @@
 //! Email: templates and rendering, the outbox (written in the event's transaction), the relay
 //! (SMTP or `.eml` files) and the sender loop that drains the outbox.
 
+pub mod markdown;
 mod message;
 pub mod outbox;
 pub mod prepare;

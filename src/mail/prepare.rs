@@ -26,8 +26,15 @@ pub async fn prepare(shared: &Shared, row: &Claimed) -> anyhow::Result<Prepared>
     if let Some(p) = crate::handle::session::prepare(shared, row).await? {
         return Ok(p);
     }
-    let attachments: Vec<Attachment> = serde_json::from_value(row.attachments.clone())?;
+    if row.kind == "digest" {
+        return crate::schedule::digest::prepare(shared, row).await;
+    }
     // Kinds whose content depends on state at send time get their branch here.
+    if row.kind == "newsletter" {
+        // The reader's name and unsubscribe link; skipped if they left since the fan-out.
+        return crate::handle::newsletter::complete(shared, row).await;
+    }
+    let attachments: Vec<Attachment> = serde_json::from_value(row.attachments.clone())?;
     Ok(Prepared::Send {
         context: row.context.clone(),
         attachments,

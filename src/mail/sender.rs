@@ -45,6 +45,9 @@ async fn send_one(shared: &Shared, relay: &Relay, row: Claimed) -> anyhow::Resul
     } else {
         &s.transactional_from
     };
+    // Whether the relay itself refused the message for good (a 5xx), as opposed to a message
+    // that could not be built: only the first says something about the address.
+    let mut refused_by_relay = false;
     let result = match prepare(shared, &row).await {
         Ok(Prepared::Skip(reason)) => {
             outbox::mark_cancelled(&shared.pool, row.id, &reason).await?;
@@ -59,14 +62,26 @@ async fn send_one(shared: &Shared, relay: &Relay, row: Claimed) -> anyhow::Resul
             context,
             attachments,
         }) => {
+            // Bulk mail that carries the reader's unsubscribe link also announces it in headers.
+            let unsubscribe_url = if row.stream == "bulk" {
+                context.get("unsubscribe_url").and_then(|v| v.as_str())
+            } else {
+                None
+            };
             let message = shared
                 .templates
                 .render(&row.template, &context)
-                .and_then(|rendered| message::build(&row, from, &rendered, &attachments));
+                .and_then(|rendered| {
+                    message::build(&row, from, &rendered, &attachments, unsubscribe_url)
+                });
             match message {
                 // A template or address that does not work now never will: keep the row, say why.
                 Err(e) => Err(SendError::Permanent(format!("not sendable: {e}"))),
-                Ok(m) => relay.send(m, s.send_timeout).await,
+                Ok(m) => {
+                    let sent = relay.send(m, s.send_timeout).await;
+                    refused_by_relay = matches!(sent, Err(SendError::Permanent(_)));
+                    sent
+                }
             }
         }
     };
@@ -84,6 +99,13 @@ async fn send_one(shared: &Shared, relay: &Relay, row: Claimed) -> anyhow::Resul
             Outcome::Retry
         }
         Err(e) => {
+            if refused_by_relay && row.stream == "bulk" {
+                // Before marking the row: if this fails, the row's lease runs out, it is sent
+                // again, refused again, and the suppression is tried again.
+                let added = suppress(&shared.pool, row.id, &row.recipients).await?;
+                tracing::warn!(outbox_id = row.id, kind = %row.kind, added,
+                    "address refused for good: suppressed for bulk mail");
+            }
             let (SendError::Transient(text) | SendError::Permanent(text)) = &e;
             outbox::mark_failed(&shared.pool, row.id, text).await?;
             tracing::error!(outbox_id = row.id, kind = %row.kind, attempts = row.attempts,
@@ -93,6 +115,23 @@ async fn send_one(shared: &Shared, relay: &Relay, row: Claimed) -> anyhow::Resul
     };
     shared.metrics.email_outcome(&row.kind, outcome);
     Ok(outcome)
+}
+
+/// Suppresses `recipients` for bulk mail (newsletters, digests): a relay said they do not exist
+/// or will never take our mail, and mailing such addresses again harms delivery to everyone.
+/// Returns how many addresses were newly suppressed.
+async fn suppress(pool: &sqlx::PgPool, outbox_id: i64, recipients: &[String]) -> sqlx::Result<u64> {
+    Ok(sqlx::query(
+        "INSERT INTO suppressions (email, reason)
+         SELECT DISTINCT lower(r), 'refused permanently by the relay (outbox row ' || $2 || ')'
+         FROM unnest($1::text[]) AS r
+         ON CONFLICT (email) DO NOTHING",
+    )
+    .bind(recipients)
+    .bind(outbox_id.to_string())
+    .execute(pool)
+    .await?
+    .rows_affected())
 }
 
 /// Sends until `shutdown`: woken by NOTIFY on commit, and by polling as a fallback. A round in

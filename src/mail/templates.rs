@@ -132,6 +132,31 @@ impl Templates {
         })
     }
 
+    /// Renders web page `name` (`templates/pages/NAME.hbs`), every value HTML-escaped; `site`
+    /// is added to the context.
+    pub fn render_page(&self, name: &str, context: &Value) -> Result<String, String> {
+        let mut data = context.clone();
+        match data.as_object_mut() {
+            Some(map) => {
+                map.insert("site".into(), self.site.clone());
+            }
+            None => return Err("the page context must be an object".into()),
+        }
+        let template = format!("pages/{name}");
+        self.html
+            .render(&template, &data)
+            .map_err(|e| format!("{template}: {}", single_line(&e.to_string())))
+    }
+
+    /// Renders every sample page, for `check`: each failure is a problem.
+    pub fn check_pages(&self, dir: &Path, samples: &[(&'static str, Value)]) -> Vec<Problem> {
+        samples
+            .iter()
+            .filter_map(|(name, context)| self.render_page(name, context).err())
+            .map(|e| Problem::new(dir.display().to_string(), e))
+            .collect()
+    }
+
     /// Renders every sample, for `check`: each failure is a problem.
     pub fn check_samples(&self, dir: &Path, samples: &[(&'static str, Value)]) -> Vec<Problem> {
         let mut problems = Vec::new();
@@ -147,7 +172,29 @@ impl Templates {
                 problems.push(Problem::new(dir.display().to_string(), e));
             }
         }
+        // An email no sample covers would be checked by nobody until a recipient saw it.
+        for name in self.email_names() {
+            if !samples.iter().any(|(n, _)| *n == name) {
+                problems.push(Problem::new(
+                    dir.join(&name).display().to_string(),
+                    "no sample context renders this email: add one to handle::samples()",
+                ));
+            }
+        }
         problems
+    }
+
+    /// Every email (a directory with a `subject.hbs`).
+    fn email_names(&self) -> Vec<String> {
+        let mut names: Vec<String> = self
+            .text
+            .get_templates()
+            .keys()
+            .filter_map(|k| k.strip_suffix("/subject"))
+            .map(str::to_owned)
+            .collect();
+        names.sort();
+        names
     }
 }
 

@@ -10,11 +10,15 @@
 
 use super::plan;
 use crate::domain::RegionId;
+use crate::handle::newsletter;
 use crate::handle::session::{SessionRow, SessionView, SESSION_COLUMNS};
-use crate::mail::outbox::NOTIFY_CHANNEL;
+use crate::mail::outbox::{Claimed, NOTIFY_CHANNEL};
+use crate::mail::prepare::Prepared;
+use crate::tokens::{self, Purpose};
 use crate::worker::Shared;
 use chrono::{DateTime, Utc};
 use serde_json::json;
+use serde_json::Value;
 
 /// What one firing did.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -98,15 +102,19 @@ async fn fire_region(
         let region_name = &shared.regions.region(region).name;
         let context =
             json!({ "region_name": region_name, "count": views.len(), "sessions": views });
+        // Set-based: one row per confirmed, not suppressed subscriber; name and unsubscribe
+        // link are completed at send time (`prepare`).
+        let headers = json!({ "List-Id": newsletter::list_id(shared, region) });
         recipients = sqlx::query(
-            "INSERT INTO outbox (kind, template, stream, recipients, context, message_uuid)
+            "INSERT INTO outbox (kind, template, stream, recipients, context, headers, message_uuid, priority)
              SELECT 'digest', 'weekly_digest', 'bulk', ARRAY[b.email],
-                    $1::jsonb || jsonb_build_object('subscription_id', b.subscription_id, 'name', b.name),
-                    gen_random_uuid()
+                    $1::jsonb || jsonb_build_object('subscription_id', b.subscription_id),
+                    $3, gen_random_uuid(), -10
              FROM bulk_recipients b WHERE b.region = $2",
         )
         .bind(&context)
         .bind(region.as_str())
+        .bind(&headers)
         .execute(&mut *tx)
         .await?
         .rows_affected();
@@ -139,4 +147,41 @@ async fn fire_region(
         sessions: sessions.len(),
         recipients,
     }))
+}
+
+/// Completes a digest email just before it is sent: the reader's current name and their own
+/// unsubscribe link; skipped if they left, or were suppressed, since the firing.
+pub async fn prepare(shared: &Shared, row: &Claimed) -> anyhow::Result<Prepared> {
+    let subscription_id = row
+        .context
+        .get("subscription_id")
+        .and_then(Value::as_i64)
+        .ok_or_else(|| anyhow::anyhow!("a digest email without its subscription id"))?;
+    let reader: Option<(String, Option<String>, bool)> = sqlx::query_as(
+        "SELECT s.status, s.name, EXISTS (SELECT 1 FROM suppressions x WHERE x.email = lower(s.email))
+         FROM subscriptions s WHERE s.id = $1",
+    )
+    .bind(subscription_id)
+    .fetch_optional(&shared.pool)
+    .await?;
+    let skip = |why: &str| Ok(Prepared::Skip(why.to_owned()));
+    match reader {
+        None => skip("the subscription no longer exists"),
+        Some((status, _, _)) if status != "confirmed" => skip("the reader has unsubscribed"),
+        Some((_, _, true)) => skip("the address is suppressed for bulk mail"),
+        Some((_, name, false)) => {
+            let mut context = row.context.clone();
+            context["name"] = json!(name);
+            context["unsubscribe_url"] = json!(tokens::link(
+                &shared.settings,
+                Purpose::Unsubscribe,
+                subscription_id,
+                chrono::Utc::now()
+            ));
+            Ok(Prepared::Send {
+                context,
+                attachments: Vec::new(),
+            })
+        }
+    }
 }

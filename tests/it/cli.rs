@@ -207,3 +207,20 @@ async fn publish_reports_an_event_that_no_queue_takes_instead_of_losing_it() {
         )
         .await;
 }
+
+#[test]
+fn check_names_an_email_that_no_sample_renders() {
+    let dir = copy_of_config();
+    let email = dir.path().join("templates/orphan");
+    std::fs::create_dir_all(&email).unwrap();
+    for part in ["subject", "text", "html"] {
+        std::fs::write(email.join(format!("{part}.hbs")), "{{anything}}").unwrap();
+    }
+    let out = check(dir.path());
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("orphan: no sample context renders this email"),
+        "{err}"
+    );
+}

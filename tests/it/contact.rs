@@ -83,8 +83,16 @@ async fn every_topic_routes_by_region_by_area_in_any_spelling_or_to_triage() {
     ));
     app.publish(&event).await;
 
-    let mails = app.mails(expected.len() * 2).await;
-    assert_eq!(mails.len(), expected.len() * 2);
+    // Two emails per enquiry, and for the newsletter enquiry (routed to South-West by its area)
+    // a subscription confirmation as well.
+    let mails = app.mails(expected.len() * 2 + 1).await;
+    assert_eq!(mails.len(), expected.len() * 2 + 1);
+    let confirmations: Vec<_> = mails
+        .iter()
+        .filter(|m| m.subject() == "Confirm your subscription to the South-West newsletter")
+        .collect();
+    assert_eq!(confirmations.len(), 1);
+    assert_eq!(confirmations[0].envelope_to, ["person1@school.example.org"]);
     for (enquiry_id, email, mailbox, region_name) in &expected {
         let for_enquiry: Vec<_> = mails
             .iter()

@@ -34,6 +34,9 @@ pub fn manifest_dir() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
 }
 
+/// The key for signed links in tests, so a test can make its own (expired) tokens.
+pub const TEST_TOKEN_SECRET: &str = "rpec-notify integration tests: a token secret of 32+ bytes";
+
 /// Retry timings short enough for tests, laid over the shipped rpec.toml as a profile file.
 pub const FAST_TIMINGS: &str = r#"
 [database]
@@ -135,7 +138,12 @@ struct SinkHandler {
     received: Arc<Mutex<Vec<Mail>>>,
     to: Vec<String>,
     data: Vec<u8>,
+    /// How long each message takes to be accepted (a slow relay).
+    delay: Duration,
 }
+
+/// Connections served at once by a test SMTP server unless a test asks for more.
+const SMTP_THREADS: u32 = 32;
 
 impl mailin_embedded::Handler for SinkHandler {
     fn rcpt(&mut self, to: &str) -> mailin_embedded::Response {
@@ -165,6 +173,9 @@ impl mailin_embedded::Handler for SinkHandler {
     }
 
     fn data_end(&mut self) -> mailin_embedded::Response {
+        if !self.delay.is_zero() {
+            std::thread::sleep(self.delay);
+        }
         let mail = Mail {
             envelope_to: std::mem::take(&mut self.to),
             raw: std::mem::take(&mut self.data),
@@ -179,6 +190,9 @@ impl mailin_embedded::Handler for SinkHandler {
 pub struct SmtpServer {
     pub port: u16,
     received: Arc<Mutex<Vec<Mail>>>,
+    delay: Duration,
+    /// Each SMTP connection holds a thread for its whole life (pooled ones too).
+    threads: u32,
 }
 
 impl SmtpServer {
@@ -192,7 +206,22 @@ impl SmtpServer {
         SmtpServer {
             port,
             received: Arc::default(),
+            delay: Duration::ZERO,
+            threads: SMTP_THREADS,
         }
+    }
+
+    /// A server that can hold `threads` connections at once (set before `start`): a worker with
+    /// a high send concurrency opens more connections than its pool keeps.
+    pub fn with_threads(mut self, threads: u32) -> SmtpServer {
+        self.threads = threads;
+        self
+    }
+
+    /// A server that takes `delay` to accept each message (set before `start`).
+    pub fn with_delay(mut self, delay: Duration) -> SmtpServer {
+        self.delay = delay;
+        self
     }
 
     pub fn start_new() -> SmtpServer {
@@ -204,13 +233,13 @@ impl SmtpServer {
     pub fn start(&self) {
         let handler = SinkHandler {
             received: self.received.clone(),
+            delay: self.delay,
             ..SinkHandler::default()
         };
         let mut server = mailin_embedded::Server::new(handler);
         server
             .with_name("smtp.test.example.org")
-            // Pooled connections each hold a thread; several workers keep several open.
-            .with_num_threads(32)
+            .with_num_threads(self.threads)
             .with_addr(("127.0.0.1", self.port))
             .expect("the SMTP port");
         std::thread::spawn(move || {
@@ -354,6 +383,9 @@ pub async fn spawn_app_with(options: Options) -> TestApp {
     }
 
     let smtp = options.smtp.unwrap_or_else(SmtpServer::start_new);
+    // Bound first, so that links in emails point at this worker.
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let http = listener.local_addr().unwrap();
     let topology = Topology::new(
         &format!("rpec.events.{id}"),
         &format!("rpec-notify.events.{id}"),
@@ -369,7 +401,8 @@ pub async fn spawn_app_with(options: Options) -> TestApp {
             "RPEC_TEMPLATES_DIR",
             manifest_dir().join("templates").display().to_string(),
         ),
-        ("RPEC_PUBLIC_URL", "http://127.0.0.1:8080".to_string()),
+        ("RPEC_PUBLIC_URL", format!("http://{http}")),
+        ("RPEC_TOKEN_SECRET", TEST_TOKEN_SECRET.to_string()),
     ]
     .into_iter()
     .map(|(k, v)| (k.to_owned(), v))
@@ -387,8 +420,6 @@ pub async fn spawn_app_with(options: Options) -> TestApp {
         .await
         .unwrap();
 
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let http = listener.local_addr().unwrap();
     let clock = options.clock.unwrap_or_default();
     let worker = start_worker(settings.clone(), listener, clock.clone());
     let pool = PgPool::connect(&db_url).await.unwrap();
@@ -556,6 +587,37 @@ impl TestApp {
                     .and_then(|v| v.trim().parse().ok())
             })
             .unwrap_or(0.0)
+    }
+
+    /// POSTs `body` (form-encoded) to `path`; returns the status and the page.
+    pub async fn post(&self, path: &str, body: &str) -> (u16, String) {
+        let r = reqwest::Client::new()
+            .post(format!("http://{}{path}", self.http))
+            .header("Content-Type", "application/x-www-form-urlencoded")
+            .body(body.to_owned())
+            .send()
+            .await
+            .unwrap();
+        (r.status().as_u16(), r.text().await.unwrap())
+    }
+
+    /// Waits until the worker has committed the effects of event `id`.
+    pub async fn processed(&self, id: &str) {
+        let id = Uuid::parse_str(id).unwrap();
+        eventually(
+            Duration::from_secs(20),
+            "the event to be handled",
+            || async {
+                let (n,): (i64,) =
+                    sqlx::query_as("SELECT count(*) FROM processed_events WHERE event_id = $1")
+                        .bind(id)
+                        .fetch_one(&self.pool)
+                        .await
+                        .unwrap();
+                (n == 1).then_some(())
+            },
+        )
+        .await;
     }
 
     /// Outbox rows as (kind, status, attempts, last_error).

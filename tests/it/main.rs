@@ -1,12 +1,17 @@
 //! Integration tests, one binary: real PostgreSQL, RabbitMQ and SMTP server, one module per
 //! capability.
 
+mod binary;
+mod browser;
 mod cli;
 mod contact;
 mod dead_letter;
 mod delivery;
 mod digest;
+mod erasure;
+mod fan_out;
 mod helpers;
+mod newsletter;
 mod ops;
 mod retention;
 mod sessions;

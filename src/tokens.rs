@@ -1,0 +1,269 @@
+//! Signed links: the tokens in `/subscriptions/confirm?token=` and `/unsubscribe?token=`.
+//!
+//! A token is the URL-safe base64 (no padding) of
+//!
+//! ```text
+//! version (1 byte) | purpose (1 byte) | subscription id (8 bytes, big-endian)
+//!   | expiry (8 bytes, Unix seconds, big-endian) | HMAC-SHA256 of the 18 bytes before it
+//! ```
+//!
+//! keyed with `RPEC_TOKEN_SECRET`. Nothing is stored: the signature is the proof, so a link works
+//! on any worker and after a restart. The purpose is signed too, so a confirmation link cannot
+//! be turned into an unsubscribe link (or the other way round). The signature is checked in
+//! constant time before anything else in the token is believed, so a forged token learns nothing
+//! (not even whether it would have expired).
+
+use crate::config::Settings;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use base64::Engine;
+use chrono::{DateTime, Duration, Utc};
+use hmac::{Hmac, Mac};
+use secrecy::ExposeSecret;
+use sha2::Sha256;
+
+type HmacSha256 = Hmac<Sha256>;
+
+const VERSION: u8 = 1;
+const PAYLOAD_LEN: usize = 18;
+const MAC_LEN: usize = 32;
+/// Longer input is refused before decoding: a real token is 67 characters.
+const MAX_TOKEN_CHARS: usize = 128;
+
+/// How long a confirmation link works (the contract: 7 days).
+pub const CONFIRM_VALIDITY: Duration = Duration::days(7);
+/// How long an unsubscribe link works. Long, because people unsubscribe from old newsletters
+/// too; it is renewed with every newsletter sent.
+pub const UNSUBSCRIBE_VALIDITY: Duration = Duration::days(400);
+
+/// What a link is for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Purpose {
+    Confirm,
+    Unsubscribe,
+}
+
+impl Purpose {
+    fn byte(self) -> u8 {
+        match self {
+            Purpose::Confirm => 1,
+            Purpose::Unsubscribe => 2,
+        }
+    }
+
+    /// The path of the page that takes this token.
+    pub fn path(self) -> &'static str {
+        match self {
+            Purpose::Confirm => "/subscriptions/confirm",
+            Purpose::Unsubscribe => "/unsubscribe",
+        }
+    }
+
+    fn validity(self) -> Duration {
+        match self {
+            Purpose::Confirm => CONFIRM_VALIDITY,
+            Purpose::Unsubscribe => UNSUBSCRIBE_VALIDITY,
+        }
+    }
+}
+
+/// The link to put in an email: `{public url}/subscriptions/confirm?token=...` or
+/// `{public url}/unsubscribe?token=...`, valid from `now` for the purpose's validity.
+pub fn link(
+    settings: &Settings,
+    purpose: Purpose,
+    subscription_id: i64,
+    now: DateTime<Utc>,
+) -> String {
+    let token = sign(
+        settings.token_secret.expose_secret().as_bytes(),
+        purpose,
+        subscription_id,
+        now + purpose.validity(),
+    );
+    format!("{}{}?token={token}", settings.public_url, purpose.path())
+}
+
+/// Checks a token with the configured key (see [`verify`]).
+pub fn check(settings: &Settings, token: &str, purpose: Purpose) -> Result<i64, TokenError> {
+    verify(
+        settings.token_secret.expose_secret().as_bytes(),
+        token,
+        purpose,
+        Utc::now(),
+    )
+}
+
+/// Why a token was refused. Every variant gets the same 400 page; only an expired (but genuine)
+/// link is worded differently, so that the reader knows to ask for a new one.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TokenError {
+    /// Not base64, or the wrong length.
+    Malformed,
+    /// The signature does not match: forged or altered.
+    BadSignature,
+    /// Genuine, but made for another purpose or by another version of this format.
+    WrongPurpose,
+    /// Genuine, but past its expiry.
+    Expired,
+}
+
+/// Signs a link for `purpose` on subscription `subscription_id`, valid until `expires_at`.
+pub fn sign(
+    secret: &[u8],
+    purpose: Purpose,
+    subscription_id: i64,
+    expires_at: DateTime<Utc>,
+) -> String {
+    let mut bytes = Vec::with_capacity(PAYLOAD_LEN + MAC_LEN);
+    bytes.push(VERSION);
+    bytes.push(purpose.byte());
+    bytes.extend_from_slice(&subscription_id.to_be_bytes());
+    bytes.extend_from_slice(&expires_at.timestamp().to_be_bytes());
+    let mac = mac(secret).chain_update(&bytes).finalize().into_bytes();
+    bytes.extend_from_slice(&mac);
+    URL_SAFE_NO_PAD.encode(bytes)
+}
+
+/// Checks a token and returns the subscription id it was made for.
+pub fn verify(
+    secret: &[u8],
+    token: &str,
+    purpose: Purpose,
+    now: DateTime<Utc>,
+) -> Result<i64, TokenError> {
+    let token = token.trim();
+    if token.len() > MAX_TOKEN_CHARS {
+        return Err(TokenError::Malformed);
+    }
+    // The decoder refuses non-zero trailing bits, so every character of a token matters: a
+    // changed last character cannot decode to the same bytes.
+    let bytes = URL_SAFE_NO_PAD
+        .decode(token)
+        .map_err(|_| TokenError::Malformed)?;
+    if bytes.len() != PAYLOAD_LEN + MAC_LEN {
+        return Err(TokenError::Malformed);
+    }
+    let (payload, signature) = bytes.split_at(PAYLOAD_LEN);
+    mac(secret)
+        .chain_update(payload)
+        .verify_slice(signature)
+        .map_err(|_| TokenError::BadSignature)?;
+    if payload[0] != VERSION || payload[1] != purpose.byte() {
+        return Err(TokenError::WrongPurpose);
+    }
+    let id = i64::from_be_bytes(
+        payload[2..10]
+            .try_into()
+            .map_err(|_| TokenError::Malformed)?,
+    );
+    let expiry = i64::from_be_bytes(
+        payload[10..18]
+            .try_into()
+            .map_err(|_| TokenError::Malformed)?,
+    );
+    if now.timestamp() >= expiry {
+        return Err(TokenError::Expired);
+    }
+    Ok(id)
+}
+
+fn mac(secret: &[u8]) -> HmacSha256 {
+    // HMAC accepts a key of any length; this cannot fail.
+    <HmacSha256 as Mac>::new_from_slice(secret).expect("HMAC takes keys of any length")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const SECRET: &[u8] = b"a test secret that is at least 32 bytes long";
+
+    fn now() -> DateTime<Utc> {
+        DateTime::parse_from_rfc3339("2024-10-05T14:00:00Z")
+            .unwrap()
+            .with_timezone(&Utc)
+    }
+
+    #[test]
+    fn a_token_round_trips_until_it_expires() {
+        let t = sign(SECRET, Purpose::Confirm, 42, now() + CONFIRM_VALIDITY);
+        assert_eq!(t.len(), 67);
+        assert!(t
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_'));
+        assert_eq!(verify(SECRET, &t, Purpose::Confirm, now()), Ok(42));
+        let almost = now() + CONFIRM_VALIDITY - Duration::seconds(1);
+        assert_eq!(verify(SECRET, &t, Purpose::Confirm, almost), Ok(42));
+        assert_eq!(
+            verify(SECRET, &t, Purpose::Confirm, now() + CONFIRM_VALIDITY),
+            Err(TokenError::Expired)
+        );
+    }
+
+    #[test]
+    fn every_single_character_change_is_refused() {
+        let t = sign(
+            SECRET,
+            Purpose::Unsubscribe,
+            7,
+            now() + UNSUBSCRIBE_VALIDITY,
+        );
+        let alphabet = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_";
+        for (i, original) in t.char_indices() {
+            for replacement in alphabet.chars().filter(|c| *c != original) {
+                let mut altered = t.clone();
+                altered.replace_range(i..i + 1, &replacement.to_string());
+                assert!(
+                    verify(SECRET, &altered, Purpose::Unsubscribe, now()).is_err(),
+                    "position {i}: {original} -> {replacement} accepted"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn another_key_purpose_or_junk_is_refused() {
+        let t = sign(SECRET, Purpose::Confirm, 1, now() + CONFIRM_VALIDITY);
+        assert_eq!(
+            verify(
+                b"another secret, also long enough to use",
+                &t,
+                Purpose::Confirm,
+                now()
+            ),
+            Err(TokenError::BadSignature)
+        );
+        assert_eq!(
+            verify(SECRET, &t, Purpose::Unsubscribe, now()),
+            Err(TokenError::WrongPurpose)
+        );
+        for junk in ["", "abc", "not a token!", &"A".repeat(500), &t[..66]] {
+            assert!(
+                verify(SECRET, junk, Purpose::Confirm, now()).is_err(),
+                "{junk}"
+            );
+        }
+        assert_eq!(
+            verify(SECRET, &format!("{t}AAAA"), Purpose::Confirm, now()),
+            Err(TokenError::Malformed)
+        );
+    }
+
+    #[test]
+    fn an_expired_token_is_refused_only_once_its_signature_is_good() {
+        let expired = sign(SECRET, Purpose::Confirm, 3, now() - Duration::seconds(1));
+        assert_eq!(
+            verify(SECRET, &expired, Purpose::Confirm, now()),
+            Err(TokenError::Expired)
+        );
+        assert_eq!(
+            verify(
+                b"wrong key, long enough to be a key!!",
+                &expired,
+                Purpose::Confirm,
+                now()
+            ),
+            Err(TokenError::BadSignature)
+        );
+    }
+}

@@ -1,0 +1,197 @@
+//! The real `rpec-notify` binary as a child process, as `make run` runs it, against a test's own
+//! database, broker names and mail relay: for tests that kill it for real or use its CLI.
+
+use crate::cli::binary;
+use crate::helpers::*;
+use sqlx::{Connection, PgConnection, PgPool};
+use std::process::{ExitStatus, Output, Stdio};
+use std::time::Duration;
+
+/// Everything one deployment of the binary uses; the worker itself is started with [`start`].
+///
+/// [`start`]: Deployment::start
+pub struct Deployment {
+    pub db_name: String,
+    pub http_port: u16,
+    envs: Vec<(String, String)>,
+    queue: String,
+    exchange: String,
+    /// Kept so the directory outlives the workers that read it.
+    _config_dir: Option<tempfile::TempDir>,
+}
+
+/// A running worker process.
+pub struct Worker {
+    child: tokio::process::Child,
+    log: tokio::task::JoinHandle<String>,
+}
+
+impl Deployment {
+    /// A fresh database and broker names; mail goes to `relay_url`; `profile_toml`, when given,
+    /// is laid over the shipped settings as the dev profile.
+    pub async fn new(relay_url: &str, profile_toml: Option<&str>) -> Deployment {
+        let id = uuid::Uuid::new_v4().simple().to_string();
+        let db_name = format!("rpec_test_{id}");
+        let mut admin = PgConnection::connect(&database_admin_url()).await.unwrap();
+        sqlx::query(&format!("CREATE DATABASE \"{db_name}\""))
+            .execute(&mut admin)
+            .await
+            .unwrap();
+        let _ = admin.close().await;
+        let http_port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let queue = format!("rpec-notify.events.{id}");
+        let exchange = format!("rpec.events.{id}");
+        let mut envs = vec![
+            ("DATABASE_URL".to_string(), database_url_for(&db_name)),
+            ("RPEC_AMQP_URL".into(), amqp_url()),
+            ("RPEC_SMTP_URL".into(), relay_url.to_owned()),
+            ("RPEC_EXCHANGE".into(), exchange.clone()),
+            ("RPEC_QUEUE".into(), queue.clone()),
+            ("RPEC_HTTP_ADDR".into(), format!("127.0.0.1:{http_port}")),
+            (
+                "RPEC_PUBLIC_URL".into(),
+                format!("http://127.0.0.1:{http_port}"),
+            ),
+            ("RPEC_TOKEN_SECRET".into(), TEST_TOKEN_SECRET.into()),
+            ("RUST_LOG".into(), "info".into()),
+        ];
+        let config_dir = profile_toml.map(|toml| {
+            let dir = tempfile::tempdir().unwrap();
+            for f in ["rpec.toml", "regions.toml"] {
+                std::fs::copy(manifest_dir().join("config").join(f), dir.path().join(f)).unwrap();
+            }
+            std::fs::write(dir.path().join("dev.toml"), toml).unwrap();
+            envs.push(("RPEC_CONFIG_DIR".into(), dir.path().display().to_string()));
+            dir
+        });
+        Deployment {
+            db_name,
+            http_port,
+            envs,
+            queue,
+            exchange,
+            _config_dir: config_dir,
+        }
+    }
+
+    pub fn base_url(&self) -> String {
+        format!("http://127.0.0.1:{}", self.http_port)
+    }
+
+    /// Starts `rpec-notify run` and waits until it answers /healthz (migrations applied).
+    pub async fn start(&self) -> Worker {
+        let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_rpec-notify"))
+            .arg("run")
+            .current_dir(manifest_dir())
+            .env_remove("RPEC_PROFILE")
+            .envs(self.envs.iter().map(|(k, v)| (k, v)))
+            .stderr(Stdio::piped())
+            .kill_on_drop(true)
+            .spawn()
+            .unwrap();
+        let mut stderr = child.stderr.take().unwrap();
+        let log = tokio::spawn(async move {
+            use tokio::io::AsyncReadExt;
+            let mut s = String::new();
+            let _ = stderr.read_to_string(&mut s).await;
+            s
+        });
+        let url = format!("{}/healthz", self.base_url());
+        eventually(
+            Duration::from_secs(30),
+            "the worker to answer /healthz",
+            || async { reqwest::get(&url).await.ok().filter(|r| r.status() == 200) },
+        )
+        .await;
+        Worker { child, log }
+    }
+
+    /// Runs another command of the binary (`publish`, ...) with this deployment's settings.
+    pub fn command(&self, args: &[&str]) -> Output {
+        binary()
+            .args(args)
+            .current_dir(manifest_dir())
+            .envs(self.envs.iter().map(|(k, v)| (k, v)))
+            .output()
+            .unwrap()
+    }
+
+    /// Publishes event files with `rpec-notify publish`.
+    pub fn publish(&self, files: &[&std::path::Path]) {
+        let mut args = vec!["publish"];
+        let paths: Vec<String> = files.iter().map(|f| f.display().to_string()).collect();
+        args.extend(paths.iter().map(String::as_str));
+        let out = self.command(&args);
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+
+    pub async fn pool(&self) -> PgPool {
+        PgPool::connect(&database_url_for(&self.db_name))
+            .await
+            .unwrap()
+    }
+
+    /// Drops the database and the broker objects.
+    pub async fn remove(self) {
+        if let Ok(mut admin) = PgConnection::connect(&database_admin_url()).await {
+            let _ = sqlx::query(&format!(
+                "DROP DATABASE IF EXISTS \"{}\" WITH (FORCE)",
+                self.db_name
+            ))
+            .execute(&mut admin)
+            .await;
+        }
+        let Ok(conn) =
+            rpec_notify::consume::topology::connect(&amqp_url(), "rpec-notify tests").await
+        else {
+            return;
+        };
+        if let Ok(ch) = conn.create_channel().await {
+            for q in ["", ".retry", ".dead-letter"] {
+                let _ = ch
+                    .queue_delete(&format!("{}{q}", self.queue), Default::default())
+                    .await;
+            }
+            for e in [self.exchange.clone(), format!("{}.dead-letter", self.queue)] {
+                let _ = ch.exchange_delete(&e, Default::default()).await;
+            }
+        }
+        let _ = conn.close(200, "done").await;
+    }
+}
+
+impl Worker {
+    fn signal(&self, signal: &str) {
+        let pid = self.child.id().expect("the worker is running").to_string();
+        assert!(std::process::Command::new("kill")
+            .args([signal, &pid])
+            .status()
+            .unwrap()
+            .success());
+    }
+
+    /// `kill -9`: no drain, no cleanup, as a crash or an OOM kill would stop it.
+    pub async fn kill_9(mut self) -> String {
+        self.signal("-KILL");
+        let _ = self.child.wait().await;
+        self.log.await.unwrap_or_default()
+    }
+
+    /// SIGTERM, then waits for the exit; returns the status and the log.
+    pub async fn stop(mut self) -> (ExitStatus, String) {
+        self.signal("-TERM");
+        let status = tokio::time::timeout(Duration::from_secs(15), self.child.wait())
+            .await
+            .expect("the worker exits within 15 s after SIGTERM")
+            .unwrap();
+        (status, self.log.await.unwrap_or_default())
+    }
+}

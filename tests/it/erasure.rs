@@ -1,0 +1,205 @@
+//! `person.erasure_requested`: afterwards no column of any table holds the address or the name,
+//! whatever case they were written in; other people's data stays; an audit row without personal
+//! data records it.
+
+use crate::helpers::*;
+use crate::newsletter::{add_confirmed, link_to, newsletter, path_of, simple_sections, subscribe};
+use serde_json::json;
+use sqlx::PgPool;
+use std::time::Duration;
+use uuid::Uuid;
+
+/// Every (table, column) in the public schema that can hold text: text and character types,
+/// json and jsonb, and arrays (text[] recipients), in tables and views alike.
+async fn text_columns(pool: &PgPool) -> Vec<(String, String)> {
+    sqlx::query_as(
+        "SELECT c.table_name::text, c.column_name::text
+         FROM information_schema.columns c
+         JOIN information_schema.tables t
+           ON t.table_schema = c.table_schema AND t.table_name = c.table_name
+         WHERE c.table_schema = 'public'
+           AND (c.data_type IN ('text', 'character varying', 'character', 'json', 'jsonb', 'ARRAY')
+                OR c.udt_name IN ('citext'))
+         ORDER BY 1, 2",
+    )
+    .fetch_all(pool)
+    .await
+    .unwrap()
+}
+
+/// Where `needle` occurs (case-insensitively) in any text column: (table, column, rows).
+async fn find_everywhere(pool: &PgPool, needle: &str) -> Vec<(String, String, i64)> {
+    let mut found = Vec::new();
+    for (table, column) in text_columns(pool).await {
+        let (n,): (i64,) = sqlx::query_as(&format!(
+            "SELECT count(*) FROM \"{table}\" WHERE strpos(lower(\"{column}\"::text), $1) > 0"
+        ))
+        .bind(needle.to_lowercase())
+        .fetch_one(pool)
+        .await
+        .unwrap();
+        if n > 0 {
+            found.push((table, column, n));
+        }
+    }
+    found
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn after_erasure_no_table_holds_the_address_or_the_name() {
+    let app = spawn_app().await;
+    let pool = &app.pool;
+    let address = "Jo.Bloggs@School.example.org";
+    let name = "Jo Bloggs";
+    let other = "keep.me@school.example.org";
+    let other_name = "Kept Person";
+
+    // Everything the worker can hold about a person: an enquiry (about the newsletter, so a
+    // pending subscription and a confirmation too), a confirmed subscription with a newsletter
+    // sent to it, a suppression, and an email still waiting to be sent. The same for someone
+    // else, which must survive.
+    for (who, whose_name) in [(address, name), (other, other_name)] {
+        app.publish(&contact_event(json!({
+            "topic": "newsletter", "region": "london", "email": who, "name": whose_name,
+            "message": format!("Please add {whose_name} to the newsletter.")
+        })))
+        .await;
+        add_confirmed(pool, "north-west", who, Some(whose_name)).await;
+    }
+    // A registration for a session ten days ahead, with its reminders planned.
+    let start = chrono::Utc::now() + chrono::Duration::days(10);
+    app.publish(&session_event(
+        "session.scheduled",
+        "s-erase",
+        &start.to_rfc3339(),
+        &(start + chrono::Duration::hours(1)).to_rfc3339(),
+        None,
+    ))
+    .await;
+    for (i, (who, whose_name)) in [(address, name), (other, other_name)]
+        .into_iter()
+        .enumerate()
+    {
+        let mut registration = registration_event(&format!("erase-{i}"), "s-erase", who);
+        registration["data"]["name"] = json!(whose_name);
+        app.publish(&registration).await;
+    }
+    app.publish(&newsletter("nw-1", "north-west", simple_sections()))
+        .await;
+    let mails = app.mails(10).await;
+    let sent_to_them = mails
+        .iter()
+        .find(|m| m.subject() == "Prevent update nw-1" && m.envelope_to == [address])
+        .expect("their newsletter");
+    let their_unsubscribe = link_to(&sent_to_them.text(), "/unsubscribe");
+    eventually(
+        Duration::from_secs(20),
+        "every email recorded as sent",
+        || async {
+            app.outbox()
+                .await
+                .iter()
+                .all(|r| r.1 == "sent")
+                .then_some(())
+        },
+    )
+    .await;
+    sqlx::query("INSERT INTO suppressions (email, reason) VALUES (lower($1), 'test')")
+        .bind(address)
+        .execute(pool)
+        .await
+        .unwrap();
+    sqlx::query(
+        "INSERT INTO outbox (kind, template, stream, recipients, context, message_uuid,
+                             next_attempt_at)
+         VALUES ('subscription_confirm', 'subscription_confirm', 'transactional', $1, $2, $3,
+                 now() + interval '1 day')",
+    )
+    .bind(vec![address.to_uppercase()])
+    .bind(json!({"name": name, "regions": []}))
+    .bind(Uuid::new_v4())
+    .execute(pool)
+    .await
+    .unwrap();
+    let before = find_everywhere(pool, address).await;
+    let tables: Vec<&str> = before.iter().map(|f| f.0.as_str()).collect();
+    for table in [
+        "enquiries",
+        "subscriptions",
+        "outbox",
+        "suppressions",
+        "registrations",
+    ] {
+        assert!(
+            tables.contains(&table),
+            "{table} holds them before: {before:?}"
+        );
+    }
+
+    // Asked in another case than any of the stored ones.
+    let erasure = json!({
+        "id": Uuid::new_v4().to_string(), "type": "person.erasure_requested", "version": 1,
+        "occurred_at": "2025-02-01T09:00:00Z", "data": {"email": "JO.BLOGGS@school.EXAMPLE.org"}
+    });
+    app.publish(&erasure).await;
+    app.processed(erasure["id"].as_str().unwrap()).await;
+
+    assert_eq!(find_everywhere(pool, address).await, []);
+    assert_eq!(find_everywhere(pool, name).await, []);
+    assert_eq!(find_everywhere(pool, "jo.bloggs").await, []);
+    // The same search does find the other person, so it is not vacuous.
+    let kept = find_everywhere(pool, other).await;
+    let kept_tables: Vec<&str> = kept.iter().map(|f| f.0.as_str()).collect();
+    for table in ["enquiries", "subscriptions", "outbox", "registrations"] {
+        assert!(kept_tables.contains(&table), "{table}: {kept:?}");
+    }
+    assert!(!find_everywhere(pool, other_name).await.is_empty());
+
+    // The audit row: the event, the time and counts; nothing about the person.
+    let (requested_at, counts): (chrono::DateTime<chrono::Utc>, serde_json::Value) =
+        sqlx::query_as("SELECT requested_at, counts FROM erasures WHERE event_id = $1")
+            .bind(Uuid::parse_str(erasure["id"].as_str().unwrap()).unwrap())
+            .fetch_one(pool)
+            .await
+            .unwrap();
+    assert_eq!(requested_at.to_rfc3339(), "2025-02-01T09:00:00+00:00");
+    assert_eq!(counts["subscriptions"], 2);
+    assert_eq!(counts["enquiries"], 1);
+    assert_eq!(counts["suppressions"], 1);
+    assert_eq!(counts["newsletter_deliveries"], 1);
+    assert_eq!(counts["registrations"], 1);
+    assert_eq!(counts["reminders"], 3, "7 days, 1 day and 1 hour before");
+    // The acknowledgement, the confirmation, the newsletter, the registration confirmation and
+    // the waiting email to them, and the coordinators' copy of their enquiry (about them).
+    assert_eq!(counts["emails"], 6);
+    let reminders: Vec<String> = sqlx::query_scalar(
+        "SELECT e.status FROM scheduled_emails e JOIN registrations r USING (registration_id)
+         WHERE r.registration_id = 'erase-0'",
+    )
+    .fetch_all(pool)
+    .await
+    .unwrap();
+    assert_eq!(reminders, ["dropped", "dropped", "dropped"]);
+    let (anonymised,): (i64,) = sqlx::query_as(
+        "SELECT count(*) FROM enquiries WHERE anonymised_at IS NOT NULL AND email IS NULL",
+    )
+    .fetch_one(pool)
+    .await
+    .unwrap();
+    assert_eq!(
+        anonymised, 1,
+        "the enquiry stays, for the statistics, without them"
+    );
+
+    // Their old unsubscribe link finds nothing to end, and says so without an error.
+    let (status, page) = app
+        .post(&path_of(&their_unsubscribe), "List-Unsubscribe=One-Click")
+        .await;
+    assert_eq!(status, 200);
+    assert!(page.contains("You are not subscribed"), "{page}");
+
+    // A new request later is a new person to us.
+    app.publish(&subscribe(address, None, &["london"])).await;
+    app.mails(11).await;
+    app.stop().await;
+}

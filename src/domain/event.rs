@@ -393,7 +393,6 @@ impl ContactSubmitted {
 
 /// The longest a session may last.
 pub const MAX_SESSION_HOURS: i64 = 12;
-pub const MAX_URL: usize = 2_000;
 
 /// `session.scheduled` / `session.updated`: a virtual training session.
 #[derive(Debug, Clone, PartialEq)]
@@ -435,9 +434,9 @@ impl SessionDetails {
             starts_at,
             ends_at,
             registration_url: data
-                .url("registration_url")?
+                .optional_url("registration_url")?
                 .ok_or_else(|| FieldError::new("data.registration_url", "is required"))?,
-            joining_url: data.url("joining_url")?,
+            joining_url: data.optional_url("joining_url")?,
             description: data.optional_text("description", MAX_BODY)?,
         })
     }
@@ -569,36 +568,6 @@ impl<'a> Fields<'a> {
             ));
         }
         Ok(s.to_owned())
-    }
-
-    /// An optional URL: https, or http only for localhost; at most 2,000 characters.
-    pub(crate) fn url(&self, key: &str) -> Result<Option<String>, FieldError> {
-        let Some(s) = self.raw_str(key)?.map(str::trim).filter(|s| !s.is_empty()) else {
-            return Ok(None);
-        };
-        if s.chars().count() > MAX_URL {
-            return Err(self.err(key, format!("too long (at most {MAX_URL} characters)")));
-        }
-        let rest = if let Some(rest) = s.strip_prefix("https://") {
-            rest
-        } else if let Some(rest) = s.strip_prefix("http://") {
-            let host = rest.split(['/', '?', '#']).next().unwrap_or_default();
-            let host = host.rsplit_once(':').map_or(host, |(h, _)| h);
-            if !matches!(host, "localhost" | "127.0.0.1" | "[::1]") {
-                return Err(self.err(key, "must be an https URL (http only for localhost)"));
-            }
-            rest
-        } else {
-            return Err(self.err(key, "must be an https URL (http only for localhost)"));
-        };
-        let host = rest.split(['/', '?', '#']).next().unwrap_or_default();
-        if host.is_empty()
-            || s.chars()
-                .any(|c| c.is_whitespace() || c.is_control() || c == '"' || c == '<' || c == '>')
-        {
-            return Err(self.err(key, "not a valid URL"));
-        }
-        Ok(Some(s.to_owned()))
     }
 
     pub(crate) fn email(&self, key: &str) -> Result<EmailAddress, FieldError> {
@@ -852,7 +821,7 @@ mod tests {
             (
                 "registration_url",
                 json!("http://example.org/r"),
-                "data.registration_url: must be an https URL",
+                "data.registration_url: must be https",
             ),
             (
                 "registration_url",

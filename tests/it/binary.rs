@@ -3,9 +3,11 @@
 
 use crate::cli::binary;
 use crate::helpers::*;
+use serde_json::Value;
 use sqlx::{Connection, PgConnection, PgPool};
 use std::process::{ExitStatus, Output, Stdio};
-use std::time::Duration;
+use std::time::{Duration, Instant};
+use uuid::Uuid;
 
 /// Everything one deployment of the binary uses; the worker itself is started with [`start`].
 ///
@@ -14,8 +16,8 @@ pub struct Deployment {
     pub db_name: String,
     pub http_port: u16,
     envs: Vec<(String, String)>,
-    queue: String,
-    exchange: String,
+    /// The test id the database and broker names are made from.
+    id: String,
     /// Kept so the directory outlives the workers that read it.
     _config_dir: Option<tempfile::TempDir>,
 }
@@ -43,14 +45,12 @@ impl Deployment {
             .local_addr()
             .unwrap()
             .port();
-        let queue = format!("rpec-notify.events.{id}");
-        let exchange = format!("rpec.events.{id}");
         let mut envs = vec![
             ("DATABASE_URL".to_string(), database_url_for(&db_name)),
             ("RPEC_AMQP_URL".into(), amqp_url()),
             ("RPEC_SMTP_URL".into(), relay_url.to_owned()),
-            ("RPEC_EXCHANGE".into(), exchange.clone()),
-            ("RPEC_QUEUE".into(), queue.clone()),
+            ("RPEC_EXCHANGE".into(), format!("rpec.events.{id}")),
+            ("RPEC_QUEUE".into(), format!("rpec-notify.events.{id}")),
             ("RPEC_HTTP_ADDR".into(), format!("127.0.0.1:{http_port}")),
             (
                 "RPEC_PUBLIC_URL".into(),
@@ -72,10 +72,15 @@ impl Deployment {
             db_name,
             http_port,
             envs,
-            queue,
-            exchange,
+            id,
             _config_dir: config_dir,
         }
+    }
+
+    /// Sets (or replaces) one environment variable for what is started from now on.
+    pub fn set_env(&mut self, key: &str, value: &str) {
+        self.envs.retain(|(k, _)| k != key);
+        self.envs.push((key.to_owned(), value.to_owned()));
     }
 
     pub fn base_url(&self) -> String {
@@ -149,22 +154,7 @@ impl Deployment {
             .execute(&mut admin)
             .await;
         }
-        let Ok(conn) =
-            rpec_notify::consume::topology::connect(&amqp_url(), "rpec-notify tests").await
-        else {
-            return;
-        };
-        if let Ok(ch) = conn.create_channel().await {
-            for q in ["", ".retry", ".dead-letter"] {
-                let _ = ch
-                    .queue_delete(&format!("{}{q}", self.queue), Default::default())
-                    .await;
-            }
-            for e in [self.exchange.clone(), format!("{}.dead-letter", self.queue)] {
-                let _ = ch.exchange_delete(&e, Default::default()).await;
-            }
-        }
-        let _ = conn.close(200, "done").await;
+        delete_broker_names(&self.id).await;
     }
 }
 
@@ -193,5 +183,104 @@ impl Worker {
             .expect("the worker exits within 15 s after SIGTERM")
             .unwrap();
         (status, self.log.await.unwrap_or_default())
+    }
+}
+
+/// The real `rpec-notify run` binary as `make run` starts it (see [`Deployment`]): its own
+/// database and queue, mail written as `.eml` files by the file relay, logs captured.
+pub struct RealWorker {
+    pub deployment: Deployment,
+    pub mail_dir: tempfile::TempDir,
+    worker: Worker,
+}
+
+impl RealWorker {
+    pub async fn start() -> RealWorker {
+        Self::start_with(&[]).await
+    }
+
+    /// Starts it with extra environment variables.
+    pub async fn start_with(extra_env: &[(&str, &str)]) -> RealWorker {
+        let mail_dir = tempfile::tempdir().unwrap();
+        let mut deployment =
+            Deployment::new(&format!("file://{}", mail_dir.path().display()), None).await;
+        for (k, v) in extra_env {
+            deployment.set_env(k, v);
+        }
+        let worker = deployment.start().await;
+        RealWorker {
+            deployment,
+            mail_dir,
+            worker,
+        }
+    }
+
+    /// `rpec-notify publish FILE`, as an operator would run it; returns what it printed.
+    pub fn publish_file(&self, path: &std::path::Path) -> String {
+        let out = self
+            .deployment
+            .command(&["publish", &path.display().to_string()]);
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    /// Writes `events` to a file and publishes it.
+    pub fn publish_events(&self, events: &[Value]) -> String {
+        let file = self
+            .mail_dir
+            .path()
+            .join(format!("events-{}.json", Uuid::new_v4().simple()));
+        std::fs::write(&file, serde_json::to_vec(events).unwrap()).unwrap();
+        let out = self.publish_file(&file);
+        let _ = std::fs::remove_file(file);
+        out
+    }
+
+    /// The `.eml` files written so far.
+    pub fn mails(&self) -> Vec<Mail> {
+        let mut files: Vec<_> = std::fs::read_dir(self.mail_dir.path())
+            .unwrap()
+            .filter_map(|e| e.ok())
+            .map(|e| e.path())
+            .filter(|p| p.extension().is_some_and(|x| x == "eml"))
+            .collect();
+        files.sort();
+        files
+            .iter()
+            .map(|f| Mail {
+                envelope_to: vec![],
+                raw: std::fs::read(f).unwrap(),
+            })
+            .collect()
+    }
+
+    /// Waits until `n` emails whose subject starts with `prefix` have been written.
+    pub async fn wait_for(&self, prefix: &str, n: usize, timeout: Duration) -> Vec<Mail> {
+        eventually(
+            timeout,
+            &format!("{n} .eml file(s) '{prefix}...'"),
+            || async {
+                let m: Vec<Mail> = self
+                    .mails()
+                    .into_iter()
+                    .filter(|m| m.subject().starts_with(prefix))
+                    .collect();
+                (m.len() >= n).then_some(m)
+            },
+        )
+        .await
+    }
+
+    /// SIGTERM; returns the exit status, how long it took, and the log.
+    pub async fn terminate(self) -> (std::process::ExitStatus, Duration, String) {
+        let started = Instant::now();
+        let (status, log) = self.worker.stop().await;
+        let took = started.elapsed();
+        self.deployment.remove().await;
+        (status, took, log)
     }
 }

@@ -1,6 +1,7 @@
 //! Operating the worker: health, readiness and metrics; the real binary end to end with the file
 //! relay and `publish`; SIGTERM; logs without personal data.
 
+use crate::binary::RealWorker;
 use crate::helpers::*;
 use serde_json::json;
 use std::time::Duration;

@@ -88,3 +88,52 @@ async fn reminder_latency() {
     assert!(worst < 30.0, "the last reminder came {worst}s late");
     app.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "a benchmark: make bench"]
+async fn newsletter_fan_out() {
+    const READERS: i64 = 2_000;
+    // The shipped send settings (8 at once, batches of 32).
+    let smtp = SmtpServer::reserve();
+    smtp.start();
+    let app = spawn_app_with(Options {
+        smtp: Some(smtp),
+        profile_toml: "[database]\nacquire_timeout_secs = 5\n".into(),
+        ..Options::default()
+    })
+    .await;
+    sqlx::query(
+        "INSERT INTO subscriptions (region, email, name, status, confirmed_at)
+         SELECT 'north-west', 'reader' || g || '@school.example.org', 'Reader ' || g, 'confirmed', now()
+         FROM generate_series(1, $1) AS g",
+    )
+    .bind(READERS)
+    .execute(&app.pool)
+    .await
+    .unwrap();
+    let started = Instant::now();
+    app.publish(&json!({
+        "id": uuid::Uuid::new_v4().to_string(), "type": "newsletter.published", "version": 1,
+        "occurred_at": "2024-11-01T09:00:00Z",
+        "data": {
+            "newsletter_id": "bench", "region": "north-west", "subject": "Bench",
+            "sections": [{"heading": "News", "body_markdown": "Some **news** and a [link](https://example.org)."}]
+        }
+    }))
+    .await;
+    app.handled(1).await;
+    let queued = started.elapsed();
+    eventually(Duration::from_secs(600), "every newsletter", || async {
+        (app.smtp.received().len() as i64 >= READERS).then_some(())
+    })
+    .await;
+    let all = started.elapsed();
+    println!(
+        "bench newsletter_fan_out: {READERS} copies queued in {:.2}s and delivered in {:.2}s ({:.0} emails/s)",
+        queued.as_secs_f64(),
+        all.as_secs_f64(),
+        READERS as f64 / all.as_secs_f64()
+    );
+    assert!(all < Duration::from_secs(300), "the fan-out took {all:?}");
+    app.stop().await;
+}

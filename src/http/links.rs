@@ -116,6 +116,21 @@ fn region_name(state: &AppState, region: &str) -> Option<String> {
         .map(|r| state.shared.regions.region(r).name.clone())
 }
 
+/// A 200 page about a subscription to `region`'s newsletter; `already` when the press found
+/// nothing left to do.
+fn region_page(state: &AppState, name: &str, region: Option<&str>, already: bool) -> Response {
+    page(
+        state,
+        StatusCode::OK,
+        name,
+        PageContext {
+            region_name: region.and_then(|r| region_name(state, r)),
+            already,
+            ..PageContext::default()
+        },
+    )
+}
+
 /// A subscription's region and status, or None when it no longer exists (erased).
 async fn subscription(state: &AppState, id: i64) -> sqlx::Result<Option<(String, String)>> {
     sqlx::query_as("SELECT region, status FROM subscriptions WHERE id = $1")
@@ -156,16 +171,9 @@ pub(super) async fn confirm_page(
                 ..PageContext::default()
             },
         ),
-        Ok(Some((region, status))) if status == "confirmed" => page(
-            &state,
-            StatusCode::OK,
-            "confirmed",
-            PageContext {
-                region_name: region_name(&state, &region),
-                already: true,
-                ..PageContext::default()
-            },
-        ),
+        Ok(Some((region, status))) if status == "confirmed" => {
+            region_page(&state, "confirmed", Some(&region), true)
+        }
         Ok(_) => no_longer_valid(&state),
     }
 }
@@ -188,29 +196,14 @@ pub(super) async fn confirm(State(state): State<AppState>, RawQuery(query): RawQ
         Err(e) => problem(&state, e),
         Ok(Some((region,))) => {
             tracing::info!(subscription_id = id, "newsletter subscription confirmed");
-            page(
-                &state,
-                StatusCode::OK,
-                "confirmed",
-                PageContext {
-                    region_name: region_name(&state, &region),
-                    ..PageContext::default()
-                },
-            )
+            region_page(&state, "confirmed", Some(&region), false)
         }
         // Not pending: confirmed already (a second press), or ended since.
         Ok(None) => match subscription(&state, id).await {
             Err(e) => problem(&state, e),
-            Ok(Some((region, status))) if status == "confirmed" => page(
-                &state,
-                StatusCode::OK,
-                "confirmed",
-                PageContext {
-                    region_name: region_name(&state, &region),
-                    already: true,
-                    ..PageContext::default()
-                },
-            ),
+            Ok(Some((region, status))) if status == "confirmed" => {
+                region_page(&state, "confirmed", Some(&region), true)
+            }
             Ok(_) => no_longer_valid(&state),
         },
     }
@@ -237,15 +230,11 @@ pub(super) async fn unsubscribe_page(
                 ..PageContext::default()
             },
         ),
-        Ok(found) => page(
+        Ok(found) => region_page(
             &state,
-            StatusCode::OK,
             "unsubscribed",
-            PageContext {
-                region_name: found.and_then(|(region, _)| region_name(&state, &region)),
-                already: true,
-                ..PageContext::default()
-            },
+            found.as_ref().map(|(region, _)| region.as_str()),
+            true,
         ),
     }
 }
@@ -276,27 +265,15 @@ pub(super) async fn unsubscribe(
                 subscription_id = id,
                 "newsletter subscription ended by its reader"
             );
-            page(
-                &state,
-                StatusCode::OK,
-                "unsubscribed",
-                PageContext {
-                    region_name: region_name(&state, &region),
-                    ..PageContext::default()
-                },
-            )
+            region_page(&state, "unsubscribed", Some(&region), false)
         }
         Ok(None) => match subscription(&state, id).await {
             Err(e) => problem(&state, e),
-            Ok(found) => page(
+            Ok(found) => region_page(
                 &state,
-                StatusCode::OK,
                 "unsubscribed",
-                PageContext {
-                    region_name: found.and_then(|(region, _)| region_name(&state, &region)),
-                    already: true,
-                    ..PageContext::default()
-                },
+                found.as_ref().map(|(region, _)| region.as_str()),
+                true,
             ),
         },
     }

@@ -16,8 +16,6 @@ pub struct Deployment {
     pub db_name: String,
     pub http_port: u16,
     envs: Vec<(String, String)>,
-    /// The test id the database and broker names are made from.
-    id: String,
     /// Kept so the directory outlives the workers that read it.
     _config_dir: Option<tempfile::TempDir>,
 }
@@ -72,7 +70,6 @@ impl Deployment {
             db_name,
             http_port,
             envs,
-            id,
             _config_dir: config_dir,
         }
     }
@@ -146,15 +143,7 @@ impl Deployment {
 
     /// Drops the database and the broker objects.
     pub async fn remove(self) {
-        if let Ok(mut admin) = PgConnection::connect(&database_admin_url()).await {
-            let _ = sqlx::query(&format!(
-                "DROP DATABASE IF EXISTS \"{}\" WITH (FORCE)",
-                self.db_name
-            ))
-            .execute(&mut admin)
-            .await;
-        }
-        delete_broker_names(&self.id).await;
+        remove_test_resources(&self.db_name).await;
     }
 }
 

@@ -278,6 +278,8 @@ pub struct TestApp {
     amqp: Connection,
     channel: Channel,
     workers: Vec<Worker>,
+    /// Set once `stop` has removed the database and broker names.
+    removed: bool,
 }
 
 /// One running worker.
@@ -437,6 +439,7 @@ pub async fn spawn_app_with(options: Options) -> TestApp {
         amqp,
         channel,
         workers: vec![worker],
+        removed: false,
     }
 }
 
@@ -661,29 +664,44 @@ impl TestApp {
                 .expect("the worker task");
             result.expect("the worker exits cleanly");
         }
-        let t = &self.topology;
-        for q in [&t.queue, &t.retry, &t.dead_letter] {
-            let _ = self
-                .channel
-                .queue_delete(q, QueueDeleteOptions::default())
-                .await;
-        }
-        for e in [&t.exchange, &t.dead_letter] {
-            let _ = self
-                .channel
-                .exchange_delete(e, ExchangeDeleteOptions::default())
-                .await;
-        }
         let _ = self.amqp.close(200, "done").await;
         self.pool.close().await;
-        if let Ok(mut admin) = PgConnection::connect(&database_admin_url()).await {
-            let _ = sqlx::query(&format!(
-                "DROP DATABASE IF EXISTS \"{}\" WITH (FORCE)",
-                self.db_name
-            ))
-            .execute(&mut admin)
-            .await;
+        remove_test_resources(&self.db_name).await;
+        self.removed = true;
+    }
+}
+
+/// A test that fails (panics) never reaches `stop`: its database and broker names are removed
+/// here, so failed runs do not pile up on a shared machine.
+impl Drop for TestApp {
+    fn drop(&mut self) {
+        if self.removed {
+            return;
         }
+        let db_name = self.db_name.clone();
+        let _ = std::thread::spawn(move || {
+            if let Ok(rt) = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+            {
+                rt.block_on(remove_test_resources(&db_name));
+            }
+        })
+        .join();
+    }
+}
+
+/// Drops a test's database (`rpec_test_{id}`) and deletes its queues and exchanges.
+pub async fn remove_test_resources(db_name: &str) {
+    if let Ok(mut admin) = PgConnection::connect(&database_admin_url()).await {
+        let _ = sqlx::query(&format!(
+            "DROP DATABASE IF EXISTS \"{db_name}\" WITH (FORCE)"
+        ))
+        .execute(&mut admin)
+        .await;
+    }
+    if let Some(id) = db_name.strip_prefix("rpec_test_") {
+        delete_broker_names(id).await;
     }
 }
 

@@ -202,12 +202,39 @@ impl Browser<'_> {
     }
 
     /// Waits until the page's main heading reads `heading` (a click's navigation has landed).
+    /// While the old page is being replaced, finding or reading the heading can fail (a stale
+    /// element, or none yet): that is "not yet", not a failure.
     async fn wait_for_heading(&self, heading: &str) {
         eventually(Duration::from_secs(20), heading, || async {
-            let h1 = self.text_of("h1").await;
+            let h1 = self.try_text_of("h1").await?;
             (h1 == heading).then_some(())
         })
         .await;
+    }
+
+    /// The text of the first element matching `css`, or None if WebDriver cannot give it now.
+    async fn try_text_of(&self, css: &str) -> Option<String> {
+        let base = format!("{}/session/{}", self.driver.base, self.id);
+        let http = &self.driver.http;
+        let found: Value = http
+            .post(format!("{base}/element"))
+            .json(&json!({"using": "css selector", "value": css}))
+            .send()
+            .await
+            .ok()?
+            .json()
+            .await
+            .ok()?;
+        let element = found["value"][ELEMENT].as_str()?;
+        let text: Value = http
+            .get(format!("{base}/element/{element}/text"))
+            .send()
+            .await
+            .ok()?
+            .json()
+            .await
+            .ok()?;
+        text["value"].as_str().map(str::to_owned)
     }
 
     async fn close(self) {

@@ -66,8 +66,13 @@ pub async fn run_with_clock(
     let shared = Arc::new(Shared::load(settings, clock).await?);
     db::migrate(&shared.pool).await?;
     let s = &shared.settings;
-    let relay = Relay::new(s.smtp_url(), s.smtp_pool_max_size, s.send_timeout)
-        .context("Failed to set up the mail relay")?;
+    let relay = Relay::new(
+        s.smtp_url(),
+        s.smtp_pool_max_size,
+        s.send_timeout,
+        s.smtp_ca_file.as_deref(),
+    )
+    .context("Failed to set up the mail relay")?;
 
     let stop = CancellationToken::new();
     let mut tasks = tokio::task::JoinSet::new();

@@ -65,6 +65,8 @@ pub struct Settings {
     /// How often the scheduler looks for due reminders, briefings and digests.
     pub schedule_poll_interval: Duration,
     pub smtp_url: SecretString,
+    /// A private certificate authority (PEM) to trust for the relay's TLS certificate.
+    pub smtp_ca_file: Option<PathBuf>,
     pub transactional_from: Sender,
     pub bulk_from: Sender,
     pub send_timeout: Duration,
@@ -139,6 +141,7 @@ struct RawRetryMs {
 #[serde(deny_unknown_fields)]
 struct RawMail {
     smtp_url: String,
+    tls_ca_file: String,
     transactional_from: String,
     bulk_from: String,
     send_timeout_secs: u64,
@@ -298,6 +301,17 @@ impl Settings {
         if let Err(e) = crate::mail::RelayUrl::parse(&smtp_url) {
             problems.push(Problem::new("RPEC_SMTP_URL / mail.smtp_url", e));
         }
+        let smtp_ca_file = var("RPEC_SMTP_CA_FILE")
+            .or(Some(raw.mail.tls_ca_file.clone()).filter(|f| !f.trim().is_empty()))
+            .map(PathBuf::from);
+        if let Some(f) = &smtp_ca_file {
+            if !f.is_file() {
+                problems.push(Problem::new(
+                    "RPEC_SMTP_CA_FILE / mail.tls_ca_file",
+                    format!("{} is not a readable file", f.display()),
+                ));
+            }
+        }
         let token_secret = match var("RPEC_TOKEN_SECRET") {
             Some(s) if s.len() >= 32 => s,
             Some(_) => {
@@ -400,6 +414,7 @@ impl Settings {
             unknown_session_wait: Duration::from_secs(raw.amqp.unknown_session_wait_secs),
             schedule_poll_interval: Duration::from_millis(raw.schedule.poll_interval_ms.max(10)),
             smtp_url: SecretString::from(smtp_url),
+            smtp_ca_file,
             transactional_from,
             bulk_from,
             send_timeout: Duration::from_secs(raw.mail.send_timeout_secs.max(1)),

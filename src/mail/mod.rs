@@ -10,7 +10,7 @@ pub mod sender;
 pub mod templates;
 
 pub use outbox::{Attachment, NewEmail, Stream};
-pub use relay::{Relay, RelayUrl, SendError};
+pub use relay::{install_tls_provider, Relay, RelayUrl, SendError};
 pub use templates::{Rendered, Templates};
 
 use lettre::message::Mailbox;

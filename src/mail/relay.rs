@@ -1,9 +1,11 @@
 //! The mail relay: a pooled lettre SMTP transport (plain, STARTTLS or implicit TLS, as the URL
 //! says) or lettre's file transport, which writes one `.eml` file per email.
 
+use anyhow::Context;
+use lettre::transport::smtp::client::{Certificate, Tls, TlsParameters};
 use lettre::transport::smtp::PoolConfig;
 use lettre::{AsyncFileTransport, AsyncSmtpTransport, AsyncTransport, Message, Tokio1Executor};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 /// `RPEC_SMTP_URL`, parsed.
@@ -51,6 +53,37 @@ impl SendError {
     }
 }
 
+/// Chooses rustls's cryptography (ring) for the whole process, once. Several crates in one
+/// build can enable more than one provider, and rustls then refuses to guess.
+pub fn install_tls_provider() {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+}
+
+/// The TLS mode the URL asks for (as lettre reads it), trusting `ca_file`.
+fn tls_with_ca(url: &str, ca_file: &Path) -> anyhow::Result<Tls> {
+    let parsed = url::Url::parse(url).context("the relay URL")?;
+    let host = parsed.host_str().context("the relay URL has no host")?;
+    let pem =
+        std::fs::read(ca_file).with_context(|| format!("{}: cannot be read", ca_file.display()))?;
+    let parameters = TlsParameters::builder(host.to_owned())
+        .add_root_certificate(
+            Certificate::from_pem(&pem).context("the CA file is not a PEM certificate")?,
+        )
+        .build()?;
+    let mode = parsed
+        .query_pairs()
+        .find(|(k, _)| k == "tls")
+        .map(|(_, v)| v.into_owned());
+    Ok(match (parsed.scheme(), mode.as_deref()) {
+        ("smtps", _) => Tls::Wrapper(parameters),
+        (_, Some("required")) => Tls::Required(parameters),
+        (_, Some("opportunistic")) => Tls::Opportunistic(parameters),
+        _ => anyhow::bail!(
+            "a CA file is set, but the relay URL asks for no TLS (use smtps:// or ?tls=required)"
+        ),
+    })
+}
+
 #[derive(Clone)]
 pub enum Relay {
     Smtp(AsyncSmtpTransport<Tokio1Executor>),
@@ -58,14 +91,27 @@ pub enum Relay {
 }
 
 impl Relay {
-    pub fn new(url: &str, pool_max_size: u32, timeout: Duration) -> anyhow::Result<Relay> {
+    /// The relay `url` names. `ca_file` (PEM) is a private certificate authority to trust for
+    /// the relay's TLS certificate, for relays inside an organisation; None trusts the usual
+    /// public roots.
+    pub fn new(
+        url: &str,
+        pool_max_size: u32,
+        timeout: Duration,
+        ca_file: Option<&Path>,
+    ) -> anyhow::Result<Relay> {
         match RelayUrl::parse(url).map_err(anyhow::Error::msg)? {
             RelayUrl::File(dir) => {
                 std::fs::create_dir_all(&dir)?;
                 Ok(Relay::File(AsyncFileTransport::new(&dir), dir))
             }
             RelayUrl::Smtp(url) => {
-                let transport = AsyncSmtpTransport::<Tokio1Executor>::from_url(&url)?
+                install_tls_provider();
+                let mut builder = AsyncSmtpTransport::<Tokio1Executor>::from_url(&url)?;
+                if let Some(ca_file) = ca_file {
+                    builder = builder.tls(tls_with_ca(&url, ca_file)?);
+                }
+                let transport = builder
                     .timeout(Some(timeout))
                     .pool_config(PoolConfig::new().max_size(pool_max_size))
                     .build();

@@ -120,3 +120,117 @@ async fn an_email_claimed_by_a_worker_that_died_is_sent_once_its_lease_runs_out(
     assert_eq!(app.smtp.received().len(), 1);
     app.stop().await;
 }
+
+/// A private certificate authority and a certificate for 127.0.0.1 signed by it (openssl).
+fn private_ca(dir: &std::path::Path) -> (String, String, String) {
+    let path = |f: &str| dir.join(f).display().to_string();
+    let openssl = |args: &[&str]| {
+        let out = std::process::Command::new("openssl")
+            .args(args)
+            .output()
+            .expect("openssl");
+        assert!(
+            out.status.success(),
+            "openssl {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    };
+    openssl(&[
+        "req",
+        "-x509",
+        "-newkey",
+        "rsa:2048",
+        "-nodes",
+        "-days",
+        "2",
+        "-subj",
+        "/CN=rpec test CA",
+        "-keyout",
+        &path("ca.key"),
+        "-out",
+        &path("ca.pem"),
+    ]);
+    std::fs::write(
+        dir.join("leaf.ext"),
+        "basicConstraints=CA:FALSE\nsubjectAltName=IP:127.0.0.1\n",
+    )
+    .unwrap();
+    openssl(&[
+        "req",
+        "-newkey",
+        "rsa:2048",
+        "-nodes",
+        "-subj",
+        "/CN=127.0.0.1",
+        "-keyout",
+        &path("leaf.key"),
+        "-out",
+        &path("leaf.csr"),
+    ]);
+    openssl(&[
+        "x509",
+        "-req",
+        "-in",
+        &path("leaf.csr"),
+        "-CA",
+        &path("ca.pem"),
+        "-CAkey",
+        &path("ca.key"),
+        "-CAcreateserial",
+        "-days",
+        "2",
+        "-extfile",
+        &path("leaf.ext"),
+        "-out",
+        &path("leaf.pem"),
+    ]);
+    (path("leaf.pem"), path("leaf.key"), path("ca.pem"))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mail_goes_over_starttls_to_a_relay_whose_certificate_a_private_ca_signed() {
+    let dir = tempfile::tempdir().unwrap();
+    let (cert, key, ca) = private_ca(dir.path());
+    let smtp = SmtpServer::reserve();
+    smtp.start_with_ssl(mailin_embedded::SslConfig::Trusted {
+        cert_path: cert,
+        key_path: key,
+        chain_path: ca.clone(),
+    });
+    // Trusting the private CA: delivered, over TLS (the URL requires it).
+    let profile = format!("{FAST_TIMINGS}\n");
+    let trusting = spawn_app_with(Options {
+        smtp: Some(smtp.clone()),
+        profile_toml: profile.replace("[mail]\n", &format!("[mail]\ntls_ca_file = \"{ca}\"\n")),
+        url_suffix: Some("?tls=required".into()),
+        ..Options::default()
+    })
+    .await;
+    trusting
+        .publish(&contact_event(json!({"region": "london"})))
+        .await;
+    let mails = trusting.mails(2).await;
+    assert!(mails
+        .iter()
+        .any(|m| m.envelope_to == ["rpec.london@example.org"]));
+    trusting.stop().await;
+
+    // Not trusting it: the certificate is refused, and nothing is sent in clear instead.
+    let before = smtp.received().len();
+    let wary = spawn_app_with(Options {
+        smtp: Some(smtp.clone()),
+        url_suffix: Some("?tls=required".into()),
+        ..Options::default()
+    })
+    .await;
+    wary.publish(&contact_event(json!({"region": "london"})))
+        .await;
+    let rows = eventually(Duration::from_secs(20), "failed attempts", || async {
+        let rows = wary.outbox().await;
+        (rows.len() == 2 && rows.iter().all(|r| r.2 >= 1 && r.3.is_some())).then_some(rows)
+    })
+    .await;
+    assert!(rows.iter().all(|r| r.1 == "pending"), "{rows:?}");
+    assert_eq!(smtp.received().len(), before);
+    wary.stop().await;
+}

@@ -231,6 +231,12 @@ impl SmtpServer {
     }
 
     pub fn start(&self) {
+        self.start_with_ssl(mailin_embedded::SslConfig::None);
+    }
+
+    /// Starts it offering STARTTLS with the given certificate.
+    pub fn start_with_ssl(&self, ssl: mailin_embedded::SslConfig) {
+        rpec_notify::mail::install_tls_provider();
         let handler = SinkHandler {
             received: self.received.clone(),
             delay: self.delay,
@@ -242,6 +248,7 @@ impl SmtpServer {
             .with_num_threads(self.threads)
             .with_addr(("127.0.0.1", self.port))
             .expect("the SMTP port");
+        server.with_ssl(ssl).expect("the test certificate");
         std::thread::spawn(move || {
             let _ = server.serve();
         });
@@ -309,6 +316,8 @@ pub struct Options {
     pub clock: Option<Clock>,
     /// Replaces the shipped regions.toml.
     pub regions_toml: Option<String>,
+    /// Appended to the SMTP server's URL (`?tls=required`).
+    pub url_suffix: Option<String>,
 }
 
 impl Default for Options {
@@ -318,6 +327,7 @@ impl Default for Options {
             profile_toml: FAST_TIMINGS.into(),
             clock: None,
             regions_toml: None,
+            url_suffix: None,
         }
     }
 }
@@ -395,7 +405,10 @@ pub async fn spawn_app_with(options: Options) -> TestApp {
     let env: HashMap<String, String> = [
         ("DATABASE_URL", db_url.clone()),
         ("RPEC_AMQP_URL", amqp_url()),
-        ("RPEC_SMTP_URL", smtp.url()),
+        (
+            "RPEC_SMTP_URL",
+            smtp.url() + options.url_suffix.as_deref().unwrap_or_default(),
+        ),
         ("RPEC_EXCHANGE", topology.exchange.clone()),
         ("RPEC_QUEUE", topology.queue.clone()),
         ("RPEC_CONFIG_DIR", config_dir.path().display().to_string()),

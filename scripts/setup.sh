@@ -12,7 +12,7 @@
 #   - PostgreSQL server installed, running, reachable on 127.0.0.1:5432 as user
 #     postgres without a password (trust auth for local dev), database `rpec`.
 #   - RabbitMQ installed and running on 127.0.0.1:5672 (guest/guest).
-#   - a Rust toolchain (cargo, rustc >= 1.85), gcc, make and pkg-config.
+#   - a Rust toolchain (cargo, rustc >= 1.85), gcc, make, pkg-config and openssl.
 #   - with --with-chromium: Debian's chromium and chromium-driver.
 set -euo pipefail
 # Services are started with setsid, in a session of their own, so that they outlive the shell
@@ -101,6 +101,8 @@ ensure_build_tools() {
     have pkg-config || missing+=(pkg-config)
     # cargo needs CA certificates to reach crates.io over TLS
     [ -s /etc/ssl/certs/ca-certificates.crt ] || missing+=(ca-certificates)
+    # the TLS relay test makes its certificates with the openssl command
+    have openssl || missing+=(openssl)
     if [ "${#missing[@]}" -gt 0 ]; then
         # de-duplicate
         mapfile -t missing < <(printf '%s\n' "${missing[@]}" | sort -u)

@@ -65,6 +65,27 @@ pub fn list_id(shared: &Shared, region: RegionId) -> String {
     )
 }
 
+/// Why a bulk email (a newsletter or a digest) must not go to a subscription now, if it must
+/// not: the rule of `bulk_recipients` at fan-out, checked again just before sending.
+pub fn bulk_skip_reason(status: Option<&str>, suppressed: bool) -> Option<&'static str> {
+    match status {
+        None => Some("the subscription no longer exists"),
+        Some("confirmed") if suppressed => Some("the address is suppressed for bulk mail"),
+        Some("confirmed") => None,
+        Some(_) => Some("the reader has unsubscribed"),
+    }
+}
+
+/// The reader's own unsubscribe link, signed afresh for each email.
+pub fn unsubscribe_link(shared: &Shared, subscription_id: i64) -> String {
+    tokens::link(
+        &shared.settings,
+        Purpose::Unsubscribe,
+        subscription_id,
+        Utc::now(),
+    )
+}
+
 pub(super) async fn handle(
     tx: &mut PgConnection,
     shared: &Shared,
@@ -222,15 +243,8 @@ pub(crate) async fn complete(shared: &Shared, row: &Claimed) -> anyhow::Result<P
     else {
         return Ok(Prepared::Skip("the newsletter is no longer held".into()));
     };
-    match status.as_deref() {
-        None => return Ok(Prepared::Skip("the subscription no longer exists".into())),
-        Some("confirmed") => {}
-        Some(_) => return Ok(Prepared::Skip("the reader has unsubscribed".into())),
-    }
-    if suppressed == Some(true) {
-        return Ok(Prepared::Skip(
-            "the address is suppressed for bulk mail".into(),
-        ));
+    if let Some(why) = bulk_skip_reason(status.as_deref(), suppressed == Some(true)) {
+        return Ok(Prepared::Skip(why.into()));
     }
     let region: RegionId = region
         .parse()
@@ -242,12 +256,7 @@ pub(crate) async fn complete(shared: &Shared, row: &Claimed) -> anyhow::Result<P
         name,
         sections: serde_json::from_value(sections).context("stored sections")?,
         web_url,
-        unsubscribe_url: tokens::link(
-            &shared.settings,
-            Purpose::Unsubscribe,
-            subscription_id,
-            Utc::now(),
-        ),
+        unsubscribe_url: unsubscribe_link(shared, subscription_id),
     };
     Ok(Prepared::Send {
         context: serde_json::to_value(email)?,

@@ -170,6 +170,32 @@ async fn replan(
     Ok(())
 }
 
+/// Whose planned reminders and briefings to drop.
+enum Planned<'a> {
+    OfSession(&'a str),
+    OfRegistration(&'a str),
+}
+
+/// Drops what was planned and is not yet due: its cause went away (kept, marked, for the record).
+async fn drop_pending(
+    conn: &mut PgConnection,
+    whose: Planned<'_>,
+    now: DateTime<Utc>,
+) -> sqlx::Result<()> {
+    let (column, id) = match whose {
+        Planned::OfSession(id) => ("session_id", id),
+        Planned::OfRegistration(id) => ("registration_id", id),
+    };
+    sqlx::query(&format!(
+        "UPDATE scheduled_emails SET status = 'dropped', handled_at = $2 WHERE {column} = $1 AND status = 'pending'"
+    ))
+    .bind(id)
+    .bind(now)
+    .execute(conn)
+    .await?;
+    Ok(())
+}
+
 /// One email of `kind` to every current registrant of a session, set-based; `extra` is merged
 /// into each row's context.
 async fn email_registrants(
@@ -324,11 +350,7 @@ pub(super) async fn cancelled(
     .bind(envelope.occurred_at)
     .execute(&mut *conn)
     .await?;
-    sqlx::query("UPDATE scheduled_emails SET status = 'dropped', handled_at = $2 WHERE session_id = $1 AND status = 'pending'")
-        .bind(&c.session_id)
-        .bind(shared.clock.now())
-        .execute(&mut *conn)
-        .await?;
+    drop_pending(conn, Planned::OfSession(&c.session_id), shared.clock.now()).await?;
     let n = email_registrants(
         conn,
         envelope,
@@ -418,11 +440,7 @@ pub(super) async fn registration_cancelled(
         .bind(now)
         .execute(&mut *conn)
         .await?;
-    sqlx::query("UPDATE scheduled_emails SET status = 'dropped', handled_at = $2 WHERE registration_id = $1 AND status = 'pending'")
-        .bind(&r.registration_id)
-        .bind(now)
-        .execute(&mut *conn)
-        .await?;
+    drop_pending(conn, Planned::OfRegistration(&r.registration_id), now).await?;
     tracing::info!(event_id = %envelope.id, registration_id = %r.registration_id, "registration cancelled");
     Ok(())
 }

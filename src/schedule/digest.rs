@@ -14,7 +14,6 @@ use crate::handle::newsletter;
 use crate::handle::session::{SessionRow, SessionView, SESSION_COLUMNS};
 use crate::mail::outbox::{Claimed, NOTIFY_CHANNEL};
 use crate::mail::prepare::Prepared;
-use crate::tokens::{self, Purpose};
 use crate::worker::Shared;
 use chrono::{DateTime, Utc};
 use serde_json::json;
@@ -164,24 +163,18 @@ pub async fn prepare(shared: &Shared, row: &Claimed) -> anyhow::Result<Prepared>
     .bind(subscription_id)
     .fetch_optional(&shared.pool)
     .await?;
-    let skip = |why: &str| Ok(Prepared::Skip(why.to_owned()));
-    match reader {
-        None => skip("the subscription no longer exists"),
-        Some((status, _, _)) if status != "confirmed" => skip("the reader has unsubscribed"),
-        Some((_, _, true)) => skip("the address is suppressed for bulk mail"),
-        Some((_, name, false)) => {
-            let mut context = row.context.clone();
-            context["name"] = json!(name);
-            context["unsubscribe_url"] = json!(tokens::link(
-                &shared.settings,
-                Purpose::Unsubscribe,
-                subscription_id,
-                chrono::Utc::now()
-            ));
-            Ok(Prepared::Send {
-                context,
-                attachments: Vec::new(),
-            })
-        }
+    let (status, name, suppressed) = match reader {
+        Some((status, name, suppressed)) => (Some(status), name, suppressed),
+        None => (None, None, false),
+    };
+    if let Some(why) = newsletter::bulk_skip_reason(status.as_deref(), suppressed) {
+        return Ok(Prepared::Skip(why.into()));
     }
+    let mut context = row.context.clone();
+    context["name"] = json!(name);
+    context["unsubscribe_url"] = json!(newsletter::unsubscribe_link(shared, subscription_id));
+    Ok(Prepared::Send {
+        context,
+        attachments: Vec::new(),
+    })
 }

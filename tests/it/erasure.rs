@@ -6,7 +6,6 @@ use crate::helpers::*;
 use crate::newsletter::{add_confirmed, link_to, newsletter, path_of, simple_sections, subscribe};
 use serde_json::json;
 use sqlx::PgPool;
-use std::time::Duration;
 use uuid::Uuid;
 
 /// Every (table, column) in the public schema that can hold text: text and character types,
@@ -92,18 +91,7 @@ async fn after_erasure_no_table_holds_the_address_or_the_name() {
         .find(|m| m.subject() == "Prevent update nw-1" && m.envelope_to == [address])
         .expect("their newsletter");
     let their_unsubscribe = link_to(&sent_to_them.text(), "/unsubscribe");
-    eventually(
-        Duration::from_secs(20),
-        "every email recorded as sent",
-        || async {
-            app.outbox()
-                .await
-                .iter()
-                .all(|r| r.1 == "sent")
-                .then_some(())
-        },
-    )
-    .await;
+    app.all_sent().await;
     sqlx::query("INSERT INTO suppressions (email, reason) VALUES (lower($1), 'test')")
         .bind(address)
         .execute(pool)

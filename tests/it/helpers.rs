@@ -636,6 +636,19 @@ impl TestApp {
         .await;
     }
 
+    /// Waits until the outbox holds emails and every one of them is recorded as sent.
+    pub async fn all_sent(&self) {
+        eventually(
+            Duration::from_secs(20),
+            "every email recorded as sent",
+            || async {
+                let rows = self.outbox().await;
+                (!rows.is_empty() && rows.iter().all(|r| r.1 == "sent")).then_some(())
+            },
+        )
+        .await;
+    }
+
     /// Outbox rows as (kind, status, attempts, last_error).
     pub async fn outbox(&self) -> Vec<(String, String, i32, Option<String>)> {
         sqlx::query_as("SELECT kind, status, attempts, last_error FROM outbox ORDER BY id")

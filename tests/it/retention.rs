@@ -30,18 +30,7 @@ async fn enquiries_registrations_and_sent_emails_are_cleared_after_their_retenti
     .await;
     app.handled(3).await;
     app.mails(3).await;
-    eventually(
-        std::time::Duration::from_secs(10),
-        "every email sent",
-        || async {
-            app.outbox()
-                .await
-                .iter()
-                .all(|r| r.1 == "sent")
-                .then_some(())
-        },
-    )
-    .await;
+    app.all_sent().await;
     let shared = Shared::load(app.settings.clone(), app.clock.clone())
         .await
         .unwrap();

@@ -1,6 +1,7 @@
 //! The test harness: every test gets its own database, its own exchange and queues on the real
 //! RabbitMQ, its own real SMTP server on a free port, and its own worker.
 
+use crate::proxy::FaultProxy;
 use lapin::options::{
     BasicAckOptions, BasicGetOptions, BasicPublishOptions, ConfirmSelectOptions,
     ExchangeDeleteOptions, QueueDeleteOptions,
@@ -285,6 +286,10 @@ pub struct TestApp {
     amqp: Connection,
     channel: Channel,
     workers: Vec<Worker>,
+    /// Between the worker and PostgreSQL, when the test asked for it (`Options::proxy_database`).
+    pub database_proxy: Option<FaultProxy>,
+    /// Between the worker and RabbitMQ, when the test asked for it (`Options::proxy_broker`).
+    pub broker_proxy: Option<FaultProxy>,
     /// Set once `stop` has removed the database and broker names.
     removed: bool,
 }
@@ -318,6 +323,10 @@ pub struct Options {
     pub regions_toml: Option<String>,
     /// Appended to the SMTP server's URL (`?tls=required`).
     pub url_suffix: Option<String>,
+    /// The worker reaches PostgreSQL through a [`FaultProxy`] the test can cut.
+    pub proxy_database: bool,
+    /// The worker reaches RabbitMQ through a [`FaultProxy`] the test can cut.
+    pub proxy_broker: bool,
 }
 
 impl Default for Options {
@@ -328,6 +337,8 @@ impl Default for Options {
             clock: None,
             regions_toml: None,
             url_suffix: None,
+            proxy_database: false,
+            proxy_broker: false,
         }
     }
 }
@@ -380,6 +391,24 @@ pub async fn spawn_app_with(options: Options) -> TestApp {
         .unwrap();
     admin.close().await.unwrap();
     let db_url = database_url_for(&db_name);
+    let database_proxy = if options.proxy_database {
+        Some(FaultProxy::start(host_port(&db_url, 5432)).await)
+    } else {
+        None
+    };
+    let broker_proxy = if options.proxy_broker {
+        Some(FaultProxy::start(host_port(&amqp_url(), 5672)).await)
+    } else {
+        None
+    };
+    let worker_db_url = match &database_proxy {
+        Some(p) => with_port(&db_url, p.port()),
+        None => db_url.clone(),
+    };
+    let worker_amqp_url = match &broker_proxy {
+        Some(p) => with_port(&amqp_url(), p.port()),
+        None => amqp_url(),
+    };
 
     let config_dir = tempfile::tempdir().unwrap();
     for f in ["rpec.toml", "regions.toml"] {
@@ -403,8 +432,8 @@ pub async fn spawn_app_with(options: Options) -> TestApp {
         &format!("rpec-notify.events.{id}"),
     );
     let env: HashMap<String, String> = [
-        ("DATABASE_URL", db_url.clone()),
-        ("RPEC_AMQP_URL", amqp_url()),
+        ("DATABASE_URL", worker_db_url),
+        ("RPEC_AMQP_URL", worker_amqp_url),
         (
             "RPEC_SMTP_URL",
             smtp.url() + options.url_suffix.as_deref().unwrap_or_default(),
@@ -452,8 +481,32 @@ pub async fn spawn_app_with(options: Options) -> TestApp {
         amqp,
         channel,
         workers: vec![worker],
+        database_proxy,
+        broker_proxy,
         removed: false,
     }
+}
+
+/// The host and port a URL names (`default` when it names no port), resolved for a proxy.
+fn host_port(url: &str, default: u16) -> SocketAddr {
+    let u = url::Url::parse(url).expect("a URL");
+    let host = u.host_str().unwrap_or("127.0.0.1");
+    let host = if host == "localhost" {
+        "127.0.0.1"
+    } else {
+        host
+    };
+    format!("{host}:{}", u.port().unwrap_or(default))
+        .parse()
+        .expect("a numeric host in the test URL")
+}
+
+/// `url` pointing at 127.0.0.1:`port` (a proxy) instead.
+fn with_port(url: &str, port: u16) -> String {
+    let mut u = url::Url::parse(url).expect("a URL");
+    u.set_host(Some("127.0.0.1")).unwrap();
+    u.set_port(Some(port)).unwrap();
+    u.to_string()
 }
 
 pub fn database_url_for(db_name: &str) -> String {

@@ -13,5 +13,6 @@ mod fan_out;
 mod helpers;
 mod newsletter;
 mod ops;
+mod proxy;
 mod retention;
 mod sessions;

@@ -217,3 +217,53 @@ async fn logs_are_json_lines_when_log_format_is_json() {
         .all(|l| l["level"].is_string() && l["timestamp"].is_string()));
     assert!(!log.contains("Jamie"));
 }
+
+/// `/readyz` names the dependency that is down, for PostgreSQL and for RabbitMQ, and comes back
+/// to 200 by itself when it returns.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn readiness_names_the_dependency_that_is_down() {
+    let app = spawn_app_with(Options {
+        proxy_database: true,
+        proxy_broker: true,
+        ..Options::default()
+    })
+    .await;
+    let ready = || async {
+        eventually(Duration::from_secs(20), "ready", || async {
+            (app.get("/readyz").await.0 == 200).then_some(())
+        })
+        .await
+    };
+    ready().await;
+    let unready = |name: &'static str| {
+        let app = &app;
+        async move {
+            eventually(
+                Duration::from_secs(20),
+                "503 naming the dependency",
+                || async {
+                    let (status, body) = app.get("/readyz").await;
+                    let down = body
+                        .lines()
+                        .find(|l| l.starts_with(name))
+                        .is_some_and(|l| !l.ends_with(": ok"));
+                    (status == 503 && down).then_some(body)
+                },
+            )
+            .await
+        }
+    };
+
+    app.database_proxy.as_ref().unwrap().cut();
+    let body = unready("postgresql").await;
+    assert!(body.contains("rabbitmq: ok"), "{body}");
+    app.database_proxy.as_ref().unwrap().restore();
+    ready().await;
+
+    app.broker_proxy.as_ref().unwrap().cut();
+    let body = unready("rabbitmq").await;
+    assert!(body.contains("postgresql: ok"), "{body}");
+    app.broker_proxy.as_ref().unwrap().restore();
+    ready().await;
+    app.stop().await;
+}

@@ -43,7 +43,8 @@ test:
 	bash scripts/setup.sh --with-chromium
 	$(CARGO) fmt --all -- --check
 	$(CARGO) clippy --all-targets -- -D warnings
-	$(CARGO) test --all-targets
+	$(CARGO) clippy --all-targets --features failpoints -- -D warnings
+	$(CARGO) test --all-targets --features failpoints
 
 ## bench: benchmarks (scripts/bench.sh)
 bench: setup

@@ -68,6 +68,10 @@ fn fail(e: anyhow::Error) -> ExitCode {
 #[tokio::main]
 async fn main() -> ExitCode {
     telemetry::init();
+    telemetry::log_panics_without_payload();
+    // Fault points from FAILPOINTS (fault tests only; compiled out of a normal build).
+    #[cfg(feature = "failpoints")]
+    let _faults = fail::FailScenario::setup();
     let cli = Cli::parse();
     match cli.command {
         Command::Run => {
@@ -115,8 +119,7 @@ async fn main() -> ExitCode {
             use secrecy::ExposeSecret;
             match publish::publish(
                 settings.amqp_url.expose_secret(),
-                &settings.exchange,
-                &settings.queue,
+                &rpec_notify::consume::Topology::from_settings(&settings),
                 &files,
             )
             .await

@@ -14,6 +14,18 @@ pub struct Metrics {
     pub emails_failed: IntCounterVec,
     pub emails_cancelled: IntCounterVec,
     pub outbox_depth: IntGauge,
+    /// Messages on the dead-letter queue, as the consumer last saw (every few seconds).
+    pub dead_letter_depth: IntGauge,
+    /// 1 while the consumer holds its deliveries because PostgreSQL cannot be reached.
+    pub consumer_waiting_for_database: IntGauge,
+}
+
+fn gauge(registry: &Registry, name: &str, help: &str) -> IntGauge {
+    let g = IntGauge::new(name, help).expect("a valid metric");
+    registry
+        .register(Box::new(g.clone()))
+        .expect("registered once");
+    g
 }
 
 fn counter(registry: &Registry, name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
@@ -80,6 +92,16 @@ impl Metrics {
             ),
             emails_cancelled: counter(&registry, "rpec_emails_cancelled_total", "Emails not sent because their cause went away (a cancelled session, an unsubscribed reader), by kind", &["kind"]),
             outbox_depth,
+            dead_letter_depth: gauge(
+                &registry,
+                "rpec_dead_letter_depth",
+                "Messages waiting on the dead-letter queue for an operator",
+            ),
+            consumer_waiting_for_database: gauge(
+                &registry,
+                "rpec_consumer_waiting_for_database",
+                "1 while the consumer holds its deliveries (no attempt counted) until PostgreSQL answers",
+            ),
             registry,
         }
     }

@@ -35,10 +35,10 @@ pub fn read_events(path: &Path) -> anyhow::Result<Vec<(String, Vec<u8>)>> {
 /// Publishes every event of every file; returns how many were confirmed.
 pub async fn publish(
     amqp_url: &str,
-    exchange: &str,
-    queue: &str,
+    topology: &Topology,
     files: &[impl AsRef<Path>],
 ) -> anyhow::Result<usize> {
+    let exchange = topology.exchange.as_str();
     let mut events = Vec::new();
     for f in files {
         events.extend(read_events(f.as_ref())?);
@@ -47,7 +47,7 @@ pub async fn publish(
         .await
         .context("Failed to connect to RabbitMQ")?;
     let channel = connection.create_channel().await?;
-    topology::declare(&channel, &Topology::new(exchange, queue)).await?;
+    topology::declare(&channel, topology).await?;
     channel
         .confirm_select(ConfirmSelectOptions::default())
         .await?;

@@ -19,3 +19,16 @@ pub fn init() {
     // A second init (tests) keeps the first subscriber.
     let _ = result;
 }
+
+/// Replaces the default panic report (which prints the panic's message, and a message can quote
+/// a value from an event: an address, a name) with a log line naming only where it happened.
+/// Handling panics are caught and the event dead-lettered; this is what the log says of them.
+pub fn log_panics_without_payload() {
+    std::panic::set_hook(Box::new(|info| {
+        let at = info
+            .location()
+            .map(|l| format!("{}:{}", l.file(), l.line()))
+            .unwrap_or_default();
+        tracing::error!(at = %at, "panic (its message is not logged: it may hold personal data)");
+    }));
+}

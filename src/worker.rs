@@ -75,21 +75,35 @@ pub async fn run_with_clock(
     .context("Failed to set up the mail relay")?;
 
     let stop = CancellationToken::new();
-    let mut tasks = tokio::task::JoinSet::new();
-    tasks.spawn(consume::run(shared.clone(), stop.clone()));
-    tasks.spawn(mail::sender::run(
+    let mut tasks: tokio::task::JoinSet<anyhow::Result<()>> = tokio::task::JoinSet::new();
+    let consumer = consume::run(shared.clone(), stop.clone());
+    tasks.spawn(async move { Ok(consumer.await?) });
+    tasks.spawn(until_stopped(mail::sender::run(
         shared.clone(),
         relay.clone(),
         stop.clone(),
-    ));
-    tasks.spawn(retention_sweep(shared.clone(), stop.clone()));
-    tasks.spawn(schedule::run(shared.clone(), stop.clone()));
-    tasks.spawn(http::serve(listener, shared.clone(), relay, stop.clone()));
+    )));
+    tasks.spawn(until_stopped(retention_sweep(shared.clone(), stop.clone())));
+    tasks.spawn(until_stopped(schedule::run(shared.clone(), stop.clone())));
+    tasks.spawn(until_stopped(http::serve(
+        listener,
+        shared.clone(),
+        relay,
+        stop.clone(),
+    )));
     tracing::info!("worker started");
 
+    // A task that cannot go on (a queue declared differently by an earlier version) stops the
+    // worker with its error, rather than leaving it half-working.
+    let mut failure = None;
     tokio::select! {
         _ = shutdown => tracing::info!("shutting down: finishing what is in hand"),
-        _ = tasks.join_next() => tracing::error!("a worker task ended unexpectedly: shutting down"),
+        ended = tasks.join_next() => {
+            match ended {
+                Some(Ok(Err(e))) => failure = Some(e),
+                _ => tracing::error!("a worker task ended unexpectedly: shutting down"),
+            }
+        }
     }
     stop.cancel();
     // Each task bounds its own drain by the grace period; this is the backstop.
@@ -102,7 +116,15 @@ pub async fn run_with_clock(
         tasks.abort_all();
     }
     shared.pool.close().await;
+    if let Some(e) = failure {
+        return Err(e.context("the worker cannot run"));
+    }
     tracing::info!("worker stopped");
+    Ok(())
+}
+
+async fn until_stopped(task: impl Future<Output = ()>) -> anyhow::Result<()> {
+    task.await;
     Ok(())
 }
 

@@ -6,6 +6,9 @@
 #[path = "it/helpers.rs"]
 #[allow(dead_code)]
 mod helpers;
+#[path = "it/proxy.rs"]
+#[allow(dead_code)]
+mod proxy;
 
 use helpers::*;
 use serde_json::json;

@@ -62,6 +62,13 @@ pub struct Settings {
     /// How long an event that needs a session not yet known (events can arrive out of order)
     /// keeps being retried before it is dead-lettered as unknown_session.
     pub unknown_session_wait: Duration,
+    /// The broker's last guard against a message that crashes every worker that takes it: after
+    /// this many returns to the queue (quorum queues count them), the broker dead-letters it.
+    pub delivery_limit: u32,
+    /// Dead letters hold whole events (enquiries included): each is kept this long at most...
+    pub dead_letter_ttl: Duration,
+    /// ...and the dead-letter queue holds at most this many (the oldest go first).
+    pub dead_letter_max_messages: u32,
     /// How often the scheduler looks for due reminders, briefings and digests.
     pub schedule_poll_interval: Duration,
     pub smtp_url: SecretString,
@@ -127,6 +134,21 @@ struct RawAmqp {
     max_body_bytes: usize,
     unknown_session_wait_secs: u64,
     retry: RawRetryMs,
+    /// Added after 0.1: a default, so that a file written for 0.1 still loads.
+    #[serde(default = "default_delivery_limit")]
+    delivery_limit: u32,
+}
+
+fn default_delivery_limit() -> u32 {
+    20
+}
+
+fn default_dead_letter_days() -> u32 {
+    30
+}
+
+fn default_dead_letter_max_messages() -> u32 {
+    100_000
 }
 
 #[derive(Deserialize)]
@@ -175,6 +197,10 @@ struct RawRetention {
     outbox_days: u32,
     registration_days: u32,
     sweep_interval_secs: u64,
+    #[serde(default = "default_dead_letter_days")]
+    dead_letter_days: u32,
+    #[serde(default = "default_dead_letter_max_messages")]
+    dead_letter_max_messages: u32,
 }
 
 #[derive(Deserialize)]
@@ -356,6 +382,21 @@ impl Settings {
         };
         positive("amqp.prefetch", raw.amqp.prefetch.into(), &mut problems);
         positive(
+            "amqp.delivery_limit",
+            raw.amqp.delivery_limit.into(),
+            &mut problems,
+        );
+        positive(
+            "retention.dead_letter_days",
+            raw.retention.dead_letter_days.into(),
+            &mut problems,
+        );
+        positive(
+            "retention.dead_letter_max_messages",
+            raw.retention.dead_letter_max_messages.into(),
+            &mut problems,
+        );
+        positive(
             "amqp.retry.max_attempts",
             raw.amqp.retry.max_attempts.into(),
             &mut problems,
@@ -412,6 +453,11 @@ impl Settings {
                 max: Duration::from_millis(raw.amqp.retry.max_ms),
             },
             unknown_session_wait: Duration::from_secs(raw.amqp.unknown_session_wait_secs),
+            delivery_limit: raw.amqp.delivery_limit,
+            dead_letter_ttl: Duration::from_secs(
+                u64::from(raw.retention.dead_letter_days) * 86_400,
+            ),
+            dead_letter_max_messages: raw.retention.dead_letter_max_messages,
             schedule_poll_interval: Duration::from_millis(raw.schedule.poll_interval_ms.max(10)),
             smtp_url: SecretString::from(smtp_url),
             smtp_ca_file,

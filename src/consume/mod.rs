@@ -5,32 +5,44 @@
 //! - handled (or a duplicate): ack, after the transaction committed;
 //! - can never succeed: published to the dead-letter exchange with `x-rpec-error` and
 //!   `x-rpec-error-detail`, confirmed, then acked;
-//! - failed for a passing reason: published to the retry queue with a per-message expiry (the
-//!   back-off) and `x-rpec-attempt`, confirmed, then acked; it expires back into the queue. After
-//!   the last attempt it is dead-lettered with the last error.
+//! - failed for a passing reason of its own: published to the retry queue with a per-message
+//!   expiry (the back-off) and `x-rpec-attempt`, confirmed, then acked; it expires back into the
+//!   queue. After the last attempt it is dead-lettered with the last error;
+//! - handling crashed (a panic): dead-lettered as `handler_failed`, never retried in a loop;
+//! - PostgreSQL unreachable: not the event's fault. The delivery is held, unacknowledged and
+//!   with no attempt counted, while the database is checked with back-off; no new delivery is
+//!   taken meanwhile; when the database answers, it is handled again.
 //!
-//! If publishing the dead letter or retry fails, the delivery is rejected with requeue: nothing
-//! is lost. A dropped connection is re-established with doubling waits.
+//! Retries and dead letters are published `mandatory` with confirms. If one cannot be handed
+//! over (no queue took it, the broker refused it, the channel is gone), the delivery waits a
+//! moment and goes back to the queue, and the connection is opened anew with both channels
+//! (and the topology declared again, which re-creates a queue someone deleted). A dropped
+//! connection is re-established with doubling waits.
+//!
+//! A dead letter's detail names the field and the rule broken, never a value from the event,
+//! and is at most [`MAX_DETAIL_BYTES`] long.
 
 pub mod topology;
 
 use crate::domain::event::ErrorCode;
-use crate::domain::Envelope;
+use crate::domain::{Envelope, EventType};
 use crate::handle::{self, Failure, Handled};
 use crate::worker::Shared;
 use anyhow::Context;
-use futures_util::StreamExt;
+use futures_util::{FutureExt, StreamExt};
 use lapin::message::Delivery;
 use lapin::options::{
-    BasicAckOptions, BasicCancelOptions, BasicConsumeOptions, BasicPublishOptions, BasicQosOptions,
-    BasicRejectOptions, ConfirmSelectOptions,
+    BasicAckOptions, BasicCancelOptions, BasicConsumeOptions, BasicQosOptions, BasicRejectOptions,
+    ConfirmSelectOptions,
 };
 use lapin::types::{AMQPValue, FieldTable, ShortString};
 use lapin::{BasicProperties, Channel};
 use secrecy::ExposeSecret;
+use std::panic::AssertUnwindSafe;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
+use tokio::sync::{watch, Notify};
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 pub use topology::Topology;
@@ -40,9 +52,32 @@ pub const HEADER_ERROR_DETAIL: &str = "x-rpec-error-detail";
 pub const HEADER_ATTEMPT: &str = "x-rpec-attempt";
 pub const HEADER_DEFERRALS: &str = "x-rpec-deferrals";
 pub const HEADER_FIRST_SEEN: &str = "x-rpec-first-seen-ms";
+pub const HEADER_LAST_ERROR: &str = "x-rpec-last-error";
+/// When the worker dead-lettered the message (ms since the epoch), for `dead-letters list`.
+pub const HEADER_DEAD_LETTERED_AT: &str = "x-rpec-dead-lettered-at";
+
+/// The longest a dead letter's detail (or a retry's last error) may be. Headers travel in one
+/// frame: an unbounded detail once made a dead letter larger than a frame, the broker closed the
+/// connection, and the message came back for ever.
+pub const MAX_DETAIL_BYTES: usize = 1024;
 
 /// The longest a deferred event waits between two tries.
 const MAX_DEFERRAL_DELAY: Duration = Duration::from_secs(30);
+
+/// How often the dead-letter queue's depth is read for `/metrics`.
+const DEAD_LETTER_DEPTH_EVERY: Duration = Duration::from_secs(5);
+
+/// A declaration that only asks whether the queue is there (and how many messages it holds).
+fn passive() -> lapin::options::QueueDeclareOptions {
+    lapin::options::QueueDeclareOptions {
+        passive: true,
+        ..lapin::options::QueueDeclareOptions::default()
+    }
+}
+
+/// How long a delivery whose retry or dead letter could not be handed over waits before it goes
+/// back to the queue (so that a broken publishing channel is never a hot loop).
+const FORWARD_FAILURE_DELAY: Duration = Duration::from_secs(1);
 
 /// What a message has been through, carried in its headers from one delivery to the next.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -78,6 +113,85 @@ pub enum Decision {
         delay: Duration,
         error: String,
     },
+    /// PostgreSQL cannot be reached: not the event's fault. Hold it, wait for the database, and
+    /// handle it again, with no attempt counted.
+    Unavailable,
+}
+
+/// `detail` cut to at most [`MAX_DETAIL_BYTES`] (on a character boundary).
+pub fn bounded(mut detail: String) -> String {
+    if detail.len() > MAX_DETAIL_BYTES {
+        let mut end = MAX_DETAIL_BYTES - '…'.len_utf8();
+        while !detail.is_char_boundary(end) {
+            end -= 1;
+        }
+        detail.truncate(end);
+        detail.push('…');
+    }
+    detail
+}
+
+/// The `type` label for metrics: only the known event types, so that a message body cannot
+/// create new series.
+pub fn type_label(event_type: Option<&str>) -> &'static str {
+    event_type
+        .and_then(EventType::parse)
+        .map_or("unknown", EventType::as_str)
+}
+
+/// Whether a handler's passing failure came from the database being out of reach (the event is
+/// not at fault), as opposed to something about this event (a conflict, a deadlock).
+async fn database_unreachable(shared: &Shared, error: &anyhow::Error) -> bool {
+    let connection_failure = error.chain().any(|cause| {
+        cause
+            .downcast_ref::<sqlx::Error>()
+            .is_some_and(is_connection_failure)
+    });
+    connection_failure || !database_answers(shared).await
+}
+
+/// Errors that say "no usable connection", whatever the statement was.
+fn is_connection_failure(e: &sqlx::Error) -> bool {
+    match e {
+        sqlx::Error::Io(_)
+        | sqlx::Error::Tls(_)
+        | sqlx::Error::Protocol(_)
+        | sqlx::Error::PoolTimedOut
+        | sqlx::Error::PoolClosed
+        | sqlx::Error::WorkerCrashed => true,
+        // SQLSTATE class 08 (connection exception), the server shutting down or starting up,
+        // and too many connections.
+        sqlx::Error::Database(db) => db.code().is_some_and(|c| {
+            c.starts_with("08") || matches!(c.as_ref(), "57P01" | "57P02" | "57P03" | "53300")
+        }),
+        _ => false,
+    }
+}
+
+async fn database_answers(shared: &Shared) -> bool {
+    matches!(
+        tokio::time::timeout(
+            Duration::from_secs(2),
+            sqlx::query("SELECT 1").execute(&shared.pool)
+        )
+        .await,
+        Ok(Ok(_))
+    )
+}
+
+/// Waits, checking with doubling waits, until PostgreSQL answers; false if `shutdown` came first.
+async fn wait_for_database(shared: &Shared, shutdown: &CancellationToken) -> bool {
+    let mut wait = Duration::from_millis(200);
+    loop {
+        if database_answers(shared).await {
+            return true;
+        }
+        tokio::select! {
+            _ = shutdown.cancelled() => return false,
+            _ = tokio::time::sleep(wait) => {}
+        }
+        wait = (wait * 2).min(Duration::from_secs(5));
+    }
 }
 
 /// Parses and handles one message body.
@@ -86,19 +200,36 @@ pub async fn decide(shared: &Shared, body: &[u8], seen: Redelivery) -> (Option<S
     let envelope = match Envelope::parse(body, shared.settings.max_body_bytes) {
         Ok(e) => e,
         Err(e) => {
-            let detail = e.detail.clone();
             return (
                 e.event_type,
                 Decision::DeadLetter {
                     code: e.code,
-                    detail,
+                    detail: bounded(e.detail),
                 },
             );
         }
     };
     let event_type = Some(envelope.event_type.as_str().to_owned());
-    let decision = match handle::handle(shared, &envelope).await {
-        Ok(Handled::Done) => {
+    // A panic in a handler is a bug of ours, not a passing failure: caught here, so that the
+    // delivery is settled (not left holding a prefetch slot) and never retried in a loop. The
+    // transaction it held is rolled back when it is dropped.
+    let handled = AssertUnwindSafe(handle::handle(shared, &envelope))
+        .catch_unwind()
+        .await;
+    let decision = match handled {
+        Err(_panic) => {
+            // The panic's message is not logged: it may quote a value from the event.
+            tracing::error!(event_id = %envelope.id, event_type = envelope.event_type.as_str(),
+                "handling the event crashed: dead-lettered as handler_failed");
+            Decision::DeadLetter {
+                code: ErrorCode::HandlerFailed,
+                detail: format!(
+                    "handling a {} event crashed; it was not applied",
+                    envelope.event_type.as_str()
+                ),
+            }
+        }
+        Ok(Ok(Handled::Done)) => {
             shared
                 .metrics
                 .events_consumed
@@ -107,7 +238,7 @@ pub async fn decide(shared: &Shared, body: &[u8], seen: Redelivery) -> (Option<S
             tracing::info!(event_id = %envelope.id, event_type = envelope.event_type.as_str(), "event handled");
             Decision::Ack
         }
-        Ok(Handled::Duplicate) => {
+        Ok(Ok(Handled::Duplicate)) => {
             shared
                 .metrics
                 .events_duplicate
@@ -116,8 +247,11 @@ pub async fn decide(shared: &Shared, body: &[u8], seen: Redelivery) -> (Option<S
             tracing::info!(event_id = %envelope.id, "event already handled: ignored");
             Decision::Ack
         }
-        Err(Failure::Permanent { code, detail }) => Decision::DeadLetter { code, detail },
-        Err(Failure::Deferred { code, detail }) => {
+        Ok(Err(Failure::Permanent { code, detail })) => Decision::DeadLetter {
+            code,
+            detail: bounded(detail),
+        },
+        Ok(Err(Failure::Deferred { code, detail })) => {
             let now_ms = chrono::Utc::now().timestamp_millis();
             let first = seen.first_seen_ms.unwrap_or(now_ms);
             let waited = Duration::from_millis((now_ms - first).max(0) as u64);
@@ -125,7 +259,7 @@ pub async fn decide(shared: &Shared, body: &[u8], seen: Redelivery) -> (Option<S
             if waited >= limit {
                 Decision::DeadLetter {
                     code,
-                    detail: format!("{detail} (waited {}s for it)", waited.as_secs()),
+                    detail: bounded(format!("{detail} (waited {}s for it)", waited.as_secs())),
                 }
             } else {
                 let deferrals = seen.deferrals + 1;
@@ -145,17 +279,22 @@ pub async fn decide(shared: &Shared, body: &[u8], seen: Redelivery) -> (Option<S
                         ..seen
                     },
                     delay,
-                    error: detail,
+                    error: bounded(detail),
                 }
             }
         }
-        Err(Failure::Transient(e)) => {
+        Ok(Err(Failure::Transient(e))) if database_unreachable(shared, &e).await => {
+            tracing::warn!(event_id = %envelope.id, error = %format!("{e:#}"),
+                "PostgreSQL cannot be reached: the event is held until it can (no attempt counted)");
+            Decision::Unavailable
+        }
+        Ok(Err(Failure::Transient(e))) => {
             let policy = shared.settings.consume_retry;
-            let error = format!("{e:#}");
+            let error = bounded(format!("{e:#}"));
             if attempt >= policy.max_attempts {
                 Decision::DeadLetter {
                     code: ErrorCode::RetriesExhausted,
-                    detail: format!("failed {attempt} times; last error: {error}"),
+                    detail: bounded(format!("failed {attempt} times; last error: {error}")),
                 }
             } else {
                 tracing::warn!(event_id = %envelope.id, attempt, error = %error, "event failed for a passing reason: will retry");
@@ -201,7 +340,7 @@ fn redelivery_of(delivery: &Delivery) -> Redelivery {
     }
 }
 
-/// Copies the original properties, with `extra` headers laid over its headers.
+/// Copies the original properties, persistent, with `extra` headers laid over its headers.
 fn forwarded(delivery: &Delivery, extra: Vec<(&str, AMQPValue)>) -> BasicProperties {
     let mut headers = delivery.properties.headers().clone().unwrap_or_default();
     for (k, v) in extra {
@@ -214,22 +353,12 @@ fn forwarded(delivery: &Delivery, extra: Vec<(&str, AMQPValue)>) -> BasicPropert
         .with_delivery_mode(2)
 }
 
-async fn publish_confirmed(
-    channel: &Channel,
-    exchange: &str,
-    key: &str,
-    body: &[u8],
-    props: BasicProperties,
-) -> anyhow::Result<()> {
-    let confirm = channel
-        .basic_publish(exchange, key, BasicPublishOptions::default(), body, props)
-        .await?
-        .await?;
-    anyhow::ensure!(confirm.is_ack(), "the broker did not confirm the message");
-    Ok(())
-}
+/// The retry or dead letter could not be handed over: the connection must be opened anew.
+#[derive(Debug)]
+struct ForwardFailed;
 
-/// Carries out a decision. Only after the dead letter or retry is confirmed is the original acked.
+/// Carries out a decision. Only after the dead letter or retry is confirmed is the original
+/// acked; if it cannot be handed over, the original waits a moment and goes back to the queue.
 async fn settle(
     shared: &Shared,
     publisher: &Channel,
@@ -237,10 +366,12 @@ async fn settle(
     delivery: &Delivery,
     event_type: Option<&str>,
     decision: Decision,
-) {
-    let label = event_type.unwrap_or("unknown");
+) -> Result<(), ForwardFailed> {
+    let label = type_label(event_type);
     let forwarded_ok = match &decision {
         Decision::Ack => Ok(()),
+        // Held by the caller until the database is back; never settled as such.
+        Decision::Unavailable => Ok(()),
         Decision::DeadLetter { code, detail } => {
             shared
                 .metrics
@@ -256,9 +387,13 @@ async fn settle(
                         HEADER_ERROR_DETAIL,
                         AMQPValue::LongString(detail.as_str().into()),
                     ),
+                    (
+                        HEADER_DEAD_LETTERED_AT,
+                        AMQPValue::LongLongInt(chrono::Utc::now().timestamp_millis()),
+                    ),
                 ],
             );
-            publish_confirmed(
+            topology::publish_confirmed(
                 publisher,
                 &topology.dead_letter,
                 delivery.routing_key.as_str(),
@@ -277,7 +412,7 @@ async fn settle(
                 (HEADER_ATTEMPT, AMQPValue::LongUInt(next.attempt)),
                 (HEADER_DEFERRALS, AMQPValue::LongUInt(next.deferrals)),
                 (
-                    "x-rpec-last-error",
+                    HEADER_LAST_ERROR,
                     AMQPValue::LongString(error.as_str().into()),
                 ),
             ];
@@ -286,32 +421,100 @@ async fn settle(
             }
             let props = forwarded(delivery, headers)
                 .with_expiration(delay.as_millis().max(1).to_string().into());
-            publish_confirmed(publisher, "", &topology.retry, &delivery.data, props).await
+            topology::publish_confirmed(publisher, "", &topology.retry, &delivery.data, props).await
         }
     };
-    let settled = match forwarded_ok {
-        Ok(()) => delivery.ack(BasicAckOptions::default()).await,
+    let (settled, result) = match forwarded_ok {
+        Ok(()) => (delivery.ack(BasicAckOptions::default()).await, Ok(())),
         Err(e) => {
-            tracing::warn!(error = %e, "could not forward the message: returning it to the queue");
-            delivery.reject(BasicRejectOptions { requeue: true }).await
+            tracing::warn!(error = %e, event_type = label,
+                "could not hand the message over: it goes back to the queue and the connection is opened anew");
+            tokio::time::sleep(FORWARD_FAILURE_DELAY).await;
+            (
+                delivery.reject(BasicRejectOptions { requeue: true }).await,
+                Err(ForwardFailed),
+            )
         }
     };
     if let Err(e) = settled {
         // The channel is gone: the broker redelivers, and de-duplication makes that harmless.
         tracing::warn!(error = %e, "could not settle a delivery");
     }
+    result
 }
 
-/// Consumes until `shutdown`, reconnecting whenever the broker connection is lost.
-pub async fn run(shared: Arc<Shared>, shutdown: CancellationToken) {
-    let topology = Topology::new(&shared.settings.exchange, &shared.settings.queue);
-    let mut wait = Duration::from_millis(250);
+/// Handles one delivery to the end: held while the database is unreachable (with `db_up` saying
+/// so, which stops the consumer taking more), then settled.
+async fn process(
+    shared: &Shared,
+    publisher: &Channel,
+    topology: &Topology,
+    delivery: Delivery,
+    db_up: &watch::Sender<bool>,
+    shutdown: &CancellationToken,
+) -> Result<(), ForwardFailed> {
+    let seen = redelivery_of(&delivery);
+    loop {
+        let (event_type, decision) = decide(shared, &delivery.data, seen).await;
+        if decision == Decision::Unavailable {
+            db_up.send_replace(false);
+            shared.metrics.consumer_waiting_for_database.set(1);
+            if !wait_for_database(shared, shutdown).await {
+                // Shutting down: back to the queue, untouched, for the next worker.
+                let _ = delivery.reject(BasicRejectOptions { requeue: true }).await;
+                return Ok(());
+            }
+            if !db_up.send_replace(true) {
+                shared.metrics.consumer_waiting_for_database.set(0);
+                tracing::info!("PostgreSQL answers again: handling resumes");
+            }
+            continue;
+        }
+        // A worker killed between the commit and the ack (fault tests): the broker redelivers.
+        fail::fail_point!("consume::after_commit", |_| -> Result<(), ForwardFailed> {
+            std::process::abort()
+        });
+        return settle(
+            shared,
+            publisher,
+            topology,
+            &delivery,
+            event_type.as_deref(),
+            decision,
+        )
+        .await;
+    }
+}
+
+/// Why the consumer stopped.
+#[derive(Debug, thiserror::Error)]
+pub enum ConsumeError {
+    /// Nothing a reconnect can mend (a queue declared differently before): the worker stops.
+    #[error(transparent)]
+    Fatal(topology::DeclareError),
+}
+
+/// Consumes until `shutdown`, reconnecting whenever the broker connection is lost. Returns an
+/// error only for what reconnecting cannot mend.
+pub async fn run(shared: Arc<Shared>, shutdown: CancellationToken) -> Result<(), ConsumeError> {
+    let topology = Topology::from_settings(&shared.settings);
+    let initial = Duration::from_millis(250);
+    let mut wait = initial;
     while !shutdown.is_cancelled() {
         match consume(&shared, &topology, &shutdown).await {
             Ok(()) => break,
-            Err(e) => {
+            Err(Lost::Fatal(e)) => {
                 shared.amqp_ready.store(false, Ordering::SeqCst);
-                tracing::warn!(error = %format!("{e:#}"), retry_in_ms = wait.as_millis() as u64, "broker connection lost");
+                tracing::error!(error = %e, "cannot consume");
+                return Err(ConsumeError::Fatal(e));
+            }
+            Err(Lost::After { consumed, error }) => {
+                shared.amqp_ready.store(false, Ordering::SeqCst);
+                if consumed {
+                    // It worked for a while: the next failure starts the waits afresh.
+                    wait = initial;
+                }
+                tracing::warn!(error = %format!("{error:#}"), retry_in_ms = wait.as_millis() as u64, "broker connection lost");
                 tokio::select! {
                     _ = shutdown.cancelled() => break,
                     _ = tokio::time::sleep(wait) => {}
@@ -321,6 +524,24 @@ pub async fn run(shared: Arc<Shared>, shutdown: CancellationToken) {
         }
     }
     tracing::info!("consumer stopped");
+    Ok(())
+}
+
+/// How one connection's life ended.
+enum Lost {
+    Fatal(topology::DeclareError),
+    /// `consumed`: whether it got as far as consuming.
+    After {
+        consumed: bool,
+        error: anyhow::Error,
+    },
+}
+
+fn lost_before_consuming(error: impl Into<anyhow::Error>) -> Lost {
+    Lost::After {
+        consumed: false,
+        error: error.into(),
+    }
 }
 
 /// One connection's life: returns Ok at shutdown, Err when the connection fails.
@@ -328,24 +549,41 @@ async fn consume(
     shared: &Arc<Shared>,
     topology: &Topology,
     shutdown: &CancellationToken,
-) -> anyhow::Result<()> {
+) -> Result<(), Lost> {
     let connection = topology::connect(
         shared.settings.amqp_url.expose_secret(),
         &format!("rpec-notify consumer {}", topology.queue),
     )
     .await
-    .context("Failed to connect to RabbitMQ")?;
-    let channel = connection.create_channel().await?;
-    topology::declare(&channel, topology)
-        .await
-        .context("Failed to declare the topology")?;
-    channel
-        .basic_qos(shared.settings.prefetch, BasicQosOptions::default())
-        .await?;
-    let publisher = connection.create_channel().await?;
-    publisher
-        .confirm_select(ConfirmSelectOptions::default())
-        .await?;
+    .context("Failed to connect to RabbitMQ")
+    .map_err(lost_before_consuming)?;
+    let setup = async {
+        let channel = connection.create_channel().await?;
+        match topology::declare(&channel, topology).await {
+            Ok(()) => {}
+            Err(e) if e.is_permanent() => return Ok(Err(Lost::Fatal(e))),
+            Err(e) => return Err(anyhow::Error::new(e).context("Failed to declare the topology")),
+        }
+        channel
+            .basic_qos(shared.settings.prefetch, BasicQosOptions::default())
+            .await?;
+        let publisher = connection.create_channel().await?;
+        publisher
+            .confirm_select(ConfirmSelectOptions::default())
+            .await?;
+        Ok::<_, anyhow::Error>(Ok((channel, publisher)))
+    };
+    let (channel, publisher) = match setup.await {
+        Ok(Ok(channels)) => channels,
+        Ok(Err(fatal)) => {
+            let _ = connection.close(200, "cannot consume").await;
+            return Err(fatal);
+        }
+        Err(e) => {
+            let _ = connection.close(200, "set-up failed").await;
+            return Err(lost_before_consuming(e));
+        }
+    };
     let tag = format!("rpec-notify-{}", uuid::Uuid::new_v4());
     let mut consumer = channel
         .basic_consume(
@@ -354,24 +592,51 @@ async fn consume(
             BasicConsumeOptions::default(),
             FieldTable::default(),
         )
-        .await?;
+        .await
+        .map_err(lost_before_consuming)?;
     shared.amqp_ready.store(true, Ordering::SeqCst);
     tracing::info!(queue = %topology.queue, "consuming");
 
+    let (db_up, mut db_state) = watch::channel(true);
+    let db_up = Arc::new(db_up);
+    let forward_failed = Arc::new(Notify::new());
     let mut in_hand = JoinSet::new();
+    let mut depth_tick = tokio::time::interval(DEAD_LETTER_DEPTH_EVERY);
     let result = loop {
+        let taking = *db_state.borrow_and_update();
         tokio::select! {
             _ = shutdown.cancelled() => break Ok(()),
-            Some(_) = in_hand.join_next(), if !in_hand.is_empty() => {}
-            next = consumer.next() => match next {
+            _ = depth_tick.tick() => {
+                match channel.queue_declare(&topology.dead_letter, passive(), FieldTable::default()).await {
+                    Ok(q) => shared.metrics.dead_letter_depth.set(q.message_count().into()),
+                    Err(e) => break Err(anyhow::Error::new(e).context("the dead-letter queue is gone")),
+                }
+            }
+            _ = forward_failed.notified() => {
+                break Err(anyhow::anyhow!("a retry or dead letter could not be handed over"));
+            }
+            // While the database is out of reach, no new delivery is taken: those in hand wait
+            // for it, and the rest stay on the queue for workers that can reach it.
+            _ = db_state.changed(), if !taking => {}
+            Some(joined) = in_hand.join_next(), if !in_hand.is_empty() => {
+                if let Err(e) = joined {
+                    // Its delivery was never settled: only a new channel gives it back.
+                    break Err(anyhow::Error::new(e).context("a delivery's task failed"));
+                }
+            }
+            next = consumer.next(), if taking => match next {
                 Some(Ok(delivery)) => {
                     let shared = shared.clone();
                     let publisher = publisher.clone();
                     let topology = topology.clone();
+                    let db_up = db_up.clone();
+                    let shutdown = shutdown.clone();
+                    let forward_failed = forward_failed.clone();
                     in_hand.spawn(async move {
-                        let seen = redelivery_of(&delivery);
-                        let (event_type, decision) = decide(&shared, &delivery.data, seen).await;
-                        settle(&shared, &publisher, &topology, &delivery, event_type.as_deref(), decision).await;
+                        let settled = process(&shared, &publisher, &topology, delivery, &db_up, &shutdown).await;
+                        if settled.is_err() {
+                            forward_failed.notify_one();
+                        }
                     });
                 }
                 Some(Err(e)) => break Err(anyhow::Error::new(e).context("the consumer failed")),
@@ -399,5 +664,8 @@ async fn consume(
     let _ = channel.close(200, "shutting down").await;
     let _ = publisher.close(200, "shutting down").await;
     let _ = connection.close(200, "shutting down").await;
-    result
+    result.map_err(|error| Lost::After {
+        consumed: true,
+        error,
+    })
 }

@@ -32,6 +32,8 @@ pub enum ErrorCode {
     UnknownSession,
     /// A passing failure that did not pass within the retry budget.
     RetriesExhausted,
+    /// Handling crashed (a bug in the worker, not a fault of the event): it was not applied.
+    HandlerFailed,
 }
 
 impl ErrorCode {
@@ -44,6 +46,7 @@ impl ErrorCode {
             ErrorCode::TooLarge => "too_large",
             ErrorCode::UnknownSession => "unknown_session",
             ErrorCode::RetriesExhausted => "retries_exhausted",
+            ErrorCode::HandlerFailed => "handler_failed",
         }
     }
 }
@@ -177,12 +180,17 @@ impl Envelope {
         let event_type = EventType::parse(&type_name).ok_or_else(|| {
             with_type(ParseError::new(
                 ErrorCode::UnknownType,
-                format!("type: {type_name:?} is not an event this worker handles"),
+                "type: not an event this worker handles",
             ))
         })?;
         let version = root.map.get("version");
         if version != Some(&Value::from(1)) {
-            let shown = version.map_or("missing".to_string(), Value::to_string);
+            // Only a small number is shown back: a detail never carries text from the event.
+            let shown = match version {
+                None => "missing".to_string(),
+                Some(Value::Number(n)) if n.to_string().len() <= 12 => n.to_string(),
+                Some(_) => "not a supported number".to_string(),
+            };
             return Err(with_type(ParseError::new(
                 ErrorCode::UnsupportedVersion,
                 format!("version: {shown} is not supported (expected 1)"),
@@ -599,7 +607,7 @@ impl<'a> Fields<'a> {
             .map(|(_, v)| *v)
             .ok_or_else(|| {
                 let names: Vec<&str> = choices.iter().map(|c| c.0).collect();
-                self.err(key, format!("{s:?} is not one of {}", names.join(", ")))
+                self.err(key, format!("is not one of {}", names.join(", ")))
             })
     }
 
@@ -760,7 +768,42 @@ mod tests {
         d["topic"] = json!("gossip");
         assert!(code_and_detail(&contact(d))
             .1
-            .starts_with("data.topic: \"gossip\" is not one of"));
+            .starts_with("data.topic: is not one of training, "));
+    }
+
+    /// A refusal names the field and the rule, never the value: a person may have typed their
+    /// name or their concern into the wrong field, and details are logged and kept.
+    #[test]
+    fn refusals_never_echo_the_value() {
+        let marker = "MARKER-Jo-Bloggs-worried-about-a-pupil";
+        let mut cases: Vec<Vec<u8>> = ["setting", "topic", "region", "email"]
+            .into_iter()
+            .map(|field| {
+                let mut d = valid();
+                d[field] = json!(marker);
+                contact(d)
+            })
+            .collect();
+        let mut d = valid();
+        d["name"] = json!(format!("{marker}{}", "x".repeat(300)));
+        cases.push(contact(d));
+        cases.push(
+            json!({"id": "3b0c8a52-8f43-4a8e-9d0e-5c1f2f6b7a01", "type": marker, "version": 1,
+                   "occurred_at": "2024-10-01T12:00:00Z", "data": valid()})
+            .to_string()
+            .into_bytes(),
+        );
+        cases.push(
+            json!({"id": "3b0c8a52-8f43-4a8e-9d0e-5c1f2f6b7a01", "type": "contact.submitted",
+                   "version": marker, "occurred_at": "2024-10-01T12:00:00Z", "data": valid()})
+            .to_string()
+            .into_bytes(),
+        );
+        for body in cases {
+            let (code, detail) = code_and_detail(&body);
+            assert_ne!(code, "", "refused");
+            assert!(!detail.contains("MARKER"), "{code}: {detail}");
+        }
     }
 
     fn session(data: Value) -> Vec<u8> {

@@ -24,7 +24,7 @@ pub fn parse_link(raw: &str) -> Result<String, String> {
         "https" => {}
         "http" if local => {}
         "http" => return Err("must be https (http only for localhost)".into()),
-        other => return Err(format!("must be an https URL, not {other}:")),
+        _ => return Err("must be an https URL".into()),
     }
     if url.host_str().is_none_or(str::is_empty) {
         return Err("not a URL (no host)".into());

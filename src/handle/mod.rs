@@ -63,6 +63,23 @@ pub async fn handle(shared: &Shared, envelope: &Envelope) -> Result<Handled, Fai
         tx.rollback().await?;
         return Ok(Handled::Duplicate);
     }
+    // A handler bug, injected (fault tests): events whose id starts with the configured text
+    // crash here, inside the transaction, as a real bug would.
+    #[cfg(feature = "failpoints")]
+    if let Some(Some(prefix)) = fail::eval("handle::panic", |arg| arg) {
+        if envelope.id.to_string().starts_with(&prefix) {
+            panic!("fault injected into handling");
+        }
+    }
+    // A passing failure of the event's own (a conflict, say), injected the same way.
+    #[cfg(feature = "failpoints")]
+    if let Some(Some(prefix)) = fail::eval("handle::passing_failure", |arg| arg) {
+        if envelope.id.to_string().starts_with(&prefix) {
+            return Err(Failure::Transient(anyhow::anyhow!(
+                "a passing failure, injected"
+            )));
+        }
+    }
     match &envelope.event {
         Event::ContactSubmitted(c) => contact::handle(&mut tx, shared, envelope, c).await?,
         Event::SessionScheduled(s) | Event::SessionUpdated(s) => {

@@ -4,7 +4,7 @@
 use crate::proxy::FaultProxy;
 use lapin::options::{
     BasicAckOptions, BasicGetOptions, BasicPublishOptions, ConfirmSelectOptions,
-    ExchangeDeleteOptions, QueueDeleteOptions,
+    ExchangeDeclareOptions, ExchangeDeleteOptions, QueueDeclareOptions, QueueDeleteOptions,
 };
 use lapin::types::{AMQPValue, FieldTable};
 use lapin::{BasicProperties, Channel, Connection};
@@ -453,19 +453,19 @@ pub async fn spawn_app_with(options: Options) -> TestApp {
     .collect();
     let settings = Settings::load_from(&env).expect("test settings");
 
-    // Declared before the worker starts, so nothing published early is unroutable.
     let amqp = topology::connect(&amqp_url(), "rpec-notify tests")
         .await
         .expect("RabbitMQ (TEST_AMQP_URL)");
+    let clock = options.clock.unwrap_or_default();
+    let worker = start_worker(settings.clone(), listener, clock.clone());
+    // The worker declares the exchange, its queues and bindings itself (the contract says so):
+    // the test publishes only once they are there.
+    wait_for_topology(&amqp, &topology).await;
     let channel = amqp.create_channel().await.unwrap();
-    topology::declare(&channel, &topology).await.unwrap();
     channel
         .confirm_select(ConfirmSelectOptions::default())
         .await
         .unwrap();
-
-    let clock = options.clock.unwrap_or_default();
-    let worker = start_worker(settings.clone(), listener, clock.clone());
     let pool = PgPool::connect(&db_url).await.unwrap();
     // HTTP is served once migrations are applied and every task has started.
     wait_healthy(format!("http://{http}/healthz")).await;
@@ -485,6 +485,42 @@ pub async fn spawn_app_with(options: Options) -> TestApp {
         broker_proxy,
         removed: false,
     }
+}
+
+/// Waits until the exchange and every queue of `topology` exist on the broker. A passive
+/// declaration of something missing closes its channel, so each look takes a fresh one.
+pub async fn wait_for_topology(amqp: &Connection, topology: &Topology) {
+    let passive = QueueDeclareOptions {
+        passive: true,
+        ..QueueDeclareOptions::default()
+    };
+    eventually(
+        Duration::from_secs(30),
+        "the worker to declare its exchange and queues",
+        || async {
+            let ch = amqp.create_channel().await.ok()?;
+            let exchange = ExchangeDeclareOptions {
+                passive: true,
+                ..ExchangeDeclareOptions::default()
+            };
+            ch.exchange_declare(
+                &topology.exchange,
+                lapin::ExchangeKind::Topic,
+                exchange,
+                FieldTable::default(),
+            )
+            .await
+            .ok()?;
+            for q in topology.queues() {
+                ch.queue_declare(q, passive, FieldTable::default())
+                    .await
+                    .ok()?;
+            }
+            let _ = ch.close(200, "seen").await;
+            Some(())
+        },
+    )
+    .await;
 }
 
 /// The host and port a URL names (`default` when it names no port), resolved for a proxy.

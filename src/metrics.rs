@@ -16,6 +16,8 @@ pub struct Metrics {
     pub outbox_depth: IntGauge,
     /// Messages on the dead-letter queue, as the consumer last saw (every few seconds).
     pub dead_letter_depth: IntGauge,
+    /// Retries and dead letters the broker did not take (returned, refused, channel gone).
+    pub forward_failures: prometheus::IntCounter,
     /// 1 while the consumer holds its deliveries because PostgreSQL cannot be reached.
     pub consumer_waiting_for_database: IntGauge,
 }
@@ -97,6 +99,17 @@ impl Metrics {
                 "rpec_dead_letter_depth",
                 "Messages waiting on the dead-letter queue for an operator",
             ),
+            forward_failures: {
+                let c = prometheus::IntCounter::new(
+                    "rpec_events_forward_failures_total",
+                    "Retries and dead letters the broker did not take: the message went back to the queue and the connection was opened anew",
+                )
+                .expect("a valid metric");
+                registry
+                    .register(Box::new(c.clone()))
+                    .expect("registered once");
+                c
+            },
             consumer_waiting_for_database: gauge(
                 &registry,
                 "rpec_consumer_waiting_for_database",

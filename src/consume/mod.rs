@@ -427,6 +427,7 @@ async fn settle(
     let (settled, result) = match forwarded_ok {
         Ok(()) => (delivery.ack(BasicAckOptions::default()).await, Ok(())),
         Err(e) => {
+            shared.metrics.forward_failures.inc();
             tracing::warn!(error = %e, event_type = label,
                 "could not hand the message over: it goes back to the queue and the connection is opened anew");
             tokio::time::sleep(FORWARD_FAILURE_DELAY).await;

@@ -80,6 +80,21 @@ impl Deployment {
         self.envs.push((key.to_owned(), value.to_owned()));
     }
 
+    /// Removes one environment variable for what is started from now on.
+    #[cfg_attr(not(feature = "failpoints"), allow(dead_code))]
+    pub fn unset_env(&mut self, key: &str) {
+        self.envs.retain(|(k, _)| k != key);
+    }
+
+    /// One of the deployment's environment variables (its queue name, ...).
+    pub fn env(&self, key: &str) -> String {
+        self.envs
+            .iter()
+            .find(|(k, _)| k == key)
+            .map(|(_, v)| v.clone())
+            .unwrap_or_else(|| panic!("{key} is not set"))
+    }
+
     pub fn base_url(&self) -> String {
         format!("http://127.0.0.1:{}", self.http_port)
     }
@@ -114,12 +129,17 @@ impl Deployment {
 
     /// Runs another command of the binary (`publish`, ...) with this deployment's settings.
     pub fn command(&self, args: &[&str]) -> Output {
-        binary()
+        self.command_builder(args).output().unwrap()
+    }
+
+    /// The command, not yet run (to run it off the test's runtime, or with more settings).
+    pub fn command_builder(&self, args: &[&str]) -> std::process::Command {
+        let mut command = binary();
+        command
             .args(args)
             .current_dir(manifest_dir())
-            .envs(self.envs.iter().map(|(k, v)| (k, v)))
-            .output()
-            .unwrap()
+            .envs(self.envs.iter().map(|(k, v)| (k, v)));
+        command
     }
 
     /// Publishes event files with `rpec-notify publish`.
@@ -162,6 +182,16 @@ impl Worker {
         self.signal("-KILL");
         let _ = self.child.wait().await;
         self.log.await.unwrap_or_default()
+    }
+
+    /// Waits for the worker to exit by itself (a fault point that aborts it, a fatal error).
+    #[cfg_attr(not(feature = "failpoints"), allow(dead_code))]
+    pub async fn exited(mut self, within: Duration) -> (ExitStatus, String) {
+        let status = tokio::time::timeout(within, self.child.wait())
+            .await
+            .expect("the worker exits by itself")
+            .unwrap();
+        (status, self.log.await.unwrap_or_default())
     }
 
     /// SIGTERM, then waits for the exit; returns the status and the log.

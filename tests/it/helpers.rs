@@ -591,6 +591,8 @@ pub struct DeadLetter {
     pub error: String,
     pub detail: String,
     pub body: Vec<u8>,
+    /// delivery_mode 2: it survives a broker restart.
+    pub persistent: bool,
 }
 
 fn header_string(headers: &FieldTable, name: &str) -> String {
@@ -667,6 +669,7 @@ impl TestApp {
                         error: header_string(&headers, "x-rpec-error"),
                         detail: header_string(&headers, "x-rpec-error-detail"),
                         body: msg.delivery.data.clone(),
+                        persistent: msg.delivery.properties.delivery_mode() == &Some(2),
                     });
                     msg.delivery.ack(BasicAckOptions::default()).await.unwrap();
                 }

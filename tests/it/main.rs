@@ -14,5 +14,6 @@ mod helpers;
 mod newsletter;
 mod ops;
 mod proxy;
+mod reliability;
 mod retention;
 mod sessions;

@@ -22,7 +22,7 @@ export DATABASE_URL RPEC_SMTP_URL TEST_DATABASE_URL TEST_AMQP_URL RUST_BACKTRACE
 
 EXAMPLE_EVENT ?= ../shared/examples/events/contact-complex-case.json
 
-.PHONY: setup build run test bench fmt lint clean-mail publish-example
+.PHONY: setup build run test bench faults fmt lint clean-mail publish-example
 
 ## setup: install/start PostgreSQL, RabbitMQ and the toolchain as needed
 setup:
@@ -38,13 +38,22 @@ run: setup
 	$(CARGO) run --quiet -- run
 
 ## test: formatting, lints, then every test target (the browser test needs Chromium, so the
-## set-up installs Debian's chromium and chromium-driver too)
+## set-up installs Debian's chromium and chromium-driver too), then the fault suite's short
+## form, last and one test at a time (some of its tests restart the shared RabbitMQ)
 test:
 	bash scripts/setup.sh --with-chromium
 	$(CARGO) fmt --all -- --check
 	$(CARGO) clippy --all-targets -- -D warnings
 	$(CARGO) clippy --all-targets --features failpoints -- -D warnings
 	$(CARGO) test --all-targets --features failpoints
+	$(CARGO) test --features failpoints --test faults -- --ignored --test-threads 1
+
+## faults: the fault suite in its long form against the release binary (built with the fault
+## points); prints one table and writes target/faults/faults.json. It stops and starts the
+## machine's RabbitMQ and starts a three-node cluster beside it (scripts/rabbitmq-cluster.sh).
+faults: setup
+	$(CARGO) build --release --features failpoints
+	RPEC_FAULTS=long $(CARGO) test --release --features failpoints --test faults -- --ignored --test-threads 1 --nocapture
 
 ## bench: benchmarks (scripts/bench.sh)
 bench: setup

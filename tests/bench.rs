@@ -6,6 +6,10 @@
 #[path = "it/helpers.rs"]
 #[allow(dead_code)]
 mod helpers;
+// helpers.rs uses the fault proxy (`crate::proxy`); the benchmarks do not.
+#[path = "it/proxy.rs"]
+#[allow(dead_code)]
+mod proxy;
 
 use helpers::*;
 use serde_json::json;

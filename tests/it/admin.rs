@@ -4,8 +4,9 @@
 
 use crate::cli::binary;
 use crate::helpers::*;
-use lapin::options::QueueDeclareOptions;
-use lapin::types::FieldTable;
+use lapin::options::{BasicPublishOptions, ConfirmSelectOptions, QueueDeclareOptions};
+use lapin::types::{AMQPValue, FieldTable};
+use lapin::BasicProperties;
 use serde_json::{json, Value};
 use std::process::Output;
 use std::time::Duration;
@@ -75,6 +76,44 @@ async fn dead_letter_depth(app: &TestApp) -> u32 {
         .unwrap();
     let _ = conn.close(200, "done").await;
     q.message_count()
+}
+
+/// Puts a message straight on the dead-letter queue (through its fanout exchange), as the
+/// worker would have, with `routing_key` and `headers`.
+async fn dead_letter_directly(
+    app: &TestApp,
+    routing_key: &str,
+    body: &[u8],
+    headers: Vec<(&str, AMQPValue)>,
+) {
+    let conn = rpec_notify::consume::topology::connect(&amqp_url(), "rpec-notify tests")
+        .await
+        .unwrap();
+    let ch = conn.create_channel().await.unwrap();
+    ch.confirm_select(ConfirmSelectOptions::default())
+        .await
+        .unwrap();
+    let mut table = FieldTable::default();
+    for (k, v) in headers {
+        table.insert(k.into(), v);
+    }
+    let props = BasicProperties::default()
+        .with_delivery_mode(2)
+        .with_headers(table);
+    let confirm = ch
+        .basic_publish(
+            &app.topology.dead_letter,
+            routing_key,
+            BasicPublishOptions::default(),
+            body,
+            props,
+        )
+        .await
+        .unwrap()
+        .await
+        .unwrap();
+    assert!(confirm.is_ack());
+    let _ = conn.close(200, "done").await;
 }
 
 async fn wait_for_dead_letters(app: &TestApp, n: u32) {
@@ -193,8 +232,52 @@ async fn a_dead_letter_without_an_envelope_is_named_by_a_hash_replayed_by_it_and
     let again = run_json(&app, &["dead-letters", "list"], 0).await;
     assert_eq!(again["dead_letters"][0]["id"], hash.as_str());
 
+    // A dead letter of a type no queue takes (and with the time it was dead-lettered): replay
+    // reports it and leaves it where it was, since the exchange returned it. (The malformed one
+    // is replayed beside it and soon dead-lettered again.)
+    let archived = json!({"id": uuid::Uuid::new_v4().to_string(), "type": "contact.archived"});
+    let an_hour_ago = chrono::Utc::now().timestamp_millis() - 3_600_000;
+    dead_letter_directly(
+        &app,
+        "contact.archived",
+        archived.to_string().as_bytes(),
+        vec![
+            ("x-rpec-error", AMQPValue::LongString("unknown_type".into())),
+            (
+                "x-rpec-dead-lettered-at",
+                AMQPValue::LongLongInt(an_hour_ago),
+            ),
+        ],
+    )
+    .await;
+    let listed = run_json(&app, &["dead-letters", "list"], 0).await;
+    let entry = listed["dead_letters"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|d| d["id"] == archived["id"])
+        .unwrap_or_else(|| panic!("{listed}"))
+        .clone();
+    assert_eq!(entry["type"], "unknown");
+    assert_eq!(entry["code"], "unknown_type");
+    assert!(entry["age_seconds"].as_i64().unwrap() >= 3600, "{entry}");
+    let returned = run_json(&app, &["dead-letters", "replay", "--all"], 1).await;
+    assert_eq!(returned["refused"][0]["id"], archived["id"], "{returned}");
+    assert_eq!(returned["refused"][0]["routing_key"], "contact.archived");
+    assert_eq!(returned["replayed"][0]["id"], hash.as_str());
+    let after = run_json(&app, &["dead-letters", "list"], 0).await;
+    assert!(
+        after["dead_letters"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|d| d["id"] == archived["id"]),
+        "{after}"
+    );
+    wait_for_dead_letters(&app, 2).await;
+
     let purged = run_json(&app, &["dead-letters", "purge"], 0).await;
-    assert_eq!(purged["purged"], 1);
+    assert_eq!(purged["purged"], 2);
     assert_eq!(dead_letter_depth(&app).await, 0);
     let out = run(&app, &["dead-letters", "list"]).await;
     assert_exit(&out, 0);

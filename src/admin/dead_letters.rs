@@ -20,12 +20,12 @@ use crate::domain::EventType;
 use lapin::message::Delivery;
 use lapin::options::{
     BasicAckOptions, BasicGetOptions, BasicPublishOptions, ConfirmSelectOptions,
-    QueueDeclareOptions, QueuePurgeOptions,
+    ExchangeDeclareOptions, QueueDeclareOptions, QueuePurgeOptions,
 };
 use lapin::protocol::{AMQPErrorKind, AMQPSoftError};
 use lapin::publisher_confirm::Confirmation;
 use lapin::types::{AMQPValue, FieldTable};
-use lapin::{BasicProperties, Channel, Connection};
+use lapin::{BasicProperties, Channel, Connection, ExchangeKind};
 use serde_json::{json, Value};
 use sha2::{Digest, Sha256};
 use uuid::Uuid;
@@ -175,6 +175,12 @@ pub fn replay_properties(original: &BasicProperties) -> BasicProperties {
     p
 }
 
+/// The broker's 404: the queue or exchange named does not exist.
+fn is_not_found(e: &lapin::Error) -> bool {
+    matches!(e, lapin::Error::ProtocolError(p)
+        if matches!(p.kind(), AMQPErrorKind::Soft(AMQPSoftError::NOTFOUND)))
+}
+
 fn unavailable(e: lapin::Error, what: &str) -> AdminError {
     AdminError::Unavailable(anyhow::Error::new(e).context(format!("RabbitMQ: {what}")))
 }
@@ -209,9 +215,7 @@ impl DeadLetterQueue {
             .await
         {
             Ok(q) => q,
-            Err(lapin::Error::ProtocolError(e))
-                if matches!(e.kind(), AMQPErrorKind::Soft(AMQPSoftError::NOTFOUND)) =>
-            {
+            Err(e) if is_not_found(&e) => {
                 let _ = connection.close(200, "done").await;
                 return Err(AdminError::Config(format!(
                     "there is no queue {:?} on the broker: is RPEC_QUEUE right? (the worker \
@@ -335,6 +339,32 @@ pub async fn replay(
             return Err(unavailable(e, "cannot open a channel"));
         }
     };
+    // A mistyped RPEC_EXCHANGE would otherwise surface as the broker closing the channel on
+    // the first publish.
+    let passive = ExchangeDeclareOptions {
+        passive: true,
+        ..ExchangeDeclareOptions::default()
+    };
+    if let Err(e) = publisher
+        .exchange_declare(
+            &queue.exchange,
+            ExchangeKind::Topic,
+            passive,
+            FieldTable::default(),
+        )
+        .await
+    {
+        let error = if is_not_found(&e) {
+            AdminError::Config(format!(
+                "there is no exchange {:?} on the broker: is RPEC_EXCHANGE right?",
+                queue.exchange
+            ))
+        } else {
+            unavailable(e, "cannot look at the events exchange")
+        };
+        queue.close().await;
+        return Err(error);
+    }
     let outcome = replay_on(&queue, &publisher, selection).await;
     let _ = publisher.close(200, "done").await;
     queue.close().await;

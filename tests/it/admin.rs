@@ -13,6 +13,11 @@ use std::time::Duration;
 
 /// `rpec-notify ARGS...` with the settings of `app`'s worker.
 async fn run(app: &TestApp, args: &[&str]) -> Output {
+    run_with(app, args, &[]).await
+}
+
+/// The same with some settings changed.
+async fn run_with(app: &TestApp, args: &[&str], env: &[(&str, &str)]) -> Output {
     let mut c = binary();
     c.args(args)
         .current_dir(manifest_dir())
@@ -21,7 +26,8 @@ async fn run(app: &TestApp, args: &[&str]) -> Output {
         .env("RPEC_EXCHANGE", &app.topology.exchange)
         .env("RPEC_QUEUE", &app.topology.queue)
         .env("RPEC_CONFIG_DIR", &app.settings.config_dir)
-        .env("RPEC_TOKEN_SECRET", TEST_TOKEN_SECRET);
+        .env("RPEC_TOKEN_SECRET", TEST_TOKEN_SECRET)
+        .envs(env.iter().copied());
     tokio::process::Command::from(c).output().await.unwrap()
 }
 
@@ -275,6 +281,21 @@ async fn a_dead_letter_without_an_envelope_is_named_by_a_hash_replayed_by_it_and
         "{after}"
     );
     wait_for_dead_letters(&app, 2).await;
+
+    // An events exchange that does not exist is a configuration error, and nothing is taken.
+    let elsewhere = run_with(
+        &app,
+        &["dead-letters", "replay", "--all"],
+        &[("RPEC_EXCHANGE", "rpec.events.nowhere")],
+    )
+    .await;
+    assert_exit(&elsewhere, 2);
+    assert!(
+        String::from_utf8_lossy(&elsewhere.stderr).contains("RPEC_EXCHANGE"),
+        "{}",
+        String::from_utf8_lossy(&elsewhere.stderr)
+    );
+    assert_eq!(dead_letter_depth(&app).await, 2);
 
     let purged = run_json(&app, &["dead-letters", "purge"], 0).await;
     assert_eq!(purged["purged"], 2);

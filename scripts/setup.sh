@@ -276,9 +276,23 @@ ensure_rabbitmq() {
 
 # -------------------------------------------------------------- promtool ----
 # Only the promtool command is wanted (make test checks the alert rules with it); Debian ships
-# it in the prometheus package, whose server is not started here.
+# it in the prometheus package. Its install would start a Prometheus server, so a policy-rc.d
+# that refuses service starts is put in place for the install when the machine has none.
+readonly POLICY_RC=/usr/sbin/policy-rc.d
+remove_policy_rc() {
+    as_root rm -f "$POLICY_RC"
+}
 ensure_promtool() {
-    if ! have promtool; then
+    have promtool && return 0
+    if [ ! -e "$POLICY_RC" ]; then
+        printf '#!/bin/sh\n# added by rpec-notify scripts/setup.sh while installing promtool\nexit 101\n' |
+            as_root tee "$POLICY_RC" >/dev/null
+        as_root chmod 755 "$POLICY_RC"
+        trap remove_policy_rc EXIT
+        apt_install prometheus
+        remove_policy_rc
+        trap - EXIT
+    else
         apt_install prometheus
     fi
     have promtool || die "the prometheus package was installed but promtool is not on PATH"

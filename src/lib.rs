@@ -29,7 +29,10 @@
 //! - [`http`]: health, readiness, Prometheus metrics, and the confirm and unsubscribe pages.
 //! - [`worker`]: wires everything together for `rpec-notify run` and shuts it down cleanly.
 //! - [`publish`]: `rpec-notify publish`, with publisher confirms.
+//! - [`admin`]: operator tools: `outbox status|list|retry` and `dead-letters list|replay|purge`,
+//!   with one exit-code table and reports that hold ids, codes and counts, never personal data.
 
+pub mod admin;
 pub mod calendar;
 pub mod clock;
 pub mod config;

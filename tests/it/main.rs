@@ -1,6 +1,7 @@
 //! Integration tests, one binary: real PostgreSQL, RabbitMQ and SMTP server, one module per
 //! capability.
 
+mod admin;
 mod binary;
 mod browser;
 mod cli;

@@ -433,7 +433,7 @@ async fn replay_on(
         }
         // Mandatory, confirmed: a copy that no queue takes comes back instead of vanishing.
         match topology::publish_confirmed(
-            &publisher,
+            publisher,
             &queue.exchange,
             &s.routing_key,
             &d.data,

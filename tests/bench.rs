@@ -6,6 +6,10 @@
 #[path = "it/helpers.rs"]
 #[allow(dead_code)]
 mod helpers;
+// helpers.rs names the fault proxy (`crate::proxy`).
+#[path = "it/proxy.rs"]
+#[allow(dead_code)]
+mod proxy;
 
 use helpers::*;
 use serde_json::json;

@@ -13,6 +13,7 @@ mod fan_out;
 mod helpers;
 mod newsletter;
 mod ops;
+mod outbox;
 mod proxy;
 mod retention;
 mod sessions;

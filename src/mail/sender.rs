@@ -85,6 +85,8 @@ async fn send_one(
     // Whether the relay itself refused the message for good (a 5xx), as opposed to a message
     // that could not be built: only the first says something about the address.
     let mut refused_by_relay = false;
+    // When the relay accepted it, by the worker's clock (for reminder lateness).
+    let mut accepted_at = None;
     let result = match prepare(shared, &row).await {
         Ok(Prepared::Skip(reason)) => {
             if !record(shared, &row, &Record::Cancelled(reason.clone()), lease_ends).await? {
@@ -123,6 +125,7 @@ async fn send_one(
                 Ok(m) => {
                     let sent = relay.send(m, s.send_timeout).await;
                     refused_by_relay = matches!(sent, Err(SendError::Permanent(_)));
+                    accepted_at = sent.is_ok().then(|| shared.clock.now());
                     sent
                 }
             }
@@ -155,41 +158,44 @@ async fn send_one(
     if !record(shared, &row, &decision, lease_ends).await? {
         return Ok(stale(shared, &row));
     }
-    let outcome = match (&decision, &result) {
-        (Record::Sent, _) => {
+    let outcome = match &decision {
+        Record::Sent => {
             tracing::info!(outbox_id = row.id, kind = %row.kind, attempts = row.attempts, "email sent");
-            if row.kind == "session_reminder" {
-                observe_reminder_lateness(shared, &row);
+            if let (Some(at), "session_reminder") = (accepted_at, row.kind.as_str()) {
+                observe_reminder_lateness(shared, &row, at);
             }
             Outcome::Sent
         }
-        (Record::Retry { wait, counted, .. }, _) => {
+        Record::Retry { wait, counted, .. } => {
             tracing::warn!(outbox_id = row.id, kind = %row.kind, attempts = row.attempts,
                 counted = matches!(counted, Counted::Attempt),
                 retry_in_secs = wait.as_secs_f64(), "email not sent: passing failure, will retry");
             Outcome::Retry
         }
-        (
-            Record::Failed {
-                suppress, triage, ..
-            },
-            Err(e),
-        ) => {
+        Record::Failed {
+            suppress, triage, ..
+        } => {
             if *suppress {
                 tracing::warn!(outbox_id = row.id, kind = %row.kind,
                     "address refused for good: suppressed for bulk mail");
             }
+            let failure = result.as_ref().err().map_or("", SendError::log_summary);
             tracing::error!(outbox_id = row.id, kind = %row.kind, attempts = row.attempts,
-                failure = e.log_summary(), "email failed: it will not be tried again");
-            if triage.is_some() {
-                tracing::warn!(
+                failure, "email failed: it will not be tried again");
+            match (row.kind.as_str(), triage) {
+                ("enquiry", Some(_)) => tracing::warn!(
                     outbox_id = row.id,
                     "enquiry undeliverable: a copy goes to the triage mailbox"
-                );
+                ),
+                ("enquiry", None) => tracing::error!(
+                    outbox_id = row.id,
+                    "enquiry undeliverable to the triage mailbox itself: it waits for an operator"
+                ),
+                _ => {}
             }
             Outcome::Failed
         }
-        _ => Outcome::Failed,
+        Record::Cancelled(_) => Outcome::Cancelled,
     };
     shared.metrics.email_outcome(&row.kind, outcome);
     Ok(outcome)
@@ -233,10 +239,6 @@ fn undeliverable_copy(
         norm(a) == norm(b)
     };
     if triage.is_empty() || same(&triage, &row.recipients) {
-        tracing::error!(
-            outbox_id = row.id,
-            "enquiry undeliverable to the triage mailbox itself: it stays failed for an operator"
-        );
         return None;
     }
     let region_name = row
@@ -250,15 +252,20 @@ fn undeliverable_copy(
     ))
 }
 
-/// When the relay accepted a session reminder, against when it was due (the worker's clock).
-fn observe_reminder_lateness(shared: &Shared, row: &Claimed) {
+/// When the relay accepted a session reminder (`accepted_at`, the worker's clock), against
+/// when it was due. Rows queued before the due time was kept in the context are skipped.
+fn observe_reminder_lateness(
+    shared: &Shared,
+    row: &Claimed,
+    accepted_at: chrono::DateTime<chrono::Utc>,
+) {
     let due = row
         .context
         .get("due_at")
         .and_then(Value::as_str)
         .and_then(|t| chrono::DateTime::parse_from_rfc3339(t).ok());
     if let Some(due) = due {
-        let late = (shared.clock.now() - due.with_timezone(&chrono::Utc))
+        let late = (accepted_at - due.with_timezone(&chrono::Utc))
             .to_std()
             .unwrap_or_default();
         shared.metrics.reminder_lateness.observe(late.as_secs_f64());

@@ -282,12 +282,18 @@ async fn record(
     lease_ends: Instant,
 ) -> anyhow::Result<bool> {
     let mut wait = Duration::from_millis(100);
+    let mut tried = false;
     loop {
         let attempt =
             tokio::time::timeout_at(lease_ends.into(), record_once(shared, row, decision));
         match attempt.await {
-            Ok(Ok(changed)) => return Ok(changed),
+            Ok(Ok(true)) => return Ok(true),
+            // A try that was lost with the connection may have committed all the same: the row
+            // then still carries this claim's token and is no longer 'sending'.
+            Ok(Ok(false)) if tried => return Ok(recorded_by(shared, row).await.unwrap_or(false)),
+            Ok(Ok(false)) => return Ok(false),
             Ok(Err(e)) if db::unreachable(&e) && Instant::now() + wait < lease_ends => {
+                tried = true;
                 tracing::warn!(
                     outbox_id = row.id,
                     retry_in_ms = wait.as_millis() as u64,
@@ -300,6 +306,19 @@ async fn record(
             Err(_) => anyhow::bail!("the lease ran out before the outcome could be recorded"),
         }
     }
+}
+
+/// Whether `row` was finished under this claim (an earlier try at recording committed).
+async fn recorded_by(shared: &Shared, row: &Claimed) -> sqlx::Result<bool> {
+    let (mine,): (bool,) = sqlx::query_as(
+        "SELECT coalesce(claim_token = $2 AND status <> 'sending', false) FROM outbox WHERE id = $1",
+    )
+    .bind(row.id)
+    .bind(row.claim_token)
+    .fetch_optional(&shared.pool)
+    .await?
+    .unwrap_or((false,));
+    Ok(mine)
 }
 
 async fn record_once(shared: &Shared, row: &Claimed, decision: &Record) -> sqlx::Result<bool> {

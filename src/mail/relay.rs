@@ -63,10 +63,11 @@ impl SendError {
     }
 }
 
-/// How a failed SMTP send is classed. lettre has no public test for "the connection could not
-/// be set up" (its `Connection` kind): every other kind has one, so it is what is left. A
-/// `Network` error (the socket failing mid-session) stays an attempt: the relay was reached,
-/// and an email that keeps breaking sessions must not be retried for ever.
+/// How a failed SMTP send is classed. lettre has no public test for its `Connection` kind (the
+/// connection, or its TLS, could not be set up) nor for `Network` (the socket failed later), so
+/// they are told apart by lettre's text for the kind; the unit test below notices if that
+/// changes. A `Network` error stays an attempt: the relay was reached, and an email that keeps
+/// breaking sessions must not be retried for ever.
 fn classify(e: &lettre::transport::smtp::Error) -> SendError {
     let text = e.to_string();
     if e.is_permanent() {

@@ -94,9 +94,22 @@ async fn readyz(State(state): State<AppState>) -> impl IntoResponse {
 }
 
 async fn metrics(State(state): State<AppState>) -> impl IntoResponse {
-    if let Ok(Ok(n)) = tokio::time::timeout(CHECK_TIMEOUT, outbox::depth(&state.shared.pool)).await
+    // Read from the outbox at each scrape (a gauge kept in memory would be wrong as soon as
+    // another worker sends, or an operator resolves a failure); left as last read if slow.
+    let pool = &state.shared.pool;
+    let m = &state.shared.metrics;
+    if let Ok(Ok(n)) = tokio::time::timeout(CHECK_TIMEOUT, outbox::depth(pool)).await {
+        m.outbox_depth.set(n);
+    }
+    if let Ok(Ok(counts)) =
+        tokio::time::timeout(CHECK_TIMEOUT, outbox::failed_unresolved(pool)).await
     {
-        state.shared.metrics.outbox_depth.set(n);
+        m.set_failed_unresolved(&counts);
+    }
+    if let Ok(Ok(secs)) =
+        tokio::time::timeout(CHECK_TIMEOUT, outbox::oldest_waiting_secs(pool)).await
+    {
+        m.outbox_oldest_waiting.set(secs);
     }
     (
         [(

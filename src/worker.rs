@@ -138,7 +138,9 @@ pub struct Swept {
 
 /// Removes personal data older than the configured retention (as of the worker's clock):
 /// enquiries and registrations are anonymised (their ids and routing stay, for counts), and
-/// finished emails, with their recipients and content, deleted.
+/// finished emails, with their recipients and content, deleted. A failed email that no
+/// operator has resolved is kept whatever its age: deleting it would lose the one record that
+/// something (an enquiry, say) never arrived.
 pub async fn sweep_once(shared: &Shared) -> sqlx::Result<Swept> {
     let s = &shared.settings;
     let now = shared.clock.now();
@@ -164,7 +166,8 @@ pub async fn sweep_once(shared: &Shared) -> sqlx::Result<Swept> {
     .await?
     .rows_affected();
     let emails = sqlx::query(
-        "DELETE FROM outbox WHERE status IN ('sent', 'failed', 'cancelled')
+        "DELETE FROM outbox
+         WHERE (status IN ('sent', 'cancelled') OR (status = 'failed' AND resolved_at IS NOT NULL))
            AND created_at < $2 - make_interval(days => $1)",
     )
     .bind(s.outbox_retention_days as i32)

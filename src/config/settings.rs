@@ -11,6 +11,9 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+/// Time allowed, on top of the sends, to record the last outcome of a claimed batch.
+pub const RECORDING_MARGIN_SECS: u64 = 2;
+
 /// Used for signed links in the dev profile only, with a warning.
 const DEV_TOKEN_SECRET: &str = "rpec-notify-dev-only-token-secret-do-not-use-in-production";
 
@@ -209,6 +212,36 @@ struct RawShutdown {
     grace_secs: u64,
 }
 
+/// Why `mail.lease_secs` is too short, if it is. A claimed batch is sent `concurrency` at a time,
+/// so its last email may start only after ceil(batch_size / concurrency) - 1 others on the same
+/// slot, each allowed `send_timeout_secs`; if the lease ended before that email's outcome was
+/// recorded, another worker (or this one) would claim the row again and send it twice.
+fn lease_problem(mail: &RawMail) -> Option<String> {
+    if mail.concurrency == 0 || mail.batch_size <= 0 {
+        return None; // reported on their own
+    }
+    let rounds = (mail.batch_size as u64).div_ceil(mail.concurrency as u64);
+    let send_timeout = mail.send_timeout_secs.max(1);
+    let needed = rounds
+        .saturating_mul(send_timeout)
+        .saturating_add(RECORDING_MARGIN_SECS);
+    (needed >= mail.lease_secs.max(1)).then(|| {
+        format!(
+            "{}s is shorter than the work claimed under one lease: ceil(batch_size {} / \
+             concurrency {}) x send_timeout_secs {} + {}s to record the outcome = {}s; \
+             raise lease_secs above {} (or claim fewer emails, send more at once, or lower \
+             send_timeout_secs)",
+            mail.lease_secs,
+            mail.batch_size,
+            mail.concurrency,
+            send_timeout,
+            RECORDING_MARGIN_SECS,
+            needed,
+            needed
+        )
+    })
+}
+
 /// Lays `over` onto `base`, table by table.
 fn merge(base: &mut toml::Table, over: toml::Table) {
     for (k, v) in over {
@@ -291,6 +324,9 @@ impl Settings {
         let file = config_dir.join("rpec.toml").display().to_string();
         let at = |key: &str| format!("{file}: {key}");
 
+        if let Some(message) = lease_problem(&raw.mail) {
+            problems.push(Problem::new(at("mail.lease_secs"), message));
+        }
         // Checked where a connection is made (`check` and `preview` need no database).
         let database_url = var("DATABASE_URL").unwrap_or_default();
         let sender = |key: &str, raw: &str, problems: &mut Vec<Problem>| {
@@ -537,6 +573,55 @@ mod tests {
         assert!(places.contains(&"RPEC_TOKEN_SECRET"), "{places:?}");
         assert!(places.contains(&"RPEC_SMTP_URL"), "{places:?}");
         assert!(places.contains(&"RPEC_PUBLIC_URL"), "{places:?}");
+    }
+
+    /// A config directory holding the shipped rpec.toml and `dev` as the profile file.
+    fn config_with(dev: &str) -> (tempfile::TempDir, HashMap<String, String>) {
+        let dir = tempfile::tempdir().unwrap();
+        let shipped = concat!(env!("CARGO_MANIFEST_DIR"), "/config/rpec.toml");
+        std::fs::copy(shipped, dir.path().join("rpec.toml")).unwrap();
+        std::fs::write(dir.path().join("dev.toml"), dev).unwrap();
+        let mut e = env(&[("DATABASE_URL", "postgres://x@127.0.0.1/db")]);
+        e.insert("RPEC_CONFIG_DIR".into(), dir.path().display().to_string());
+        (dir, e)
+    }
+
+    #[test]
+    fn a_lease_shorter_than_the_work_claimed_under_it_is_refused() {
+        // 32 emails, 8 at a time: 4 sends of up to 30 s each, plus the margin to record = 122 s.
+        for lease in [60, 122] {
+            let (_dir, e) = config_with(&format!(
+                "[mail]\nbatch_size = 32\nconcurrency = 8\nsend_timeout_secs = 30\nlease_secs = {lease}\n"
+            ));
+            let problems = Settings::load_from(&e).unwrap_err();
+            let lease_problem = problems
+                .iter()
+                .find(|p| p.place.ends_with("mail.lease_secs"))
+                .unwrap_or_else(|| panic!("lease {lease}: {problems:?}"));
+            assert!(lease_problem.message.contains("122s"), "{lease_problem}");
+        }
+        let (_dir, e) = config_with(
+            "[mail]\nbatch_size = 32\nconcurrency = 8\nsend_timeout_secs = 30\nlease_secs = 123\n",
+        );
+        assert!(Settings::load_from(&e).is_ok());
+        // A partial last round counts as a whole one: 33 emails, 8 at a time, is 5 rounds.
+        let (_dir, e) = config_with(
+            "[mail]\nbatch_size = 33\nconcurrency = 8\nsend_timeout_secs = 30\nlease_secs = 150\n",
+        );
+        assert!(Settings::load_from(&e).is_err());
+    }
+
+    #[test]
+    fn the_shipped_lease_covers_the_shipped_batch_with_room() {
+        let s =
+            Settings::load_from(&env(&[("DATABASE_URL", "postgres://x@127.0.0.1/db")])).unwrap();
+        let rounds = (s.send_batch_size as u64).div_ceil(s.send_concurrency as u64);
+        let work = rounds * s.send_timeout.as_secs() + RECORDING_MARGIN_SECS;
+        assert!(
+            s.send_lease.as_secs() >= 2 * work,
+            "lease {:?} for {work}s of work",
+            s.send_lease
+        );
     }
 
     #[test]

@@ -34,13 +34,17 @@ impl RelayUrl {
     }
 }
 
-/// Why a send failed, which decides whether it is tried again.
+/// Why a send failed, which decides whether it is tried again and whether the try counts.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum SendError {
-    /// 4xx replies, refused connections, time-outs: try again later.
+    /// 4xx replies, a session broken or stalled mid-send: try again later, as an attempt.
     Transient(String),
     /// 5xx replies: the relay will never take it.
     Permanent(String),
+    /// The relay could not be reached at all (connection refused, no answer to connect, its
+    /// TLS refused) or, before sending, the database could not be read: nothing was learned
+    /// about this email, so the try does not count toward `mail.retry.max_attempts`.
+    Unreachable(String),
 }
 
 impl SendError {
@@ -49,7 +53,31 @@ impl SendError {
         match self {
             SendError::Transient(_) => "transient",
             SendError::Permanent(_) => "permanent",
+            SendError::Unreachable(_) => "unreachable",
         }
+    }
+
+    pub fn text(&self) -> &str {
+        let (SendError::Transient(t) | SendError::Permanent(t) | SendError::Unreachable(t)) = self;
+        t
+    }
+}
+
+/// How a failed SMTP send is classed. lettre has no public test for its `Connection` kind (the
+/// connection, or its TLS, could not be set up) nor for `Network` (the socket failed later), so
+/// they are told apart by lettre's text for the kind; the unit test below notices if that
+/// changes. A `Network` error stays an attempt: the relay was reached, and an email that keeps
+/// breaking sessions must not be retried for ever.
+fn classify(e: &lettre::transport::smtp::Error) -> SendError {
+    let text = e.to_string();
+    if e.is_permanent() {
+        SendError::Permanent(text)
+    } else if e.is_transient() || e.is_response() || e.is_client() || e.is_transport_shutdown() {
+        SendError::Transient(text)
+    } else if e.is_tls() || text.starts_with("Connection error") {
+        SendError::Unreachable(text)
+    } else {
+        SendError::Transient(text)
     }
 }
 
@@ -111,8 +139,11 @@ impl Relay {
                 if let Some(ca_file) = ca_file {
                     builder = builder.tls(tls_with_ca(&url, ca_file)?);
                 }
+                // Connecting and each command get half the time a whole send may take, so a
+                // relay that does not answer a connection shows as lettre's connection error
+                // (unreachable: not this email's fault) before the whole send is given up.
                 let transport = builder
-                    .timeout(Some(timeout))
+                    .timeout(Some(timeout / 2))
                     .pool_config(PoolConfig::new().max_size(pool_max_size))
                     .build();
                 Ok(Relay::Smtp(transport))
@@ -124,14 +155,7 @@ impl Relay {
     pub async fn send(&self, message: Message, timeout: Duration) -> Result<(), SendError> {
         let attempt = async {
             match self {
-                Relay::Smtp(t) => t.send(message).await.map(|_| ()).map_err(|e| {
-                    let text = e.to_string();
-                    if e.is_permanent() {
-                        SendError::Permanent(text)
-                    } else {
-                        SendError::Transient(text)
-                    }
-                }),
+                Relay::Smtp(t) => t.send(message).await.map(|_| ()).map_err(|e| classify(&e)),
                 Relay::File(t, _) => t
                     .send(message)
                     .await
@@ -177,6 +201,32 @@ impl Relay {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[tokio::test]
+    async fn a_relay_nobody_listens_on_is_unreachable_not_an_attempt() {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .expect("a free port")
+            .port();
+        let relay = Relay::new(
+            &format!("smtp://127.0.0.1:{port}"),
+            1,
+            Duration::from_secs(2),
+            None,
+        )
+        .expect("a relay");
+        let message = Message::builder()
+            .from("a@example.org".parse().expect("an address"))
+            .to("b@example.org".parse().expect("an address"))
+            .subject("x")
+            .body(String::from("x"))
+            .expect("a message");
+        let e = relay
+            .send(message, Duration::from_secs(2))
+            .await
+            .unwrap_err();
+        assert!(matches!(e, SendError::Unreachable(_)), "{e:?}");
+    }
 
     #[test]
     fn relay_urls() {

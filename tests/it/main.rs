@@ -14,6 +14,7 @@ mod fan_out;
 mod helpers;
 mod newsletter;
 mod ops;
+mod outbox;
 mod proxy;
 mod reliability;
 mod retention;

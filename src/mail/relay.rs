@@ -8,8 +8,9 @@ use lettre::{AsyncFileTransport, AsyncSmtpTransport, AsyncTransport, Message, To
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-/// `RPEC_SMTP_URL`, parsed.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// `RPEC_SMTP_URL`, parsed. It may hold the relay's password: its `Debug` shows neither the
+/// password nor the user.
+#[derive(Clone, PartialEq, Eq)]
 pub enum RelayUrl {
     /// smtp://, smtps:// (lettre reads TLS mode and credentials from the URL).
     Smtp(String),
@@ -17,7 +18,45 @@ pub enum RelayUrl {
     File(PathBuf),
 }
 
+impl std::fmt::Debug for RelayUrl {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            RelayUrl::Smtp(url) => {
+                let shown = url::Url::parse(url).map_or("<not a URL>".to_string(), |u| {
+                    format!(
+                        "{}://{}:{}",
+                        u.scheme(),
+                        u.host_str().unwrap_or_default(),
+                        u.port().map_or("default".to_string(), |p| p.to_string())
+                    )
+                });
+                f.debug_tuple("Smtp").field(&shown).finish()
+            }
+            RelayUrl::File(dir) => f.debug_tuple("File").field(dir).finish(),
+        }
+    }
+}
+
 impl RelayUrl {
+    /// Whether the URL carries a user name or password.
+    pub fn has_credentials(&self) -> bool {
+        match self {
+            RelayUrl::Smtp(url) => url::Url::parse(url)
+                .is_ok_and(|u| !u.username().is_empty() || u.password().is_some()),
+            RelayUrl::File(_) => false,
+        }
+    }
+
+    /// Whether everything sent to the relay is encrypted: implicit TLS, or STARTTLS required.
+    pub fn is_encrypted(&self) -> bool {
+        match self {
+            RelayUrl::Smtp(url) => url::Url::parse(url).is_ok_and(|u| {
+                u.scheme() == "smtps" || u.query_pairs().any(|(k, v)| k == "tls" && v == "required")
+            }),
+            RelayUrl::File(_) => false,
+        }
+    }
+
     pub fn parse(url: &str) -> Result<RelayUrl, String> {
         if let Some(path) = url.strip_prefix("file://") {
             if path.is_empty() {
@@ -251,6 +290,20 @@ mod tests {
             Ok(RelayUrl::Smtp(_))
         ));
         assert!(RelayUrl::parse("http://relay").is_err());
+        let with_password = RelayUrl::parse("smtps://mailer:s3cret-pw@relay.example.org").unwrap();
+        let shown = format!("{with_password:?}");
+        assert!(
+            !shown.contains("s3cret") && !shown.contains("mailer"),
+            "{shown}"
+        );
+        assert!(with_password.has_credentials() && with_password.is_encrypted());
+        let plain = RelayUrl::parse("smtp://mailer:pw@relay.example.org:587").unwrap();
+        assert!(plain.has_credentials() && !plain.is_encrypted());
+        let starttls = RelayUrl::parse("smtp://mailer:pw@relay.example.org:587?tls=required");
+        assert!(starttls.unwrap().is_encrypted());
+        assert!(!RelayUrl::parse("smtp://127.0.0.1:25")
+            .unwrap()
+            .has_credentials());
         assert!(RelayUrl::parse("file://").is_err());
     }
 }

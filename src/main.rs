@@ -143,16 +143,11 @@ async fn main() -> ExitCode {
                 Ok(s) => s,
                 Err(code) => return code,
             };
-            let listener = match tokio::net::TcpListener::bind(settings.http_addr).await {
+            let listeners = match rpec_notify::worker::Listeners::bind(&settings).await {
                 Ok(l) => l,
-                Err(e) => {
-                    return fail(anyhow::anyhow!(
-                        "cannot listen on {}: {e}",
-                        settings.http_addr
-                    ))
-                }
+                Err(e) => return fail(e),
             };
-            match rpec_notify::run(settings, listener, shutdown_signal()).await {
+            match rpec_notify::run(settings, listeners, shutdown_signal()).await {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(e) => fail(e),
             }

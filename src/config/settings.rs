@@ -87,7 +87,11 @@ pub struct Settings {
     pub send_poll_interval: Duration,
     /// Retries of emails that failed for a passing reason.
     pub send_retry: RetryPolicy,
+    /// The public pages (confirm, unsubscribe): the address the internet reaches.
     pub http_addr: SocketAddr,
+    /// `/metrics`, `/readyz`, `/healthz`: for the monitoring, never exposed publicly.
+    pub admin_addr: SocketAddr,
+    pub http_limits: HttpLimits,
     pub public_url: String,
     /// Keys for signed links: the first signs, every one verifies (so keys can be rotated).
     pub token_keys: Vec<SecretString>,
@@ -192,6 +196,49 @@ struct RawRetrySecs {
 struct RawHttp {
     addr: String,
     public_url: String,
+    #[serde(default = "default_admin_addr")]
+    admin_addr: String,
+    #[serde(default = "default_max_connections")]
+    max_connections: usize,
+    #[serde(default = "default_header_read_timeout_secs")]
+    header_read_timeout_secs: u64,
+    #[serde(default = "default_request_timeout_secs")]
+    request_timeout_secs: u64,
+    #[serde(default = "default_max_request_body_bytes")]
+    max_body_bytes: usize,
+}
+
+fn default_admin_addr() -> String {
+    "127.0.0.1:9090".into()
+}
+
+fn default_max_connections() -> usize {
+    1024
+}
+
+fn default_header_read_timeout_secs() -> u64 {
+    10
+}
+
+fn default_request_timeout_secs() -> u64 {
+    15
+}
+
+fn default_max_request_body_bytes() -> usize {
+    16 * 1024
+}
+
+/// How the HTTP listeners defend themselves (both use the same limits).
+#[derive(Debug, Clone, Copy)]
+pub struct HttpLimits {
+    /// Connections held open at once; more wait to be accepted.
+    pub max_connections: usize,
+    /// A client that has not sent its request head within this is disconnected (slowloris).
+    pub header_read_timeout: Duration,
+    /// A request not answered within this gets a 503 (a handler stuck on a dependency).
+    pub request_timeout: Duration,
+    /// Larger request bodies are refused with 413 (the pages' forms are a few bytes).
+    pub max_body_bytes: usize,
 }
 
 #[derive(Deserialize)]
@@ -425,6 +472,20 @@ impl Settings {
             ));
             SocketAddr::from(([127, 0, 0, 1], 8080))
         });
+        let admin_addr_raw = var("RPEC_ADMIN_ADDR").unwrap_or(raw.http.admin_addr.clone());
+        let admin_addr = admin_addr_raw.parse().unwrap_or_else(|_| {
+            problems.push(Problem::new(
+                "RPEC_ADMIN_ADDR / http.admin_addr",
+                format!("{admin_addr_raw:?} is not a host:port address"),
+            ));
+            SocketAddr::from(([127, 0, 0, 1], 9090))
+        });
+        if admin_addr == http_addr {
+            problems.push(Problem::new(
+                "RPEC_ADMIN_ADDR / http.admin_addr",
+                "must differ from the public address: metrics and readiness are not public",
+            ));
+        }
         let public_url = var("RPEC_PUBLIC_URL")
             .unwrap_or(raw.http.public_url)
             .trim_end_matches('/')
@@ -620,6 +681,13 @@ impl Settings {
                 max: Duration::from_secs_f64(raw.mail.retry.max_secs),
             },
             http_addr,
+            admin_addr,
+            http_limits: HttpLimits {
+                max_connections: raw.http.max_connections.max(1),
+                header_read_timeout: Duration::from_secs(raw.http.header_read_timeout_secs.max(1)),
+                request_timeout: Duration::from_secs(raw.http.request_timeout_secs.max(1)),
+                max_body_bytes: raw.http.max_body_bytes.max(1024),
+            },
             public_url,
             token_keys,
             enquiry_retention_days: raw.retention.enquiry_days,

@@ -19,3 +19,4 @@ mod proxy;
 mod reliability;
 mod retention;
 mod sessions;
+mod web;

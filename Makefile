@@ -20,9 +20,11 @@ TEST_AMQP_URL     ?= amqp://guest:guest@127.0.0.1:5672/%2f
 RUST_BACKTRACE    ?= 1
 export DATABASE_URL RPEC_SMTP_URL TEST_DATABASE_URL TEST_AMQP_URL RUST_BACKTRACE
 
+ALERT_RULES ?= deploy/prometheus/rpec-notify.rules.yml
+
 EXAMPLE_EVENT ?= ../shared/examples/events/contact-complex-case.json
 
-.PHONY: setup build run test bench faults fmt lint clean-mail publish-example
+.PHONY: setup build run test alert-rules bench faults fmt lint clean-mail publish-example
 
 ## setup: install/start PostgreSQL, RabbitMQ and the toolchain as needed
 setup:
@@ -37,14 +39,16 @@ run: setup
 	mkdir -p var/mail
 	$(CARGO) run --quiet -- run
 
-## test: formatting, lints, then every test target (the browser test needs Chromium, so the
-## set-up installs Debian's chromium and chromium-driver too), then the fault suite's short
-## form, last and one test at a time (some of its tests restart the shared RabbitMQ)
+## test: formatting, lints, the alert rules, then every test target (the browser test needs
+## Chromium, so the set-up installs Debian's chromium and chromium-driver too; promtool comes
+## from Debian's prometheus package), then the fault suite's short form, last and one test at
+## a time (some of its tests restart the shared RabbitMQ)
 test:
 	bash scripts/setup.sh --with-chromium
 	$(CARGO) fmt --all -- --check
 	$(CARGO) clippy --all-targets -- -D warnings
 	$(CARGO) clippy --all-targets --features failpoints -- -D warnings
+	$(MAKE) --no-print-directory alert-rules
 	$(CARGO) test --all-targets --features failpoints
 	$(CARGO) test --features failpoints --test faults -- --ignored --test-threads 1
 
@@ -54,6 +58,11 @@ test:
 faults: setup
 	$(CARGO) build --release --features failpoints
 	RPEC_FAULTS=long $(CARGO) test --release --features failpoints --test faults -- --ignored --test-threads 1 --nocapture
+
+## alert-rules: check the Prometheus alert rules and run their unit tests (promtool)
+alert-rules:
+	promtool check rules $(ALERT_RULES)
+	cd $(dir $(ALERT_RULES)) && promtool test rules $(notdir $(ALERT_RULES:.yml=.test.yml))
 
 ## bench: benchmarks (scripts/bench.sh)
 bench: setup

@@ -13,6 +13,7 @@
 #     postgres without a password (trust auth for local dev), database `rpec`.
 #   - RabbitMQ installed and running on 127.0.0.1:5672 (guest/guest).
 #   - a Rust toolchain (cargo, rustc >= 1.85), gcc, make, pkg-config and openssl.
+#   - promtool (Debian's prometheus package), which checks the alert rules in deploy/prometheus/.
 #   - with --with-chromium: Debian's chromium and chromium-driver.
 set -euo pipefail
 # Services are started with setsid, in a session of their own, so that they outlive the shell
@@ -273,6 +274,30 @@ ensure_rabbitmq() {
     fi
 }
 
+# -------------------------------------------------------------- promtool ----
+# Only the promtool command is wanted (make test checks the alert rules with it); Debian ships
+# it in the prometheus package. Its install would start a Prometheus server, so a policy-rc.d
+# that refuses service starts is put in place for the install when the machine has none.
+readonly POLICY_RC=/usr/sbin/policy-rc.d
+remove_policy_rc() {
+    as_root rm -f "$POLICY_RC"
+}
+ensure_promtool() {
+    have promtool && return 0
+    if [ ! -e "$POLICY_RC" ]; then
+        printf '#!/bin/sh\n# added by rpec-notify scripts/setup.sh while installing promtool\nexit 101\n' |
+            as_root tee "$POLICY_RC" >/dev/null
+        as_root chmod 755 "$POLICY_RC"
+        trap remove_policy_rc EXIT
+        apt_install prometheus
+        remove_policy_rc
+        trap - EXIT
+    else
+        apt_install prometheus
+    fi
+    have promtool || die "the prometheus package was installed but promtool is not on PATH"
+}
+
 # -------------------------------------------------------------- chromium ----
 ensure_chromium() {
     local missing=()
@@ -287,6 +312,7 @@ ensure_build_tools
 ensure_rust
 ensure_postgres
 ensure_rabbitmq
+ensure_promtool
 if [ "$with_chromium" -eq 1 ]; then
     ensure_chromium
 fi

@@ -34,3 +34,29 @@ pub async fn migrate(pool: &PgPool) -> anyhow::Result<()> {
         .await
         .context("Failed to apply migrations")
 }
+
+/// Whether `e` says PostgreSQL could not be reached (or dropped the connection, or is starting
+/// or stopping), as opposed to a statement that is wrong: only the first passes by itself, and
+/// is not the fault of the work that met it.
+pub fn unreachable(e: &sqlx::Error) -> bool {
+    match e {
+        sqlx::Error::Io(_)
+        | sqlx::Error::Tls(_)
+        | sqlx::Error::Protocol(_)
+        | sqlx::Error::PoolTimedOut
+        | sqlx::Error::PoolClosed
+        | sqlx::Error::WorkerCrashed => true,
+        // Connection exceptions (08), too many connections (53300), shutting down or not yet
+        // accepting connections (57P01-57P03).
+        sqlx::Error::Database(db) => db.code().is_some_and(|c| {
+            c.starts_with("08") || c == "53300" || matches!(c.as_ref(), "57P01" | "57P02" | "57P03")
+        }),
+        _ => false,
+    }
+}
+
+/// [`unreachable`] for an error with context: true if any cause in its chain is such.
+pub fn unreachable_cause(e: &anyhow::Error) -> bool {
+    e.chain()
+        .any(|c| c.downcast_ref::<sqlx::Error>().is_some_and(unreachable))
+}

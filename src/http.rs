@@ -1,22 +1,35 @@
-//! HTTP: `/healthz` (alive), `/readyz` (PostgreSQL, RabbitMQ and the relay reachable),
-//! `/metrics` (Prometheus text format), and the pages behind the links in newsletter emails
-//! ([`links`]: confirming a subscription, unsubscribing).
+//! HTTP, on two listeners:
+//!
+//! - public (`RPEC_HTTP_ADDR`): the pages behind the links in newsletter emails ([`links`]:
+//!   confirming a subscription, unsubscribing);
+//! - admin (`RPEC_ADMIN_ADDR`, loopback by default): `/healthz` (alive), `/readyz` (PostgreSQL,
+//!   RabbitMQ and the relay reachable; it names what failed, never the raw error), `/metrics`
+//!   (Prometheus text format).
+//!
+//! Both are served by one accept loop ([`serve`]) that defends itself: a cap on connections
+//! held at once, a time limit on reading a request's head (a slow client is cut off, so a few
+//! hundred of them cannot hold the pages), a time limit on each request and a body limit.
 
 mod links;
 
 pub use links::page_samples;
 
+use crate::config::HttpLimits;
 use crate::mail::{outbox, Relay};
 use crate::worker::Shared;
-use axum::extract::State;
+use axum::extract::{Request, State};
 use axum::http::{header, StatusCode};
+use axum::middleware::Next;
 use axum::response::IntoResponse;
 use axum::routing::get;
 use axum::Router;
+use hyper_util::rt::{TokioIo, TokioTimer};
+use hyper_util::service::TowerToHyperService;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::net::TcpListener;
+use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 
 const CHECK_TIMEOUT: Duration = Duration::from_secs(3);
@@ -27,11 +40,9 @@ struct AppState {
     relay: Relay,
 }
 
-pub fn router(shared: Arc<Shared>, relay: Relay) -> Router {
+/// The public pages.
+pub fn public_router(shared: Arc<Shared>, relay: Relay) -> Router {
     Router::new()
-        .route("/healthz", get(|| async { "ok\n" }))
-        .route("/readyz", get(readyz))
-        .route("/metrics", get(metrics))
         .route(
             "/subscriptions/confirm",
             get(links::confirm_page).post(links::confirm),
@@ -43,19 +54,88 @@ pub fn router(shared: Arc<Shared>, relay: Relay) -> Router {
         .with_state(AppState { shared, relay })
 }
 
+/// Health, readiness and metrics, for the monitoring only.
+pub fn admin_router(shared: Arc<Shared>, relay: Relay) -> Router {
+    Router::new()
+        .route("/healthz", get(|| async { "ok\n" }))
+        .route("/readyz", get(readyz))
+        .route("/metrics", get(metrics))
+        .with_state(AppState { shared, relay })
+}
+
+/// Serves `app` on `listener` until `stop`, within `limits`; then finishes the requests in hand
+/// (for at most `grace`).
 pub async fn serve(
     listener: TcpListener,
-    shared: Arc<Shared>,
-    relay: Relay,
+    app: Router,
+    limits: HttpLimits,
+    grace: Duration,
     stop: CancellationToken,
 ) {
-    let app = router(shared, relay);
-    if let Err(e) = axum::serve(listener, app)
-        .with_graceful_shutdown(async move { stop.cancelled().await })
-        .await
-    {
-        tracing::error!(error = %e, "HTTP server failed");
+    let (timeout, max_body) = (limits.request_timeout, limits.max_body_bytes);
+    let app = app
+        // Bodies a handler reads are cut at the limit; one announced larger is refused before
+        // any handler runs (some pages answer from the query alone and never read the body).
+        .layer(axum::extract::DefaultBodyLimit::max(max_body))
+        .layer(axum::middleware::from_fn(
+            move |request: Request, next: Next| async move {
+                let announced = request
+                    .headers()
+                    .get(header::CONTENT_LENGTH)
+                    .and_then(|v| v.to_str().ok())
+                    .and_then(|v| v.parse::<u64>().ok());
+                if announced.is_some_and(|n| n > max_body as u64) {
+                    return StatusCode::PAYLOAD_TOO_LARGE.into_response();
+                }
+                match tokio::time::timeout(timeout, next.run(request)).await {
+                    Ok(response) => response,
+                    Err(_) => StatusCode::SERVICE_UNAVAILABLE.into_response(),
+                }
+            },
+        ));
+    let connections = Arc::new(Semaphore::new(limits.max_connections));
+    loop {
+        // At the cap, the next connection waits in the listen backlog until one closes.
+        let permit = tokio::select! {
+            _ = stop.cancelled() => break,
+            p = connections.clone().acquire_owned() => match p {
+                Ok(p) => p,
+                Err(_) => break,
+            },
+        };
+        let stream = tokio::select! {
+            _ = stop.cancelled() => break,
+            accepted = listener.accept() => match accepted {
+                Ok((stream, _)) => stream,
+                Err(e) => {
+                    // Out of file descriptors, say: wait a moment rather than spin.
+                    tracing::warn!(error = %e, "could not accept a connection");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    continue;
+                }
+            },
+        };
+        let service = TowerToHyperService::new(app.clone());
+        let stop = stop.clone();
+        tokio::spawn(async move {
+            let _permit = permit;
+            let connection = hyper::server::conn::http1::Builder::new()
+                .timer(TokioTimer::new())
+                .header_read_timeout(limits.header_read_timeout)
+                .serve_connection(TokioIo::new(stream), service);
+            tokio::pin!(connection);
+            tokio::select! {
+                _ = connection.as_mut() => {}
+                _ = stop.cancelled() => {
+                    connection.as_mut().graceful_shutdown();
+                    let _ = connection.await;
+                }
+            }
+        });
     }
+    // Every permit back: every connection has finished (or the grace ran out).
+    let all = u32::try_from(limits.max_connections).unwrap_or(u32::MAX);
+    let _ = tokio::time::timeout(grace, connections.acquire_many(all)).await;
 }
 
 async fn readyz(State(state): State<AppState>) -> impl IntoResponse {
@@ -66,7 +146,11 @@ async fn readyz(State(state): State<AppState>) -> impl IntoResponse {
     .await
     {
         Ok(Ok(_)) => Ok(()),
-        Ok(Err(e)) => Err(format!("{e}")),
+        Ok(Err(e)) => {
+            // The raw error is for the log; the page says only what failed.
+            tracing::warn!(error = %e, "readiness: PostgreSQL does not answer");
+            Err("unreachable".to_string())
+        }
         Err(_) => Err("no answer in time".to_string()),
     };
     let broker = if state.shared.amqp_ready.load(Ordering::SeqCst) {
@@ -94,9 +178,22 @@ async fn readyz(State(state): State<AppState>) -> impl IntoResponse {
 }
 
 async fn metrics(State(state): State<AppState>) -> impl IntoResponse {
-    if let Ok(Ok(n)) = tokio::time::timeout(CHECK_TIMEOUT, outbox::depth(&state.shared.pool)).await
+    // Read from the outbox at each scrape (a gauge kept in memory would be wrong as soon as
+    // another worker sends, or an operator resolves a failure); left as last read if slow.
+    let pool = &state.shared.pool;
+    let m = &state.shared.metrics;
+    if let Ok(Ok(n)) = tokio::time::timeout(CHECK_TIMEOUT, outbox::depth(pool)).await {
+        m.outbox_depth.set(n);
+    }
+    if let Ok(Ok(counts)) =
+        tokio::time::timeout(CHECK_TIMEOUT, outbox::failed_unresolved(pool)).await
     {
-        state.shared.metrics.outbox_depth.set(n);
+        m.set_failed_unresolved(&counts);
+    }
+    if let Ok(Ok(secs)) =
+        tokio::time::timeout(CHECK_TIMEOUT, outbox::oldest_waiting_secs(pool)).await
+    {
+        m.outbox_oldest_waiting.set(secs);
     }
     (
         [(

@@ -20,7 +20,9 @@
 //!   Newsletters: `subscription` (double opt-in), `newsletter` (the set-based fan-out and the
 //!   send-time completion of each copy), `erasure` (the one list of erasure statements).
 //! - [`mail`]: templates and rendering, markdown, the outbox, the SMTP / file transport and the
-//!   sender loop (which suppresses addresses that refuse bulk mail for good).
+//!   sender loop (which suppresses addresses that refuse bulk mail for good). Outcomes are
+//!   fenced by each claim's token; outages of the relay or PostgreSQL fail no email; a
+//!   coordinators' copy of an enquiry that fails for good is passed to the triage mailbox.
 //! - [`tokens`]: the signed confirmation and unsubscribe links.
 //! - [`schedule`]: reminders, coordinator briefings and digests: plans in UK time, hands what is
 //!   due to the outbox.
@@ -29,7 +31,10 @@
 //! - [`http`]: health, readiness, Prometheus metrics, and the confirm and unsubscribe pages.
 //! - [`worker`]: wires everything together for `rpec-notify run` and shuts it down cleanly.
 //! - [`publish`]: `rpec-notify publish`, with publisher confirms.
+//! - [`admin`]: operator tools: `outbox status|list|retry` and `dead-letters list|replay|purge`,
+//!   with one exit-code table and reports that hold ids, codes and counts, never personal data.
 
+pub mod admin;
 pub mod calendar;
 pub mod clock;
 pub mod config;

@@ -2,8 +2,9 @@
 
 use clap::{Parser, Subcommand};
 use rpec_notify::config::{Problem, Regions, Settings};
+use rpec_notify::consume::Topology;
 use rpec_notify::mail::Templates;
-use rpec_notify::{db, handle, publish, telemetry};
+use rpec_notify::{admin, db, handle, publish, telemetry};
 use std::path::PathBuf;
 use std::process::ExitCode;
 
@@ -51,6 +52,69 @@ enum Command {
         #[arg(long)]
         out: Option<PathBuf>,
     },
+    /// Look at the outbox and put failed emails back. Exit codes: 0 done, 1 an id was not a
+    /// failed email, 2 usage or configuration, 3 PostgreSQL cannot be reached.
+    Outbox {
+        /// Print one JSON document instead of a table.
+        #[arg(long, global = true)]
+        json: bool,
+        #[command(subcommand)]
+        command: OutboxCommand,
+    },
+    /// Look at, replay or delete the dead-letter queue (<queue>.dead-letter). Exit codes: 0 done,
+    /// 1 an id was not found or a message was not taken back, 2 usage or configuration, 3
+    /// RabbitMQ cannot be reached.
+    #[command(name = "dead-letters")]
+    DeadLetters {
+        /// Print one JSON document instead of a table.
+        #[arg(long, global = true)]
+        json: bool,
+        #[command(subcommand)]
+        command: DeadLetterCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum OutboxCommand {
+    /// Counts by status and kind, and the age of the oldest email waiting to be sent.
+    Status,
+    /// Emails of one status, oldest first: id, kind, attempts, age and why they failed (a code).
+    List {
+        #[arg(long, default_value = "failed", value_parser = admin::outbox::STATUSES)]
+        status: String,
+        /// Only this kind (enquiry, enquiry_ack, registration_confirmation, ...).
+        #[arg(long)]
+        kind: Option<String>,
+        /// At most this many rows.
+        #[arg(long, default_value_t = 50)]
+        limit: u32,
+    },
+    /// Put failed emails back to be sent now, with a fresh attempt count.
+    Retry {
+        /// Outbox ids (from `outbox list`).
+        #[arg(required_unless_present = "all_failed", conflicts_with = "all_failed")]
+        ids: Vec<i64>,
+        /// Every failed email.
+        #[arg(long)]
+        all_failed: bool,
+    },
+}
+
+#[derive(Subcommand)]
+enum DeadLetterCommand {
+    /// Every dead letter: id, type, error code and age. Nothing is taken off the queue.
+    List,
+    /// Publish dead letters again to the events exchange, then take them off the queue.
+    Replay {
+        /// Dead-letter ids (from `dead-letters list`).
+        #[arg(required_unless_present = "all", conflicts_with = "all")]
+        ids: Vec<String>,
+        /// Every dead letter.
+        #[arg(long)]
+        all: bool,
+    },
+    /// Delete every dead letter.
+    Purge,
 }
 
 fn settings() -> Result<Settings, ExitCode> {
@@ -79,16 +143,11 @@ async fn main() -> ExitCode {
                 Ok(s) => s,
                 Err(code) => return code,
             };
-            let listener = match tokio::net::TcpListener::bind(settings.http_addr).await {
+            let listeners = match rpec_notify::worker::Listeners::bind(&settings).await {
                 Ok(l) => l,
-                Err(e) => {
-                    return fail(anyhow::anyhow!(
-                        "cannot listen on {}: {e}",
-                        settings.http_addr
-                    ))
-                }
+                Err(e) => return fail(e),
             };
-            match rpec_notify::run(settings, listener, shutdown_signal()).await {
+            match rpec_notify::run(settings, listeners, shutdown_signal()).await {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(e) => fail(e),
             }
@@ -137,7 +196,86 @@ async fn main() -> ExitCode {
             out,
         } => preview(&template, &data, out.as_deref()),
         Command::Schedule { region, count } => schedule(region.as_deref(), count),
+        Command::Outbox { json, command } => outbox(command, json).await,
+        Command::DeadLetters { json, command } => dead_letters(command, json).await,
     }
+}
+
+/// Prints a report (or why there is none) and gives its exit code.
+fn admin_exit(result: Result<admin::Report, admin::AdminError>, json: bool) -> ExitCode {
+    match result {
+        Ok(report) => {
+            if json {
+                println!("{}", report.json);
+            } else {
+                print!("{}", report.text);
+            }
+            ExitCode::from(report.exit_code())
+        }
+        Err(e) => {
+            eprintln!("error: {e}");
+            ExitCode::from(e.exit_code())
+        }
+    }
+}
+
+async fn outbox(command: OutboxCommand, json: bool) -> ExitCode {
+    let settings = match settings() {
+        Ok(s) => s,
+        Err(code) => return code,
+    };
+    let result = async {
+        let pool = admin::connect_database(&settings).await?;
+        let report = match command {
+            OutboxCommand::Status => admin::outbox::status(&pool).await,
+            OutboxCommand::List {
+                status,
+                kind,
+                limit,
+            } => {
+                let filter = admin::outbox::ListFilter {
+                    status,
+                    kind,
+                    limit: limit.into(),
+                };
+                admin::outbox::list(&pool, &filter).await
+            }
+            OutboxCommand::Retry { ids, all_failed } => {
+                let selection = if all_failed {
+                    admin::outbox::RetrySelection::AllFailed
+                } else {
+                    admin::outbox::RetrySelection::Ids(ids)
+                };
+                admin::outbox::retry(&pool, &selection).await
+            }
+        };
+        pool.close().await;
+        report
+    };
+    admin_exit(result.await, json)
+}
+
+async fn dead_letters(command: DeadLetterCommand, json: bool) -> ExitCode {
+    let settings = match settings() {
+        Ok(s) => s,
+        Err(code) => return code,
+    };
+    use secrecy::ExposeSecret;
+    let url = settings.amqp_url.expose_secret();
+    let topology = Topology::new(&settings.exchange, &settings.queue);
+    let result = match command {
+        DeadLetterCommand::List => admin::dead_letters::list(url, &topology).await,
+        DeadLetterCommand::Replay { ids, all } => {
+            let selection = if all {
+                admin::dead_letters::ReplaySelection::All
+            } else {
+                admin::dead_letters::ReplaySelection::Ids(ids)
+            };
+            admin::dead_letters::replay(url, &topology, &selection).await
+        }
+        DeadLetterCommand::Purge => admin::dead_letters::purge(url, &topology).await,
+    };
+    admin_exit(result, json)
 }
 
 fn check() -> ExitCode {

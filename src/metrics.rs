@@ -1,7 +1,21 @@
 //! Prometheus metrics, served at `/metrics`.
 
+use crate::mail::outbox::KINDS;
 use crate::mail::sender::Outcome;
-use prometheus::{Encoder, IntCounterVec, IntGauge, Opts, Registry, TextEncoder};
+use prometheus::{
+    Encoder, Gauge, Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, IntGaugeVec,
+    Opts, Registry, TextEncoder,
+};
+
+/// The `kind` label for an outbox kind: one of the known kinds, else "unknown", so that the
+/// number of series stays bounded whatever a row says.
+pub fn kind_label(kind: &str) -> &'static str {
+    KINDS
+        .iter()
+        .find(|k| **k == kind)
+        .copied()
+        .unwrap_or("unknown")
+}
 
 pub struct Metrics {
     registry: Registry,
@@ -17,39 +31,102 @@ pub struct Metrics {
     /// Messages on the dead-letter queue, as the consumer last saw (every few seconds).
     pub dead_letter_depth: IntGauge,
     /// Retries and dead letters the broker did not take (returned, refused, channel gone).
-    pub forward_failures: prometheus::IntCounter,
+    pub forward_failures: IntCounter,
     /// 1 while the consumer holds its deliveries because PostgreSQL cannot be reached.
     pub consumer_waiting_for_database: IntGauge,
+    /// Outcomes a claim could not record because its lease had run out and the row had been
+    /// claimed again: a sign that the lease is too short for the work.
+    pub stale_outcomes: IntCounter,
+    /// Failed emails no operator has resolved yet, by kind (set at each scrape).
+    pub emails_failed_unresolved: IntGaugeVec,
+    /// Age of the oldest email that is due and not yet sent (set at each scrape).
+    pub outbox_oldest_waiting: Gauge,
+    /// From a reminder's due time to the relay accepting it.
+    pub reminder_lateness: Histogram,
+}
+
+fn register<T: prometheus::core::Collector + Clone + 'static>(registry: &Registry, m: T) -> T {
+    registry
+        .register(Box::new(m.clone()))
+        .expect("registered once");
+    m
 }
 
 fn gauge(registry: &Registry, name: &str, help: &str) -> IntGauge {
-    let g = IntGauge::new(name, help).expect("a valid metric");
-    registry
-        .register(Box::new(g.clone()))
-        .expect("registered once");
-    g
+    register(registry, IntGauge::new(name, help).expect("a valid metric"))
 }
 
 fn counter(registry: &Registry, name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
-    let c = IntCounterVec::new(Opts::new(name, help), labels).expect("a valid metric");
-    registry
-        .register(Box::new(c.clone()))
-        .expect("registered once");
-    c
+    register(
+        registry,
+        IntCounterVec::new(Opts::new(name, help), labels).expect("a valid metric"),
+    )
 }
 
 impl Metrics {
     pub fn new() -> Metrics {
         let registry = Registry::new();
-        let outbox_depth = IntGauge::new(
+        let outbox_depth = gauge(
+            &registry,
             "rpec_outbox_depth",
             "Emails waiting to be sent (pending or being sent)",
-        )
-        .expect("a valid metric");
-        registry
-            .register(Box::new(outbox_depth.clone()))
-            .expect("registered once");
+        );
+        let build_info = register(
+            &registry,
+            IntGaugeVec::new(
+                Opts::new(
+                    "rpec_build_info",
+                    "The running build (always 1), by version",
+                ),
+                &["version"],
+            )
+            .expect("a valid metric"),
+        );
+        build_info
+            .with_label_values(&[env!("CARGO_PKG_VERSION")])
+            .set(1);
         Metrics {
+            stale_outcomes: register(
+                &registry,
+                IntCounter::new(
+                    "rpec_emails_stale_outcomes_total",
+                    "Send outcomes ignored because the claim's lease had run out and the email was claimed again",
+                )
+                .expect("a valid metric"),
+            ),
+            emails_failed_unresolved: register(
+                &registry,
+                IntGaugeVec::new(
+                    Opts::new(
+                        "rpec_emails_failed_unresolved",
+                        "Emails that failed for good and that no operator has resolved, by kind",
+                    ),
+                    &["kind"],
+                )
+                .expect("a valid metric"),
+            ),
+            outbox_oldest_waiting: register(
+                &registry,
+                Gauge::new(
+                    "rpec_outbox_oldest_waiting_seconds",
+                    "Age of the oldest email that is due (pending or being sent) and not yet sent; 0 when none",
+                )
+                .expect("a valid metric"),
+            ),
+            reminder_lateness: register(
+                &registry,
+                Histogram::with_opts(
+                    HistogramOpts::new(
+                        "rpec_reminder_lateness_seconds",
+                        "From a session reminder's due time to the relay accepting it",
+                    )
+                    // The contract allows 30 seconds; the buckets show how close that is.
+                    .buckets(vec![
+                        0.5, 1.0, 2.0, 5.0, 10.0, 20.0, 30.0, 60.0, 300.0, 900.0, 3600.0,
+                    ]),
+                )
+                .expect("a valid metric"),
+            ),
             events_consumed: counter(
                 &registry,
                 "rpec_events_consumed_total",
@@ -99,17 +176,14 @@ impl Metrics {
                 "rpec_dead_letter_depth",
                 "Messages waiting on the dead-letter queue for an operator",
             ),
-            forward_failures: {
-                let c = prometheus::IntCounter::new(
+            forward_failures: register(
+                &registry,
+                IntCounter::new(
                     "rpec_events_forward_failures_total",
                     "Retries and dead letters the broker did not take: the message went back to the queue and the connection was opened anew",
                 )
-                .expect("a valid metric");
-                registry
-                    .register(Box::new(c.clone()))
-                    .expect("registered once");
-                c
-            },
+                .expect("a valid metric"),
+            ),
             consumer_waiting_for_database: gauge(
                 &registry,
                 "rpec_consumer_waiting_for_database",
@@ -120,14 +194,30 @@ impl Metrics {
     }
 
     pub fn email_outcome(&self, kind: &str, outcome: Outcome) {
-        match outcome {
+        let counter = match outcome {
             Outcome::Sent => &self.emails_sent,
             Outcome::Retry => &self.emails_retried,
             Outcome::Failed => &self.emails_failed,
             Outcome::Cancelled => &self.emails_cancelled,
+            // Counted in stale_outcomes; the claim that holds the row counts its outcome.
+            Outcome::Stale => return,
+        };
+        counter.with_label_values(&[kind_label(kind)]).inc();
+    }
+
+    /// Sets the failed-and-unresolved gauge from `counts` (kind, rows): every known kind is
+    /// shown, 0 when it has none, so a kind's series does not vanish once it is resolved.
+    pub fn set_failed_unresolved(&self, counts: &[(String, i64)]) {
+        for kind in KINDS.iter().chain(std::iter::once(&"unknown")) {
+            let n: i64 = counts
+                .iter()
+                .filter(|(k, _)| kind_label(k) == *kind)
+                .map(|(_, n)| n)
+                .sum();
+            self.emails_failed_unresolved
+                .with_label_values(&[kind])
+                .set(n);
         }
-        .with_label_values(&[kind])
-        .inc();
     }
 
     /// The text exposition format.
@@ -141,5 +231,45 @@ impl Metrics {
 impl Default for Metrics {
     fn default() -> Self {
         Self::new()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn kind_labels_come_only_from_the_known_kinds() {
+        assert_eq!(kind_label("enquiry"), "enquiry");
+        assert_eq!(kind_label("digest"), "digest");
+        assert_eq!(kind_label("someone@example.org"), "unknown");
+        let m = Metrics::new();
+        m.email_outcome("not-a-kind", Outcome::Sent);
+        m.set_failed_unresolved(&[("enquiry".into(), 2), ("bogus".into(), 1)]);
+        let text = m.render();
+        assert!(
+            text.contains("rpec_emails_sent_total{kind=\"unknown\"} 1"),
+            "{text}"
+        );
+        assert!(!text.contains("not-a-kind"), "{text}");
+        assert!(
+            text.contains("rpec_emails_failed_unresolved{kind=\"enquiry\"} 2"),
+            "{text}"
+        );
+        assert!(
+            text.contains("rpec_emails_failed_unresolved{kind=\"unknown\"} 1"),
+            "{text}"
+        );
+        assert!(
+            text.contains("rpec_emails_failed_unresolved{kind=\"digest\"} 0"),
+            "{text}"
+        );
+        assert!(
+            text.contains(&format!(
+                "rpec_build_info{{version=\"{}\"}} 1",
+                env!("CARGO_PKG_VERSION")
+            )),
+            "{text}"
+        );
     }
 }

@@ -74,23 +74,26 @@ pub fn link(
     subscription_id: i64,
     now: DateTime<Utc>,
 ) -> String {
-    let token = sign(
-        settings.token_secret.expose_secret().as_bytes(),
-        purpose,
-        subscription_id,
-        now + purpose.validity(),
-    );
+    // The first key signs; settings never hold an empty list (they refuse to load without one).
+    let key = settings
+        .token_keys
+        .first()
+        .map_or(&[][..], |k| k.expose_secret().as_bytes());
+    let token = sign(key, purpose, subscription_id, now + purpose.validity());
     format!("{}{}?token={token}", settings.public_url, purpose.path())
 }
 
-/// Checks a token with the configured key (see [`verify`]).
+/// Checks a token with each configured key in turn (see [`verify`]): a link signed with a key
+/// that has since been replaced as the signing key still works while that key is listed.
 pub fn check(settings: &Settings, token: &str, purpose: Purpose) -> Result<i64, TokenError> {
-    verify(
-        settings.token_secret.expose_secret().as_bytes(),
-        token,
-        purpose,
-        Utc::now(),
-    )
+    let mut result = Err(TokenError::BadSignature);
+    for key in &settings.token_keys {
+        result = verify(key.expose_secret().as_bytes(), token, purpose, Utc::now());
+        if result != Err(TokenError::BadSignature) {
+            break;
+        }
+    }
+    result
 }
 
 /// Why a token was refused. Every variant gets the same 400 page; only an expired (but genuine)
@@ -263,6 +266,42 @@ mod tests {
                 Purpose::Confirm,
                 now()
             ),
+            Err(TokenError::BadSignature)
+        );
+    }
+
+    /// Keys rotate without breaking links: with "new, old" configured, a link signed with the old
+    /// key still works, new links are signed with the new key, and a key no longer listed fails.
+    #[test]
+    fn a_rotated_key_still_verifies_the_links_it_signed() {
+        let (new, old) = ("n".repeat(32), "o".repeat(32));
+        let settings = |keys: &str| {
+            let env: std::collections::HashMap<String, String> = [
+                ("DATABASE_URL", "postgres://x@127.0.0.1/db"),
+                ("RPEC_TOKEN_SECRET", keys),
+                (
+                    "RPEC_CONFIG_DIR",
+                    concat!(env!("CARGO_MANIFEST_DIR"), "/config"),
+                ),
+            ]
+            .into_iter()
+            .map(|(k, v)| (k.to_owned(), v.to_owned()))
+            .collect();
+            Settings::load_from(&env).unwrap()
+        };
+        let rotated = settings(&format!("{new},{old}"));
+        let by_old = sign(
+            old.as_bytes(),
+            Purpose::Unsubscribe,
+            9,
+            Utc::now() + Duration::days(1),
+        );
+        assert_eq!(check(&rotated, &by_old, Purpose::Unsubscribe), Ok(9));
+        let fresh = link(&rotated, Purpose::Unsubscribe, 9, Utc::now());
+        let token = fresh.rsplit_once("token=").unwrap().1;
+        assert_eq!(check(&settings(&new), token, Purpose::Unsubscribe), Ok(9));
+        assert_eq!(
+            check(&settings(&new), &by_old, Purpose::Unsubscribe),
             Err(TokenError::BadSignature)
         );
     }

@@ -47,19 +47,40 @@ impl Shared {
     }
 }
 
-/// Runs the worker on `listener` until `shutdown` completes.
+/// Where the worker serves HTTP: the public pages, and health and metrics apart from them.
+pub struct Listeners {
+    pub public: TcpListener,
+    pub admin: TcpListener,
+}
+
+impl Listeners {
+    /// Binds the addresses the settings name.
+    pub async fn bind(settings: &Settings) -> anyhow::Result<Listeners> {
+        let bind = |addr| async move {
+            TcpListener::bind(addr)
+                .await
+                .with_context(|| format!("cannot listen on {addr}"))
+        };
+        Ok(Listeners {
+            public: bind(settings.http_addr).await?,
+            admin: bind(settings.admin_addr).await?,
+        })
+    }
+}
+
+/// Runs the worker on `listeners` until `shutdown` completes.
 pub async fn run(
     settings: Settings,
-    listener: TcpListener,
+    listeners: Listeners,
     shutdown: impl Future<Output = ()>,
 ) -> anyhow::Result<()> {
-    run_with_clock(settings, listener, shutdown, Clock::System).await
+    run_with_clock(settings, listeners, shutdown, Clock::System).await
 }
 
 /// `run`, with a clock of the caller's (tests stand on chosen days and move time).
 pub async fn run_with_clock(
     settings: Settings,
-    listener: TcpListener,
+    listeners: Listeners,
     shutdown: impl Future<Output = ()>,
     clock: Clock,
 ) -> anyhow::Result<()> {
@@ -85,10 +106,19 @@ pub async fn run_with_clock(
     )));
     tasks.spawn(until_stopped(retention_sweep(shared.clone(), stop.clone())));
     tasks.spawn(until_stopped(schedule::run(shared.clone(), stop.clone())));
+    let (limits, grace) = (shared.settings.http_limits, shared.settings.shutdown_grace);
     tasks.spawn(until_stopped(http::serve(
-        listener,
-        shared.clone(),
-        relay,
+        listeners.public,
+        http::public_router(shared.clone(), relay.clone()),
+        limits,
+        grace,
+        stop.clone(),
+    )));
+    tasks.spawn(until_stopped(http::serve(
+        listeners.admin,
+        http::admin_router(shared.clone(), relay),
+        limits,
+        grace,
         stop.clone(),
     )));
     tracing::info!("worker started");
@@ -138,7 +168,9 @@ pub struct Swept {
 
 /// Removes personal data older than the configured retention (as of the worker's clock):
 /// enquiries and registrations are anonymised (their ids and routing stay, for counts), and
-/// finished emails, with their recipients and content, deleted.
+/// finished emails, with their recipients and content, deleted. A failed email that no
+/// operator has resolved is kept whatever its age: deleting it would lose the one record that
+/// something (an enquiry, say) never arrived.
 pub async fn sweep_once(shared: &Shared) -> sqlx::Result<Swept> {
     let s = &shared.settings;
     let now = shared.clock.now();
@@ -164,7 +196,8 @@ pub async fn sweep_once(shared: &Shared) -> sqlx::Result<Swept> {
     .await?
     .rows_affected();
     let emails = sqlx::query(
-        "DELETE FROM outbox WHERE status IN ('sent', 'failed', 'cancelled')
+        "DELETE FROM outbox
+         WHERE (status IN ('sent', 'cancelled') OR (status = 'failed' AND resolved_at IS NOT NULL))
            AND created_at < $2 - make_interval(days => $1)",
     )
     .bind(s.outbox_retention_days as i32)

@@ -6,6 +6,7 @@
 #[path = "it/helpers.rs"]
 #[allow(dead_code)]
 mod helpers;
+// helpers.rs uses the fault proxy (`crate::proxy`); the benchmarks do not.
 #[path = "it/proxy.rs"]
 #[allow(dead_code)]
 mod proxy;

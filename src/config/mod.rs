@@ -5,7 +5,7 @@ mod regions;
 mod settings;
 
 pub use regions::{normalise_area, Offset, RegionConfig, Regions, Routing};
-pub use settings::{Profile, RetryPolicy, Settings};
+pub use settings::{HttpLimits, Profile, RetryPolicy, Settings};
 
 use std::fmt;
 

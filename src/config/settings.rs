@@ -11,6 +11,9 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+/// Time allowed, on top of the sends, to record the last outcome of a claimed batch.
+pub const RECORDING_MARGIN_SECS: u64 = 2;
+
 /// Used for signed links in the dev profile only, with a warning.
 const DEV_TOKEN_SECRET: &str = "rpec-notify-dev-only-token-secret-do-not-use-in-production";
 
@@ -84,9 +87,14 @@ pub struct Settings {
     pub send_poll_interval: Duration,
     /// Retries of emails that failed for a passing reason.
     pub send_retry: RetryPolicy,
+    /// The public pages (confirm, unsubscribe): the address the internet reaches.
     pub http_addr: SocketAddr,
+    /// `/metrics`, `/readyz`, `/healthz`: for the monitoring, never exposed publicly.
+    pub admin_addr: SocketAddr,
+    pub http_limits: HttpLimits,
     pub public_url: String,
-    pub token_secret: SecretString,
+    /// Keys for signed links: the first signs, every one verifies (so keys can be rotated).
+    pub token_keys: Vec<SecretString>,
     pub enquiry_retention_days: u32,
     pub outbox_retention_days: u32,
     pub registration_retention_days: u32,
@@ -188,6 +196,49 @@ struct RawRetrySecs {
 struct RawHttp {
     addr: String,
     public_url: String,
+    #[serde(default = "default_admin_addr")]
+    admin_addr: String,
+    #[serde(default = "default_max_connections")]
+    max_connections: usize,
+    #[serde(default = "default_header_read_timeout_secs")]
+    header_read_timeout_secs: u64,
+    #[serde(default = "default_request_timeout_secs")]
+    request_timeout_secs: u64,
+    #[serde(default = "default_max_request_body_bytes")]
+    max_body_bytes: usize,
+}
+
+fn default_admin_addr() -> String {
+    "127.0.0.1:9090".into()
+}
+
+fn default_max_connections() -> usize {
+    1024
+}
+
+fn default_header_read_timeout_secs() -> u64 {
+    10
+}
+
+fn default_request_timeout_secs() -> u64 {
+    15
+}
+
+fn default_max_request_body_bytes() -> usize {
+    16 * 1024
+}
+
+/// How the HTTP listeners defend themselves (both use the same limits).
+#[derive(Debug, Clone, Copy)]
+pub struct HttpLimits {
+    /// Connections held open at once; more wait to be accepted.
+    pub max_connections: usize,
+    /// A client that has not sent its request head within this is disconnected (slowloris).
+    pub header_read_timeout: Duration,
+    /// A request not answered within this gets a 503 (a handler stuck on a dependency).
+    pub request_timeout: Duration,
+    /// Larger request bodies are refused with 413 (the pages' forms are a few bytes).
+    pub max_body_bytes: usize,
 }
 
 #[derive(Deserialize)]
@@ -207,6 +258,110 @@ struct RawRetention {
 #[serde(deny_unknown_fields)]
 struct RawShutdown {
     grace_secs: u64,
+}
+
+/// Why `mail.lease_secs` is too short, if it is. A claimed batch is sent `concurrency` at a time,
+/// so its last email may start only after ceil(batch_size / concurrency) - 1 others on the same
+/// slot, each allowed `send_timeout_secs`; if the lease ended before that email's outcome was
+/// recorded, another worker (or this one) would claim the row again and send it twice.
+fn lease_problem(mail: &RawMail) -> Option<String> {
+    if mail.concurrency == 0 || mail.batch_size <= 0 {
+        return None; // reported on their own
+    }
+    let rounds = (mail.batch_size as u64).div_ceil(mail.concurrency as u64);
+    let send_timeout = mail.send_timeout_secs.max(1);
+    let needed = rounds
+        .saturating_mul(send_timeout)
+        .saturating_add(RECORDING_MARGIN_SECS);
+    (needed >= mail.lease_secs.max(1)).then(|| {
+        format!(
+            "{}s is shorter than the work claimed under one lease: ceil(batch_size {} / \
+             concurrency {}) x send_timeout_secs {} + {}s to record the outcome = {}s; \
+             raise lease_secs above {} (or claim fewer emails, send more at once, or lower \
+             send_timeout_secs)",
+            mail.lease_secs,
+            mail.batch_size,
+            mail.concurrency,
+            send_timeout,
+            RECORDING_MARGIN_SECS,
+            needed,
+            needed
+        )
+    })
+}
+
+/// The variables that hold secrets. Each can instead name a file that holds it (`NAME_FILE`), as
+/// container platforms and systemd's credentials mount them.
+pub const SECRET_VARIABLES: [&str; 5] = [
+    "DATABASE_URL",
+    "RPEC_AMQP_URL",
+    "RPEC_SMTP_URL",
+    "RPEC_SMTP_PASSWORD",
+    "RPEC_TOKEN_SECRET",
+];
+
+/// `env` with every `NAME_FILE` of [`SECRET_VARIABLES`] read into `NAME` (trailing white space
+/// and line breaks removed), and the problems found on the way (never a file's content).
+fn with_secret_files(env: &HashMap<String, String>) -> (HashMap<String, String>, Vec<Problem>) {
+    let mut env = env.clone();
+    let mut problems = Vec::new();
+    for name in SECRET_VARIABLES {
+        let file_var = format!("{name}_FILE");
+        let Some(path) = env.get(&file_var).map(|p| p.trim().to_owned()) else {
+            continue;
+        };
+        if path.is_empty() {
+            continue;
+        }
+        if env.get(name).is_some_and(|v| !v.trim().is_empty()) {
+            problems.push(Problem::new(
+                &file_var,
+                format!("set {name} or {file_var}, not both"),
+            ));
+            continue;
+        }
+        match std::fs::read_to_string(&path) {
+            Ok(secret) => {
+                env.insert(name.to_owned(), secret.trim_end().to_owned());
+            }
+            Err(e) => problems.push(Problem::new(
+                &file_var,
+                format!("{path} cannot be read: {}", e.kind()),
+            )),
+        }
+    }
+    (env, problems)
+}
+
+/// Whether `host` names this machine only (a loopback address or `localhost`).
+fn is_loopback_host(host: &str) -> bool {
+    let host = host.trim_start_matches('[').trim_end_matches(']');
+    host.eq_ignore_ascii_case("localhost")
+        || host
+            .parse::<std::net::IpAddr>()
+            .is_ok_and(|ip| ip.is_loopback())
+}
+
+/// The keys for signed links from `RPEC_TOKEN_SECRET`: one key, or several separated by commas
+/// (the first signs, every one verifies, so that a key can be replaced without breaking the
+/// links already sent).
+fn token_keys(raw: &str, problems: &mut Vec<Problem>) -> Vec<SecretString> {
+    let keys: Vec<&str> = raw.split(',').map(str::trim).collect();
+    for (i, key) in keys.iter().enumerate() {
+        if key.len() < 32 {
+            problems.push(Problem::new(
+                "RPEC_TOKEN_SECRET",
+                if keys.len() == 1 {
+                    "must be at least 32 bytes".to_string()
+                } else {
+                    format!("key {} of {} must be at least 32 bytes", i + 1, keys.len())
+                },
+            ));
+        }
+    }
+    keys.into_iter()
+        .map(|k| SecretString::from(k.to_owned()))
+        .collect()
 }
 
 /// Lays `over` onto `base`, table by table.
@@ -238,6 +393,7 @@ impl Settings {
 
     /// Loads with an explicit environment, so tests need not touch the process's.
     pub fn load_from(env: &HashMap<String, String>) -> Result<Settings, Vec<Problem>> {
+        let (env, file_problems) = with_secret_files(env);
         let var = |k: &str| {
             env.get(k)
                 .map(|v| v.trim().to_owned())
@@ -278,7 +434,7 @@ impl Settings {
                         e.to_string().trim().replace('\n', " "),
                     )]
                 })?;
-        Self::from_raw(raw, profile, config_dir, &var)
+        Self::from_raw(raw, profile, config_dir, &var, file_problems)
     }
 
     fn from_raw(
@@ -286,11 +442,14 @@ impl Settings {
         profile: Profile,
         config_dir: PathBuf,
         var: &dyn Fn(&str) -> Option<String>,
+        mut problems: Vec<Problem>,
     ) -> Result<Settings, Vec<Problem>> {
-        let mut problems = Vec::new();
         let file = config_dir.join("rpec.toml").display().to_string();
         let at = |key: &str| format!("{file}: {key}");
 
+        if let Some(message) = lease_problem(&raw.mail) {
+            problems.push(Problem::new(at("mail.lease_secs"), message));
+        }
         // Checked where a connection is made (`check` and `preview` need no database).
         let database_url = var("DATABASE_URL").unwrap_or_default();
         let sender = |key: &str, raw: &str, problems: &mut Vec<Problem>| {
@@ -313,6 +472,20 @@ impl Settings {
             ));
             SocketAddr::from(([127, 0, 0, 1], 8080))
         });
+        let admin_addr_raw = var("RPEC_ADMIN_ADDR").unwrap_or(raw.http.admin_addr.clone());
+        let admin_addr = admin_addr_raw.parse().unwrap_or_else(|_| {
+            problems.push(Problem::new(
+                "RPEC_ADMIN_ADDR / http.admin_addr",
+                format!("{admin_addr_raw:?} is not a host:port address"),
+            ));
+            SocketAddr::from(([127, 0, 0, 1], 9090))
+        });
+        if admin_addr == http_addr {
+            problems.push(Problem::new(
+                "RPEC_ADMIN_ADDR / http.admin_addr",
+                "must differ from the public address: metrics and readiness are not public",
+            ));
+        }
         let public_url = var("RPEC_PUBLIC_URL")
             .unwrap_or(raw.http.public_url)
             .trim_end_matches('/')
@@ -323,9 +496,23 @@ impl Settings {
                 "must be an http(s) URL",
             ));
         }
-        let smtp_url = var("RPEC_SMTP_URL").unwrap_or(raw.mail.smtp_url);
-        if let Err(e) = crate::mail::RelayUrl::parse(&smtp_url) {
-            problems.push(Problem::new("RPEC_SMTP_URL / mail.smtp_url", e));
+        let mut smtp_url = var("RPEC_SMTP_URL").unwrap_or(raw.mail.smtp_url);
+        if let Some(password) = var("RPEC_SMTP_PASSWORD") {
+            let with_password = url::Url::parse(&smtp_url).ok().and_then(|mut u| {
+                (!u.username().is_empty() && u.set_password(Some(&password)).is_ok())
+                    .then(|| u.to_string())
+            });
+            match with_password {
+                Some(url) => smtp_url = url,
+                None => problems.push(Problem::new(
+                    "RPEC_SMTP_PASSWORD",
+                    "needs a user name in RPEC_SMTP_URL (smtps://user@host)",
+                )),
+            }
+        }
+        let relay = crate::mail::RelayUrl::parse(&smtp_url);
+        if let Err(e) = &relay {
+            problems.push(Problem::new("RPEC_SMTP_URL / mail.smtp_url", e.clone()));
         }
         let smtp_ca_file = var("RPEC_SMTP_CA_FILE")
             .or(Some(raw.mail.tls_ca_file.clone()).filter(|f| !f.trim().is_empty()))
@@ -338,30 +525,49 @@ impl Settings {
                 ));
             }
         }
-        let token_secret = match var("RPEC_TOKEN_SECRET") {
-            Some(s) if s.len() >= 32 => s,
-            Some(_) => {
-                problems.push(Problem::new(
-                    "RPEC_TOKEN_SECRET",
-                    "must be at least 32 bytes",
-                ));
-                String::new()
+        // The key in the source may sign links only where nobody else can follow them: the
+        // links point at this machine and the pages are served on it alone. Anywhere else a
+        // forgotten setting would let anyone forge confirm and unsubscribe links.
+        let only_this_machine = http_addr.ip().is_loopback()
+            && url::Url::parse(&public_url)
+                .ok()
+                .and_then(|u| u.host_str().map(is_loopback_host))
+                .unwrap_or(false);
+        let token_keys = match var("RPEC_TOKEN_SECRET") {
+            Some(raw) => token_keys(&raw, &mut problems),
+            None if profile == Profile::Dev && only_this_machine => {
+                tracing::warn!(
+                    "RPEC_TOKEN_SECRET is not set: using the fixed dev key (this machine only)"
+                );
+                vec![SecretString::from(DEV_TOKEN_SECRET)]
             }
             None if profile == Profile::Dev => {
-                tracing::warn!(
-                    "RPEC_TOKEN_SECRET is not set: using the fixed dev key (dev profile only)"
-                );
-                DEV_TOKEN_SECRET.to_owned()
+                problems.push(Problem::new(
+                    "RPEC_TOKEN_SECRET",
+                    "is required unless the public URL and the HTTP listener are both on this \
+                     machine (loopback): the dev key is public",
+                ));
+                Vec::new()
             }
             None => {
                 problems.push(Problem::new(
                     "RPEC_TOKEN_SECRET",
                     "is required in the production profile",
                 ));
-                String::new()
+                Vec::new()
             }
         };
         if profile == Profile::Production {
+            if relay
+                .as_ref()
+                .is_ok_and(|r| r.has_credentials() && !r.is_encrypted())
+            {
+                problems.push(Problem::new(
+                    "RPEC_SMTP_URL",
+                    "the production profile refuses a relay password sent without TLS: use \
+                     smtps:// or ?tls=required",
+                ));
+            }
             if smtp_url.starts_with("file:") {
                 problems.push(Problem::new(
                     "RPEC_SMTP_URL",
@@ -475,8 +681,15 @@ impl Settings {
                 max: Duration::from_secs_f64(raw.mail.retry.max_secs),
             },
             http_addr,
+            admin_addr,
+            http_limits: HttpLimits {
+                max_connections: raw.http.max_connections.max(1),
+                header_read_timeout: Duration::from_secs(raw.http.header_read_timeout_secs.max(1)),
+                request_timeout: Duration::from_secs(raw.http.request_timeout_secs.max(1)),
+                max_body_bytes: raw.http.max_body_bytes.max(1024),
+            },
             public_url,
-            token_secret: SecretString::from(token_secret),
+            token_keys,
             enquiry_retention_days: raw.retention.enquiry_days,
             outbox_retention_days: raw.retention.outbox_days,
             registration_retention_days: raw.retention.registration_days,
@@ -537,6 +750,163 @@ mod tests {
         assert!(places.contains(&"RPEC_TOKEN_SECRET"), "{places:?}");
         assert!(places.contains(&"RPEC_SMTP_URL"), "{places:?}");
         assert!(places.contains(&"RPEC_PUBLIC_URL"), "{places:?}");
+    }
+
+    /// A config directory holding the shipped rpec.toml and `dev` as the profile file.
+    fn config_with(dev: &str) -> (tempfile::TempDir, HashMap<String, String>) {
+        let dir = tempfile::tempdir().unwrap();
+        let shipped = concat!(env!("CARGO_MANIFEST_DIR"), "/config/rpec.toml");
+        std::fs::copy(shipped, dir.path().join("rpec.toml")).unwrap();
+        std::fs::write(dir.path().join("dev.toml"), dev).unwrap();
+        let mut e = env(&[("DATABASE_URL", "postgres://x@127.0.0.1/db")]);
+        e.insert("RPEC_CONFIG_DIR".into(), dir.path().display().to_string());
+        (dir, e)
+    }
+
+    #[test]
+    fn a_lease_shorter_than_the_work_claimed_under_it_is_refused() {
+        // 32 emails, 8 at a time: 4 sends of up to 30 s each, plus the margin to record = 122 s.
+        for lease in [60, 122] {
+            let (_dir, e) = config_with(&format!(
+                "[mail]\nbatch_size = 32\nconcurrency = 8\nsend_timeout_secs = 30\nlease_secs = {lease}\n"
+            ));
+            let problems = Settings::load_from(&e).unwrap_err();
+            let lease_problem = problems
+                .iter()
+                .find(|p| p.place.ends_with("mail.lease_secs"))
+                .unwrap_or_else(|| panic!("lease {lease}: {problems:?}"));
+            assert!(lease_problem.message.contains("122s"), "{lease_problem}");
+        }
+        let (_dir, e) = config_with(
+            "[mail]\nbatch_size = 32\nconcurrency = 8\nsend_timeout_secs = 30\nlease_secs = 123\n",
+        );
+        assert!(Settings::load_from(&e).is_ok());
+        // A partial last round counts as a whole one: 33 emails, 8 at a time, is 5 rounds.
+        let (_dir, e) = config_with(
+            "[mail]\nbatch_size = 33\nconcurrency = 8\nsend_timeout_secs = 30\nlease_secs = 150\n",
+        );
+        assert!(Settings::load_from(&e).is_err());
+    }
+
+    #[test]
+    fn the_shipped_lease_covers_the_shipped_batch_with_room() {
+        let s =
+            Settings::load_from(&env(&[("DATABASE_URL", "postgres://x@127.0.0.1/db")])).unwrap();
+        let rounds = (s.send_batch_size as u64).div_ceil(s.send_concurrency as u64);
+        let work = rounds * s.send_timeout.as_secs() + RECORDING_MARGIN_SECS;
+        assert!(
+            s.send_lease.as_secs() >= 2 * work,
+            "lease {:?} for {work}s of work",
+            s.send_lease
+        );
+    }
+
+    fn places(problems: &[Problem]) -> Vec<&str> {
+        problems.iter().map(|p| p.place.as_str()).collect()
+    }
+
+    #[test]
+    fn the_dev_key_signs_only_where_the_links_and_the_pages_stay_on_this_machine() {
+        let db = ("DATABASE_URL", "postgres://x@127.0.0.1/db");
+        let local = Settings::load_from(&env(&[db])).unwrap();
+        assert_eq!(local.token_keys.len(), 1, "the dev key, on loopback");
+        for exposed in [
+            vec![db, ("RPEC_PUBLIC_URL", "https://rpec.example.org")],
+            vec![db, ("RPEC_HTTP_ADDR", "0.0.0.0:8080")],
+            vec![db, ("RPEC_PUBLIC_URL", "http://192.0.2.10:8080")],
+        ] {
+            let problems = Settings::load_from(&env(&exposed)).unwrap_err();
+            assert_eq!(places(&problems), ["RPEC_TOKEN_SECRET"], "{exposed:?}");
+            assert!(problems[0].message.contains("loopback"));
+        }
+        let keyed = Settings::load_from(&env(&[
+            db,
+            ("RPEC_HTTP_ADDR", "0.0.0.0:8080"),
+            ("RPEC_TOKEN_SECRET", &"k".repeat(32)),
+        ]));
+        assert!(keyed.is_ok());
+    }
+
+    #[test]
+    fn several_token_keys_are_each_checked_for_length_without_being_shown() {
+        let db = ("DATABASE_URL", "postgres://x@127.0.0.1/db");
+        let two = format!("{}, {}", "a".repeat(32), "b".repeat(40));
+        let s = Settings::load_from(&env(&[db, ("RPEC_TOKEN_SECRET", &two)])).unwrap();
+        assert_eq!(s.token_keys.len(), 2);
+        assert_eq!(s.token_keys[0].expose_secret(), "a".repeat(32));
+        let short = format!("{},short-key", "a".repeat(32));
+        let problems = Settings::load_from(&env(&[db, ("RPEC_TOKEN_SECRET", &short)])).unwrap_err();
+        assert_eq!(problems[0].message, "key 2 of 2 must be at least 32 bytes");
+        assert!(!format!("{problems:?}").contains("short-key"));
+    }
+
+    #[test]
+    fn secrets_can_come_from_files_and_never_show_in_debug() {
+        let dir = tempfile::tempdir().unwrap();
+        let key_file = dir.path().join("token");
+        std::fs::write(&key_file, format!("{}\n", "f".repeat(33))).unwrap();
+        let pw_file = dir.path().join("smtp-password");
+        std::fs::write(&pw_file, "pa55-w0rd\n").unwrap();
+        let db_file = dir.path().join("db");
+        std::fs::write(&db_file, "postgres://app:db-s3cret@127.0.0.1/rpec\n").unwrap();
+        let key_path = key_file.display().to_string();
+        let pw_path = pw_file.display().to_string();
+        let db_path = db_file.display().to_string();
+        let s = Settings::load_from(&env(&[
+            ("DATABASE_URL_FILE", &db_path),
+            ("RPEC_TOKEN_SECRET_FILE", &key_path),
+            ("RPEC_SMTP_URL", "smtps://mailer@relay.example.org"),
+            ("RPEC_SMTP_PASSWORD_FILE", &pw_path),
+        ]))
+        .unwrap();
+        assert_eq!(s.token_keys[0].expose_secret(), "f".repeat(33));
+        assert_eq!(
+            s.database_url.expose_secret(),
+            "postgres://app:db-s3cret@127.0.0.1/rpec"
+        );
+        assert_eq!(s.smtp_url(), "smtps://mailer:pa55-w0rd@relay.example.org");
+        let shown = format!("{s:?}");
+        for secret in ["fffff", "pa55-w0rd", "db-s3cret"] {
+            assert!(!shown.contains(secret), "{secret} in {shown}");
+        }
+
+        let both = Settings::load_from(&env(&[
+            ("DATABASE_URL", "postgres://x@127.0.0.1/db"),
+            ("RPEC_TOKEN_SECRET", &"k".repeat(32)),
+            ("RPEC_TOKEN_SECRET_FILE", &key_path),
+        ]))
+        .unwrap_err();
+        assert_eq!(places(&both), ["RPEC_TOKEN_SECRET_FILE"]);
+        let missing = Settings::load_from(&env(&[
+            ("DATABASE_URL", "postgres://x@127.0.0.1/db"),
+            ("RPEC_TOKEN_SECRET_FILE", "/nonexistent/token"),
+        ]))
+        .unwrap_err();
+        assert_eq!(places(&missing)[0], "RPEC_TOKEN_SECRET_FILE");
+    }
+
+    #[test]
+    fn production_refuses_a_relay_password_without_tls() {
+        let base = [
+            ("DATABASE_URL", "postgres://x@127.0.0.1/db"),
+            ("RPEC_PROFILE", "production"),
+            ("RPEC_PUBLIC_URL", "https://rpec.example.org"),
+        ];
+        let key = "k".repeat(32);
+        let with = |url: &'static str| {
+            let mut e = base.to_vec();
+            e.push(("RPEC_TOKEN_SECRET", &key));
+            e.push(("RPEC_SMTP_URL", url));
+            Settings::load_from(&env(&e))
+        };
+        let problems = with("smtp://mailer:pw@relay.example.org:587").unwrap_err();
+        assert_eq!(places(&problems), ["RPEC_SMTP_URL"]);
+        assert!(with("smtp://mailer:pw@relay.example.org:587?tls=required").is_ok());
+        assert!(with("smtps://mailer:pw@relay.example.org").is_ok());
+        assert!(
+            with("smtp://relay.internal:25").is_ok(),
+            "no password, nothing to leak"
+        );
     }
 
     #[test]

@@ -698,7 +698,97 @@ impl<'a> Fields<'a> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use proptest::prelude::*;
     use serde_json::json;
+
+    /// A value that might stand in any field: the marker (which a refusal must never echo), in
+    /// strings of many shapes, or another JSON type altogether.
+    fn any_field() -> impl Strategy<Value = Value> {
+        prop_oneof![
+            Just(json!("MARKER")),
+            Just(json!("MARKER\r\nBcc: x@evil.example")),
+            Just(json!(format!("MARKER{}", "x".repeat(20_000)))),
+            Just(json!("  ")),
+            Just(json!("MARKER@example.org")),
+            Just(json!("\u{202e}MARKER")),
+            Just(json!(null)),
+            Just(json!(12345678901234567890u64)),
+            Just(json!(-1.5)),
+            Just(json!(true)),
+            Just(json!(["MARKER"])),
+            Just(json!({"MARKER": "MARKER"})),
+        ]
+    }
+
+    /// Fields of every event type, valid ones and hostile ones mixed.
+    fn any_event() -> impl Strategy<Value = Value> {
+        let types: Vec<&str> = EventType::ALL.iter().map(|t| t.as_str()).collect();
+        let keys = vec![
+            "enquiry_id",
+            "name",
+            "email",
+            "organisation",
+            "setting",
+            "topic",
+            "message",
+            "phone",
+            "region",
+            "area",
+            "session_id",
+            "title",
+            "audience",
+            "starts_at",
+            "ends_at",
+            "registration_url",
+            "joining_url",
+            "description",
+            "reason",
+            "registration_id",
+            "newsletter_id",
+            "subject",
+            "preheader",
+            "sections",
+            "web_url",
+            "regions",
+        ];
+        (
+            prop::sample::select(types),
+            prop::collection::btree_map(prop::sample::select(keys), any_field(), 0..12),
+            any_field(),
+        )
+            .prop_map(|(event_type, fields, version)| {
+                let mut data = valid();
+                for (k, v) in fields {
+                    data[k] = v;
+                }
+                json!({
+                    "id": "3b0c8a52-8f43-4a8e-9d0e-5c1f2f6b7a01",
+                    "type": event_type,
+                    "version": if version == json!(true) { json!(1) } else { version },
+                    "occurred_at": "2024-10-01T12:00:00Z",
+                    "data": data
+                })
+            })
+    }
+
+    proptest! {
+        /// Hostile envelopes of every type: parsing never panics, and a refusal names the field
+        /// and the rule in a short detail without the value.
+        #[test]
+        fn any_envelope_parses_or_is_refused_without_echoing_it(event in any_event()) {
+            let body = serde_json::to_vec(&event).unwrap();
+            if let Err(e) = Envelope::parse(&body, LIMIT) {
+                prop_assert!(e.detail.len() <= 1024, "{}", e.detail.len());
+                prop_assert!(!e.detail.contains("MARKER"), "{}: {}", e.code.as_str(), e.detail);
+            }
+        }
+
+        /// Arbitrary bytes: never a panic, always a code.
+        #[test]
+        fn any_bytes_are_parsed_or_refused(body in prop::collection::vec(any::<u8>(), 0..2048)) {
+            let _ = Envelope::parse(&body, LIMIT);
+        }
+    }
 
     const LIMIT: usize = 256 * 1024;
 

@@ -225,7 +225,17 @@ pub(super) fn samples() -> Vec<(&'static str, Value)> {
     let north_west = Routing::Area(RegionId::NorthWest);
     let (c1, a1) = contexts(Some("North-West"), north_west, &full, received, None);
     let (c2, a2) = contexts(None, Routing::Triage, &sparse, received, None);
+    // The triage copy of a coordinators' copy that could not be delivered (mail::sender).
+    let undeliverable = |mut c: Value| {
+        c["undeliverable"] = serde_json::json!({
+            "region_name": "North-West",
+            "reason": "permanent error (550): 5.1.1 <rpec.north-west@example.org>: no such mailbox",
+        });
+        c
+    };
     let mut samples = vec![
+        ("enquiry_undeliverable", undeliverable(c1.clone())),
+        ("enquiry_undeliverable", undeliverable(c2.clone())),
         ("enquiry_coordinator", c1),
         ("enquiry_coordinator", c2),
         ("enquiry_ack", a1),

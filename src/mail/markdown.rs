@@ -7,9 +7,16 @@
 //!   (a `javascript:` link becomes plain text);
 //! - images become links to the image: remote images in email are blocked by many clients and
 //!   can track readers;
-//! - headings are moved two levels down, below the section's own heading (`#` becomes `<h3>`).
+//! - headings are moved two levels down, below the section's own heading (`#` becomes `<h3>`);
+//! - quotes and lists nested deeper than [`MAX_NESTING`] are flattened into the level above, not
+//!   refused: the plain text writes every open prefix on every line, and quotes nested a few
+//!   thousand deep with many lazy lines once made gigabytes of it from 100 KiB of markdown. With
+//!   the cap, the output is at most a fixed multiple of the input.
 
 use pulldown_cmark::{Event, HeadingLevel, Options, Parser, Tag, TagEnd};
+
+/// Quotes and lists nested deeper than this are flattened (no email reader needs more).
+pub const MAX_NESTING: usize = 8;
 
 /// One section's body in both forms.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -51,9 +58,41 @@ fn lower_heading(level: HeadingLevel) -> HeadingLevel {
 fn safe_events(markdown: &str) -> Vec<Event<'_>> {
     // For each open link or image: whether its start was kept (so its end is kept too).
     let mut links: Vec<bool> = Vec::new();
+    // Open quotes, lists and list items: (whether it is a quote or list, whether it was kept).
+    // Quotes and lists deeper than MAX_NESTING are flattened, with their items.
+    let mut containers: Vec<(bool, bool)> = Vec::new();
     let mut out = Vec::new();
     for event in parser(markdown) {
         let event = match event {
+            Event::Start(tag @ (Tag::BlockQuote(_) | Tag::List(_))) => {
+                let depth = containers
+                    .iter()
+                    .filter(|(nests, kept)| *nests && *kept)
+                    .count();
+                let keep = depth < MAX_NESTING;
+                containers.push((true, keep));
+                if !keep {
+                    continue;
+                }
+                Event::Start(tag)
+            }
+            Event::Start(Tag::Item) => {
+                let keep = containers.last().is_none_or(|(_, kept)| *kept);
+                containers.push((false, keep));
+                if !keep {
+                    // A flattened item still reads as one.
+                    out.push(Event::HardBreak);
+                    out.push(Event::Text("• ".into()));
+                    continue;
+                }
+                Event::Start(Tag::Item)
+            }
+            Event::End(tag @ (TagEnd::BlockQuote(_) | TagEnd::List(_) | TagEnd::Item)) => {
+                if !containers.pop().is_none_or(|(_, kept)| kept) {
+                    continue;
+                }
+                Event::End(tag)
+            }
             Event::Html(s) | Event::InlineHtml(s) => Event::Text(s),
             Event::Start(Tag::HtmlBlock) => Event::Start(Tag::Paragraph),
             Event::End(TagEnd::HtmlBlock) => Event::End(TagEnd::Paragraph),
@@ -151,6 +190,18 @@ impl TextOut {
         }
     }
 
+    /// Opens a quote, code block or list item. Past MAX_NESTING open prefixes the new level
+    /// adds none (it is flattened into the one above), so no line carries more than a bounded
+    /// prefix however deep the markdown nests.
+    fn push_prefix(&mut self, prefix: String) {
+        let open = self.prefixes.iter().filter(|p| !p.is_empty()).count();
+        self.prefixes.push(if open < MAX_NESTING {
+            prefix
+        } else {
+            String::new()
+        });
+    }
+
     fn gap(&mut self, gap: Gap) {
         self.gap = self.gap.max(gap);
         self.gap_depth = self.gap_depth.min(self.prefixes.len());
@@ -235,11 +286,11 @@ impl TextOut {
             }
             Tag::BlockQuote(_) => {
                 self.gap(Gap::Blank);
-                self.prefixes.push("> ".into());
+                self.push_prefix("> ".into());
             }
             Tag::CodeBlock(_) => {
                 self.gap(Gap::Blank);
-                self.prefixes.push("    ".into());
+                self.push_prefix("    ".into());
             }
             Tag::List(start) => {
                 self.gap(if self.lists.is_empty() {
@@ -259,7 +310,7 @@ impl TextOut {
                     }
                     _ => "- ".to_string(),
                 };
-                self.prefixes.push(" ".repeat(marker.len()));
+                self.push_prefix(" ".repeat(marker.len()));
                 self.marker = Some(marker);
             }
             Tag::TableHead | Tag::TableRow => {
@@ -356,6 +407,111 @@ fn to_text(markdown: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use proptest::prelude::*;
+
+    /// What one render may write at most for `input` bytes: a fixed multiple, whatever the
+    /// markdown (the cap on nesting is what makes it fixed).
+    fn bound(input: usize) -> usize {
+        64 * input + 4096
+    }
+
+    #[test]
+    fn quotes_nested_thousands_deep_with_lazy_lines_stay_small() {
+        // Each lazy line continues the innermost quote: without the cap, the text part wrote
+        // every one of the 5,000 "> " prefixes on each of the 5,000 lines (50 MB from 40 KB).
+        let markdown = format!("{} start\n{}", ">".repeat(5000), "lazy line\n".repeat(5000));
+        let out = render(&markdown);
+        assert!(out.text.len() + out.html.len() <= bound(markdown.len()));
+        let deepest = out.text.lines().map(|l| l.matches("> ").count()).max();
+        assert_eq!(deepest, Some(MAX_NESTING));
+        assert_eq!(out.html.matches("<blockquote>").count(), MAX_NESTING);
+        assert!(out.text.contains("lazy line"), "flattened, not dropped");
+        assert!(out.html.contains("lazy line"));
+    }
+
+    #[test]
+    fn lists_nested_deeper_than_the_cap_are_flattened_with_their_items() {
+        let mut markdown = String::new();
+        for depth in 0..(MAX_NESTING + 4) {
+            markdown.push_str(&format!("{}- level {depth}\n", "  ".repeat(depth)));
+        }
+        let out = render(&markdown);
+        assert_eq!(out.html.matches("<ul>").count(), MAX_NESTING);
+        assert_eq!(
+            out.html.matches("<ul>").count(),
+            out.html.matches("</ul>").count()
+        );
+        assert_eq!(
+            out.html.matches("<li>").count(),
+            out.html.matches("</li>").count()
+        );
+        for depth in 0..(MAX_NESTING + 4) {
+            let item = format!("level {depth}");
+            assert!(out.html.contains(&item), "{item} in the HTML");
+            assert!(out.text.contains(&item), "{item} in the text");
+        }
+    }
+
+    /// Markdown-ish input: the characters that open and close blocks and inlines, and words.
+    fn markdownish() -> impl Strategy<Value = String> {
+        let pieces = prop::sample::select(vec![
+            ">",
+            "> ",
+            "-",
+            "- ",
+            "* ",
+            "+ ",
+            "1. ",
+            "10) ",
+            " ",
+            "  ",
+            "    ",
+            "\n",
+            "\n\n",
+            "#",
+            "## ",
+            "[",
+            "]",
+            "(",
+            ")",
+            "](https://e.org/x)",
+            "](javascript:alert(1))",
+            "<",
+            ">",
+            "<b>",
+            "</b>",
+            "<script>",
+            "`",
+            "```",
+            "|",
+            "-|-",
+            "!",
+            "_",
+            "*",
+            "~~",
+            "word",
+            "é",
+            "\u{202e}",
+            "&amp;",
+            "\\",
+            "---",
+            "[^1]",
+            "[^1]: note",
+        ]);
+        prop::collection::vec(pieces, 0..400).prop_map(|v| v.concat())
+    }
+
+    proptest! {
+        // 256 cases by default (`make test`); `make faults` sets PROPTEST_CASES for a long run.
+        #[test]
+        fn any_markdown_renders_without_panicking_within_a_fixed_multiple(md in markdownish()) {
+            let out = render(&md);
+            prop_assert!(out.html.len() + out.text.len() <= bound(md.len()),
+                "{} bytes in, {} out", md.len(), out.html.len() + out.text.len());
+            prop_assert!(!out.html.contains("<script"));
+            prop_assert!(!out.html.to_ascii_lowercase().contains("href=\"javascript"));
+        }
+    }
 
     #[test]
     fn the_example_newsletter_reads_well_in_both_forms() {

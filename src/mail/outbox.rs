@@ -3,7 +3,7 @@
 
 use crate::domain::EmailAddress;
 use serde_json::Value;
-use sqlx::{PgConnection, PgPool};
+use sqlx::{PgConnection, PgExecutor, PgPool};
 use std::time::Duration;
 use uuid::Uuid;
 
@@ -110,6 +110,23 @@ pub async fn enqueue(conn: &mut PgConnection, email: &NewEmail) -> sqlx::Result<
     Ok(id)
 }
 
+/// Every kind of email the worker writes to the outbox. Metrics label by kind only from this
+/// list (anything else is "unknown"), so a bad row cannot grow the number of series.
+pub const KINDS: [&str; 12] = [
+    "enquiry",
+    "enquiry_ack",
+    "enquiry_undeliverable",
+    "registration_confirmation",
+    "session_reminder",
+    "session_moved",
+    "joining_link_changed",
+    "session_cancelled",
+    "coordinator_briefing",
+    "subscription_confirm",
+    "newsletter",
+    "digest",
+];
+
 /// A row claimed for sending.
 #[derive(Debug, Clone, sqlx::FromRow)]
 pub struct Claimed {
@@ -125,9 +142,14 @@ pub struct Claimed {
     pub message_uuid: Uuid,
     pub source_event: Option<Uuid>,
     pub attempts: i32,
+    /// Tries put back because the relay or the database could not be reached (not attempts).
+    pub deferrals: i32,
+    /// This claim's token: the outcome is recorded only while the row still carries it.
+    pub claim_token: Uuid,
 }
 
-/// Claims up to `limit` due rows (and rows whose lease ran out) for `lease`.
+/// Claims up to `limit` due rows (and rows whose lease ran out) for `lease`, each with a fresh
+/// claim token.
 pub async fn claim(pool: &PgPool, limit: i64, lease: Duration) -> sqlx::Result<Vec<Claimed>> {
     sqlx::query_as(
         "WITH due AS (
@@ -140,10 +162,11 @@ pub async fn claim(pool: &PgPool, limit: i64, lease: Duration) -> sqlx::Result<V
          )
          UPDATE outbox o
          SET status = 'sending', claimed_until = now() + make_interval(secs => $2),
-             attempts = o.attempts + 1
+             attempts = o.attempts + 1, claim_token = gen_random_uuid()
          FROM due WHERE o.id = due.id
          RETURNING o.id, o.kind, o.template, o.stream, o.recipients, o.reply_to, o.context,
-                   o.headers, o.attachments, o.message_uuid, o.source_event, o.attempts",
+                   o.headers, o.attachments, o.message_uuid, o.source_event, o.attempts,
+                   o.deferrals, o.claim_token",
     )
     .bind(limit)
     .bind(lease.as_secs_f64())
@@ -151,52 +174,141 @@ pub async fn claim(pool: &PgPool, limit: i64, lease: Duration) -> sqlx::Result<V
     .await
 }
 
-pub async fn mark_sent(pool: &PgPool, id: i64) -> sqlx::Result<()> {
-    sqlx::query(
+// Every outcome below matches `id AND claim_token AND status = 'sending'` and returns whether
+// it changed the row: false means the claim is stale (its lease ran out and another claim took
+// the row, or the row was finished meanwhile), and the caller must change nothing else.
+
+/// Records that the relay accepted the row.
+pub async fn mark_sent(
+    conn: impl PgExecutor<'_>,
+    id: i64,
+    claim_token: Uuid,
+) -> sqlx::Result<bool> {
+    Ok(sqlx::query(
         "UPDATE outbox SET status = 'sent', sent_at = now(), claimed_until = NULL, last_error = NULL
-         WHERE id = $1",
+         WHERE id = $1 AND claim_token = $2 AND status = 'sending'",
     )
     .bind(id)
-    .execute(pool)
-    .await?;
-    Ok(())
+    .bind(claim_token)
+    .execute(conn)
+    .await?
+    .rows_affected()
+        == 1)
+}
+
+/// Whether a failed try counts toward `mail.retry.max_attempts`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Counted {
+    /// The relay answered about this email (a 4xx, a time-out mid-send, ...).
+    Attempt,
+    /// Nothing was learned about the email (the relay or the database could not be reached):
+    /// the attempt the claim took is given back, and the try is counted as a deferral.
+    Deferral,
 }
 
 /// Puts a row back to be tried again after `wait`.
-pub async fn mark_retry(pool: &PgPool, id: i64, wait: Duration, error: &str) -> sqlx::Result<()> {
-    sqlx::query(
-        "UPDATE outbox SET status = 'pending', claimed_until = NULL, last_error = $2,
-                next_attempt_at = now() + make_interval(secs => $3)
-         WHERE id = $1",
+pub async fn mark_retry(
+    conn: impl PgExecutor<'_>,
+    id: i64,
+    claim_token: Uuid,
+    wait: Duration,
+    error: &str,
+    counted: Counted,
+) -> sqlx::Result<bool> {
+    let deferral = counted == Counted::Deferral;
+    Ok(sqlx::query(
+        "UPDATE outbox SET status = 'pending', claimed_until = NULL, last_error = $3,
+                next_attempt_at = now() + make_interval(secs => $4),
+                attempts = CASE WHEN $5 THEN greatest(attempts - 1, 0) ELSE attempts END,
+                deferrals = CASE WHEN $5 THEN deferrals + 1 ELSE deferrals END
+         WHERE id = $1 AND claim_token = $2 AND status = 'sending'",
     )
     .bind(id)
+    .bind(claim_token)
     .bind(error)
     .bind(wait.as_secs_f64())
-    .execute(pool)
-    .await?;
-    Ok(())
+    .bind(deferral)
+    .execute(conn)
+    .await?
+    .rows_affected()
+        == 1)
 }
 
-/// Records that a row will never be sent, and why. It stays in the outbox for operators.
-pub async fn mark_failed(pool: &PgPool, id: i64, error: &str) -> sqlx::Result<()> {
-    sqlx::query(
-        "UPDATE outbox SET status = 'failed', claimed_until = NULL, last_error = $2 WHERE id = $1",
+/// Records that a row will never be sent, and why. It stays in the outbox for operators (and
+/// retention keeps it until one resolves it).
+pub async fn mark_failed(
+    conn: impl PgExecutor<'_>,
+    id: i64,
+    claim_token: Uuid,
+    error: &str,
+) -> sqlx::Result<bool> {
+    Ok(sqlx::query(
+        "UPDATE outbox SET status = 'failed', claimed_until = NULL, last_error = $3
+         WHERE id = $1 AND claim_token = $2 AND status = 'sending'",
     )
     .bind(id)
+    .bind(claim_token)
     .bind(error)
-    .execute(pool)
-    .await?;
-    Ok(())
+    .execute(conn)
+    .await?
+    .rows_affected()
+        == 1)
 }
 
 /// Records that a row was not sent because its cause went away (see `mail::prepare`).
-pub async fn mark_cancelled(pool: &PgPool, id: i64, reason: &str) -> sqlx::Result<()> {
-    sqlx::query("UPDATE outbox SET status = 'cancelled', claimed_until = NULL, last_error = $2 WHERE id = $1")
-        .bind(id)
-        .bind(reason)
-        .execute(pool)
-        .await?;
-    Ok(())
+pub async fn mark_cancelled(
+    conn: impl PgExecutor<'_>,
+    id: i64,
+    claim_token: Uuid,
+    reason: &str,
+) -> sqlx::Result<bool> {
+    Ok(sqlx::query(
+        "UPDATE outbox SET status = 'cancelled', claimed_until = NULL, last_error = $3
+         WHERE id = $1 AND claim_token = $2 AND status = 'sending'",
+    )
+    .bind(id)
+    .bind(claim_token)
+    .bind(reason)
+    .execute(conn)
+    .await?
+    .rows_affected()
+        == 1)
+}
+
+/// Queues, for the failed coordinators' copy of an enquiry (row `failed_id`), a copy to
+/// `recipients` (the triage mailbox) of kind `enquiry_undeliverable`: the same context with
+/// `undeliverable` (which region it could not reach, and why) added, the same Reply-To,
+/// headers and priority. At most once per failed row (a unique index); returns whether it was
+/// queued now. Meant for the transaction that marks the row failed.
+pub async fn enqueue_undeliverable(
+    conn: &mut PgConnection,
+    failed_id: i64,
+    recipients: &[&str],
+    undeliverable: &Value,
+) -> sqlx::Result<bool> {
+    let queued = sqlx::query(
+        "INSERT INTO outbox (kind, template, stream, recipients, reply_to, context, headers,
+                             attachments, message_uuid, source_event, priority, undeliverable_of)
+         SELECT 'enquiry_undeliverable', 'enquiry_undeliverable', o.stream, $2, o.reply_to,
+                o.context || jsonb_build_object('undeliverable', $3::jsonb), o.headers,
+                o.attachments, gen_random_uuid(), o.source_event, o.priority, o.id
+         FROM outbox o WHERE o.id = $1
+         ON CONFLICT (undeliverable_of) WHERE undeliverable_of IS NOT NULL DO NOTHING",
+    )
+    .bind(failed_id)
+    .bind(recipients)
+    .bind(undeliverable)
+    .execute(&mut *conn)
+    .await?
+    .rows_affected()
+        == 1;
+    if queued {
+        sqlx::query("SELECT pg_notify($1, '')")
+            .bind(NOTIFY_CHANNEL)
+            .execute(&mut *conn)
+            .await?;
+    }
+    Ok(queued)
 }
 
 /// Emails not yet sent (pending or being sent).
@@ -206,4 +318,26 @@ pub async fn depth(pool: &PgPool) -> sqlx::Result<i64> {
             .fetch_one(pool)
             .await?;
     Ok(n)
+}
+
+/// Failed rows that no operator has resolved, by kind (for the metric).
+pub async fn failed_unresolved(pool: &PgPool) -> sqlx::Result<Vec<(String, i64)>> {
+    sqlx::query_as(
+        "SELECT kind, count(*) FROM outbox WHERE status = 'failed' AND resolved_at IS NULL
+         GROUP BY kind",
+    )
+    .fetch_all(pool)
+    .await
+}
+
+/// How long the oldest row that is due (pending or being sent, next attempt not in the future)
+/// has existed, in seconds; 0 when none is due. A number that keeps growing means mail is stuck.
+pub async fn oldest_waiting_secs(pool: &PgPool) -> sqlx::Result<f64> {
+    let (secs,): (f64,) = sqlx::query_as(
+        "SELECT coalesce(extract(epoch FROM now() - min(created_at))::float8, 0)
+         FROM outbox WHERE status IN ('pending', 'sending') AND next_attempt_at <= now()",
+    )
+    .fetch_one(pool)
+    .await?;
+    Ok(secs)
 }

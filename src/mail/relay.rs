@@ -8,8 +8,9 @@ use lettre::{AsyncFileTransport, AsyncSmtpTransport, AsyncTransport, Message, To
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-/// `RPEC_SMTP_URL`, parsed.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// `RPEC_SMTP_URL`, parsed. It may hold the relay's password: its `Debug` shows neither the
+/// password nor the user.
+#[derive(Clone, PartialEq, Eq)]
 pub enum RelayUrl {
     /// smtp://, smtps:// (lettre reads TLS mode and credentials from the URL).
     Smtp(String),
@@ -17,7 +18,45 @@ pub enum RelayUrl {
     File(PathBuf),
 }
 
+impl std::fmt::Debug for RelayUrl {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            RelayUrl::Smtp(url) => {
+                let shown = url::Url::parse(url).map_or("<not a URL>".to_string(), |u| {
+                    format!(
+                        "{}://{}:{}",
+                        u.scheme(),
+                        u.host_str().unwrap_or_default(),
+                        u.port().map_or("default".to_string(), |p| p.to_string())
+                    )
+                });
+                f.debug_tuple("Smtp").field(&shown).finish()
+            }
+            RelayUrl::File(dir) => f.debug_tuple("File").field(dir).finish(),
+        }
+    }
+}
+
 impl RelayUrl {
+    /// Whether the URL carries a user name or password.
+    pub fn has_credentials(&self) -> bool {
+        match self {
+            RelayUrl::Smtp(url) => url::Url::parse(url)
+                .is_ok_and(|u| !u.username().is_empty() || u.password().is_some()),
+            RelayUrl::File(_) => false,
+        }
+    }
+
+    /// Whether everything sent to the relay is encrypted: implicit TLS, or STARTTLS required.
+    pub fn is_encrypted(&self) -> bool {
+        match self {
+            RelayUrl::Smtp(url) => url::Url::parse(url).is_ok_and(|u| {
+                u.scheme() == "smtps" || u.query_pairs().any(|(k, v)| k == "tls" && v == "required")
+            }),
+            RelayUrl::File(_) => false,
+        }
+    }
+
     pub fn parse(url: &str) -> Result<RelayUrl, String> {
         if let Some(path) = url.strip_prefix("file://") {
             if path.is_empty() {
@@ -34,13 +73,17 @@ impl RelayUrl {
     }
 }
 
-/// Why a send failed, which decides whether it is tried again.
+/// Why a send failed, which decides whether it is tried again and whether the try counts.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum SendError {
-    /// 4xx replies, refused connections, time-outs: try again later.
+    /// 4xx replies, a session broken or stalled mid-send: try again later, as an attempt.
     Transient(String),
     /// 5xx replies: the relay will never take it.
     Permanent(String),
+    /// The relay could not be reached at all (connection refused, no answer to connect, its
+    /// TLS refused) or, before sending, the database could not be read: nothing was learned
+    /// about this email, so the try does not count toward `mail.retry.max_attempts`.
+    Unreachable(String),
 }
 
 impl SendError {
@@ -49,7 +92,31 @@ impl SendError {
         match self {
             SendError::Transient(_) => "transient",
             SendError::Permanent(_) => "permanent",
+            SendError::Unreachable(_) => "unreachable",
         }
+    }
+
+    pub fn text(&self) -> &str {
+        let (SendError::Transient(t) | SendError::Permanent(t) | SendError::Unreachable(t)) = self;
+        t
+    }
+}
+
+/// How a failed SMTP send is classed. lettre has no public test for its `Connection` kind (the
+/// connection, or its TLS, could not be set up) nor for `Network` (the socket failed later), so
+/// they are told apart by lettre's text for the kind; the unit test below notices if that
+/// changes. A `Network` error stays an attempt: the relay was reached, and an email that keeps
+/// breaking sessions must not be retried for ever.
+fn classify(e: &lettre::transport::smtp::Error) -> SendError {
+    let text = e.to_string();
+    if e.is_permanent() {
+        SendError::Permanent(text)
+    } else if e.is_transient() || e.is_response() || e.is_client() || e.is_transport_shutdown() {
+        SendError::Transient(text)
+    } else if e.is_tls() || text.starts_with("Connection error") {
+        SendError::Unreachable(text)
+    } else {
+        SendError::Transient(text)
     }
 }
 
@@ -111,8 +178,11 @@ impl Relay {
                 if let Some(ca_file) = ca_file {
                     builder = builder.tls(tls_with_ca(&url, ca_file)?);
                 }
+                // Connecting and each command get half the time a whole send may take, so a
+                // relay that does not answer a connection shows as lettre's connection error
+                // (unreachable: not this email's fault) before the whole send is given up.
                 let transport = builder
-                    .timeout(Some(timeout))
+                    .timeout(Some(timeout / 2))
                     .pool_config(PoolConfig::new().max_size(pool_max_size))
                     .build();
                 Ok(Relay::Smtp(transport))
@@ -124,14 +194,7 @@ impl Relay {
     pub async fn send(&self, message: Message, timeout: Duration) -> Result<(), SendError> {
         let attempt = async {
             match self {
-                Relay::Smtp(t) => t.send(message).await.map(|_| ()).map_err(|e| {
-                    let text = e.to_string();
-                    if e.is_permanent() {
-                        SendError::Permanent(text)
-                    } else {
-                        SendError::Transient(text)
-                    }
-                }),
+                Relay::Smtp(t) => t.send(message).await.map(|_| ()).map_err(|e| classify(&e)),
                 Relay::File(t, _) => t
                     .send(message)
                     .await
@@ -178,6 +241,32 @@ impl Relay {
 mod tests {
     use super::*;
 
+    #[tokio::test]
+    async fn a_relay_nobody_listens_on_is_unreachable_not_an_attempt() {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .expect("a free port")
+            .port();
+        let relay = Relay::new(
+            &format!("smtp://127.0.0.1:{port}"),
+            1,
+            Duration::from_secs(2),
+            None,
+        )
+        .expect("a relay");
+        let message = Message::builder()
+            .from("a@example.org".parse().expect("an address"))
+            .to("b@example.org".parse().expect("an address"))
+            .subject("x")
+            .body(String::from("x"))
+            .expect("a message");
+        let e = relay
+            .send(message, Duration::from_secs(2))
+            .await
+            .unwrap_err();
+        assert!(matches!(e, SendError::Unreachable(_)), "{e:?}");
+    }
+
     #[test]
     fn relay_urls() {
         assert_eq!(
@@ -201,6 +290,20 @@ mod tests {
             Ok(RelayUrl::Smtp(_))
         ));
         assert!(RelayUrl::parse("http://relay").is_err());
+        let with_password = RelayUrl::parse("smtps://mailer:s3cret-pw@relay.example.org").unwrap();
+        let shown = format!("{with_password:?}");
+        assert!(
+            !shown.contains("s3cret") && !shown.contains("mailer"),
+            "{shown}"
+        );
+        assert!(with_password.has_credentials() && with_password.is_encrypted());
+        let plain = RelayUrl::parse("smtp://mailer:pw@relay.example.org:587").unwrap();
+        assert!(plain.has_credentials() && !plain.is_encrypted());
+        let starttls = RelayUrl::parse("smtp://mailer:pw@relay.example.org:587?tls=required");
+        assert!(starttls.unwrap().is_encrypted());
+        assert!(!RelayUrl::parse("smtp://127.0.0.1:25")
+            .unwrap()
+            .has_credentials());
         assert!(RelayUrl::parse("file://").is_err());
     }
 }

@@ -140,6 +140,8 @@ fn email_for(shared: &Shared, d: &Due) -> anyhow::Result<NewEmail> {
                 "session_id": d.session_id,
                 "offset": d.offset_label,
                 "starts_at": d.starts_at.to_rfc3339(),
+                // For rpec_reminder_lateness_seconds, observed when the relay accepts it.
+                "due_at": d.due_at.to_rfc3339(),
             }),
         );
         // Closer reminders matter more when many are due at once.

@@ -15,6 +15,8 @@ use uuid::Uuid;
 pub struct Deployment {
     pub db_name: String,
     pub http_port: u16,
+    /// Where its `/metrics`, `/readyz` and `/healthz` are.
+    pub admin_port: u16,
     envs: Vec<(String, String)>,
     /// Kept so the directory outlives the workers that read it.
     _config_dir: Option<tempfile::TempDir>,
@@ -38,11 +40,14 @@ impl Deployment {
             .await
             .unwrap();
         let _ = admin.close().await;
-        let http_port = std::net::TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
+        let free_port = || {
+            std::net::TcpListener::bind("127.0.0.1:0")
+                .unwrap()
+                .local_addr()
+                .unwrap()
+                .port()
+        };
+        let (http_port, admin_port) = (free_port(), free_port());
         let mut envs = vec![
             ("DATABASE_URL".to_string(), database_url_for(&db_name)),
             ("RPEC_AMQP_URL".into(), amqp_url()),
@@ -50,6 +55,7 @@ impl Deployment {
             ("RPEC_EXCHANGE".into(), format!("rpec.events.{id}")),
             ("RPEC_QUEUE".into(), format!("rpec-notify.events.{id}")),
             ("RPEC_HTTP_ADDR".into(), format!("127.0.0.1:{http_port}")),
+            ("RPEC_ADMIN_ADDR".into(), format!("127.0.0.1:{admin_port}")),
             (
                 "RPEC_PUBLIC_URL".into(),
                 format!("http://127.0.0.1:{http_port}"),
@@ -69,6 +75,7 @@ impl Deployment {
         Deployment {
             db_name,
             http_port,
+            admin_port,
             envs,
             _config_dir: config_dir,
         }
@@ -99,6 +106,11 @@ impl Deployment {
         format!("http://127.0.0.1:{}", self.http_port)
     }
 
+    /// The admin listener: `/metrics`, `/readyz`, `/healthz`.
+    pub fn admin_url(&self) -> String {
+        format!("http://127.0.0.1:{}", self.admin_port)
+    }
+
     /// Starts `rpec-notify run` and waits until it answers /healthz (migrations applied).
     pub async fn start(&self) -> Worker {
         let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_rpec-notify"))
@@ -117,7 +129,7 @@ impl Deployment {
             let _ = stderr.read_to_string(&mut s).await;
             s
         });
-        let url = format!("{}/healthz", self.base_url());
+        let url = format!("{}/healthz", self.admin_url());
         eventually(
             Duration::from_secs(30),
             "the worker to answer /healthz",

@@ -13,14 +13,20 @@ const READERS: i64 = 2_000;
 /// Sending 2,000 emails takes seconds; this is only how long to wait before giving up.
 const PATIENCE: Duration = Duration::from_secs(180);
 
-/// The test timings with more emails in flight and bigger claims, so 2,000 go quickly.
-fn profile(concurrency: usize, batch: usize, lease_secs: u64) -> String {
+/// The test timings with more emails in flight and bigger claims, so 2,000 go quickly. The
+/// lease must outlast the claim's sends (ceil(batch / concurrency) x send timeout, plus 2 s to
+/// record), or the worker refuses the settings.
+fn profile(concurrency: usize, batch: usize, send_timeout_secs: u64, lease_secs: u64) -> String {
     FAST_TIMINGS
         .replace(
             "[mail]\n",
             &format!("[mail]\nconcurrency = {concurrency}\nbatch_size = {batch}\n"),
         )
         .replace("lease_secs = 30", &format!("lease_secs = {lease_secs}"))
+        .replace(
+            "send_timeout_secs = 5",
+            &format!("send_timeout_secs = {send_timeout_secs}"),
+        )
 }
 
 async fn add_readers(pool: &PgPool, region: &str) {
@@ -72,7 +78,7 @@ async fn two_thousand_readers_get_one_copy_each_and_the_same_event_again_gives_n
     smtp.start();
     let app = spawn_app_with(Options {
         smtp: Some(smtp),
-        profile_toml: profile(16, 200, 30),
+        profile_toml: profile(16, 200, 5, 90),
         ..Options::default()
     })
     .await;
@@ -127,8 +133,9 @@ async fn a_worker_killed_while_sending_resumes_after_a_restart_and_skips_nobody(
         .with_delay(Duration::from_millis(5));
     smtp.start();
     const CONCURRENCY: usize = 8;
-    // A short lease: rows claimed by the killed worker come back after 2 s.
-    let deployment = Deployment::new(&smtp.url(), Some(&profile(CONCURRENCY, 50, 2))).await;
+    // A short lease: rows claimed by the killed worker come back after 5 s (two rounds of
+    // sends of at most 1 s each, and 2 s to record, fit in it).
+    let deployment = Deployment::new(&smtp.url(), Some(&profile(CONCURRENCY, 16, 1, 5))).await;
     let worker = deployment.start().await;
     let pool = deployment.pool().await;
     add_readers(&pool, "north-west").await;

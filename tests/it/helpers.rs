@@ -278,7 +278,10 @@ pub struct TestApp {
     pub db_name: String,
     pub topology: Topology,
     pub smtp: SmtpServer,
+    /// The public pages of the (first) worker.
     pub http: SocketAddr,
+    /// Its `/metrics`, `/readyz` and `/healthz`.
+    pub admin: SocketAddr,
     /// Kept so the directory lives as long as the worker that reads it.
     _config_dir: tempfile::TempDir,
     pub clock: Clock,
@@ -300,7 +303,30 @@ struct Worker {
     task: tokio::task::JoinHandle<anyhow::Result<()>>,
 }
 
-fn start_worker(settings: Settings, listener: tokio::net::TcpListener, clock: Clock) -> Worker {
+/// Both listeners of one worker, on free ports.
+async fn listeners() -> (rpec_notify::worker::Listeners, SocketAddr, SocketAddr) {
+    let public = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let admin = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let (http, admin_addr) = (public.local_addr().unwrap(), admin.local_addr().unwrap());
+    (
+        rpec_notify::worker::Listeners { public, admin },
+        http,
+        admin_addr,
+    )
+}
+
+/// Whether `path` is served on the admin listener rather than with the public pages.
+fn is_admin_path(path: &str) -> bool {
+    ["/metrics", "/readyz", "/healthz"]
+        .iter()
+        .any(|p| path.starts_with(p))
+}
+
+fn start_worker(
+    settings: Settings,
+    listener: rpec_notify::worker::Listeners,
+    clock: Clock,
+) -> Worker {
     let (stop, stopped) = oneshot::channel::<()>();
     let task = tokio::spawn(rpec_notify::worker::run_with_clock(
         settings,
@@ -425,8 +451,7 @@ pub async fn spawn_app_with(options: Options) -> TestApp {
 
     let smtp = options.smtp.unwrap_or_else(SmtpServer::start_new);
     // Bound first, so that links in emails point at this worker.
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let http = listener.local_addr().unwrap();
+    let (listener, http, admin) = listeners().await;
     let topology = Topology::new(
         &format!("rpec.events.{id}"),
         &format!("rpec-notify.events.{id}"),
@@ -468,13 +493,14 @@ pub async fn spawn_app_with(options: Options) -> TestApp {
         .unwrap();
     let pool = PgPool::connect(&db_url).await.unwrap();
     // HTTP is served once migrations are applied and every task has started.
-    wait_healthy(format!("http://{http}/healthz")).await;
+    wait_healthy(format!("http://{admin}/healthz")).await;
     TestApp {
         pool,
         db_name,
         topology,
         smtp,
         http,
+        admin,
         _config_dir: config_dir,
         clock,
         settings,
@@ -680,9 +706,13 @@ impl TestApp {
     }
 
     pub async fn get(&self, path: &str) -> (u16, String) {
-        let r = reqwest::get(format!("http://{}{path}", self.http))
-            .await
-            .unwrap();
+        // Health and metrics are on the admin listener, the pages on the public one.
+        let addr = if is_admin_path(path) {
+            self.admin
+        } else {
+            self.http
+        };
+        let r = reqwest::get(format!("http://{addr}{path}")).await.unwrap();
         (r.status().as_u16(), r.text().await.unwrap())
     }
 
@@ -752,8 +782,7 @@ impl TestApp {
     /// Stops the worker gracefully and removes the database, queues and exchanges.
     /// Starts one more worker on the same database, queue, relay and clock.
     pub async fn add_worker(&mut self) {
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = listener.local_addr().unwrap();
+        let (listener, _, addr) = listeners().await;
         self.workers.push(start_worker(
             self.settings.clone(),
             listener,

@@ -1,6 +1,7 @@
 //! Integration tests, one binary: real PostgreSQL, RabbitMQ and SMTP server, one module per
 //! capability.
 
+mod admin;
 mod binary;
 mod browser;
 mod cli;
@@ -13,7 +14,9 @@ mod fan_out;
 mod helpers;
 mod newsletter;
 mod ops;
+mod outbox;
 mod proxy;
 mod reliability;
 mod retention;
 mod sessions;
+mod web;

@@ -267,3 +267,100 @@ async fn readiness_names_the_dependency_that_is_down() {
     ready().await;
     app.stop().await;
 }
+
+/// The never-silent metrics: failed and unresolved emails by kind (only known kinds as labels),
+/// the age of the oldest email that is due, the build, and how late reminders reach the relay.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn metrics_show_open_failures_waiting_mail_the_build_and_reminder_lateness() {
+    let app = spawn_app_with(Options::at("2024-11-23T15:30:00Z")).await;
+    let (_, metrics) = app.get("/metrics").await;
+    let version = env!("CARGO_PKG_VERSION");
+    assert!(
+        metrics.contains(&format!("rpec_build_info{{version=\"{version}\"}} 1")),
+        "{metrics}"
+    );
+    // Every known kind is shown, at 0 while nothing has failed.
+    for kind in ["enquiry", "newsletter", "session_reminder"] {
+        assert!(
+            metrics.contains(&format!(
+                "rpec_emails_failed_unresolved{{kind=\"{kind}\"}} 0"
+            )),
+            "{metrics}"
+        );
+    }
+    assert!(
+        metrics.contains("rpec_outbox_oldest_waiting_seconds 0"),
+        "{metrics}"
+    );
+
+    // A failure of a known kind, one of a kind nobody knows, one resolved; and an email due an
+    // hour ago that a live claim holds.
+    sqlx::query(
+        "INSERT INTO outbox (kind, template, stream, recipients, context, message_uuid, status,
+                             resolved_at, created_at, claimed_until)
+         VALUES ('enquiry', 'enquiry_coordinator', 'transactional', ARRAY['a@example.org'], '{}',
+                 gen_random_uuid(), 'failed', NULL, now(), NULL),
+                ('no such kind', 'x', 'transactional', ARRAY['a@example.org'], '{}',
+                 gen_random_uuid(), 'failed', NULL, now(), NULL),
+                ('enquiry', 'enquiry_coordinator', 'transactional', ARRAY['a@example.org'], '{}',
+                 gen_random_uuid(), 'failed', now(), now(), NULL),
+                ('enquiry_ack', 'enquiry_ack', 'transactional', ARRAY['a@example.org'], '{}',
+                 gen_random_uuid(), 'sending', NULL, now() - interval '1 hour',
+                 now() + interval '1 hour')",
+    )
+    .execute(&app.pool)
+    .await
+    .unwrap();
+    assert_eq!(
+        app.metric("rpec_emails_failed_unresolved{kind=\"enquiry\"}")
+            .await,
+        1.0
+    );
+    assert_eq!(
+        app.metric("rpec_emails_failed_unresolved{kind=\"unknown\"}")
+            .await,
+        1.0
+    );
+    let (_, metrics) = app.get("/metrics").await;
+    assert!(!metrics.contains("no such kind"), "{metrics}");
+    let oldest = app.metric("rpec_outbox_oldest_waiting_seconds").await;
+    assert!((3600.0..4200.0).contains(&oldest), "{oldest}");
+    sqlx::query("DELETE FROM outbox WHERE status = 'sending'")
+        .execute(&app.pool)
+        .await
+        .unwrap();
+
+    // A reminder found due 7 seconds late (the worker's clock stands still) is 7 s late.
+    app.publish(&session_event(
+        "session.scheduled",
+        "late-2024-11-25",
+        "2024-11-25T15:30:00+00:00",
+        "2024-11-25T16:30:00+00:00",
+        None,
+    ))
+    .await;
+    app.publish(&registration_event(
+        "reg-late",
+        "late-2024-11-25",
+        "jo@school.example.org",
+    ))
+    .await;
+    app.handled(2).await;
+    app.set_time("2024-11-24T15:30:07Z");
+    eventually(Duration::from_secs(20), "the reminder observed", || async {
+        (app.metric("rpec_reminder_lateness_seconds_count").await == 1.0).then_some(())
+    })
+    .await;
+    assert_eq!(app.metric("rpec_reminder_lateness_seconds_sum").await, 7.0);
+    assert_eq!(
+        app.metric("rpec_reminder_lateness_seconds_bucket{le=\"10\"}")
+            .await,
+        1.0
+    );
+    assert_eq!(
+        app.metric("rpec_reminder_lateness_seconds_bucket{le=\"5\"}")
+            .await,
+        0.0
+    );
+    app.stop().await;
+}

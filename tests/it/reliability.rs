@@ -196,7 +196,7 @@ async fn a_worker_killed_between_commit_and_ack_sends_nothing_twice() {
 
     deployment.unset_env("FAILPOINTS");
     let second = deployment.start().await;
-    let url = format!("{}/metrics", deployment.base_url());
+    let url = format!("{}/metrics", deployment.admin_url());
     eventually(
         Duration::from_secs(20),
         "the redelivery to be seen as a duplicate",

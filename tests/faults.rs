@@ -75,9 +75,10 @@ fn by_scale<T>(short: T, long_form: T) -> T {
     }
 }
 
-/// The tests' fast timings, with the shipped send concurrency, a 10 s lease (a killed worker's
-/// rows come back after it) and a compressed mail back-off (0.5 s doubling to 5 s, 15 attempts:
-/// a retry budget of about a minute).
+/// The tests' fast timings, with the shipped send concurrency, claims of 16, a 15 s lease (a
+/// killed worker's rows come back after it; the worker refuses a lease shorter than the work
+/// of one claim, ceil(16 / 8) x 5 s + 2 s) and a compressed mail back-off (0.5 s doubling to
+/// 5 s, 15 attempts: a retry budget of about a minute where attempts count).
 fn profile() -> String {
     FAST_TIMINGS
         .replace(
@@ -86,9 +87,9 @@ fn profile() -> String {
         )
         .replace(
             "[mail]\n",
-            &format!("[mail]\nconcurrency = {CONCURRENCY}\nbatch_size = 50\n"),
+            &format!("[mail]\nconcurrency = {CONCURRENCY}\nbatch_size = 16\n"),
         )
-        .replace("lease_secs = 30", "lease_secs = 10")
+        .replace("lease_secs = 30", "lease_secs = 15")
         .replace("initial_secs = 0.2", "initial_secs = 0.5")
         .replace("max_secs = 1.0", "max_secs = 5.0")
 }
@@ -260,16 +261,21 @@ async fn f1_worker_killed_at_random_during_a_fan_out() {
         mixed("kill", events, "kill-session"),
         Duration::from_millis(by_scale(40, 25)),
     );
+    // How many emails the relay had accepted at each kill: the kills fell during the fan-out.
+    let mut accepted_at_kill = Vec::new();
     for _ in 0..kills {
         let at = Duration::from_millis(fastrand::u64(300..2_500));
         tokio::time::sleep(at).await;
         worker.kill_9().await;
+        accepted_at_kill.push(run.relay.received().len());
         worker = run.deployment.start().await;
     }
     let fault_end = Instant::now();
     stream.await.unwrap();
     let notes = vec![format!(
-        "{kills} kills, {readers} readers, {events} mixed events; bound = kills x mail.concurrency"
+        "{kills} kills, {readers} readers, {events} mixed events; emails accepted at the kills: {} to {}; bound = kills x mail.concurrency",
+        accepted_at_kill.first().unwrap_or(&0),
+        accepted_at_kill.last().unwrap_or(&0),
     )];
     let row = run.count(fault_end, kills * CONCURRENCY, notes).await;
     let (status, _) = worker.stop().await;
@@ -624,9 +630,17 @@ async fn f6_three_workers_on_one_queue() {
             .local_addr()
             .unwrap()
             .port();
+        let admin = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
         run.deployment.http_port = port;
+        run.deployment.admin_port = admin;
         run.deployment
             .set_env("RPEC_HTTP_ADDR", &format!("127.0.0.1:{port}"));
+        run.deployment
+            .set_env("RPEC_ADMIN_ADDR", &format!("127.0.0.1:{admin}"));
         workers.push(run.deployment.start().await);
     }
     let expected = add_readers(&run.pool, "south-west", readers).await;
@@ -780,8 +794,11 @@ async fn f7_cluster_node_leading_the_queues_killed() {
     Cluster::kill(&leader);
     let fault_end = Instant::now();
     stream.await.unwrap();
+    let new_leader = Cluster::leader(&queue)
+        .await
+        .unwrap_or_else(|| "(none found)".into());
     let notes = vec![format!(
-        "killed {leader} (leader of the worker's queue); worker and publisher behind a TCP balancer to the first live node; {events} events"
+        "killed {leader}, the leader of the worker's queue (then led by {new_leader}); worker and publisher reach the cluster through a TCP balancer to the first live node; {events} events"
     )];
     let row = run.count(fault_end, 0, notes).await;
     let (status, _) = worker.stop().await;

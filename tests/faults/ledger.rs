@@ -539,8 +539,17 @@ pub fn record(row: &Row) {
 pub fn table(rows: &[Row]) -> String {
     let mut out = String::new();
     out.push_str(&format!(
-        "{:<34} {:>7} {:>6} {:>8} {:>6} {:>11} {:>9} {:>8}  {}\n",
-        "fault", "events", "lost", "emails", "lost", "dup (bound)", "recovery", "result", "notes"
+        "{:<32} {:>6} {:>5} {:>7} {:>5} {:>11} {:>9} {:>7}  {:<20} {}\n",
+        "fault",
+        "events",
+        "lost",
+        "emails",
+        "lost",
+        "dup (bound)",
+        "recovery",
+        "result",
+        "measured",
+        "notes"
     ));
     for r in rows {
         let recovery = r
@@ -552,7 +561,7 @@ pub fn table(rows: &[Row]) -> String {
             notes.insert(0, format!("{} unexpected emails", r.emails_unexpected));
         }
         out.push_str(&format!(
-            "{:<34} {:>7} {:>6} {:>8} {:>6} {:>11} {:>9} {:>8}  {}\n",
+            "{:<32} {:>6} {:>5} {:>7} {:>5} {:>11} {:>9} {:>7}  {:<20} {}\n",
             r.fault,
             r.events_published,
             r.events_lost,
@@ -560,7 +569,14 @@ pub fn table(rows: &[Row]) -> String {
             r.emails_lost,
             format!("{} ({})", r.duplicates, r.duplicate_bound),
             recovery,
-            if r.passed { "ok" } else { "FAILED" },
+            if r.notes.iter().any(|n| n.starts_with("SKIPPED")) {
+                "skipped"
+            } else if r.passed {
+                "ok"
+            } else {
+                "FAILED"
+            },
+            r.measured_at,
             notes.join("; ")
         ));
     }

@@ -55,8 +55,10 @@ test:
 ## faults: the fault suite in its long form against the release binary (built with the fault
 ## points); prints one table and writes target/faults/faults.json. It stops and starts the
 ## machine's RabbitMQ and starts a three-node cluster beside it (scripts/rabbitmq-cluster.sh).
+## (The build step compiles exactly what the run uses: a plain `cargo build` would build the
+## library with other dependency features than the tests' and so twice.)
 faults: setup
-	$(CARGO) build --release --features failpoints
+	$(CARGO) test --release --features failpoints --test faults --no-run
 	RPEC_FAULTS=long $(CARGO) test --release --features failpoints --test faults -- --ignored --test-threads 1 --nocapture
 
 ## alert-rules: check the Prometheus alert rules and run their unit tests (promtool)

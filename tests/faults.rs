@@ -220,6 +220,8 @@ impl Run {
             stall(),
         )
         .await;
+        let mut notes = notes;
+        notes.extend(self.ledger.lock().unwrap().publishing_note());
         row(self.fault, scale(), &c, fault_end, bound, notes)
     }
 

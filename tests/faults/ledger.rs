@@ -96,6 +96,23 @@ pub struct Ledger {
     pub items: Vec<Item>,
     /// Emails expected that no event causes (a newsletter's readers are counted here).
     pub extra_emails: Vec<String>,
+    /// What publishing went through: confirms refused (nack), messages returned (no queue
+    /// took them), connections opened anew.
+    pub nacks: usize,
+    pub returns: usize,
+    pub reconnects: usize,
+}
+
+impl Ledger {
+    /// A note on what publishing went through, if anything.
+    pub fn publishing_note(&self) -> Option<String> {
+        (self.nacks + self.returns + self.reconnects > 0).then(|| {
+            format!(
+                "publisher: {} nacks, {} returns, {} new connections",
+                self.nacks, self.returns, self.reconnects
+            )
+        })
+    }
 }
 
 pub type SharedLedger = Arc<Mutex<Ledger>>;
@@ -107,6 +124,8 @@ pub struct Publisher {
     url: String,
     exchange: String,
     conn: Option<(Connection, Channel)>,
+    /// Whether a connection was opened before (the next one is a reconnection).
+    opened: bool,
     ledger: SharedLedger,
     /// How long one message may take to be confirmed before the run gives up.
     pub patience: Duration,
@@ -118,6 +137,7 @@ impl Publisher {
             url: url.to_owned(),
             exchange: exchange.to_owned(),
             conn: None,
+            opened: false,
             ledger,
             patience: Duration::from_secs(300),
         }
@@ -129,26 +149,43 @@ impl Publisher {
                 return Some(ch.clone());
             }
         }
-        self.conn = None;
-        let conn = tokio::time::timeout(
-            Duration::from_secs(10),
-            topology::connect(&self.url, "rpec-notify fault suite"),
-        )
-        .await
-        .ok()?
-        .ok()?;
-        let ch = conn.create_channel().await.ok()?;
-        ch.confirm_select(ConfirmSelectOptions::default())
+        self.drop_connection().await;
+        if self.opened {
+            self.ledger.lock().unwrap().reconnects += 1;
+        }
+        self.opened = true;
+        let open = async {
+            let conn = topology::connect(&self.url, "rpec-notify fault suite")
+                .await
+                .ok()?;
+            let ch = conn.create_channel().await.ok()?;
+            ch.confirm_select(ConfirmSelectOptions::default())
+                .await
+                .ok()?;
+            Some((conn, ch))
+        };
+        let (conn, ch) = tokio::time::timeout(Duration::from_secs(10), open)
             .await
-            .ok()?;
+            .ok()??;
         self.conn = Some((conn, ch.clone()));
         Some(ch)
+    }
+
+    /// Closes the connection, if any, without waiting long for a broker that may be gone.
+    async fn drop_connection(&mut self) {
+        if let Some((conn, _)) = self.conn.take() {
+            let _ =
+                tokio::time::timeout(Duration::from_secs(2), conn.close(200, "reconnecting")).await;
+        }
     }
 
     /// Publishes `item` until confirmed, then records it in the ledger.
     pub async fn publish(&mut self, item: Item) {
         let deadline = Instant::now() + self.patience;
         let mut wait = Duration::from_millis(100);
+        // Refusals in a row on one channel: after a few, the channel is opened anew (a channel
+        // on a surviving cluster node may keep refusing a queue whose leader has gone).
+        let mut refused = 0;
         loop {
             assert!(
                 Instant::now() < deadline,
@@ -171,13 +208,24 @@ impl Publisher {
             match sent {
                 Ok(Ok(())) => break,
                 // The worker has not declared its queue yet (or a cluster is electing).
-                Ok(Err(PublishError::Returned | PublishError::Nacked)) => {
+                Ok(Err(e @ (PublishError::Returned | PublishError::Nacked))) => {
+                    {
+                        let mut l = self.ledger.lock().unwrap();
+                        if matches!(e, PublishError::Returned) {
+                            l.returns += 1;
+                        } else {
+                            l.nacks += 1;
+                        }
+                    }
+                    refused += 1;
+                    if refused >= 3 {
+                        refused = 0;
+                        self.drop_connection().await;
+                    }
                     tokio::time::sleep(Duration::from_millis(200)).await;
                 }
                 _ => {
-                    if let Some((conn, _)) = self.conn.take() {
-                        let _ = conn.close(200, "reconnecting").await;
-                    }
+                    self.drop_connection().await;
                     tokio::time::sleep(wait).await;
                     wait = (wait * 2).min(Duration::from_secs(2));
                 }
@@ -187,9 +235,7 @@ impl Publisher {
     }
 
     pub async fn close(mut self) {
-        if let Some((conn, _)) = self.conn.take() {
-            let _ = conn.close(200, "done").await;
-        }
+        self.drop_connection().await;
     }
 }
 
@@ -226,7 +272,9 @@ impl DeadLetters {
         else {
             return;
         };
-        if let Ok(ch) = conn.create_channel().await {
+        if let Ok(Ok(ch)) =
+            tokio::time::timeout(Duration::from_secs(10), conn.create_channel()).await
+        {
             while let Ok(Ok(Some(msg))) = tokio::time::timeout(
                 Duration::from_secs(10),
                 ch.basic_get(queue, BasicGetOptions::default()),
@@ -254,7 +302,7 @@ impl DeadLetters {
                 let _ = msg.delivery.ack(BasicAckOptions::default()).await;
             }
         }
-        let _ = conn.close(200, "done").await;
+        let _ = tokio::time::timeout(Duration::from_secs(2), conn.close(200, "done")).await;
     }
 }
 

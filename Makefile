@@ -20,7 +20,7 @@ TEST_AMQP_URL     ?= amqp://guest:guest@127.0.0.1:5672/%2f
 RUST_BACKTRACE    ?= 1
 export DATABASE_URL RPEC_SMTP_URL TEST_DATABASE_URL TEST_AMQP_URL RUST_BACKTRACE
 
-EXAMPLE_EVENT ?= ../shared/examples/events/contact-complex-case.json
+EXAMPLE_EVENT ?= examples/events/contact-complex-case.json
 
 .PHONY: setup build run test bench fmt lint clean-mail publish-example
 

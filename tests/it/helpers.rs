@@ -811,9 +811,9 @@ pub fn contact_event(data: Value) -> Value {
     })
 }
 
-/// The example events shipped beside the project.
-pub fn shared_example(name: &str) -> Value {
-    let path = manifest_dir().join("../shared/examples/events").join(name);
+/// One of the example events the repository carries (`examples/events/`).
+pub fn example(name: &str) -> Value {
+    let path = manifest_dir().join("examples/events").join(name);
     serde_json::from_str(
         &std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display())),
     )

@@ -41,7 +41,7 @@ async fn health_readiness_and_metrics() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_binary_turns_the_published_example_into_two_eml_files_and_stops_on_sigterm() {
     let worker = RealWorker::start().await;
-    let example = manifest_dir().join("../shared/examples/events/contact-complex-case.json");
+    let example = manifest_dir().join("examples/events/contact-complex-case.json");
     assert!(worker
         .publish_file(&example)
         .contains("published 1 event(s)"));

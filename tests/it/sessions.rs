@@ -39,7 +39,7 @@ fn calendar_start(text: &str) -> (String, Option<u32>, String, DateTime<Utc>) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_twelve_2024_25_sessions_plan_reminders_at_the_right_utc_instants() {
     let app = spawn_app_with(Options::at("2024-09-01T00:00:00Z")).await;
-    let sessions = shared_example("sessions-2024-2025.json");
+    let sessions = example("sessions-2024-2025.json");
     let sessions = sessions.as_array().unwrap();
     assert_eq!(sessions.len(), 12);
     for s in sessions {
@@ -388,7 +388,7 @@ async fn cancelling_a_session_sends_one_cancellation_and_no_reminder_ever_after(
     ))
     .await;
     app.handled(3).await;
-    let cancel = shared_example("session-cancelled.json");
+    let cancel = example("session-cancelled.json");
     app.publish(&cancel).await;
     app.publish(&cancel).await; // delivered twice: still one cancellation each
     let cancellations = app.exactly("Cancelled:", 2).await;

@@ -1,7 +1,7 @@
 //! Prometheus metrics, served at `/metrics`.
 
 use crate::mail::sender::Outcome;
-use prometheus::{Encoder, IntCounterVec, IntGauge, Opts, Registry, TextEncoder};
+use prometheus::{Encoder, IntCounter, IntCounterVec, IntGauge, Opts, Registry, TextEncoder};
 
 pub struct Metrics {
     registry: Registry,
@@ -14,6 +14,19 @@ pub struct Metrics {
     pub emails_failed: IntCounterVec,
     pub emails_cancelled: IntCounterVec,
     pub outbox_depth: IntGauge,
+    /// Completed scheduler rounds (reminders, briefings and digests looked at once each): a
+    /// test, or an operator, can tell "nothing was due" from "the scheduler is stuck".
+    pub scheduler_rounds: IntCounter,
+    /// Completed sender rounds (one claim of due outbox rows, sent and recorded).
+    pub sender_rounds: IntCounter,
+}
+
+fn plain_counter(registry: &Registry, name: &str, help: &str) -> IntCounter {
+    let c = IntCounter::new(name, help).expect("a valid metric");
+    registry
+        .register(Box::new(c.clone()))
+        .expect("registered once");
+    c
 }
 
 fn counter(registry: &Registry, name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
@@ -80,6 +93,16 @@ impl Metrics {
             ),
             emails_cancelled: counter(&registry, "rpec_emails_cancelled_total", "Emails not sent because their cause went away (a cancelled session, an unsubscribed reader), by kind", &["kind"]),
             outbox_depth,
+            scheduler_rounds: plain_counter(
+                &registry,
+                "rpec_scheduler_rounds_total",
+                "Scheduler rounds completed (due reminders, briefings and digests handed over)",
+            ),
+            sender_rounds: plain_counter(
+                &registry,
+                "rpec_sender_rounds_total",
+                "Sender rounds completed (due outbox rows claimed, sent and recorded)",
+            ),
             registry,
         }
     }

@@ -6,6 +6,10 @@
 #[path = "it/helpers.rs"]
 #[allow(dead_code)]
 mod helpers;
+// The harness uses the fault proxy (for tests that cut a dependency).
+#[path = "it/proxy.rs"]
+#[allow(dead_code)]
+mod proxy;
 
 use helpers::*;
 use serde_json::json;

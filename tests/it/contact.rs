@@ -138,8 +138,7 @@ async fn every_topic_routes_by_region_by_area_in_any_spelling_or_to_triage() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_complex_case_is_urgent_and_its_acknowledgement_carries_the_safety_advice() {
     let app = spawn_app().await;
-    app.publish(&example("contact-complex-case.json"))
-        .await;
+    app.publish(&example("contact-complex-case.json")).await;
     let mails = app.mails(2).await;
     let coordinator = mails
         .iter()

@@ -533,8 +533,7 @@ async fn a_newsletter_goes_once_to_confirmed_subscribers_of_its_region_only() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_contact_enquiry_about_the_newsletter_starts_the_double_opt_in_for_its_region() {
     let app = spawn_app().await;
-    app.publish(&example("contact-newsletter.json"))
-        .await;
+    app.publish(&example("contact-newsletter.json")).await;
     let mails = app.mails(3).await;
     let person = "p.shah@college.example.org";
     let theirs = to(&mails, person);

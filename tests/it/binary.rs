@@ -264,6 +264,32 @@ impl RealWorker {
         .await
     }
 
+    /// When the relay accepted each email whose subject starts with `prefix`: the file relay
+    /// writes one file per email, so its modification time is the moment of acceptance.
+    pub fn accepted_at(&self, prefix: &str) -> Vec<std::time::SystemTime> {
+        let mut out = Vec::new();
+        for entry in std::fs::read_dir(self.mail_dir.path()).unwrap() {
+            let path = entry.unwrap().path();
+            if path.extension().is_none_or(|x| x != "eml") {
+                continue;
+            }
+            let mail = Mail {
+                envelope_to: vec![],
+                raw: std::fs::read(&path).unwrap(),
+            };
+            if mail.subject().starts_with(prefix) {
+                out.push(std::fs::metadata(&path).unwrap().modified().unwrap());
+            }
+        }
+        out
+    }
+
+    /// Lets the worker complete two more scheduler rounds, then two more sender rounds (see
+    /// [`TestApp::settle`]).
+    pub async fn settle(&self) {
+        settle_workers(&[self.deployment.base_url()]).await;
+    }
+
     /// SIGTERM; returns the exit status, how long it took, and the log.
     pub async fn terminate(self) -> (std::process::ExitStatus, Duration, String) {
         let started = Instant::now();

@@ -16,6 +16,8 @@ pub struct Deployment {
     pub db_name: String,
     pub http_port: u16,
     envs: Vec<(String, String)>,
+    /// Variables taken out of the environment the binary inherits.
+    unset: Vec<String>,
     /// Kept so the directory outlives the workers that read it.
     _config_dir: Option<tempfile::TempDir>,
 }
@@ -70,14 +72,46 @@ impl Deployment {
             db_name,
             http_port,
             envs,
+            unset: Vec::new(),
             _config_dir: config_dir,
         }
     }
 
     /// Sets (or replaces) one environment variable for what is started from now on.
     pub fn set_env(&mut self, key: &str, value: &str) {
+        self.unset.retain(|k| k != key);
         self.envs.retain(|(k, _)| k != key);
         self.envs.push((key.to_owned(), value.to_owned()));
+    }
+
+    /// Leaves one environment variable out of what is started from now on.
+    pub fn unset_env(&mut self, key: &str) {
+        self.envs.retain(|(k, _)| k != key);
+        self.unset.push(key.to_owned());
+    }
+
+    /// `rpec-notify run` as [`start`](Deployment::start) runs it, for a worker that should
+    /// refuse to start: waits for it to exit (at most `within`) and returns what it printed.
+    pub async fn run_to_exit(&self, within: Duration) -> Output {
+        let mut command = tokio::process::Command::new(env!("CARGO_BIN_EXE_rpec-notify"));
+        command
+            .arg("run")
+            .current_dir(manifest_dir())
+            .env_remove("RPEC_PROFILE");
+        for k in &self.unset {
+            command.env_remove(k);
+        }
+        let child = command
+            .envs(self.envs.iter().map(|(k, v)| (k, v)))
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .kill_on_drop(true)
+            .spawn()
+            .unwrap();
+        tokio::time::timeout(within, child.wait_with_output())
+            .await
+            .unwrap_or_else(|_| panic!("the worker did not exit within {within:?}"))
+            .unwrap()
     }
 
     pub fn base_url(&self) -> String {
@@ -86,7 +120,11 @@ impl Deployment {
 
     /// Starts `rpec-notify run` and waits until it answers /healthz (migrations applied).
     pub async fn start(&self) -> Worker {
-        let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_rpec-notify"))
+        let mut command = tokio::process::Command::new(env!("CARGO_BIN_EXE_rpec-notify"));
+        for k in &self.unset {
+            command.env_remove(k);
+        }
+        let mut child = command
             .arg("run")
             .current_dir(manifest_dir())
             .env_remove("RPEC_PROFILE")
@@ -114,7 +152,11 @@ impl Deployment {
 
     /// Runs another command of the binary (`publish`, ...) with this deployment's settings.
     pub fn command(&self, args: &[&str]) -> Output {
-        binary()
+        let mut command = binary();
+        for k in &self.unset {
+            command.env_remove(k);
+        }
+        command
             .args(args)
             .current_dir(manifest_dir())
             .envs(self.envs.iter().map(|(k, v)| (k, v)))
@@ -165,13 +207,22 @@ impl Worker {
     }
 
     /// SIGTERM, then waits for the exit; returns the status and the log.
-    pub async fn stop(mut self) -> (ExitStatus, String) {
-        self.signal("-TERM");
+    pub async fn stop(self) -> (ExitStatus, String) {
+        let (status, _, log) = self.stop_with("-TERM").await;
+        (status, log)
+    }
+
+    /// Sends `signal` (`-TERM`, `-INT`), then waits for the exit; returns the status, how long
+    /// the exit took and the log.
+    pub async fn stop_with(mut self, signal: &str) -> (ExitStatus, Duration, String) {
+        let started = Instant::now();
+        self.signal(signal);
         let status = tokio::time::timeout(Duration::from_secs(15), self.child.wait())
             .await
-            .expect("the worker exits within 15 s after SIGTERM")
+            .unwrap_or_else(|_| panic!("the worker exits within 15 s after {signal}"))
             .unwrap();
-        (status, self.log.await.unwrap_or_default())
+        let took = started.elapsed();
+        (status, took, self.log.await.unwrap_or_default())
     }
 }
 

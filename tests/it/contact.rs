@@ -205,8 +205,8 @@ async fn the_same_event_twice_sends_each_email_once() {
     )
     .await;
     app.mails(2).await;
-    // Give a second pair every chance to appear.
-    tokio::time::sleep(Duration::from_millis(1500)).await;
+    // Two more rounds of the sender: a second pair would have been sent by then.
+    app.settle().await;
     assert_eq!(app.smtp.received().len(), 2);
     assert_eq!(app.outbox().await.len(), 2);
     app.stop().await;

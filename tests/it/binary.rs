@@ -280,8 +280,13 @@ impl RealWorker {
         out
     }
 
-    /// The `.eml` files written so far.
+    /// The `.eml` files written so far (a file still being written is left for the next look).
     pub fn mails(&self) -> Vec<Mail> {
+        self.eml_files().into_iter().map(|(_, m)| m).collect()
+    }
+
+    /// Each complete `.eml` file, sorted by name, with its path.
+    fn eml_files(&self) -> Vec<(std::path::PathBuf, Mail)> {
         let mut files: Vec<_> = std::fs::read_dir(self.mail_dir.path())
             .unwrap()
             .filter_map(|e| e.ok())
@@ -290,10 +295,21 @@ impl RealWorker {
             .collect();
         files.sort();
         files
-            .iter()
-            .map(|f| Mail {
-                envelope_to: vec![],
-                raw: std::fs::read(f).unwrap(),
+            .into_iter()
+            .filter_map(|f| {
+                let raw = std::fs::read(&f).ok()?;
+                // The file relay creates the file, then writes it: an empty or cut-off file is
+                // one it has not finished.
+                let complete = mail_parser::MessageParser::default()
+                    .parse(&raw)
+                    .is_some_and(|m| m.body_text(0).is_some() && m.body_html(0).is_some());
+                complete.then_some((
+                    f,
+                    Mail {
+                        envelope_to: vec![],
+                        raw,
+                    },
+                ))
             })
             .collect()
     }
@@ -318,21 +334,11 @@ impl RealWorker {
     /// When the relay accepted each email whose subject starts with `prefix`: the file relay
     /// writes one file per email, so its modification time is the moment of acceptance.
     pub fn accepted_at(&self, prefix: &str) -> Vec<std::time::SystemTime> {
-        let mut out = Vec::new();
-        for entry in std::fs::read_dir(self.mail_dir.path()).unwrap() {
-            let path = entry.unwrap().path();
-            if path.extension().is_none_or(|x| x != "eml") {
-                continue;
-            }
-            let mail = Mail {
-                envelope_to: vec![],
-                raw: std::fs::read(&path).unwrap(),
-            };
-            if mail.subject().starts_with(prefix) {
-                out.push(std::fs::metadata(&path).unwrap().modified().unwrap());
-            }
-        }
-        out
+        self.eml_files()
+            .into_iter()
+            .filter(|(_, m)| m.subject().starts_with(prefix))
+            .map(|(path, _)| std::fs::metadata(&path).unwrap().modified().unwrap())
+            .collect()
     }
 
     /// Lets the worker complete two more scheduler rounds, then two more sender rounds (see

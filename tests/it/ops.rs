@@ -157,17 +157,20 @@ async fn the_binary_sends_a_confirmation_then_the_hour_reminder_on_time_and_hono
         .header("To")
         .unwrap()
         .contains("jo.bloggs@school.example.org"));
-    // When the relay (the file relay: the file's write time) accepted it.
+    // Not early: the worker dates the message as it builds it, before the relay has it. `Date`
+    // counts whole seconds and `due` is a whole second, so Date >= due exactly when the message
+    // was built at or after its due time. (A file's write time can read a few milliseconds
+    // behind the clock, so it is no proof of "not early".)
+    let date = reminder[0].header("Date").expect("a Date header");
+    let built = chrono::DateTime::parse_from_rfc2822(&date).expect("an RFC 5322 date");
+    assert!(built >= due, "built at {built}, before its due time {due}");
+    // Not late: when the relay (the file relay: the file's write time) accepted it.
     let accepted: chrono::DateTime<chrono::Utc> = worker
         .accepted_at("Reminder:")
         .into_iter()
         .next()
         .expect("the reminder's file")
         .into();
-    assert!(
-        accepted >= due,
-        "sent at {accepted}, before its due time {due}"
-    );
     assert!(
         accepted <= due + chrono::Duration::seconds(30),
         "sent at {accepted}, more than 30 s after its due time {due}"

@@ -22,7 +22,7 @@ export DATABASE_URL RPEC_SMTP_URL TEST_DATABASE_URL TEST_AMQP_URL RUST_BACKTRACE
 
 ALERT_RULES ?= deploy/prometheus/rpec-notify.rules.yml
 
-EXAMPLE_EVENT ?= ../shared/examples/events/contact-complex-case.json
+EXAMPLE_EVENT ?= examples/events/contact-complex-case.json
 
 .PHONY: setup build run test alert-rules bench fmt lint clean-mail publish-example
 

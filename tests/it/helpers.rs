@@ -301,6 +301,8 @@ pub struct TestApp {
 struct Worker {
     stop: oneshot::Sender<()>,
     task: tokio::task::JoinHandle<anyhow::Result<()>>,
+    /// Its admin listener (its /metrics tell how many rounds it has done).
+    http: SocketAddr,
 }
 
 /// Both listeners of one worker, on free ports.
@@ -327,6 +329,7 @@ fn start_worker(
     listener: rpec_notify::worker::Listeners,
     clock: Clock,
 ) -> Worker {
+    let http = listener.admin.local_addr().expect("a bound listener");
     let (stop, stopped) = oneshot::channel::<()>();
     let task = tokio::spawn(rpec_notify::worker::run_with_clock(
         settings,
@@ -336,7 +339,7 @@ fn start_worker(
         },
         clock,
     ));
-    Worker { stop, task }
+    Worker { stop, task, http }
 }
 
 pub struct Options {
@@ -577,6 +580,38 @@ pub fn database_url_for(db_name: &str) -> String {
     format!("{base}/{db_name}")
 }
 
+/// A metric's value from the /metrics of the worker at `base` (0 when absent).
+pub async fn metric_at(base: &str, name_and_labels: &str) -> f64 {
+    let body = reqwest::get(format!("{base}/metrics"))
+        .await
+        .expect("the worker's /metrics")
+        .text()
+        .await
+        .expect("the worker's /metrics");
+    body.lines()
+        .find_map(|l| {
+            l.strip_prefix(name_and_labels)
+                .and_then(|v| v.trim().parse().ok())
+        })
+        .unwrap_or(0.0)
+}
+
+/// Waits until each worker at `bases` has completed two more scheduler rounds, then two more
+/// sender rounds (see [`TestApp::settle`]).
+pub async fn settle_workers(bases: &[String]) {
+    for counter in ["rpec_scheduler_rounds_total", "rpec_sender_rounds_total"] {
+        for base in bases {
+            let start = metric_at(base, counter).await;
+            eventually(
+                Duration::from_secs(30),
+                &format!("two more {counter} at {base}"),
+                || async { (metric_at(base, counter).await >= start + 2.0).then_some(()) },
+            )
+            .await;
+        }
+    }
+}
+
 /// Waits until a worker answers `GET /healthz` at `url` (it serves HTTP once migrations are
 /// applied and every task has started).
 pub async fn wait_healthy(url: String) {
@@ -718,13 +753,21 @@ impl TestApp {
 
     /// A counter's value from /metrics (0 when absent).
     pub async fn metric(&self, name_and_labels: &str) -> f64 {
-        let (_, body) = self.get("/metrics").await;
-        body.lines()
-            .find_map(|l| {
-                l.strip_prefix(name_and_labels)
-                    .and_then(|v| v.trim().parse().ok())
-            })
-            .unwrap_or(0.0)
+        metric_at(&format!("http://{}", self.admin), name_and_labels).await
+    }
+
+    /// Lets every worker of the test complete two more scheduler rounds, then two more sender
+    /// rounds (counted on each one's /metrics). Whatever was due when this was called has then
+    /// been handed to the outbox and sent: a round already under way may have looked before
+    /// the call, but the second began after it, and the sender's rounds began after the
+    /// scheduler's had ended. A "nothing was sent" check made after this can fail.
+    pub async fn settle(&self) {
+        let bases: Vec<String> = self
+            .workers
+            .iter()
+            .map(|w| format!("http://{}", w.http))
+            .collect();
+        settle_workers(&bases).await;
     }
 
     /// POSTs `body` (form-encoded) to `path`; returns the status and the page.
@@ -771,6 +814,26 @@ impl TestApp {
         .await;
     }
 
+    /// Outbox rows of `kind` in each status, as "status:count" sorted by status.
+    pub async fn outbox_of(&self, kind: &str) -> Vec<String> {
+        sqlx::query_scalar(
+            "SELECT status || ':' || count(*) FROM outbox WHERE kind = $1
+             GROUP BY status ORDER BY status",
+        )
+        .bind(kind)
+        .fetch_all(&self.pool)
+        .await
+        .unwrap()
+    }
+
+    /// How many rows the outbox holds, of every kind and status.
+    pub async fn outbox_len(&self) -> i64 {
+        sqlx::query_scalar("SELECT count(*) FROM outbox")
+            .fetch_one(&self.pool)
+            .await
+            .unwrap()
+    }
+
     /// Outbox rows as (kind, status, attempts, last_error).
     pub async fn outbox(&self) -> Vec<(String, String, i32, Option<String>)> {
         sqlx::query_as("SELECT kind, status, attempts, last_error FROM outbox ORDER BY id")
@@ -779,7 +842,6 @@ impl TestApp {
             .unwrap()
     }
 
-    /// Stops the worker gracefully and removes the database, queues and exchanges.
     /// Starts one more worker on the same database, queue, relay and clock.
     pub async fn add_worker(&mut self) {
         let (listener, _, addr) = listeners().await;
@@ -879,9 +941,9 @@ pub fn contact_event(data: Value) -> Value {
     })
 }
 
-/// The example events shipped beside the project.
-pub fn shared_example(name: &str) -> Value {
-    let path = manifest_dir().join("../shared/examples/events").join(name);
+/// One of the example events the repository carries (`examples/events/`).
+pub fn example(name: &str) -> Value {
+    let path = manifest_dir().join("examples/events").join(name);
     serde_json::from_str(
         &std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display())),
     )
@@ -999,8 +1061,8 @@ impl TestApp {
             .collect()
     }
 
-    /// Waits for exactly `n` emails whose subject starts with `prefix` (and a moment more, to
-    /// see that no more come).
+    /// Waits for exactly `n` emails whose subject starts with `prefix`, then lets every worker
+    /// settle (two more rounds of its scheduler and sender) to see that no more come.
     pub async fn exactly(&self, prefix: &str, n: usize) -> Vec<Mail> {
         eventually(
             Duration::from_secs(20),
@@ -1008,7 +1070,7 @@ impl TestApp {
             || async { (self.mails_starting(prefix).len() >= n).then_some(()) },
         )
         .await;
-        tokio::time::sleep(Duration::from_millis(700)).await;
+        self.settle().await;
         let got = self.mails_starting(prefix);
         assert_eq!(
             got.len(),

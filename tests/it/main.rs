@@ -6,6 +6,7 @@ mod binary;
 mod browser;
 mod cli;
 mod contact;
+mod contract;
 mod dead_letter;
 mod delivery;
 mod digest;

@@ -308,7 +308,7 @@ mod tests {
         );
     }
 
-    /// Keys rotate without breaking links: with "new, old" configured, a link signed with the old
+    /// Keys rotate without breaking links: with "new" and "old" configured (one per line), a link signed with the old
     /// key still works, new links are signed with the new key, and a key no longer listed fails.
     #[test]
     fn a_rotated_key_still_verifies_the_links_it_signed() {
@@ -327,7 +327,7 @@ mod tests {
             .collect();
             Settings::load_from(&env).unwrap()
         };
-        let rotated = settings(&format!("{new},{old}"));
+        let rotated = settings(&format!("{new}\n{old}"));
         let by_old = sign(
             old.as_bytes(),
             Purpose::Unsubscribe,

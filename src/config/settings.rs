@@ -342,11 +342,15 @@ fn is_loopback_host(host: &str) -> bool {
             .is_ok_and(|ip| ip.is_loopback())
 }
 
-/// The keys for signed links from `RPEC_TOKEN_SECRET`: one key, or several separated by commas
-/// (the first signs, every one verifies, so that a key can be replaced without breaking the
-/// links already sent).
+/// The keys for signed links from `RPEC_TOKEN_SECRET`: one key, or several, one per line (the
+/// first signs, every one verifies, so that a key can be replaced without breaking the links
+/// already sent). Lines, because a key may hold any other character (spaces, commas).
 fn token_keys(raw: &str, problems: &mut Vec<Problem>) -> Vec<SecretString> {
-    let keys: Vec<&str> = raw.split(',').map(str::trim).collect();
+    let keys: Vec<&str> = raw
+        .lines()
+        .map(str::trim)
+        .filter(|k| !k.is_empty())
+        .collect();
     for (i, key) in keys.iter().enumerate() {
         if key.len() < 32 {
             problems.push(Problem::new(
@@ -830,11 +834,11 @@ mod tests {
     #[test]
     fn several_token_keys_are_each_checked_for_length_without_being_shown() {
         let db = ("DATABASE_URL", "postgres://x@127.0.0.1/db");
-        let two = format!("{}, {}", "a".repeat(32), "b".repeat(40));
+        let two = format!("{}\n{}", "a".repeat(32), "b".repeat(40));
         let s = Settings::load_from(&env(&[db, ("RPEC_TOKEN_SECRET", &two)])).unwrap();
         assert_eq!(s.token_keys.len(), 2);
         assert_eq!(s.token_keys[0].expose_secret(), "a".repeat(32));
-        let short = format!("{},short-key", "a".repeat(32));
+        let short = format!("{}\r\nshort-key\n", "a".repeat(32));
         let problems = Settings::load_from(&env(&[db, ("RPEC_TOKEN_SECRET", &short)])).unwrap_err();
         assert_eq!(problems[0].message, "key 2 of 2 must be at least 32 bytes");
         assert!(!format!("{problems:?}").contains("short-key"));

@@ -3,8 +3,11 @@
 
 use super::Failure;
 use crate::domain::{Envelope, ErasureRequested};
+use crate::mail::RelayUrl;
+use crate::worker::Shared;
 use serde_json::{Map, Value};
 use sqlx::PgConnection;
+use std::path::Path;
 
 /// Every statement that removes personal data for one address, in the order they run. `$1` is
 /// the address lower-cased by PostgreSQL: compare with `lower(column) = $1`, so that case never
@@ -52,19 +55,61 @@ pub const ERASURE: &[(&str, &str)] = &[
          WHERE lower(email) = $1",
     ),
     // Emails to them, with replies to them, or about them (their address in the content: a
-    // coordinator's copy of their enquiry), whether sent or not yet.
-    (
-        "emails",
-        "DELETE FROM outbox
-         WHERE EXISTS (SELECT 1 FROM unnest(recipients) AS r WHERE lower(r) = $1)
-            OR lower(reply_to) = $1
-            OR strpos(lower(context::text), $1) > 0
-            OR strpos(lower(attachments::text), $1) > 0",
-    ),
+    // coordinator's copy of their enquiry), whether sent or not yet: the addresses a row holds
+    // are listed in `about` (kept by a trigger), matched exactly through its index.
+    ("emails", "DELETE FROM outbox WHERE about @> ARRAY[$1]"),
 ];
+
+/// The `.eml` files the file relay (`file://`, for development) wrote to or about `address`:
+/// those whose `To`, `Cc` or `Reply-To` holds exactly that address. Files written elsewhere are
+/// not touched. Returns how many were deleted.
+pub fn erase_mail_files(dir: &Path, address: &str) -> std::io::Result<u64> {
+    let mut deleted = 0;
+    for entry in std::fs::read_dir(dir)? {
+        let path = entry?.path();
+        if path.extension().is_none_or(|x| x != "eml") {
+            continue;
+        }
+        let Ok(raw) = std::fs::read(&path) else {
+            continue; // gone already, or being written
+        };
+        if header_addresses(&raw).iter().any(|a| a == address) {
+            std::fs::remove_file(&path)?;
+            deleted += 1;
+        }
+    }
+    Ok(deleted)
+}
+
+/// The addresses in a message's `To`, `Cc` and `Reply-To` headers, lower-cased.
+fn header_addresses(raw: &[u8]) -> Vec<String> {
+    let text = String::from_utf8_lossy(raw);
+    let head = text.split("\r\n\r\n").next().unwrap_or_default();
+    // Unfold continuation lines, then read the headers that name people.
+    let unfolded = head.replace("\r\n ", " ").replace("\r\n\t", " ");
+    let mut found = Vec::new();
+    for line in unfolded.split("\r\n") {
+        let Some((name, value)) = line.split_once(':') else {
+            continue;
+        };
+        if !["to", "cc", "reply-to"].contains(&name.trim().to_ascii_lowercase().as_str()) {
+            continue;
+        }
+        for part in value.split(',') {
+            let part = part.trim();
+            let address = match (part.rfind('<'), part.rfind('>')) {
+                (Some(open), Some(close)) if open < close => &part[open + 1..close],
+                _ => part,
+            };
+            found.push(address.trim().to_lowercase());
+        }
+    }
+    found
+}
 
 pub(super) async fn handle(
     tx: &mut PgConnection,
+    shared: &Shared,
     envelope: &Envelope,
     e: &ErasureRequested,
 ) -> Result<(), Failure> {
@@ -81,6 +126,13 @@ pub(super) async fn handle(
             .rows_affected();
         counts.insert((*label).to_owned(), Value::from(n));
     }
+    // The development relay's files hold whole emails: they go too (before the commit; if the
+    // commit fails, the redelivered erasure finds nothing more to delete there).
+    if let Ok(RelayUrl::File(dir)) = RelayUrl::parse(shared.settings.smtp_url()) {
+        let files = erase_mail_files(&dir, &address)
+            .map_err(|e| anyhow::Error::new(e).context("the mail directory"))?;
+        counts.insert("mail_files".to_owned(), Value::from(files));
+    }
     let counts = Value::Object(counts);
     sqlx::query("INSERT INTO erasures (event_id, requested_at, counts) VALUES ($1, $2, $3)")
         .bind(envelope.id)
@@ -90,4 +142,34 @@ pub(super) async fn handle(
         .await?;
     tracing::info!(event_id = %envelope.id, %counts, "personal data erased");
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn mail_files_are_matched_on_their_address_headers_exactly() {
+        let dir = tempfile::tempdir().unwrap();
+        let write = |name: &str, headers: &str| {
+            let body = format!("{headers}\r\nSubject: x\r\n\r\nBody mentions o@x.example.org\r\n");
+            std::fs::write(dir.path().join(name), body).unwrap();
+        };
+        write("1.eml", "To: o@x.example.org");
+        write("2.eml", "To: jo@x.example.org");
+        write(
+            "3.eml",
+            "To: rpec.london@example.org\r\nReply-To: \"O\" <O@X.example.org>",
+        );
+        write("4.eml", "To: a@example.org,\r\n o@x.example.org");
+        write("5.txt", "To: o@x.example.org");
+        let deleted = erase_mail_files(dir.path(), "o@x.example.org").unwrap();
+        assert_eq!(deleted, 3);
+        let mut left: Vec<String> = std::fs::read_dir(dir.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        left.sort();
+        assert_eq!(left, ["2.eml", "5.txt"]);
+    }
 }

@@ -99,7 +99,7 @@ pub async fn handle(shared: &Shared, envelope: &Envelope) -> Result<Handled, Fai
             subscription::handle_cancelled(&mut tx, envelope, c).await?
         }
         Event::NewsletterPublished(n) => newsletter::handle(&mut tx, shared, envelope, n).await?,
-        Event::PersonErasureRequested(e) => erasure::handle(&mut tx, envelope, e).await?,
+        Event::PersonErasureRequested(e) => erasure::handle(&mut tx, shared, envelope, e).await?,
     }
     tx.commit().await?;
     Ok(Handled::Done)

@@ -191,3 +191,128 @@ async fn after_erasure_no_table_holds_the_address_or_the_name() {
     app.mails(11).await;
     app.stop().await;
 }
+
+/// Two people whose addresses contain each other: erasing one finds exactly that one, in every
+/// table, and leaves every row of the other, and the development relay's `.eml` files of the
+/// erased person go too.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn erasure_finds_exactly_the_person_even_when_another_address_contains_theirs() {
+    let (erased, kept) = ("o@x.example.org", "jo@x.example.org");
+    let app = spawn_app().await;
+    let pool = &app.pool;
+    let start = chrono::Utc::now() + chrono::Duration::days(10);
+    app.publish(&session_event(
+        "session.scheduled",
+        "s-exact",
+        &start.to_rfc3339(),
+        &(start + chrono::Duration::hours(1)).to_rfc3339(),
+        None,
+    ))
+    .await;
+    for (i, who) in [erased, kept].into_iter().enumerate() {
+        app.publish(&contact_event(json!({"region": "london", "email": who})))
+            .await;
+        add_confirmed(pool, "london", who, Some("Someone")).await;
+        app.publish(&registration_event(&format!("exact-{i}"), "s-exact", who))
+            .await;
+    }
+    // Each: an enquiry to the coordinators and its acknowledgement, a registration confirmation.
+    app.mails(6).await;
+    app.all_sent().await;
+    let about = |who: &'static str| async move {
+        let n: i64 = sqlx::query_scalar("SELECT count(*) FROM outbox WHERE about @> ARRAY[$1]")
+            .bind(who)
+            .fetch_one(pool)
+            .await
+            .unwrap();
+        n
+    };
+    let kept_emails = about(kept).await;
+    assert_eq!(
+        kept_emails, 3,
+        "their coordinator copy, acknowledgement and confirmation"
+    );
+    assert_eq!(about(erased).await, 3);
+
+    let erasure = simple_event(
+        "person.erasure_requested",
+        json!({"email": "O@X.example.org"}),
+    );
+    app.publish(&erasure).await;
+    app.processed(erasure["id"].as_str().unwrap()).await;
+
+    assert_eq!(about(erased).await, 0);
+    assert_eq!(
+        about(kept).await,
+        kept_emails,
+        "nothing of the other person's mail went"
+    );
+    let count = |sql: &'static str, who: &'static str| async move {
+        let n: i64 = sqlx::query_scalar(sql)
+            .bind(who)
+            .fetch_one(pool)
+            .await
+            .unwrap();
+        n
+    };
+    for (sql, what) in [
+        (
+            "SELECT count(*) FROM subscriptions WHERE lower(email) = $1",
+            "subscription",
+        ),
+        (
+            "SELECT count(*) FROM enquiries WHERE lower(email) = $1",
+            "enquiry",
+        ),
+        (
+            "SELECT count(*) FROM registrations WHERE lower(email) = $1 AND status = 'registered'",
+            "registration",
+        ),
+        (
+            "SELECT count(*) FROM scheduled_emails e JOIN registrations r USING (registration_id)
+             WHERE lower(r.email) = $1 AND e.status = 'pending'",
+            "reminders",
+        ),
+    ] {
+        assert_eq!(count(sql, erased).await, 0, "{what} of the erased person");
+        assert!(
+            count(sql, kept).await > 0,
+            "{what} of the other person stays"
+        );
+    }
+    app.stop().await;
+}
+
+/// The file relay's `.eml` files (`make run` writes them to `var/mail/`) hold whole emails:
+/// erasure deletes the ones to or about the person, and only those.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn erasure_reaches_the_file_relays_mail_files() {
+    let worker = crate::binary::RealWorker::start().await;
+    worker.publish_events(&[
+        contact_event(json!({"region": "london", "email": "o@x.example.org"})),
+        contact_event(json!({"region": "london", "email": "jo@x.example.org"})),
+    ]);
+    worker
+        .wait_for("", 4, std::time::Duration::from_secs(20))
+        .await;
+    worker.publish_events(&[simple_event(
+        "person.erasure_requested",
+        json!({"email": "o@x.example.org"}),
+    )]);
+    eventually(
+        std::time::Duration::from_secs(20),
+        "the erased person's two files to go",
+        || async { (worker.mails().len() == 2).then_some(()) },
+    )
+    .await;
+    for mail in worker.mails() {
+        let to = mail.header("To").unwrap_or_default();
+        let reply_to = mail.header("Reply-To").unwrap_or_default();
+        assert!(
+            to.contains("jo@x.example.org") || reply_to.contains("jo@x.example.org"),
+            "only the other person's mail is left: {to} / {reply_to}"
+        );
+    }
+    let (status, _, _) = worker.terminate().await;
+    assert!(status.success());
+}

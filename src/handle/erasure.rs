@@ -60,6 +60,57 @@ pub const ERASURE: &[(&str, &str)] = &[
     ("emails", "DELETE FROM outbox WHERE about @> ARRAY[$1]"),
 ];
 
+/// The keyed hash an erasure leaves of `address` (lower-cased): HMAC-SHA256 with the signing
+/// key, so that the table cannot be searched for a guessed address without the key.
+fn address_key(shared: &Shared, address: &str) -> Vec<u8> {
+    use hmac::{Hmac, Mac};
+    use secrecy::ExposeSecret;
+    let key = shared
+        .settings
+        .token_keys
+        .first()
+        .map_or(&[][..], |k| k.expose_secret().as_bytes());
+    let mut mac = Hmac::<sha2::Sha256>::new_from_slice(key).expect("HMAC takes any key length");
+    mac.update(b"rpec-notify erased address\0");
+    mac.update(address.to_lowercase().as_bytes());
+    mac.finalize().into_bytes().to_vec()
+}
+
+/// Whether `envelope` is about an address erased after the event occurred: such an event was
+/// on its way (retry queue, dead-letter queue) when the erasure came, and must not bring the
+/// person's data back. If so, the erasure's audit row counts it, and the event is not applied.
+pub(super) async fn erased_before(
+    tx: &mut PgConnection,
+    shared: &Shared,
+    envelope: &Envelope,
+) -> sqlx::Result<bool> {
+    let Some(address) = envelope.event.personal_address() else {
+        return Ok(false);
+    };
+    let erasure: Option<uuid::Uuid> = sqlx::query_scalar(
+        "SELECT erasure_event FROM erased_addresses
+         WHERE address_key = $1 AND requested_at >= $2 AND kept_until > now()",
+    )
+    .bind(address_key(shared, address.as_str()))
+    .bind(envelope.occurred_at)
+    .fetch_optional(&mut *tx)
+    .await?;
+    let Some(erasure) = erasure else {
+        return Ok(false);
+    };
+    sqlx::query(
+        "UPDATE erasures SET counts = jsonb_set(counts, '{late_events_dropped}',
+             to_jsonb(coalesce((counts ->> 'late_events_dropped')::bigint, 0) + 1))
+         WHERE event_id = $1",
+    )
+    .bind(erasure)
+    .execute(&mut *tx)
+    .await?;
+    tracing::info!(event_id = %envelope.id, erasure_event = %erasure,
+        "event about an address erased after it occurred: dropped");
+    Ok(true)
+}
+
 /// The `.eml` files the file relay (`file://`, for development) wrote to or about `address`:
 /// those whose `To`, `Cc` or `Reply-To` holds exactly that address. Files written elsewhere are
 /// not touched. Returns how many were deleted.
@@ -133,6 +184,7 @@ pub(super) async fn handle(
             .map_err(|e| anyhow::Error::new(e).context("the mail directory"))?;
         counts.insert("mail_files".to_owned(), Value::from(files));
     }
+    counts.insert("late_events_dropped".to_owned(), Value::from(0));
     let counts = Value::Object(counts);
     sqlx::query("INSERT INTO erasures (event_id, requested_at, counts) VALUES ($1, $2, $3)")
         .bind(envelope.id)
@@ -140,6 +192,20 @@ pub(super) async fn handle(
         .bind(&counts)
         .execute(&mut *tx)
         .await?;
+    // Kept as long as a dead letter can live: the longest an event about them can still come.
+    sqlx::query(
+        "INSERT INTO erased_addresses (address_key, requested_at, erasure_event, kept_until)
+         VALUES ($1, $2, $3, now() + make_interval(secs => $4))
+         ON CONFLICT (address_key) DO UPDATE
+         SET requested_at = greatest(erased_addresses.requested_at, excluded.requested_at),
+             erasure_event = excluded.erasure_event, kept_until = excluded.kept_until",
+    )
+    .bind(address_key(shared, &address))
+    .bind(envelope.occurred_at)
+    .bind(envelope.id)
+    .bind(shared.settings.dead_letter_ttl.as_secs_f64())
+    .execute(&mut *tx)
+    .await?;
     tracing::info!(event_id = %envelope.id, %counts, "personal data erased");
     Ok(())
 }

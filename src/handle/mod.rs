@@ -80,6 +80,10 @@ pub async fn handle(shared: &Shared, envelope: &Envelope) -> Result<Handled, Fai
             )));
         }
     }
+    if erasure::erased_before(&mut tx, shared, envelope).await? {
+        tx.commit().await?;
+        return Ok(Handled::Done);
+    }
     match &envelope.event {
         Event::ContactSubmitted(c) => contact::handle(&mut tx, shared, envelope, c).await?,
         Event::SessionScheduled(s) | Event::SessionUpdated(s) => {

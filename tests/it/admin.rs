@@ -504,3 +504,38 @@ fn exit_codes_say_whether_the_fault_is_the_configuration_or_a_dependency() {
     assert_exit(&command(&["outbox", "retry"], &[]), 2);
     assert_exit(&command(&["dead-letters", "replay"], &[]), 2);
 }
+
+/// `dead-letters purge --email ADDR`: the dead letters about one person go, every other stays,
+/// whatever case the address was written in.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn purge_by_address_deletes_exactly_that_persons_dead_letters() {
+    let app = spawn_app().await;
+    // Refused for their topic: dead-lettered with the person's address in the body.
+    let bad = |email: &str| contact_event(json!({"email": email, "topic": "gossip"}));
+    for e in [
+        bad("O@X.example.org"),
+        bad("o@x.example.org"),
+        bad("jo@x.example.org"),
+    ] {
+        app.publish(&e).await;
+    }
+    app.publish_raw("contact.submitted", b"not json").await;
+    eventually(Duration::from_secs(20), "four dead letters", || async {
+        (dead_letter_depth(&app).await == 4).then_some(())
+    })
+    .await;
+    let out = run_json(
+        &app,
+        &["dead-letters", "purge", "--email", "o@x.EXAMPLE.org"],
+        0,
+    )
+    .await;
+    assert_eq!(out["purged"], 2, "{out}");
+    assert_eq!(dead_letter_depth(&app).await, 2);
+    let kept = app.dead_letters(2).await;
+    assert!(kept
+        .iter()
+        .any(|d| String::from_utf8_lossy(&d.body).contains("jo@x.example.org")));
+    assert!(kept.iter().any(|d| d.body == b"not json"));
+    app.stop().await;
+}

@@ -186,8 +186,11 @@ async fn after_erasure_no_table_holds_the_address_or_the_name() {
     assert_eq!(status, 200);
     assert!(page.contains("You are not subscribed"), "{page}");
 
-    // A new request later is a new person to us.
-    app.publish(&subscribe(address, None, &["london"])).await;
+    // A new request made after the erasure is a new person to us (one made before it, still on
+    // its way, would be dropped: see below).
+    let mut again = subscribe(address, None, &["london"]);
+    again["occurred_at"] = json!("2025-02-01T09:00:01Z");
+    app.publish(&again).await;
     app.mails(11).await;
     app.stop().await;
 }
@@ -315,4 +318,64 @@ async fn erasure_reaches_the_file_relays_mail_files() {
     }
     let (status, _, _) = worker.terminate().await;
     assert!(status.success());
+}
+
+/// A registration that was waiting in the retry queue for its session when its person asked to
+/// be erased does not bring them back when the session arrives: it is dropped and counted in the
+/// erasure's audit row. A registration made after the erasure (new consent) goes through.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_event_still_on_its_way_when_the_erasure_came_is_dropped() {
+    let app = spawn_app().await;
+    let who = "late@x.example.org";
+    let waiting = registration_event("late-1", "s-late", who);
+    app.publish(&waiting).await;
+    eventually(
+        std::time::Duration::from_secs(20),
+        "the registration to wait for its session",
+        || async {
+            (app.metric("rpec_events_retried_total{type=\"registration.created\"}")
+                .await
+                >= 1.0)
+                .then_some(())
+        },
+    )
+    .await;
+    let erasure = simple_event("person.erasure_requested", json!({"email": who}));
+    app.publish(&erasure).await;
+    app.processed(erasure["id"].as_str().unwrap()).await;
+    let start = chrono::Utc::now() + chrono::Duration::days(10);
+    app.publish(&session_event(
+        "session.scheduled",
+        "s-late",
+        &start.to_rfc3339(),
+        &(start + chrono::Duration::hours(1)).to_rfc3339(),
+        None,
+    ))
+    .await;
+    app.processed(waiting["id"].as_str().unwrap()).await;
+    app.settle().await;
+    let held: i64 = sqlx::query_scalar(
+        "SELECT (SELECT count(*) FROM registrations WHERE lower(email) = $1)
+              + (SELECT count(*) FROM outbox WHERE about @> ARRAY[$1])",
+    )
+    .bind(who)
+    .fetch_one(&app.pool)
+    .await
+    .unwrap();
+    assert_eq!(held, 0, "nothing of the erased person came back");
+    let counts: serde_json::Value =
+        sqlx::query_scalar("SELECT counts FROM erasures WHERE event_id = $1")
+            .bind(Uuid::parse_str(erasure["id"].as_str().unwrap()).unwrap())
+            .fetch_one(&app.pool)
+            .await
+            .unwrap();
+    assert_eq!(counts["late_events_dropped"], 1, "{counts}");
+
+    // Asked again after the erasure: a new person to us.
+    let mut again = registration_event("late-2", "s-late", who);
+    again["occurred_at"] = json!((chrono::Utc::now() + chrono::Duration::seconds(1)).to_rfc3339());
+    app.publish(&again).await;
+    let confirmation = app.exactly("You are registered", 1).await;
+    assert_eq!(confirmation[0].envelope_to, [who]);
+    app.stop().await;
 }

@@ -13,6 +13,7 @@ mod digest;
 mod erasure;
 mod fan_out;
 mod helpers;
+mod hostile;
 mod newsletter;
 mod ops;
 mod outbox;

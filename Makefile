@@ -24,7 +24,7 @@ ALERT_RULES ?= deploy/prometheus/rpec-notify.rules.yml
 
 EXAMPLE_EVENT ?= examples/events/contact-complex-case.json
 
-.PHONY: setup build run test alert-rules bench fmt lint clean-mail publish-example
+.PHONY: setup build run test alert-rules bench mutants fmt lint clean-mail publish-example
 
 ## setup: install/start PostgreSQL, RabbitMQ and the toolchain as needed
 setup:
@@ -54,6 +54,13 @@ test:
 alert-rules:
 	promtool check rules $(ALERT_RULES)
 	cd $(dir $(ALERT_RULES)) && promtool test rules $(notdir $(ALERT_RULES:.yml=.test.yml))
+
+## mutants: mutation testing of the pure modules with their unit tests (.cargo/mutants.toml);
+## not part of make test (it rebuilds once per mutant: hours on 2 cores). MUTANTS_ARGS narrows
+## it, e.g. MUTANTS_ARGS='-f src/uk_time.rs'. Results in mutants.out/.
+mutants:
+	command -v cargo-mutants >/dev/null || $(CARGO) install --locked cargo-mutants
+	$(CARGO) mutants --timeout 300 $(MUTANTS_ARGS)
 
 ## bench: benchmarks (scripts/bench.sh)
 bench: setup

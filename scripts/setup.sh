@@ -16,7 +16,8 @@
 #   - promtool (Debian's prometheus package), which checks the alert rules in deploy/prometheus/.
 #   - with --with-chromium: Debian's chromium and chromium-driver.
 #   - with --with-test-tools: the DKIM verifier the DKIM test checks signatures with (dkimpy,
-#     Debian's python3-dkim and python3-nacl).
+#     Debian's python3-dkim and python3-nacl) and cargo-deny (built once from crates.io with
+#     `cargo install --locked`, which takes a few minutes), for the licence, ban and source checks.
 set -euo pipefail
 # Services are started with setsid, in a session of their own, so that they outlive the shell
 # (or test runner) that happened to start them.
@@ -332,6 +333,21 @@ ensure_dkim_verifier() {
     dkim_python >/dev/null || die "python3-dkim and python3-nacl were installed, but neither python3 nor /usr/bin/python3 can import them"
 }
 
+ensure_cargo_deny() {
+    have cargo-deny && return 0
+    say "building cargo-deny from crates.io (once; this takes a few minutes)"
+    local log
+    log="$(mktemp)"
+    if ! cargo install --locked cargo-deny >"$log" 2>&1; then
+        tail -n 30 "$log" >&2
+        rm -f "$log"
+        die "cargo install --locked cargo-deny failed"
+    fi
+    rm -f "$log"
+    have cargo-deny || die "cargo-deny was installed but is not on PATH (add $HOME/.cargo/bin to PATH)"
+    say "installed cargo-deny"
+}
+
 ensure_build_tools
 ensure_rust
 ensure_postgres
@@ -342,4 +358,5 @@ if [ "$with_chromium" -eq 1 ]; then
 fi
 if [ "$with_test_tools" -eq 1 ]; then
     ensure_dkim_verifier
+    ensure_cargo_deny
 fi

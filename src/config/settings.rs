@@ -395,6 +395,13 @@ fn dkim_signers(
     };
     let selector = var("RPEC_DKIM_SELECTOR").or_else(|| set(&raw.selector));
     let domain = var("RPEC_DKIM_DOMAIN").or_else(|| set(&raw.domain));
+    if shared_key.is_none() && shared_key_place.is_empty() && selector.is_some() {
+        // Not an error (signing is off until a key is set), but most likely a key forgotten.
+        tracing::warn!(
+            "a DKIM selector is set but no private key (RPEC_DKIM_PRIVATE_KEY_FILE or \
+             mail.dkim.private_key_file): mail is sent unsigned"
+        );
+    }
     let (bulk_key, bulk_key_place) = match set(&raw.bulk.private_key_file) {
         Some(path) => (
             read_key("mail.dkim.bulk.private_key_file", &path, problems),

@@ -329,8 +329,14 @@ dkim_python() {
 }
 ensure_dkim_verifier() {
     dkim_python >/dev/null && return 0
-    apt_install python3-dkim python3-nacl
-    dkim_python >/dev/null || die "python3-dkim and python3-nacl were installed, but neither python3 nor /usr/bin/python3 can import them"
+    if have apt-get; then
+        apt_install python3-dkim python3-nacl
+    else
+        # Not Debian: the same two from PyPI.
+        python3 -m pip install --quiet dkimpy pynacl || die "pip could not install dkimpy and pynacl"
+        say "installed dkimpy and pynacl (pip)"
+    fi
+    dkim_python >/dev/null || die "dkimpy and PyNaCl were installed, but neither python3 nor /usr/bin/python3 can import them"
 }
 
 ensure_cargo_deny() {

@@ -24,7 +24,10 @@ ALERT_RULES ?= deploy/prometheus/rpec-notify.rules.yml
 
 EXAMPLE_EVENT ?= examples/events/contact-complex-case.json
 
-.PHONY: setup build run test alert-rules bench mutants fmt lint clean-mail publish-example
+# cargo-deny checks the dependency graph of the platform this machine builds for (see deny.toml).
+DENY_TARGET ?= $(shell rustc -vV 2>/dev/null | sed -n 's/^host: //p')
+
+.PHONY: setup build run test alert-rules deny bench mutants fmt lint clean-mail publish-example
 
 ## setup: install/start PostgreSQL, RabbitMQ and the toolchain as needed
 setup:
@@ -39,16 +42,24 @@ run: setup
 	mkdir -p var/mail
 	$(CARGO) run --quiet -- run
 
-## test: formatting, lints, the alert rules, then every test target (the browser test needs
-## Chromium, so the set-up installs Debian's chromium and chromium-driver too; promtool comes
-## from Debian's prometheus package)
+## test: formatting, lints, the alert rules, the dependency checks, then every test target (the
+## browser test needs Chromium, so the set-up installs Debian's chromium and chromium-driver too;
+## promtool comes from Debian's prometheus package; --with-test-tools adds the DKIM verifier
+## and cargo-deny). RPEC_REQUIRE_DKIM_VERIFIER makes the DKIM tests fail, not skip, without
+## their verifier.
 test:
-	bash scripts/setup.sh --with-chromium
+	bash scripts/setup.sh --with-chromium --with-test-tools
 	$(CARGO) fmt --all -- --check
 	$(CARGO) clippy --all-targets -- -D warnings
 	$(CARGO) clippy --all-targets --features failpoints -- -D warnings
 	$(MAKE) --no-print-directory alert-rules
-	$(CARGO) test --all-targets --features failpoints
+	$(MAKE) --no-print-directory deny
+	RPEC_REQUIRE_DKIM_VERIFIER=1 $(CARGO) test --all-targets --features failpoints
+
+## deny: licences, banned crates and sources of every dependency (cargo-deny, offline: the
+## advisories check needs the RustSec database from the internet, see the README)
+deny:
+	$(CARGO) deny --offline --locked -t $(DENY_TARGET) check licenses bans sources
 
 ## alert-rules: check the Prometheus alert rules and run their unit tests (promtool)
 alert-rules:

@@ -181,6 +181,28 @@ struct RawMail {
     lease_secs: u64,
     poll_interval_ms: u64,
     retry: RawRetrySecs,
+    /// Added after 0.1: absent means no signing, so that a file written for 0.1 still loads.
+    #[serde(default)]
+    dkim: RawDkim,
+}
+
+/// `[mail.dkim]`: signing for both From addresses; `[mail.dkim.bulk]` changes any of it for
+/// the bulk one (a key and selector of its own, say). Empty strings mean "not set".
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields, default)]
+struct RawDkim {
+    selector: String,
+    domain: String,
+    private_key_file: String,
+    bulk: RawDkimBulk,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields, default)]
+struct RawDkimBulk {
+    selector: String,
+    domain: String,
+    private_key_file: String,
 }
 
 #[derive(Deserialize)]
@@ -292,12 +314,14 @@ fn lease_problem(mail: &RawMail) -> Option<String> {
 
 /// The variables that hold secrets. Each can instead name a file that holds it (`NAME_FILE`), as
 /// container platforms and systemd's credentials mount them.
-pub const SECRET_VARIABLES: [&str; 5] = [
+pub const SECRET_VARIABLES: [&str; 6] = [
     "DATABASE_URL",
     "RPEC_AMQP_URL",
     "RPEC_SMTP_URL",
     "RPEC_SMTP_PASSWORD",
     "RPEC_TOKEN_SECRET",
+    // The DKIM private key (PEM); RPEC_DKIM_PRIVATE_KEY_FILE names the file that holds it.
+    "RPEC_DKIM_PRIVATE_KEY",
 ];
 
 /// `env` with every `NAME_FILE` of [`SECRET_VARIABLES`] read into `NAME` (trailing white space
@@ -331,6 +355,129 @@ fn with_secret_files(env: &HashMap<String, String>) -> (HashMap<String, String>,
         }
     }
     (env, problems)
+}
+
+/// The DKIM signers of the transactional and the bulk From address (`from_domains`), from
+/// `[mail.dkim]` and the environment: a signer for each address that has a key. The key is read
+/// here, so that `check` and `run` refuse one that cannot be read or used; no problem quotes it.
+fn dkim_signers(
+    raw: &RawDkim,
+    var: &dyn Fn(&str) -> Option<String>,
+    from_domains: (&str, &str),
+    at: &dyn Fn(&str) -> String,
+    problems: &mut Vec<Problem>,
+) -> (
+    Option<std::sync::Arc<crate::mail::DkimSigner>>,
+    Option<std::sync::Arc<crate::mail::DkimSigner>>,
+) {
+    let set = |s: &str| Some(s.trim().to_owned()).filter(|s| !s.is_empty());
+    // A key file named in rpec.toml, read now; the place says where it was named.
+    let read_key = |key: &str, path: &str, problems: &mut Vec<Problem>| {
+        std::fs::read_to_string(path)
+            .map_err(|e| {
+                problems.push(Problem::new(
+                    at(key),
+                    format!("{path} cannot be read: {}", e.kind()),
+                ))
+            })
+            .ok()
+    };
+    // RPEC_DKIM_PRIVATE_KEY holds the key itself, or was read from RPEC_DKIM_PRIVATE_KEY_FILE.
+    let (shared_key, shared_key_place) = match var("RPEC_DKIM_PRIVATE_KEY") {
+        Some(pem) => (Some(pem), "RPEC_DKIM_PRIVATE_KEY(_FILE)".to_string()),
+        None => match set(&raw.private_key_file) {
+            Some(path) => (
+                read_key("mail.dkim.private_key_file", &path, problems),
+                at("mail.dkim.private_key_file"),
+            ),
+            None => (None, String::new()),
+        },
+    };
+    let selector = var("RPEC_DKIM_SELECTOR").or_else(|| set(&raw.selector));
+    let domain = var("RPEC_DKIM_DOMAIN").or_else(|| set(&raw.domain));
+    if shared_key.is_none() && shared_key_place.is_empty() && selector.is_some() {
+        // Not an error (signing is off until a key is set), but most likely a key forgotten.
+        tracing::warn!(
+            "a DKIM selector is set but no private key (RPEC_DKIM_PRIVATE_KEY_FILE or \
+             mail.dkim.private_key_file): mail is sent unsigned"
+        );
+    }
+    let (bulk_key, bulk_key_place) = match set(&raw.bulk.private_key_file) {
+        Some(path) => (
+            read_key("mail.dkim.bulk.private_key_file", &path, problems),
+            at("mail.dkim.bulk.private_key_file"),
+        ),
+        None => (shared_key.clone(), shared_key_place.clone()),
+    };
+    // Where each stream's selector and domain were set, for the problems (inherited: the shared
+    // table's, where a fix belongs).
+    let bulk_domain_table = if set(&raw.bulk.domain).is_some() {
+        "mail.dkim.bulk"
+    } else {
+        "mail.dkim"
+    };
+    let streams = [
+        (
+            shared_key,
+            shared_key_place,
+            selector.clone(),
+            domain.clone(),
+            "mail.dkim",
+            from_domains.0,
+        ),
+        (
+            bulk_key,
+            bulk_key_place,
+            set(&raw.bulk.selector).or(selector),
+            set(&raw.bulk.domain).or(domain),
+            bulk_domain_table,
+            from_domains.1,
+        ),
+    ];
+    let mut signers = streams.into_iter().map(
+        |(key, key_place, selector, domain, domain_table, from_domain)| {
+            let pem = key?;
+            let Some(selector) = selector else {
+                problems.push(Problem::new(
+                    format!("{} / RPEC_DKIM_SELECTOR", at("mail.dkim.selector")),
+                    "a DKIM key is set, but no selector (the name its public key is published \
+                     under, <selector>._domainkey.<domain>)",
+                ));
+                return None;
+            };
+            let domain = domain.unwrap_or_else(|| from_domain.to_owned());
+            // DMARC passes on DKIM only when d= is the From address's domain or a parent of it.
+            let (d, f) = (
+                domain.to_ascii_lowercase(),
+                from_domain.to_ascii_lowercase(),
+            );
+            if d != f && !f.ends_with(&format!(".{d}")) {
+                problems.push(Problem::new(
+                    format!(
+                        "{} / RPEC_DKIM_DOMAIN",
+                        at(&format!("{domain_table}.domain"))
+                    ),
+                    format!(
+                        "{domain:?} is neither the From address's domain ({from_domain}) nor a \
+                         parent of it: receivers would not count the signature for DMARC"
+                    ),
+                ));
+                return None;
+            }
+            match crate::mail::DkimSigner::new(&selector, &domain, &pem) {
+                Ok(signer) => Some(std::sync::Arc::new(signer)),
+                Err(e) => {
+                    problems.push(Problem::new(key_place, e));
+                    None
+                }
+            }
+        },
+    );
+    let transactional = signers.next().flatten();
+    let bulk = signers.next().flatten();
+    // A shared key or setting that is wrong is said once, not once per From address.
+    problems.dedup();
+    (transactional, bulk)
 }
 
 /// Whether `host` names this machine only (a loopback address or `localhost`).
@@ -462,12 +609,21 @@ impl Settings {
                 Sender::parse("invalid@example.org").expect("a valid fallback")
             })
         };
-        let transactional_from = sender(
+        let mut transactional_from = sender(
             "mail.transactional_from",
             &raw.mail.transactional_from,
             &mut problems,
         );
-        let bulk_from = sender("mail.bulk_from", &raw.mail.bulk_from, &mut problems);
+        let mut bulk_from = sender("mail.bulk_from", &raw.mail.bulk_from, &mut problems);
+        let (transactional_dkim, bulk_dkim) = dkim_signers(
+            &raw.mail.dkim,
+            var,
+            (&transactional_from.domain, &bulk_from.domain),
+            &at,
+            &mut problems,
+        );
+        transactional_from.dkim = transactional_dkim;
+        bulk_from.dkim = bulk_dkim;
         let http_addr_raw = var("RPEC_HTTP_ADDR").unwrap_or(raw.http.addr);
         let http_addr = http_addr_raw.parse().unwrap_or_else(|_| {
             problems.push(Problem::new(
@@ -887,6 +1043,151 @@ mod tests {
         ]))
         .unwrap_err();
         assert_eq!(places(&missing)[0], "RPEC_TOKEN_SECRET_FILE");
+    }
+
+    /// An RSA key made by the openssl command, written to `dir/name`.
+    fn dkim_key(dir: &Path, name: &str) -> PathBuf {
+        let pem = crate::mail::dkim::tests::openssl_key(&[
+            "genpkey",
+            "-algorithm",
+            "RSA",
+            "-pkeyopt",
+            "rsa_keygen_bits:2048",
+        ]);
+        let path = dir.join(name);
+        std::fs::write(&path, pem).unwrap();
+        path
+    }
+
+    #[test]
+    fn dkim_is_off_unless_a_key_is_set_and_a_file_without_mail_dkim_still_loads() {
+        let s =
+            Settings::load_from(&env(&[("DATABASE_URL", "postgres://x@127.0.0.1/db")])).unwrap();
+        assert!(s.transactional_from.dkim.is_none() && s.bulk_from.dkim.is_none());
+        // rpec.toml as 0.1 wrote it: no [mail.dkim] tables at all.
+        let (dir, e) = config_with("");
+        let path = dir.path().join("rpec.toml");
+        let text = std::fs::read_to_string(&path).unwrap();
+        let start = text
+            .find("[mail.dkim]")
+            .expect("the shipped file documents [mail.dkim]");
+        let end = start + text[start..].find("\n[http]").expect("[http] after it");
+        std::fs::write(&path, format!("{}{}", &text[..start], &text[end..])).unwrap();
+        let s = Settings::load_from(&e).unwrap();
+        assert!(s.transactional_from.dkim.is_none() && s.bulk_from.dkim.is_none());
+    }
+
+    #[test]
+    fn a_dkim_key_from_the_environment_signs_both_from_addresses_each_for_its_own_domain() {
+        let (dir, mut e) = config_with("[mail]\nbulk_from = \"News <rpec@news.example.org>\"\n");
+        let key = dkim_key(dir.path(), "dkim.pem");
+        e.insert(
+            "RPEC_DKIM_PRIVATE_KEY_FILE".into(),
+            key.display().to_string(),
+        );
+        e.insert("RPEC_DKIM_SELECTOR".into(), "sel1".into());
+        let s = Settings::load_from(&e).unwrap();
+        let (t, b) = (
+            s.transactional_from.dkim.as_ref().unwrap(),
+            s.bulk_from.dkim.as_ref().unwrap(),
+        );
+        assert_eq!((t.domain(), t.selector()), ("example.org", "sel1"));
+        assert_eq!((b.domain(), b.selector()), ("news.example.org", "sel1"));
+        let shown = format!("{s:?}");
+        assert!(
+            !shown.contains("PRIVATE KEY") && shown.contains("sel1"),
+            "{shown}"
+        );
+
+        // One domain for both: a parent of each From address's domain, so DMARC still aligns.
+        e.insert("RPEC_DKIM_DOMAIN".into(), "Example.org".into());
+        let s = Settings::load_from(&e).unwrap();
+        assert_eq!(s.bulk_from.dkim.as_ref().unwrap().domain(), "example.org");
+        // A domain that is not: refused, by name.
+        e.insert("RPEC_DKIM_DOMAIN".into(), "mailer.example.net".into());
+        let problems = Settings::load_from(&e).unwrap_err();
+        assert_eq!(problems.len(), 2, "one per From address: {problems:?}");
+        for (p, from) in problems.iter().zip(["(example.org)", "(news.example.org)"]) {
+            assert!(
+                p.place.ends_with("mail.dkim.domain / RPEC_DKIM_DOMAIN"),
+                "{p}"
+            );
+            assert!(
+                p.message.contains("DMARC") && p.message.contains(from),
+                "{p}"
+            );
+        }
+
+        // The key itself in the environment, and no selector: refused, once, without the key.
+        let pem = std::fs::read_to_string(&key).unwrap();
+        let (_dir, mut e) = config_with("");
+        e.insert("RPEC_DKIM_PRIVATE_KEY".into(), pem.clone());
+        let problems = Settings::load_from(&e).unwrap_err();
+        assert_eq!(places(&problems).len(), 1, "{problems:?}");
+        assert!(
+            problems[0].message.contains("no selector"),
+            "{}",
+            problems[0]
+        );
+        e.insert("RPEC_DKIM_SELECTOR".into(), "sel1".into());
+        assert!(Settings::load_from(&e).is_ok());
+    }
+
+    #[test]
+    fn an_unreadable_or_invalid_dkim_key_is_a_problem_that_never_shows_the_key() {
+        let dir = tempfile::tempdir().unwrap();
+        let key = dkim_key(dir.path(), "good.pem");
+        let pem = std::fs::read_to_string(&key).unwrap();
+        let secret_line = pem.lines().nth(5).unwrap().to_owned();
+        // A byte of the key changed: still PEM, no longer a key.
+        let first = if secret_line.starts_with('A') {
+            "B"
+        } else {
+            "A"
+        };
+        let broken = pem.replacen(&secret_line, &format!("{first}{}", &secret_line[1..]), 1);
+        let broken_path = dir.path().join("broken.pem");
+        std::fs::write(&broken_path, &broken).unwrap();
+        let db = ("DATABASE_URL", "postgres://x@127.0.0.1/db");
+        let sel = ("RPEC_DKIM_SELECTOR", "sel1");
+        for (var, value, place) in [
+            (
+                "RPEC_DKIM_PRIVATE_KEY_FILE",
+                "/nonexistent/dkim.pem",
+                "RPEC_DKIM_PRIVATE_KEY_FILE",
+            ),
+            (
+                "RPEC_DKIM_PRIVATE_KEY_FILE",
+                broken_path.to_str().unwrap(),
+                "RPEC_DKIM_PRIVATE_KEY(_FILE)",
+            ),
+            (
+                "RPEC_DKIM_PRIVATE_KEY",
+                broken.as_str(),
+                "RPEC_DKIM_PRIVATE_KEY(_FILE)",
+            ),
+        ] {
+            let problems = Settings::load_from(&env(&[db, sel, (var, value)])).unwrap_err();
+            assert_eq!(places(&problems), [place], "{var}={value}: {problems:?}");
+            let shown = format!("{problems:?}");
+            assert!(!shown.contains(&secret_line[..20]), "{shown}");
+        }
+        // Named in rpec.toml (a profile file here): the place is the key's.
+        let (_dir, e) = config_with(
+            "[mail.dkim]\nselector = \"s\"\nprivate_key_file = \"/nonexistent/k.pem\"\n",
+        );
+        let problems = Settings::load_from(&e).unwrap_err();
+        assert_eq!(problems.len(), 1, "{problems:?}");
+        assert!(
+            problems[0].place.ends_with("mail.dkim.private_key_file"),
+            "{}",
+            problems[0]
+        );
+        assert!(
+            problems[0].message.contains("cannot be read"),
+            "{}",
+            problems[0]
+        );
     }
 
     #[test]

@@ -356,6 +356,8 @@ pub struct Options {
     pub proxy_database: bool,
     /// The worker reaches RabbitMQ through a [`FaultProxy`] the test can cut.
     pub proxy_broker: bool,
+    /// More environment for the worker's settings (added to, or replacing, the harness's own).
+    pub env: Vec<(String, String)>,
 }
 
 impl Default for Options {
@@ -368,6 +370,7 @@ impl Default for Options {
             url_suffix: None,
             proxy_database: false,
             proxy_broker: false,
+            env: Vec::new(),
         }
     }
 }
@@ -459,7 +462,7 @@ pub async fn spawn_app_with(options: Options) -> TestApp {
         &format!("rpec.events.{id}"),
         &format!("rpec-notify.events.{id}"),
     );
-    let env: HashMap<String, String> = [
+    let mut env: HashMap<String, String> = [
         ("DATABASE_URL", worker_db_url),
         ("RPEC_AMQP_URL", worker_amqp_url),
         (
@@ -479,6 +482,7 @@ pub async fn spawn_app_with(options: Options) -> TestApp {
     .into_iter()
     .map(|(k, v)| (k.to_owned(), v))
     .collect();
+    env.extend(options.env.iter().cloned());
     let settings = Settings::load_from(&env).expect("test settings");
 
     let amqp = topology::connect(&amqp_url(), "rpec-notify tests")

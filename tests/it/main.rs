@@ -10,6 +10,7 @@ mod contract;
 mod dead_letter;
 mod delivery;
 mod digest;
+mod dkim;
 mod erasure;
 mod fan_out;
 mod helpers;

@@ -5,44 +5,7 @@
 use crate::helpers::*;
 use crate::newsletter::{add_confirmed, link_to, newsletter, path_of, simple_sections, subscribe};
 use serde_json::json;
-use sqlx::PgPool;
 use uuid::Uuid;
-
-/// Every (table, column) in the public schema that can hold text: text and character types,
-/// json and jsonb, and arrays (text[] recipients), in tables and views alike.
-async fn text_columns(pool: &PgPool) -> Vec<(String, String)> {
-    sqlx::query_as(
-        "SELECT c.table_name::text, c.column_name::text
-         FROM information_schema.columns c
-         JOIN information_schema.tables t
-           ON t.table_schema = c.table_schema AND t.table_name = c.table_name
-         WHERE c.table_schema = 'public'
-           AND (c.data_type IN ('text', 'character varying', 'character', 'json', 'jsonb', 'ARRAY')
-                OR c.udt_name IN ('citext'))
-         ORDER BY 1, 2",
-    )
-    .fetch_all(pool)
-    .await
-    .unwrap()
-}
-
-/// Where `needle` occurs (case-insensitively) in any text column: (table, column, rows).
-async fn find_everywhere(pool: &PgPool, needle: &str) -> Vec<(String, String, i64)> {
-    let mut found = Vec::new();
-    for (table, column) in text_columns(pool).await {
-        let (n,): (i64,) = sqlx::query_as(&format!(
-            "SELECT count(*) FROM \"{table}\" WHERE strpos(lower(\"{column}\"::text), $1) > 0"
-        ))
-        .bind(needle.to_lowercase())
-        .fetch_one(pool)
-        .await
-        .unwrap();
-        if n > 0 {
-            found.push((table, column, n));
-        }
-    }
-    found
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn after_erasure_no_table_holds_the_address_or_the_name() {

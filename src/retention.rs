@@ -265,7 +265,10 @@ pub async fn sweep(shared: &Shared, stop: &CancellationToken) -> sqlx::Result<Sw
 pub async fn run(shared: Arc<Shared>, stop: CancellationToken) {
     loop {
         match sweep(&shared, &stop).await {
-            Ok(swept) if swept == Swept::default() => {}
+            // Every five minutes: a line only when something went (at debug level otherwise).
+            Ok(swept) if swept == Swept::default() => {
+                tracing::debug!("retention: nothing has reached the end of its period")
+            }
             // Counts only: never an id list, never an address.
             Ok(Swept {
                 enquiries,

@@ -98,6 +98,18 @@ pub struct Settings {
     pub enquiry_retention_days: u32,
     pub outbox_retention_days: u32,
     pub registration_retention_days: u32,
+    /// Suppressions (lower-cased addresses) are kept this long, then bulk mail may be tried again.
+    pub suppression_retention_days: u32,
+    /// The exactly-once record of handled events: never shorter than [`redelivery_window`].
+    pub processed_event_retention_days: u32,
+    /// Reminders and briefings handed to the outbox or dropped.
+    pub scheduled_email_retention_days: u32,
+    /// Who was given each newsletter, counted from when the newsletter arrived.
+    pub newsletter_delivery_retention_days: u32,
+    /// The record of each digest firing.
+    pub digest_run_retention_days: u32,
+    /// Rows each retention statement changes at most (each batch is its own transaction).
+    pub retention_batch_size: i64,
     pub retention_sweep_interval: Duration,
     pub shutdown_grace: Duration,
 }
@@ -274,6 +286,60 @@ struct RawRetention {
     dead_letter_days: u32,
     #[serde(default = "default_dead_letter_max_messages")]
     dead_letter_max_messages: u32,
+    #[serde(default = "default_suppression_days")]
+    suppression_days: u32,
+    #[serde(default = "default_processed_event_days")]
+    processed_event_days: u32,
+    #[serde(default = "default_scheduled_email_days")]
+    scheduled_email_days: u32,
+    #[serde(default = "default_newsletter_delivery_days")]
+    newsletter_delivery_days: u32,
+    #[serde(default = "default_digest_run_days")]
+    digest_run_days: u32,
+    #[serde(default = "default_retention_batch_size")]
+    batch_size: i64,
+}
+
+// Added with retention for everything personal: defaults, so that files written before still
+// load (config/rpec.toml explains each).
+fn default_suppression_days() -> u32 {
+    365
+}
+
+fn default_processed_event_days() -> u32 {
+    45
+}
+
+fn default_scheduled_email_days() -> u32 {
+    30
+}
+
+fn default_newsletter_delivery_days() -> u32 {
+    90
+}
+
+fn default_digest_run_days() -> u32 {
+    90
+}
+
+fn default_retention_batch_size() -> i64 {
+    1000
+}
+
+/// The longest a copy of an event that was already handled can still come back to the worker:
+/// the consumer's own retries (every back-off, at its most jittered), the wait for a session
+/// not yet known, and the dead-letter queue's TTL, since an operator may replay a dead letter
+/// (`dead-letters replay`) whose event another copy has since completed. The record of handled
+/// events must outlast it, or that copy would have its effects a second time.
+pub fn redelivery_window(
+    retry: &RetryPolicy,
+    unknown_session_wait: Duration,
+    dead_letter_ttl: Duration,
+) -> Duration {
+    let retries: Duration = (1..retry.max_attempts)
+        .map(|a| retry.backoff(a).mul_f64(1.25))
+        .sum();
+    retries + unknown_session_wait + dead_letter_ttl
 }
 
 #[derive(Deserialize)]
@@ -763,6 +829,34 @@ impl Settings {
             &mut problems,
         );
         positive(
+            "retention.batch_size",
+            raw.retention.batch_size.max(0) as u64,
+            &mut problems,
+        );
+        let consume_retry = RetryPolicy {
+            max_attempts: raw.amqp.retry.max_attempts,
+            initial: Duration::from_millis(raw.amqp.retry.initial_ms),
+            max: Duration::from_millis(raw.amqp.retry.max_ms),
+        };
+        let unknown_session_wait = Duration::from_secs(raw.amqp.unknown_session_wait_secs);
+        let dead_letter_ttl =
+            Duration::from_secs(u64::from(raw.retention.dead_letter_days) * 86_400);
+        let window = redelivery_window(&consume_retry, unknown_session_wait, dead_letter_ttl);
+        let kept = Duration::from_secs(u64::from(raw.retention.processed_event_days) * 86_400);
+        if kept < window {
+            problems.push(Problem::new(
+                at("retention.processed_event_days"),
+                format!(
+                    "{} days is shorter than the time a handled event can still be delivered \
+                     again ({}s: the consumer's retries, unknown_session_wait_secs and \
+                     dead_letter_days, as a dead letter can be replayed); raise it to at least {}",
+                    raw.retention.processed_event_days,
+                    window.as_secs(),
+                    window.as_secs().div_ceil(86_400)
+                ),
+            ));
+        }
+        positive(
             "amqp.retry.max_attempts",
             raw.amqp.retry.max_attempts.into(),
             &mut problems,
@@ -813,16 +907,10 @@ impl Settings {
             queue: var("RPEC_QUEUE").unwrap_or(raw.amqp.queue),
             prefetch: raw.amqp.prefetch,
             max_body_bytes: raw.amqp.max_body_bytes,
-            consume_retry: RetryPolicy {
-                max_attempts: raw.amqp.retry.max_attempts,
-                initial: Duration::from_millis(raw.amqp.retry.initial_ms),
-                max: Duration::from_millis(raw.amqp.retry.max_ms),
-            },
-            unknown_session_wait: Duration::from_secs(raw.amqp.unknown_session_wait_secs),
+            consume_retry,
+            unknown_session_wait,
             delivery_limit: raw.amqp.delivery_limit,
-            dead_letter_ttl: Duration::from_secs(
-                u64::from(raw.retention.dead_letter_days) * 86_400,
-            ),
+            dead_letter_ttl,
             dead_letter_max_messages: raw.retention.dead_letter_max_messages,
             schedule_poll_interval: Duration::from_millis(raw.schedule.poll_interval_ms.max(10)),
             smtp_url: SecretString::from(smtp_url),
@@ -853,6 +941,12 @@ impl Settings {
             enquiry_retention_days: raw.retention.enquiry_days,
             outbox_retention_days: raw.retention.outbox_days,
             registration_retention_days: raw.retention.registration_days,
+            suppression_retention_days: raw.retention.suppression_days,
+            processed_event_retention_days: raw.retention.processed_event_days,
+            scheduled_email_retention_days: raw.retention.scheduled_email_days,
+            newsletter_delivery_retention_days: raw.retention.newsletter_delivery_days,
+            digest_run_retention_days: raw.retention.digest_run_days,
+            retention_batch_size: raw.retention.batch_size,
             retention_sweep_interval: Duration::from_secs(raw.retention.sweep_interval_secs.max(1)),
             shutdown_grace: Duration::from_secs(raw.shutdown.grace_secs),
         })
@@ -958,6 +1052,82 @@ mod tests {
             s.send_lease.as_secs() >= 2 * work,
             "lease {:?} for {work}s of work",
             s.send_lease
+        );
+    }
+
+    #[test]
+    fn handled_events_are_remembered_longer_than_any_copy_can_come_back() {
+        let s =
+            Settings::load_from(&env(&[("DATABASE_URL", "postgres://x@127.0.0.1/db")])).unwrap();
+        let window = redelivery_window(&s.consume_retry, s.unknown_session_wait, s.dead_letter_ttl);
+        assert!(
+            window > s.dead_letter_ttl + s.unknown_session_wait,
+            "{window:?}"
+        );
+        assert!(
+            u64::from(s.processed_event_retention_days) * 86_400 >= window.as_secs(),
+            "the shipped default covers it"
+        );
+        // 30 days of dead letters need more than 30 days of the record; a shorter record only
+        // where dead letters are kept shorter too.
+        let (_dir, e) = config_with("[retention]\nprocessed_event_days = 30\n");
+        let problems = Settings::load_from(&e).unwrap_err();
+        assert_eq!(problems.len(), 1, "{problems:?}");
+        assert!(
+            problems[0]
+                .place
+                .ends_with("retention.processed_event_days"),
+            "{problems:?}"
+        );
+        assert!(
+            problems[0].message.contains("at least 31"),
+            "{}",
+            problems[0]
+        );
+        let (_dir, e) =
+            config_with("[retention]\nprocessed_event_days = 8\ndead_letter_days = 7\n");
+        assert!(Settings::load_from(&e).is_ok());
+        let (_dir, e) = config_with("[retention]\nbatch_size = 0\n");
+        assert!(Settings::load_from(&e).is_err());
+    }
+
+    #[test]
+    fn a_retention_section_written_before_the_new_keys_still_loads() {
+        let (_dir, e) = config_with(
+            "[retention]\nenquiry_days = 90\noutbox_days = 30\nregistration_days = 30\n\
+             sweep_interval_secs = 3600\n",
+        );
+        let dir = e["RPEC_CONFIG_DIR"].clone();
+        let base = std::fs::read_to_string(format!("{dir}/rpec.toml")).unwrap();
+        let old: String = base
+            .lines()
+            .filter(|l| {
+                ![
+                    "suppression_days",
+                    "processed_event_days",
+                    "scheduled_email_days",
+                    "newsletter_delivery_days",
+                    "digest_run_days",
+                    "batch_size = 1000",
+                ]
+                .iter()
+                .any(|k| l.starts_with(k))
+            })
+            .map(|l| format!("{l}\n"))
+            .collect();
+        assert!(!old.contains("suppression_days"));
+        std::fs::write(format!("{dir}/rpec.toml"), old).unwrap();
+        let s = Settings::load_from(&e).unwrap();
+        assert_eq!(
+            (
+                s.suppression_retention_days,
+                s.processed_event_retention_days,
+                s.scheduled_email_retention_days,
+                s.newsletter_delivery_retention_days,
+                s.digest_run_retention_days,
+                s.retention_batch_size
+            ),
+            (365, 45, 30, 90, 90, 1000)
         );
     }
 

@@ -89,10 +89,11 @@ pub(super) async fn erased_before(
     };
     let erasure: Option<uuid::Uuid> = sqlx::query_scalar(
         "SELECT erasure_event FROM erased_addresses
-         WHERE address_key = $1 AND requested_at >= $2 AND kept_until > now()",
+         WHERE address_key = $1 AND requested_at >= $2 AND kept_until > $3",
     )
     .bind(address_key(shared, address.as_str()))
     .bind(envelope.occurred_at)
+    .bind(shared.clock.now())
     .fetch_optional(&mut *tx)
     .await?;
     let Some(erasure) = erasure else {
@@ -195,7 +196,7 @@ pub(super) async fn handle(
     // Kept as long as a dead letter can live: the longest an event about them can still come.
     sqlx::query(
         "INSERT INTO erased_addresses (address_key, requested_at, erasure_event, kept_until)
-         VALUES ($1, $2, $3, now() + make_interval(secs => $4))
+         VALUES ($1, $2, $3, $4)
          ON CONFLICT (address_key) DO UPDATE
          SET requested_at = greatest(erased_addresses.requested_at, excluded.requested_at),
              erasure_event = excluded.erasure_event, kept_until = excluded.kept_until",
@@ -203,7 +204,11 @@ pub(super) async fn handle(
     .bind(address_key(shared, &address))
     .bind(envelope.occurred_at)
     .bind(envelope.id)
-    .bind(shared.settings.dead_letter_ttl.as_secs_f64())
+    .bind(
+        shared.clock.now()
+            + chrono::Duration::from_std(shared.settings.dead_letter_ttl)
+                .unwrap_or(chrono::Duration::days(30)),
+    )
     .execute(&mut *tx)
     .await?;
     tracing::info!(event_id = %envelope.id, %counts, "personal data erased");

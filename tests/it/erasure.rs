@@ -5,44 +5,7 @@
 use crate::helpers::*;
 use crate::newsletter::{add_confirmed, link_to, newsletter, path_of, simple_sections, subscribe};
 use serde_json::json;
-use sqlx::PgPool;
 use uuid::Uuid;
-
-/// Every (table, column) in the public schema that can hold text: text and character types,
-/// json and jsonb, and arrays (text[] recipients), in tables and views alike.
-async fn text_columns(pool: &PgPool) -> Vec<(String, String)> {
-    sqlx::query_as(
-        "SELECT c.table_name::text, c.column_name::text
-         FROM information_schema.columns c
-         JOIN information_schema.tables t
-           ON t.table_schema = c.table_schema AND t.table_name = c.table_name
-         WHERE c.table_schema = 'public'
-           AND (c.data_type IN ('text', 'character varying', 'character', 'json', 'jsonb', 'ARRAY')
-                OR c.udt_name IN ('citext'))
-         ORDER BY 1, 2",
-    )
-    .fetch_all(pool)
-    .await
-    .unwrap()
-}
-
-/// Where `needle` occurs (case-insensitively) in any text column: (table, column, rows).
-async fn find_everywhere(pool: &PgPool, needle: &str) -> Vec<(String, String, i64)> {
-    let mut found = Vec::new();
-    for (table, column) in text_columns(pool).await {
-        let (n,): (i64,) = sqlx::query_as(&format!(
-            "SELECT count(*) FROM \"{table}\" WHERE strpos(lower(\"{column}\"::text), $1) > 0"
-        ))
-        .bind(needle.to_lowercase())
-        .fetch_one(pool)
-        .await
-        .unwrap();
-        if n > 0 {
-            found.push((table, column, n));
-        }
-    }
-    found
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn after_erasure_no_table_holds_the_address_or_the_name() {
@@ -377,5 +340,36 @@ async fn an_event_still_on_its_way_when_the_erasure_came_is_dropped() {
     app.publish(&again).await;
     let confirmation = app.exactly("You are registered", 1).await;
     assert_eq!(confirmation[0].envelope_to, [who]);
+    app.stop().await;
+}
+
+/// The keyed hash an erasure leaves is kept as long as a dead letter about the person can live,
+/// and swept after that.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_hash_an_erasure_leaves_goes_once_no_dead_letter_can_bring_the_person_back() {
+    let app = spawn_app_with(Options::at("2025-03-03T10:00:00Z")).await;
+    let erasure = simple_event(
+        "person.erasure_requested",
+        json!({"email": "gone@x.example.org"}),
+    );
+    app.publish(&erasure).await;
+    app.processed(erasure["id"].as_str().unwrap()).await;
+    let hashes = || async {
+        let n: i64 = sqlx::query_scalar("SELECT count(*) FROM erased_addresses")
+            .fetch_one(&app.pool)
+            .await
+            .unwrap();
+        n
+    };
+    let shared = rpec_notify::worker::Shared::load(app.settings.clone(), app.clock.clone())
+        .await
+        .unwrap();
+    app.set_time("2025-04-01T10:00:00Z"); // 29 days on: a dead letter may still be replayed
+    rpec_notify::worker::sweep_once(&shared).await.unwrap();
+    assert_eq!(hashes().await, 1);
+    app.set_time("2025-04-03T10:00:01Z"); // past the 30 days dead letters live
+    let swept = rpec_notify::worker::sweep_once(&shared).await.unwrap();
+    assert_eq!(swept.erased_addresses, 1);
+    assert_eq!(hashes().await, 0);
     app.stop().await;
 }

@@ -1108,3 +1108,62 @@ pub async fn delete_broker_names(id: &str) {
     }
     let _ = conn.close(200, "done").await;
 }
+
+// ---------------------------------------------------------------------------------------------
+// Where personal data is: erasure and retention tests search every table for a person.
+
+/// Every (table, column) in the public schema that can hold text: text and character types,
+/// json and jsonb, and arrays (text[] recipients), in tables and views alike.
+pub async fn text_columns(pool: &PgPool) -> Vec<(String, String)> {
+    sqlx::query_as(
+        "SELECT c.table_name::text, c.column_name::text
+         FROM information_schema.columns c
+         JOIN information_schema.tables t
+           ON t.table_schema = c.table_schema AND t.table_name = c.table_name
+         WHERE c.table_schema = 'public'
+           AND (c.data_type IN ('text', 'character varying', 'character', 'json', 'jsonb', 'ARRAY')
+                OR c.udt_name IN ('citext'))
+         ORDER BY 1, 2",
+    )
+    .fetch_all(pool)
+    .await
+    .unwrap()
+}
+
+/// Where `needle` occurs (case-insensitively) in any text column: (table, column, rows).
+pub async fn find_everywhere(pool: &PgPool, needle: &str) -> Vec<(String, String, i64)> {
+    let mut found = Vec::new();
+    for (table, column) in text_columns(pool).await {
+        let (n,): (i64,) = sqlx::query_as(&format!(
+            "SELECT count(*) FROM \"{table}\" WHERE strpos(lower(\"{column}\"::text), $1) > 0"
+        ))
+        .bind(needle.to_lowercase())
+        .fetch_one(pool)
+        .await
+        .unwrap();
+        if n > 0 {
+            found.push((table, column, n));
+        }
+    }
+    found
+}
+
+/// The tables (not views: they hold nothing of their own) where [`find_everywhere`] finds
+/// `needle`, sorted.
+pub async fn tables_holding(pool: &PgPool, needle: &str) -> Vec<String> {
+    let views: Vec<String> = sqlx::query_scalar(
+        "SELECT table_name::text FROM information_schema.views WHERE table_schema = 'public'",
+    )
+    .fetch_all(pool)
+    .await
+    .unwrap();
+    let mut tables: Vec<String> = find_everywhere(pool, needle)
+        .await
+        .into_iter()
+        .map(|(table, _, _)| table)
+        .filter(|t| !views.contains(t))
+        .collect();
+    tables.sort();
+    tables.dedup();
+    tables
+}

@@ -343,4 +343,25 @@ mod tests {
             Err(TokenError::BadSignature)
         );
     }
+
+    /// The pages the links lead to are part of the contract (and of every email already sent).
+    #[test]
+    fn links_lead_to_the_contracts_pages() {
+        assert_eq!(Purpose::Confirm.path(), "/subscriptions/confirm");
+        assert_eq!(Purpose::Unsubscribe.path(), "/unsubscribe");
+    }
+
+    /// A real token is 67 characters; anything past 128 is refused before decoding, and one of
+    /// exactly 128 is decoded (and refused for its length, not its size).
+    #[test]
+    fn long_input_is_refused_as_malformed_at_any_length() {
+        for n in [68, 127, 128, 129, 100_000] {
+            let long = "A".repeat(n);
+            assert_eq!(
+                verify(SECRET, &long, Purpose::Confirm, now()),
+                Err(TokenError::Malformed),
+                "{n}"
+            );
+        }
+    }
 }

@@ -1384,6 +1384,25 @@ mod tests {
         );
     }
 
+    /// Jitter spreads waits by up to a quarter either way, never to nothing.
+    #[test]
+    fn jitter_stays_within_a_quarter_of_the_back_off() {
+        let p = RetryPolicy {
+            max_attempts: 5,
+            initial: Duration::from_secs(2),
+            max: Duration::from_secs(60),
+        };
+        let waits: Vec<u128> = (0..500)
+            .map(|_| p.backoff_with_jitter(3).as_millis())
+            .collect();
+        assert!(
+            waits.iter().all(|w| (6_000..=10_000).contains(w)),
+            "{waits:?}"
+        );
+        // Spread out, not one value.
+        assert!(waits.iter().any(|w| *w < 7_500) && waits.iter().any(|w| *w > 8_500));
+    }
+
     #[test]
     fn backoff_doubles_to_the_cap() {
         let p = RetryPolicy {

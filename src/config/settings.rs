@@ -1017,6 +1017,28 @@ mod tests {
         (dir, e)
     }
 
+    /// An operator's rpec.toml from 0.1 (kept as it shipped, in tests/fixtures) still loads: every
+    /// key added since has its default. (0.1's lease of 120 s is now refused as too short for
+    /// its own batch, so the fixture is read with that one key laid over.)
+    #[test]
+    fn an_rpec_toml_from_0_1_loads_with_every_new_key_at_its_default() {
+        let (dir, e) = config_with("[mail]\nlease_secs = 300\n");
+        std::fs::copy(
+            concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/rpec-0.1.toml"),
+            dir.path().join("rpec.toml"),
+        )
+        .unwrap();
+        let s = Settings::load_from(&e).unwrap();
+        assert_eq!(s.delivery_limit, 20);
+        assert_eq!(s.dead_letter_ttl, Duration::from_secs(30 * 86_400));
+        assert_eq!(s.dead_letter_max_messages, 100_000);
+        assert_eq!(s.admin_addr, "127.0.0.1:9090".parse().unwrap());
+        assert_eq!(s.http_limits.max_connections, 1024);
+        assert_eq!(s.http_limits.header_read_timeout, Duration::from_secs(10));
+        assert_eq!(s.http_limits.request_timeout, Duration::from_secs(15));
+        assert_eq!(s.http_limits.max_body_bytes, 16 * 1024);
+    }
+
     #[test]
     fn a_lease_shorter_than_the_work_claimed_under_it_is_refused() {
         // 32 emails, 8 at a time: 4 sends of up to 30 s each, plus the margin to record = 122 s.

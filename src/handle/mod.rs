@@ -63,11 +63,15 @@ pub async fn handle(shared: &Shared, envelope: &Envelope) -> Result<Handled, Fai
         tx.rollback().await?;
         return Ok(Handled::Duplicate);
     }
-    // A handler bug, injected (fault tests): events whose id starts with the configured text
-    // crash here, inside the transaction, as a real bug would.
+    // A handler bug, injected (fault tests): events whose id starts with one of the configured
+    // prefixes (separated by `|`) crash here, inside the transaction, as a real bug would.
     #[cfg(feature = "failpoints")]
-    if let Some(Some(prefix)) = fail::eval("handle::panic", |arg| arg) {
-        if envelope.id.to_string().starts_with(&prefix) {
+    if let Some(Some(prefixes)) = fail::eval("handle::panic", |arg| arg) {
+        let id = envelope.id.to_string();
+        if prefixes
+            .split('|')
+            .any(|p| !p.is_empty() && id.starts_with(p))
+        {
             panic!("fault injected into handling");
         }
     }

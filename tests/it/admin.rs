@@ -539,3 +539,52 @@ async fn purge_by_address_deletes_exactly_that_persons_dead_letters() {
     assert!(kept.iter().any(|d| d.body == b"not json"));
     app.stop().await;
 }
+
+/// The operator's repair, end to end: enquiries that a handler bug dead-lettered (injected, as
+/// `handler_failed`) are replayed once the bug is fixed, and every one reaches its coordinators.
+#[cfg(feature = "failpoints")]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn after_the_cause_is_fixed_replay_all_brings_every_dead_lettered_enquiry_to_its_coordinators(
+) {
+    inject_handler_bug();
+    let app = spawn_app().await;
+    for _ in 0..3 {
+        let mut e = contact_event(json!({"region": "london", "topic": "complex-case"}));
+        e["id"] = json!(format!(
+            "cafef00d-{}",
+            &uuid::Uuid::new_v4().to_string()[9..]
+        ));
+        app.publish(&e).await;
+    }
+    eventually(Duration::from_secs(20), "three dead letters", || async {
+        (dead_letter_depth(&app).await == 3).then_some(())
+    })
+    .await;
+    let listed = run_json(&app, &["dead-letters", "list"], 0).await;
+    let codes: Vec<&str> = listed["dead_letters"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|d| d["code"].as_str().unwrap())
+        .collect();
+    assert_eq!(codes, ["handler_failed"; 3]);
+    assert!(app.smtp.received().is_empty());
+
+    // The fix: the bug no longer hits these events.
+    fail::cfg("handle::panic", "return(deadbeef)").unwrap();
+    let replayed = run_json(&app, &["dead-letters", "replay", "--all"], 0).await;
+    assert_eq!(
+        replayed["replayed"].as_array().map(Vec::len),
+        Some(3),
+        "{replayed}"
+    );
+    let mails = app.mails(6).await;
+    let urgent: Vec<_> = mails
+        .iter()
+        .filter(|m| m.envelope_to == ["rpec.london@example.org"])
+        .collect();
+    assert_eq!(urgent.len(), 3);
+    assert!(urgent.iter().all(|m| m.subject().starts_with("URGENT:")));
+    assert_eq!(dead_letter_depth(&app).await, 0);
+    app.stop().await;
+}

@@ -198,7 +198,7 @@ async fn after_five_failed_attempts_the_message_is_dead_lettered_with_the_last_e
 #[cfg(feature = "failpoints")]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_handler_that_panics_dead_letters_the_event_and_the_worker_goes_on() {
-    fail::cfg("handle::panic", "return(deadbeef)").unwrap();
+    inject_handler_bug();
     let app = spawn_app().await;
     let prefetch = app.settings.prefetch as usize;
     let crashing: Vec<_> = (0..prefetch + 4)

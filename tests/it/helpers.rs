@@ -1167,3 +1167,12 @@ pub async fn tables_holding(pool: &PgPool, needle: &str) -> Vec<String> {
     tables.dedup();
     tables
 }
+
+/// Turns on the injected handler bug (the `handle::panic` fault point) for events whose id
+/// starts with `deadbeef` or `cafef00d`, once per test process: tests run side by side, and one
+/// of them "fixes" the `cafef00d` bug later (see `admin.rs`), which a second set-up must not undo.
+#[cfg(feature = "failpoints")]
+pub fn inject_handler_bug() {
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    ONCE.call_once(|| fail::cfg("handle::panic", "return(deadbeef|cafef00d)").unwrap());
+}

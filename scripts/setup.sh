@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Prepare this machine for building, running and testing rpec-notify.
 #
-#   bash scripts/setup.sh [--with-chromium]
+#   bash scripts/setup.sh [--with-chromium] [--with-test-tools]
 #
 # Idempotent and quiet when everything is already in place: it prints one line
 # for each thing it installs or starts, and never runs `apt-get update` unless
@@ -15,6 +15,9 @@
 #   - a Rust toolchain (cargo, rustc >= 1.85), gcc, make, pkg-config and openssl.
 #   - promtool (Debian's prometheus package), which checks the alert rules in deploy/prometheus/.
 #   - with --with-chromium: Debian's chromium and chromium-driver.
+#   - with --with-test-tools: the DKIM verifier the DKIM test checks signatures with (dkimpy,
+#     Debian's python3-dkim and python3-nacl) and cargo-deny (built once from crates.io with
+#     `cargo install --locked`, which takes a few minutes), for the licence, ban and source checks.
 set -euo pipefail
 # Services are started with setsid, in a session of their own, so that they outlive the shell
 # (or test runner) that happened to start them.
@@ -27,15 +30,17 @@ readonly WAIT_PG_SECS=60
 readonly WAIT_RABBIT_SECS=60
 
 with_chromium=0
+with_test_tools=0
 for arg in "$@"; do
     case "$arg" in
         --with-chromium) with_chromium=1 ;;
+        --with-test-tools) with_test_tools=1 ;;
         -h | --help)
             sed -n '2,/^set -euo/p' "$0" | sed -e '$d' -e 's/^# \{0,1\}//'
             exit 0
             ;;
         *)
-            echo "setup: unknown argument: $arg (usage: setup.sh [--with-chromium])" >&2
+            echo "setup: unknown argument: $arg (usage: setup.sh [--with-chromium] [--with-test-tools])" >&2
             exit 2
             ;;
     esac
@@ -308,6 +313,47 @@ ensure_chromium() {
     fi
 }
 
+# ---------------------------------------------------------- test tools ----
+# A python3 that can import dkimpy and PyNaCl, which dkimpy needs for Ed25519 signatures (the
+# DKIM test looks for the same ones, in this order: a python3 first on PATH, such as pyenv's,
+# may not see Debian's packages).
+dkim_python() {
+    local py
+    for py in python3 /usr/bin/python3; do
+        if have "$py" && "$py" -c 'import dkim, nacl' >/dev/null 2>&1; then
+            echo "$py"
+            return 0
+        fi
+    done
+    return 1
+}
+ensure_dkim_verifier() {
+    dkim_python >/dev/null && return 0
+    if have apt-get; then
+        apt_install python3-dkim python3-nacl
+    else
+        # Not Debian: the same two from PyPI.
+        python3 -m pip install --quiet dkimpy pynacl || die "pip could not install dkimpy and pynacl"
+        say "installed dkimpy and pynacl (pip)"
+    fi
+    dkim_python >/dev/null || die "dkimpy and PyNaCl were installed, but neither python3 nor /usr/bin/python3 can import them"
+}
+
+ensure_cargo_deny() {
+    have cargo-deny && return 0
+    say "building cargo-deny from crates.io (once; this takes a few minutes)"
+    local log
+    log="$(mktemp)"
+    if ! cargo install --locked cargo-deny >"$log" 2>&1; then
+        tail -n 30 "$log" >&2
+        rm -f "$log"
+        die "cargo install --locked cargo-deny failed"
+    fi
+    rm -f "$log"
+    have cargo-deny || die "cargo-deny was installed but is not on PATH (add $HOME/.cargo/bin to PATH)"
+    say "installed cargo-deny"
+}
+
 ensure_build_tools
 ensure_rust
 ensure_postgres
@@ -315,4 +361,8 @@ ensure_rabbitmq
 ensure_promtool
 if [ "$with_chromium" -eq 1 ]; then
     ensure_chromium
+fi
+if [ "$with_test_tools" -eq 1 ]; then
+    ensure_dkim_verifier
+    ensure_cargo_deny
 fi

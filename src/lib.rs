@@ -29,6 +29,8 @@
 //! - [`calendar`]: `.ics` files for sessions.
 //! - [`clock`]: the worker's "now" (the system clock, or a manual one in tests).
 //! - [`http`]: health, readiness, Prometheus metrics, and the confirm and unsubscribe pages.
+//! - [`retention`]: the sweep that ends every kind of personal data at the end of its period,
+//!   in short batches.
 //! - [`worker`]: wires everything together for `rpec-notify run` and shuts it down cleanly.
 //! - [`publish`]: `rpec-notify publish`, with publisher confirms.
 //! - [`admin`]: operator tools: `outbox status|list|retry` and `dead-letters list|replay|purge`,
@@ -46,6 +48,7 @@ pub mod http;
 pub mod mail;
 pub mod metrics;
 pub mod publish;
+pub mod retention;
 pub mod schedule;
 pub mod telemetry;
 pub mod tokens;

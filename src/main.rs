@@ -113,8 +113,12 @@ enum DeadLetterCommand {
         #[arg(long)]
         all: bool,
     },
-    /// Delete every dead letter.
-    Purge,
+    /// Delete every dead letter, or with --email only those about one person (erasure).
+    Purge {
+        /// Only the dead letters whose event carries this address (`data.email`).
+        #[arg(long, value_name = "ADDR")]
+        email: Option<String>,
+    },
 }
 
 fn settings() -> Result<Settings, ExitCode> {
@@ -262,7 +266,7 @@ async fn dead_letters(command: DeadLetterCommand, json: bool) -> ExitCode {
     };
     use secrecy::ExposeSecret;
     let url = settings.amqp_url.expose_secret();
-    let topology = Topology::new(&settings.exchange, &settings.queue);
+    let topology = Topology::from_settings(&settings);
     let result = match command {
         DeadLetterCommand::List => admin::dead_letters::list(url, &topology).await,
         DeadLetterCommand::Replay { ids, all } => {
@@ -273,7 +277,12 @@ async fn dead_letters(command: DeadLetterCommand, json: bool) -> ExitCode {
             };
             admin::dead_letters::replay(url, &topology, &selection).await
         }
-        DeadLetterCommand::Purge => admin::dead_letters::purge(url, &topology).await,
+        DeadLetterCommand::Purge { email: None } => {
+            admin::dead_letters::purge(url, &topology).await
+        }
+        DeadLetterCommand::Purge {
+            email: Some(address),
+        } => admin::dead_letters::purge_about(url, &topology, &address).await,
     };
     admin_exit(result, json)
 }

@@ -43,6 +43,11 @@ pub struct Metrics {
     pub outbox_oldest_waiting: Gauge,
     /// From a reminder's due time to the relay accepting it.
     pub reminder_lateness: Histogram,
+    /// Completed scheduler rounds (reminders, briefings and digests looked at once each): a
+    /// test, or an operator, can tell "nothing was due" from "the scheduler is stuck".
+    pub scheduler_rounds: IntCounter,
+    /// Completed sender rounds (one claim of due outbox rows, sent and recorded).
+    pub sender_rounds: IntCounter,
 }
 
 fn register<T: prometheus::core::Collector + Clone + 'static>(registry: &Registry, m: T) -> T {
@@ -181,6 +186,22 @@ impl Metrics {
                 IntCounter::new(
                     "rpec_events_forward_failures_total",
                     "Retries and dead letters the broker did not take: the message went back to the queue and the connection was opened anew",
+                )
+                .expect("a valid metric"),
+            ),
+            scheduler_rounds: register(
+                &registry,
+                IntCounter::new(
+                    "rpec_scheduler_rounds_total",
+                    "Scheduler rounds completed (due reminders, briefings and digests handed over)",
+                )
+                .expect("a valid metric"),
+            ),
+            sender_rounds: register(
+                &registry,
+                IntCounter::new(
+                    "rpec_sender_rounds_total",
+                    "Sender rounds completed (due outbox rows claimed, sent and recorded)",
                 )
                 .expect("a valid metric"),
             ),

@@ -187,30 +187,68 @@ mod tests {
             .with_timezone(&Utc)
     }
 
+    /// The contract's 7 days, written out rather than taken from the code's constant.
+    const SEVEN_DAYS: Duration = Duration::hours(7 * 24);
+    /// The README's 400 days for unsubscribe links.
+    const FOUR_HUNDRED_DAYS: Duration = Duration::hours(400 * 24);
+
     #[test]
     fn a_token_round_trips_until_it_expires() {
-        let t = sign(SECRET, Purpose::Confirm, 42, now() + CONFIRM_VALIDITY);
+        let t = sign(SECRET, Purpose::Confirm, 42, now() + SEVEN_DAYS);
         assert_eq!(t.len(), 67);
         assert!(t
             .bytes()
             .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_'));
         assert_eq!(verify(SECRET, &t, Purpose::Confirm, now()), Ok(42));
-        let almost = now() + CONFIRM_VALIDITY - Duration::seconds(1);
+        let almost = now() + SEVEN_DAYS - Duration::seconds(1);
         assert_eq!(verify(SECRET, &t, Purpose::Confirm, almost), Ok(42));
         assert_eq!(
-            verify(SECRET, &t, Purpose::Confirm, now() + CONFIRM_VALIDITY),
+            verify(SECRET, &t, Purpose::Confirm, now() + SEVEN_DAYS),
             Err(TokenError::Expired)
         );
     }
 
+    /// The links put in emails: a confirmation link works for 7 × 24 hours from when it was
+    /// made and no longer; an unsubscribe link for 400 × 24 hours.
+    #[test]
+    fn links_last_seven_days_to_confirm_and_four_hundred_to_unsubscribe() {
+        let secret = "a token secret for this test, 32 bytes or more";
+        let env: std::collections::HashMap<String, String> = [
+            (
+                "RPEC_CONFIG_DIR",
+                concat!(env!("CARGO_MANIFEST_DIR"), "/config"),
+            ),
+            ("RPEC_TOKEN_SECRET", secret),
+            ("RPEC_PUBLIC_URL", "https://rpec.example.org"),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_owned(), v.to_owned()))
+        .collect();
+        let settings = Settings::load_from(&env).expect("settings");
+        for (purpose, validity) in [
+            (Purpose::Confirm, SEVEN_DAYS),
+            (Purpose::Unsubscribe, FOUR_HUNDRED_DAYS),
+        ] {
+            let url = link(&settings, purpose, 9, now());
+            let prefix = format!("https://rpec.example.org{}?token=", purpose.path());
+            let token = url.strip_prefix(&prefix).expect("a link to the page");
+            let at = |t| verify(secret.as_bytes(), token, purpose, t);
+            assert_eq!(
+                at(now() + validity - Duration::seconds(1)),
+                Ok(9),
+                "{purpose:?}"
+            );
+            assert_eq!(
+                at(now() + validity),
+                Err(TokenError::Expired),
+                "{purpose:?}"
+            );
+        }
+    }
+
     #[test]
     fn every_single_character_change_is_refused() {
-        let t = sign(
-            SECRET,
-            Purpose::Unsubscribe,
-            7,
-            now() + UNSUBSCRIBE_VALIDITY,
-        );
+        let t = sign(SECRET, Purpose::Unsubscribe, 7, now() + FOUR_HUNDRED_DAYS);
         let alphabet = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_";
         for (i, original) in t.char_indices() {
             for replacement in alphabet.chars().filter(|c| *c != original) {
@@ -226,7 +264,7 @@ mod tests {
 
     #[test]
     fn another_key_purpose_or_junk_is_refused() {
-        let t = sign(SECRET, Purpose::Confirm, 1, now() + CONFIRM_VALIDITY);
+        let t = sign(SECRET, Purpose::Confirm, 1, now() + SEVEN_DAYS);
         assert_eq!(
             verify(
                 b"another secret, also long enough to use",
@@ -270,7 +308,7 @@ mod tests {
         );
     }
 
-    /// Keys rotate without breaking links: with "new, old" configured, a link signed with the old
+    /// Keys rotate without breaking links: with "new" and "old" configured (one per line), a link signed with the old
     /// key still works, new links are signed with the new key, and a key no longer listed fails.
     #[test]
     fn a_rotated_key_still_verifies_the_links_it_signed() {
@@ -289,7 +327,7 @@ mod tests {
             .collect();
             Settings::load_from(&env).unwrap()
         };
-        let rotated = settings(&format!("{new},{old}"));
+        let rotated = settings(&format!("{new}\n{old}"));
         let by_old = sign(
             old.as_bytes(),
             Purpose::Unsubscribe,
@@ -304,5 +342,26 @@ mod tests {
             check(&settings(&new), &by_old, Purpose::Unsubscribe),
             Err(TokenError::BadSignature)
         );
+    }
+
+    /// The pages the links lead to are part of the contract (and of every email already sent).
+    #[test]
+    fn links_lead_to_the_contracts_pages() {
+        assert_eq!(Purpose::Confirm.path(), "/subscriptions/confirm");
+        assert_eq!(Purpose::Unsubscribe.path(), "/unsubscribe");
+    }
+
+    /// A real token is 67 characters; anything past 128 is refused before decoding, and one of
+    /// exactly 128 is decoded (and refused for its length, not its size).
+    #[test]
+    fn long_input_is_refused_as_malformed_at_any_length() {
+        for n in [68, 127, 128, 129, 100_000] {
+            let long = "A".repeat(n);
+            assert_eq!(
+                verify(SECRET, &long, Purpose::Confirm, now()),
+                Err(TokenError::Malformed),
+                "{n}"
+            );
+        }
     }
 }

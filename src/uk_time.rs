@@ -60,4 +60,21 @@ mod tests {
             "Tuesday 22 October 2024, 12:00pm to 1:00pm"
         );
     }
+
+    #[test]
+    fn a_moment_and_a_range_over_midnight_name_their_dates() {
+        assert_eq!(
+            date_time(utc("2025-03-30T00:30:00Z")),
+            "Sunday 30 March 2025, 12:30am"
+        );
+        // After the spring change: 01:30 UTC is 2:30am BST.
+        assert_eq!(
+            date_time(utc("2025-03-30T01:30:00Z")),
+            "Sunday 30 March 2025, 2:30am"
+        );
+        assert_eq!(
+            range(utc("2024-12-31T23:00:00Z"), utc("2025-01-01T01:00:00Z")),
+            "Tuesday 31 December 2024, 11:00pm to Wednesday 1 January 2025, 1:00am"
+        );
+    }
 }

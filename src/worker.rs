@@ -6,7 +6,9 @@ use crate::clock::Clock;
 use crate::config::{Regions, Settings};
 use crate::mail::{Relay, Templates};
 use crate::metrics::Metrics;
-use crate::{consume, db, http, mail, schedule};
+use crate::{consume, db, http, mail, retention, schedule};
+
+pub use crate::retention::{sweep_once, Swept};
 use anyhow::Context;
 use sqlx::PgPool;
 use std::future::Future;
@@ -104,7 +106,7 @@ pub async fn run_with_clock(
         relay.clone(),
         stop.clone(),
     )));
-    tasks.spawn(until_stopped(retention_sweep(shared.clone(), stop.clone())));
+    tasks.spawn(until_stopped(retention::run(shared.clone(), stop.clone())));
     tasks.spawn(until_stopped(schedule::run(shared.clone(), stop.clone())));
     let (limits, grace) = (shared.settings.http_limits, shared.settings.shutdown_grace);
     tasks.spawn(until_stopped(http::serve(
@@ -156,83 +158,4 @@ pub async fn run_with_clock(
 async fn until_stopped(task: impl Future<Output = ()>) -> anyhow::Result<()> {
     task.await;
     Ok(())
-}
-
-/// What one retention sweep removed.
-#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
-pub struct Swept {
-    pub enquiries: u64,
-    pub registrations: u64,
-    pub emails: u64,
-}
-
-/// Removes personal data older than the configured retention (as of the worker's clock):
-/// enquiries and registrations are anonymised (their ids and routing stay, for counts), and
-/// finished emails, with their recipients and content, deleted. A failed email that no
-/// operator has resolved is kept whatever its age: deleting it would lose the one record that
-/// something (an enquiry, say) never arrived.
-pub async fn sweep_once(shared: &Shared) -> sqlx::Result<Swept> {
-    let s = &shared.settings;
-    let now = shared.clock.now();
-    let enquiries = sqlx::query(
-        "UPDATE enquiries SET name = NULL, email = NULL, organisation = NULL, phone = NULL,
-                area = NULL, message = NULL, anonymised_at = $2
-         WHERE anonymised_at IS NULL AND received_at < $2 - make_interval(days => $1)",
-    )
-    .bind(s.enquiry_retention_days as i32)
-    .bind(now)
-    .execute(&shared.pool)
-    .await?
-    .rows_affected();
-    let registrations = sqlx::query(
-        "UPDATE registrations r SET name = NULL, email = NULL
-         FROM sessions s
-         WHERE s.session_id = r.session_id AND r.email IS NOT NULL
-           AND s.ends_at < $2 - make_interval(days => $1)",
-    )
-    .bind(s.registration_retention_days as i32)
-    .bind(now)
-    .execute(&shared.pool)
-    .await?
-    .rows_affected();
-    let emails = sqlx::query(
-        "DELETE FROM outbox
-         WHERE (status IN ('sent', 'cancelled') OR (status = 'failed' AND resolved_at IS NOT NULL))
-           AND created_at < $2 - make_interval(days => $1)",
-    )
-    .bind(s.outbox_retention_days as i32)
-    .bind(now)
-    .execute(&shared.pool)
-    .await?
-    .rows_affected();
-    Ok(Swept {
-        enquiries,
-        registrations,
-        emails,
-    })
-}
-
-async fn retention_sweep(shared: Arc<Shared>, stop: CancellationToken) {
-    loop {
-        match sweep_once(&shared).await {
-            Ok(swept) if swept == Swept::default() => {}
-            Ok(Swept {
-                enquiries,
-                registrations,
-                emails,
-            }) => {
-                tracing::info!(
-                    enquiries,
-                    registrations,
-                    emails,
-                    "retention: personal data removed"
-                )
-            }
-            Err(e) => tracing::warn!(error = %e, "retention sweep failed"),
-        }
-        tokio::select! {
-            _ = stop.cancelled() => break,
-            _ = tokio::time::sleep(shared.settings.retention_sweep_interval) => {}
-        }
-    }
 }

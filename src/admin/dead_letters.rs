@@ -462,6 +462,56 @@ async fn replay_on(
     Ok((replayed, refused))
 }
 
+/// Whether a dead letter is about `address` (lower-cased): its body is an event whose `data`
+/// holds that address in a field named `email` (the fields through which events carry people).
+fn is_about(body: &[u8], address: &str) -> bool {
+    serde_json::from_slice::<Value>(body)
+        .ok()
+        .and_then(|v| {
+            v.get("data")?
+                .get("email")?
+                .as_str()
+                .map(|e| e.trim().to_lowercase() == address)
+        })
+        .unwrap_or(false)
+}
+
+/// `dead-letters purge --email ADDR`: deletes the dead letters about one person (an erasure's
+/// reach into the dead-letter queue); every other stays where it was. Says how many.
+pub async fn purge_about(
+    amqp_url: &str,
+    t: &Topology,
+    address: &str,
+) -> Result<Report, AdminError> {
+    let address = address.trim().to_lowercase();
+    let queue = DeadLetterQueue::open(amqp_url, t, "purge").await?;
+    let mut purged = 0u64;
+    let result = async {
+        for _ in 0..queue.depth {
+            let Some(d) = queue.take().await? else { break };
+            if is_about(&d.data, &address) {
+                d.ack(BasicAckOptions::default())
+                    .await
+                    .map_err(|e| unavailable(e, "cannot delete a dead letter"))?;
+                purged += 1;
+            }
+            // Others stay unacked: back in their place when the channel closes.
+        }
+        Ok::<_, AdminError>(())
+    }
+    .await;
+    queue.close().await;
+    result?;
+    Ok(Report {
+        text: format!(
+            "{purged} dead letter(s) about that address deleted from {}\n",
+            t.dead_letter
+        ),
+        json: json!({"queue": t.dead_letter, "purged": purged}),
+        problems: false,
+    })
+}
+
 /// `dead-letters purge`: deletes every ready dead letter; says how many.
 pub async fn purge(amqp_url: &str, t: &Topology) -> Result<Report, AdminError> {
     let queue = DeadLetterQueue::open(amqp_url, t, "purge").await?;

@@ -537,4 +537,63 @@ mod tests {
             "{all}"
         );
     }
+
+    fn shipped_text() -> String {
+        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/config/regions.toml"))
+            .unwrap()
+    }
+
+    #[test]
+    fn a_routing_names_its_region_and_how_it_was_found() {
+        let r = RegionId::London;
+        assert_eq!(Routing::Region(r).region(), Some(r));
+        assert_eq!(Routing::Area(r).region(), Some(r));
+        assert_eq!(Routing::Triage.region(), None);
+        assert_eq!(Routing::Region(r).as_str(), "region");
+        assert_eq!(Routing::Area(r).as_str(), "area");
+        assert_eq!(Routing::Triage.as_str(), "triage");
+    }
+
+    /// A one-word name is never cut down to nothing: "The" and "Police" on their own stay.
+    #[test]
+    fn normalising_keeps_a_name_that_is_only_a_prefix_or_a_suffix() {
+        assert_eq!(normalise_area("The"), "the");
+        assert_eq!(normalise_area("The Wirral"), "wirral");
+        assert_eq!(normalise_area("Police"), "police");
+        assert_eq!(normalise_area("Council"), "council");
+        assert_eq!(normalise_area("County Council"), "county");
+        assert_eq!(normalise_area("Cumbria Constabulary"), "cumbria");
+        assert_eq!(normalise_area("Kent Police Force Area"), "kent");
+    }
+
+    #[test]
+    fn the_shipped_offsets_and_every_region_are_read() {
+        let regions = Regions::parse(&shipped_text(), "regions.toml").unwrap();
+        assert_eq!(regions.iter().count(), 8);
+        let national = regions.for_session(None);
+        assert_eq!(
+            national.reminder_offsets,
+            ["7d", "1d", "1h"].map(|o| o.parse::<Offset>().unwrap())
+        );
+        for (_, region) in regions.iter() {
+            assert_eq!(region.reminder_offsets.len(), 3, "{}", region.name);
+        }
+    }
+
+    /// The same area twice in one region, spelt the same, is a harmless repeat; spelt two ways
+    /// it is reported (one of them is a mistake).
+    #[test]
+    fn an_area_repeated_in_its_region_is_reported_only_when_spelt_differently() {
+        let text = shipped_text();
+        let same = text.replacen("\"Cumbria\"", "\"Cumbria\", \"Cumbria\"", 1);
+        assert!(Regions::parse(&same, "regions.toml").is_ok());
+        let differently = text.replacen("\"Cumbria\"", "\"Cumbria\", \"CUMBRIA\"", 1);
+        let problems = Regions::parse(&differently, "regions.toml").unwrap_err();
+        assert!(
+            problems.iter().any(|p| p
+                .to_string()
+                .contains("\"CUMBRIA\" is also listed as \"Cumbria\"")),
+            "{problems:?}"
+        );
+    }
 }

@@ -98,6 +98,18 @@ pub struct Settings {
     pub enquiry_retention_days: u32,
     pub outbox_retention_days: u32,
     pub registration_retention_days: u32,
+    /// Suppressions (lower-cased addresses) are kept this long, then bulk mail may be tried again.
+    pub suppression_retention_days: u32,
+    /// The exactly-once record of handled events: never shorter than [`redelivery_window`].
+    pub processed_event_retention_days: u32,
+    /// Reminders and briefings handed to the outbox or dropped.
+    pub scheduled_email_retention_days: u32,
+    /// Who was given each newsletter, counted from when the newsletter arrived.
+    pub newsletter_delivery_retention_days: u32,
+    /// The record of each digest firing.
+    pub digest_run_retention_days: u32,
+    /// Rows each retention statement changes at most (each batch is its own transaction).
+    pub retention_batch_size: i64,
     pub retention_sweep_interval: Duration,
     pub shutdown_grace: Duration,
 }
@@ -181,6 +193,28 @@ struct RawMail {
     lease_secs: u64,
     poll_interval_ms: u64,
     retry: RawRetrySecs,
+    /// Added after 0.1: absent means no signing, so that a file written for 0.1 still loads.
+    #[serde(default)]
+    dkim: RawDkim,
+}
+
+/// `[mail.dkim]`: signing for both From addresses; `[mail.dkim.bulk]` changes any of it for
+/// the bulk one (a key and selector of its own, say). Empty strings mean "not set".
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields, default)]
+struct RawDkim {
+    selector: String,
+    domain: String,
+    private_key_file: String,
+    bulk: RawDkimBulk,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields, default)]
+struct RawDkimBulk {
+    selector: String,
+    domain: String,
+    private_key_file: String,
 }
 
 #[derive(Deserialize)]
@@ -252,6 +286,60 @@ struct RawRetention {
     dead_letter_days: u32,
     #[serde(default = "default_dead_letter_max_messages")]
     dead_letter_max_messages: u32,
+    #[serde(default = "default_suppression_days")]
+    suppression_days: u32,
+    #[serde(default = "default_processed_event_days")]
+    processed_event_days: u32,
+    #[serde(default = "default_scheduled_email_days")]
+    scheduled_email_days: u32,
+    #[serde(default = "default_newsletter_delivery_days")]
+    newsletter_delivery_days: u32,
+    #[serde(default = "default_digest_run_days")]
+    digest_run_days: u32,
+    #[serde(default = "default_retention_batch_size")]
+    batch_size: i64,
+}
+
+// Added with retention for everything personal: defaults, so that files written before still
+// load (config/rpec.toml explains each).
+fn default_suppression_days() -> u32 {
+    365
+}
+
+fn default_processed_event_days() -> u32 {
+    45
+}
+
+fn default_scheduled_email_days() -> u32 {
+    30
+}
+
+fn default_newsletter_delivery_days() -> u32 {
+    90
+}
+
+fn default_digest_run_days() -> u32 {
+    90
+}
+
+fn default_retention_batch_size() -> i64 {
+    1000
+}
+
+/// The longest a copy of an event that was already handled can still come back to the worker:
+/// the consumer's own retries (every back-off, at its most jittered), the wait for a session
+/// not yet known, and the dead-letter queue's TTL, since an operator may replay a dead letter
+/// (`dead-letters replay`) whose event another copy has since completed. The record of handled
+/// events must outlast it, or that copy would have its effects a second time.
+pub fn redelivery_window(
+    retry: &RetryPolicy,
+    unknown_session_wait: Duration,
+    dead_letter_ttl: Duration,
+) -> Duration {
+    let retries: Duration = (1..retry.max_attempts)
+        .map(|a| retry.backoff(a).mul_f64(1.25))
+        .sum();
+    retries + unknown_session_wait + dead_letter_ttl
 }
 
 #[derive(Deserialize)]
@@ -292,12 +380,14 @@ fn lease_problem(mail: &RawMail) -> Option<String> {
 
 /// The variables that hold secrets. Each can instead name a file that holds it (`NAME_FILE`), as
 /// container platforms and systemd's credentials mount them.
-pub const SECRET_VARIABLES: [&str; 5] = [
+pub const SECRET_VARIABLES: [&str; 6] = [
     "DATABASE_URL",
     "RPEC_AMQP_URL",
     "RPEC_SMTP_URL",
     "RPEC_SMTP_PASSWORD",
     "RPEC_TOKEN_SECRET",
+    // The DKIM private key (PEM); RPEC_DKIM_PRIVATE_KEY_FILE names the file that holds it.
+    "RPEC_DKIM_PRIVATE_KEY",
 ];
 
 /// `env` with every `NAME_FILE` of [`SECRET_VARIABLES`] read into `NAME` (trailing white space
@@ -333,6 +423,129 @@ fn with_secret_files(env: &HashMap<String, String>) -> (HashMap<String, String>,
     (env, problems)
 }
 
+/// The DKIM signers of the transactional and the bulk From address (`from_domains`), from
+/// `[mail.dkim]` and the environment: a signer for each address that has a key. The key is read
+/// here, so that `check` and `run` refuse one that cannot be read or used; no problem quotes it.
+fn dkim_signers(
+    raw: &RawDkim,
+    var: &dyn Fn(&str) -> Option<String>,
+    from_domains: (&str, &str),
+    at: &dyn Fn(&str) -> String,
+    problems: &mut Vec<Problem>,
+) -> (
+    Option<std::sync::Arc<crate::mail::DkimSigner>>,
+    Option<std::sync::Arc<crate::mail::DkimSigner>>,
+) {
+    let set = |s: &str| Some(s.trim().to_owned()).filter(|s| !s.is_empty());
+    // A key file named in rpec.toml, read now; the place says where it was named.
+    let read_key = |key: &str, path: &str, problems: &mut Vec<Problem>| {
+        std::fs::read_to_string(path)
+            .map_err(|e| {
+                problems.push(Problem::new(
+                    at(key),
+                    format!("{path} cannot be read: {}", e.kind()),
+                ))
+            })
+            .ok()
+    };
+    // RPEC_DKIM_PRIVATE_KEY holds the key itself, or was read from RPEC_DKIM_PRIVATE_KEY_FILE.
+    let (shared_key, shared_key_place) = match var("RPEC_DKIM_PRIVATE_KEY") {
+        Some(pem) => (Some(pem), "RPEC_DKIM_PRIVATE_KEY(_FILE)".to_string()),
+        None => match set(&raw.private_key_file) {
+            Some(path) => (
+                read_key("mail.dkim.private_key_file", &path, problems),
+                at("mail.dkim.private_key_file"),
+            ),
+            None => (None, String::new()),
+        },
+    };
+    let selector = var("RPEC_DKIM_SELECTOR").or_else(|| set(&raw.selector));
+    let domain = var("RPEC_DKIM_DOMAIN").or_else(|| set(&raw.domain));
+    if shared_key.is_none() && shared_key_place.is_empty() && selector.is_some() {
+        // Not an error (signing is off until a key is set), but most likely a key forgotten.
+        tracing::warn!(
+            "a DKIM selector is set but no private key (RPEC_DKIM_PRIVATE_KEY_FILE or \
+             mail.dkim.private_key_file): mail is sent unsigned"
+        );
+    }
+    let (bulk_key, bulk_key_place) = match set(&raw.bulk.private_key_file) {
+        Some(path) => (
+            read_key("mail.dkim.bulk.private_key_file", &path, problems),
+            at("mail.dkim.bulk.private_key_file"),
+        ),
+        None => (shared_key.clone(), shared_key_place.clone()),
+    };
+    // Where each stream's selector and domain were set, for the problems (inherited: the shared
+    // table's, where a fix belongs).
+    let bulk_domain_table = if set(&raw.bulk.domain).is_some() {
+        "mail.dkim.bulk"
+    } else {
+        "mail.dkim"
+    };
+    let streams = [
+        (
+            shared_key,
+            shared_key_place,
+            selector.clone(),
+            domain.clone(),
+            "mail.dkim",
+            from_domains.0,
+        ),
+        (
+            bulk_key,
+            bulk_key_place,
+            set(&raw.bulk.selector).or(selector),
+            set(&raw.bulk.domain).or(domain),
+            bulk_domain_table,
+            from_domains.1,
+        ),
+    ];
+    let mut signers = streams.into_iter().map(
+        |(key, key_place, selector, domain, domain_table, from_domain)| {
+            let pem = key?;
+            let Some(selector) = selector else {
+                problems.push(Problem::new(
+                    format!("{} / RPEC_DKIM_SELECTOR", at("mail.dkim.selector")),
+                    "a DKIM key is set, but no selector (the name its public key is published \
+                     under, <selector>._domainkey.<domain>)",
+                ));
+                return None;
+            };
+            let domain = domain.unwrap_or_else(|| from_domain.to_owned());
+            // DMARC passes on DKIM only when d= is the From address's domain or a parent of it.
+            let (d, f) = (
+                domain.to_ascii_lowercase(),
+                from_domain.to_ascii_lowercase(),
+            );
+            if d != f && !f.ends_with(&format!(".{d}")) {
+                problems.push(Problem::new(
+                    format!(
+                        "{} / RPEC_DKIM_DOMAIN",
+                        at(&format!("{domain_table}.domain"))
+                    ),
+                    format!(
+                        "{domain:?} is neither the From address's domain ({from_domain}) nor a \
+                         parent of it: receivers would not count the signature for DMARC"
+                    ),
+                ));
+                return None;
+            }
+            match crate::mail::DkimSigner::new(&selector, &domain, &pem) {
+                Ok(signer) => Some(std::sync::Arc::new(signer)),
+                Err(e) => {
+                    problems.push(Problem::new(key_place, e));
+                    None
+                }
+            }
+        },
+    );
+    let transactional = signers.next().flatten();
+    let bulk = signers.next().flatten();
+    // A shared key or setting that is wrong is said once, not once per From address.
+    problems.dedup();
+    (transactional, bulk)
+}
+
 /// Whether `host` names this machine only (a loopback address or `localhost`).
 fn is_loopback_host(host: &str) -> bool {
     let host = host.trim_start_matches('[').trim_end_matches(']');
@@ -342,11 +555,15 @@ fn is_loopback_host(host: &str) -> bool {
             .is_ok_and(|ip| ip.is_loopback())
 }
 
-/// The keys for signed links from `RPEC_TOKEN_SECRET`: one key, or several separated by commas
-/// (the first signs, every one verifies, so that a key can be replaced without breaking the
-/// links already sent).
+/// The keys for signed links from `RPEC_TOKEN_SECRET`: one key, or several, one per line (the
+/// first signs, every one verifies, so that a key can be replaced without breaking the links
+/// already sent). Lines, because a key may hold any other character (spaces, commas).
 fn token_keys(raw: &str, problems: &mut Vec<Problem>) -> Vec<SecretString> {
-    let keys: Vec<&str> = raw.split(',').map(str::trim).collect();
+    let keys: Vec<&str> = raw
+        .lines()
+        .map(str::trim)
+        .filter(|k| !k.is_empty())
+        .collect();
     for (i, key) in keys.iter().enumerate() {
         if key.len() < 32 {
             problems.push(Problem::new(
@@ -458,12 +675,21 @@ impl Settings {
                 Sender::parse("invalid@example.org").expect("a valid fallback")
             })
         };
-        let transactional_from = sender(
+        let mut transactional_from = sender(
             "mail.transactional_from",
             &raw.mail.transactional_from,
             &mut problems,
         );
-        let bulk_from = sender("mail.bulk_from", &raw.mail.bulk_from, &mut problems);
+        let mut bulk_from = sender("mail.bulk_from", &raw.mail.bulk_from, &mut problems);
+        let (transactional_dkim, bulk_dkim) = dkim_signers(
+            &raw.mail.dkim,
+            var,
+            (&transactional_from.domain, &bulk_from.domain),
+            &at,
+            &mut problems,
+        );
+        transactional_from.dkim = transactional_dkim;
+        bulk_from.dkim = bulk_dkim;
         let http_addr_raw = var("RPEC_HTTP_ADDR").unwrap_or(raw.http.addr);
         let http_addr = http_addr_raw.parse().unwrap_or_else(|_| {
             problems.push(Problem::new(
@@ -603,6 +829,34 @@ impl Settings {
             &mut problems,
         );
         positive(
+            "retention.batch_size",
+            raw.retention.batch_size.max(0) as u64,
+            &mut problems,
+        );
+        let consume_retry = RetryPolicy {
+            max_attempts: raw.amqp.retry.max_attempts,
+            initial: Duration::from_millis(raw.amqp.retry.initial_ms),
+            max: Duration::from_millis(raw.amqp.retry.max_ms),
+        };
+        let unknown_session_wait = Duration::from_secs(raw.amqp.unknown_session_wait_secs);
+        let dead_letter_ttl =
+            Duration::from_secs(u64::from(raw.retention.dead_letter_days) * 86_400);
+        let window = redelivery_window(&consume_retry, unknown_session_wait, dead_letter_ttl);
+        let kept = Duration::from_secs(u64::from(raw.retention.processed_event_days) * 86_400);
+        if kept < window {
+            problems.push(Problem::new(
+                at("retention.processed_event_days"),
+                format!(
+                    "{} days is shorter than the time a handled event can still be delivered \
+                     again ({}s: the consumer's retries, unknown_session_wait_secs and \
+                     dead_letter_days, as a dead letter can be replayed); raise it to at least {}",
+                    raw.retention.processed_event_days,
+                    window.as_secs(),
+                    window.as_secs().div_ceil(86_400)
+                ),
+            ));
+        }
+        positive(
             "amqp.retry.max_attempts",
             raw.amqp.retry.max_attempts.into(),
             &mut problems,
@@ -653,16 +907,10 @@ impl Settings {
             queue: var("RPEC_QUEUE").unwrap_or(raw.amqp.queue),
             prefetch: raw.amqp.prefetch,
             max_body_bytes: raw.amqp.max_body_bytes,
-            consume_retry: RetryPolicy {
-                max_attempts: raw.amqp.retry.max_attempts,
-                initial: Duration::from_millis(raw.amqp.retry.initial_ms),
-                max: Duration::from_millis(raw.amqp.retry.max_ms),
-            },
-            unknown_session_wait: Duration::from_secs(raw.amqp.unknown_session_wait_secs),
+            consume_retry,
+            unknown_session_wait,
             delivery_limit: raw.amqp.delivery_limit,
-            dead_letter_ttl: Duration::from_secs(
-                u64::from(raw.retention.dead_letter_days) * 86_400,
-            ),
+            dead_letter_ttl,
             dead_letter_max_messages: raw.retention.dead_letter_max_messages,
             schedule_poll_interval: Duration::from_millis(raw.schedule.poll_interval_ms.max(10)),
             smtp_url: SecretString::from(smtp_url),
@@ -693,6 +941,12 @@ impl Settings {
             enquiry_retention_days: raw.retention.enquiry_days,
             outbox_retention_days: raw.retention.outbox_days,
             registration_retention_days: raw.retention.registration_days,
+            suppression_retention_days: raw.retention.suppression_days,
+            processed_event_retention_days: raw.retention.processed_event_days,
+            scheduled_email_retention_days: raw.retention.scheduled_email_days,
+            newsletter_delivery_retention_days: raw.retention.newsletter_delivery_days,
+            digest_run_retention_days: raw.retention.digest_run_days,
+            retention_batch_size: raw.retention.batch_size,
             retention_sweep_interval: Duration::from_secs(raw.retention.sweep_interval_secs.max(1)),
             shutdown_grace: Duration::from_secs(raw.shutdown.grace_secs),
         })
@@ -763,6 +1017,28 @@ mod tests {
         (dir, e)
     }
 
+    /// An operator's rpec.toml from 0.1 (kept as it shipped, in tests/fixtures) still loads: every
+    /// key added since has its default. (0.1's lease of 120 s is now refused as too short for
+    /// its own batch, so the fixture is read with that one key laid over.)
+    #[test]
+    fn an_rpec_toml_from_0_1_loads_with_every_new_key_at_its_default() {
+        let (dir, e) = config_with("[mail]\nlease_secs = 300\n");
+        std::fs::copy(
+            concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/rpec-0.1.toml"),
+            dir.path().join("rpec.toml"),
+        )
+        .unwrap();
+        let s = Settings::load_from(&e).unwrap();
+        assert_eq!(s.delivery_limit, 20);
+        assert_eq!(s.dead_letter_ttl, Duration::from_secs(30 * 86_400));
+        assert_eq!(s.dead_letter_max_messages, 100_000);
+        assert_eq!(s.admin_addr, "127.0.0.1:9090".parse().unwrap());
+        assert_eq!(s.http_limits.max_connections, 1024);
+        assert_eq!(s.http_limits.header_read_timeout, Duration::from_secs(10));
+        assert_eq!(s.http_limits.request_timeout, Duration::from_secs(15));
+        assert_eq!(s.http_limits.max_body_bytes, 16 * 1024);
+    }
+
     #[test]
     fn a_lease_shorter_than_the_work_claimed_under_it_is_refused() {
         // 32 emails, 8 at a time: 4 sends of up to 30 s each, plus the margin to record = 122 s.
@@ -801,6 +1077,82 @@ mod tests {
         );
     }
 
+    #[test]
+    fn handled_events_are_remembered_longer_than_any_copy_can_come_back() {
+        let s =
+            Settings::load_from(&env(&[("DATABASE_URL", "postgres://x@127.0.0.1/db")])).unwrap();
+        let window = redelivery_window(&s.consume_retry, s.unknown_session_wait, s.dead_letter_ttl);
+        assert!(
+            window > s.dead_letter_ttl + s.unknown_session_wait,
+            "{window:?}"
+        );
+        assert!(
+            u64::from(s.processed_event_retention_days) * 86_400 >= window.as_secs(),
+            "the shipped default covers it"
+        );
+        // 30 days of dead letters need more than 30 days of the record; a shorter record only
+        // where dead letters are kept shorter too.
+        let (_dir, e) = config_with("[retention]\nprocessed_event_days = 30\n");
+        let problems = Settings::load_from(&e).unwrap_err();
+        assert_eq!(problems.len(), 1, "{problems:?}");
+        assert!(
+            problems[0]
+                .place
+                .ends_with("retention.processed_event_days"),
+            "{problems:?}"
+        );
+        assert!(
+            problems[0].message.contains("at least 31"),
+            "{}",
+            problems[0]
+        );
+        let (_dir, e) =
+            config_with("[retention]\nprocessed_event_days = 8\ndead_letter_days = 7\n");
+        assert!(Settings::load_from(&e).is_ok());
+        let (_dir, e) = config_with("[retention]\nbatch_size = 0\n");
+        assert!(Settings::load_from(&e).is_err());
+    }
+
+    #[test]
+    fn a_retention_section_written_before_the_new_keys_still_loads() {
+        let (_dir, e) = config_with(
+            "[retention]\nenquiry_days = 90\noutbox_days = 30\nregistration_days = 30\n\
+             sweep_interval_secs = 3600\n",
+        );
+        let dir = e["RPEC_CONFIG_DIR"].clone();
+        let base = std::fs::read_to_string(format!("{dir}/rpec.toml")).unwrap();
+        let old: String = base
+            .lines()
+            .filter(|l| {
+                ![
+                    "suppression_days",
+                    "processed_event_days",
+                    "scheduled_email_days",
+                    "newsletter_delivery_days",
+                    "digest_run_days",
+                    "batch_size = 1000",
+                ]
+                .iter()
+                .any(|k| l.starts_with(k))
+            })
+            .map(|l| format!("{l}\n"))
+            .collect();
+        assert!(!old.contains("suppression_days"));
+        std::fs::write(format!("{dir}/rpec.toml"), old).unwrap();
+        let s = Settings::load_from(&e).unwrap();
+        assert_eq!(
+            (
+                s.suppression_retention_days,
+                s.processed_event_retention_days,
+                s.scheduled_email_retention_days,
+                s.newsletter_delivery_retention_days,
+                s.digest_run_retention_days,
+                s.retention_batch_size
+            ),
+            (365, 45, 30, 90, 90, 1000)
+        );
+    }
+
     fn places(problems: &[Problem]) -> Vec<&str> {
         problems.iter().map(|p| p.place.as_str()).collect()
     }
@@ -830,11 +1182,11 @@ mod tests {
     #[test]
     fn several_token_keys_are_each_checked_for_length_without_being_shown() {
         let db = ("DATABASE_URL", "postgres://x@127.0.0.1/db");
-        let two = format!("{}, {}", "a".repeat(32), "b".repeat(40));
+        let two = format!("{}\n{}", "a".repeat(32), "b".repeat(40));
         let s = Settings::load_from(&env(&[db, ("RPEC_TOKEN_SECRET", &two)])).unwrap();
         assert_eq!(s.token_keys.len(), 2);
         assert_eq!(s.token_keys[0].expose_secret(), "a".repeat(32));
-        let short = format!("{},short-key", "a".repeat(32));
+        let short = format!("{}\r\nshort-key\n", "a".repeat(32));
         let problems = Settings::load_from(&env(&[db, ("RPEC_TOKEN_SECRET", &short)])).unwrap_err();
         assert_eq!(problems[0].message, "key 2 of 2 must be at least 32 bytes");
         assert!(!format!("{problems:?}").contains("short-key"));
@@ -885,6 +1237,151 @@ mod tests {
         assert_eq!(places(&missing)[0], "RPEC_TOKEN_SECRET_FILE");
     }
 
+    /// An RSA key made by the openssl command, written to `dir/name`.
+    fn dkim_key(dir: &Path, name: &str) -> PathBuf {
+        let pem = crate::mail::dkim::tests::openssl_key(&[
+            "genpkey",
+            "-algorithm",
+            "RSA",
+            "-pkeyopt",
+            "rsa_keygen_bits:2048",
+        ]);
+        let path = dir.join(name);
+        std::fs::write(&path, pem).unwrap();
+        path
+    }
+
+    #[test]
+    fn dkim_is_off_unless_a_key_is_set_and_a_file_without_mail_dkim_still_loads() {
+        let s =
+            Settings::load_from(&env(&[("DATABASE_URL", "postgres://x@127.0.0.1/db")])).unwrap();
+        assert!(s.transactional_from.dkim.is_none() && s.bulk_from.dkim.is_none());
+        // rpec.toml as 0.1 wrote it: no [mail.dkim] tables at all.
+        let (dir, e) = config_with("");
+        let path = dir.path().join("rpec.toml");
+        let text = std::fs::read_to_string(&path).unwrap();
+        let start = text
+            .find("[mail.dkim]")
+            .expect("the shipped file documents [mail.dkim]");
+        let end = start + text[start..].find("\n[http]").expect("[http] after it");
+        std::fs::write(&path, format!("{}{}", &text[..start], &text[end..])).unwrap();
+        let s = Settings::load_from(&e).unwrap();
+        assert!(s.transactional_from.dkim.is_none() && s.bulk_from.dkim.is_none());
+    }
+
+    #[test]
+    fn a_dkim_key_from_the_environment_signs_both_from_addresses_each_for_its_own_domain() {
+        let (dir, mut e) = config_with("[mail]\nbulk_from = \"News <rpec@news.example.org>\"\n");
+        let key = dkim_key(dir.path(), "dkim.pem");
+        e.insert(
+            "RPEC_DKIM_PRIVATE_KEY_FILE".into(),
+            key.display().to_string(),
+        );
+        e.insert("RPEC_DKIM_SELECTOR".into(), "sel1".into());
+        let s = Settings::load_from(&e).unwrap();
+        let (t, b) = (
+            s.transactional_from.dkim.as_ref().unwrap(),
+            s.bulk_from.dkim.as_ref().unwrap(),
+        );
+        assert_eq!((t.domain(), t.selector()), ("example.org", "sel1"));
+        assert_eq!((b.domain(), b.selector()), ("news.example.org", "sel1"));
+        let shown = format!("{s:?}");
+        assert!(
+            !shown.contains("PRIVATE KEY") && shown.contains("sel1"),
+            "{shown}"
+        );
+
+        // One domain for both: a parent of each From address's domain, so DMARC still aligns.
+        e.insert("RPEC_DKIM_DOMAIN".into(), "Example.org".into());
+        let s = Settings::load_from(&e).unwrap();
+        assert_eq!(s.bulk_from.dkim.as_ref().unwrap().domain(), "example.org");
+        // A domain that is not: refused, by name.
+        e.insert("RPEC_DKIM_DOMAIN".into(), "mailer.example.net".into());
+        let problems = Settings::load_from(&e).unwrap_err();
+        assert_eq!(problems.len(), 2, "one per From address: {problems:?}");
+        for (p, from) in problems.iter().zip(["(example.org)", "(news.example.org)"]) {
+            assert!(
+                p.place.ends_with("mail.dkim.domain / RPEC_DKIM_DOMAIN"),
+                "{p}"
+            );
+            assert!(
+                p.message.contains("DMARC") && p.message.contains(from),
+                "{p}"
+            );
+        }
+
+        // The key itself in the environment, and no selector: refused, once, without the key.
+        let pem = std::fs::read_to_string(&key).unwrap();
+        let (_dir, mut e) = config_with("");
+        e.insert("RPEC_DKIM_PRIVATE_KEY".into(), pem.clone());
+        let problems = Settings::load_from(&e).unwrap_err();
+        assert_eq!(places(&problems).len(), 1, "{problems:?}");
+        assert!(
+            problems[0].message.contains("no selector"),
+            "{}",
+            problems[0]
+        );
+        e.insert("RPEC_DKIM_SELECTOR".into(), "sel1".into());
+        assert!(Settings::load_from(&e).is_ok());
+    }
+
+    #[test]
+    fn an_unreadable_or_invalid_dkim_key_is_a_problem_that_never_shows_the_key() {
+        let dir = tempfile::tempdir().unwrap();
+        let key = dkim_key(dir.path(), "good.pem");
+        let pem = std::fs::read_to_string(&key).unwrap();
+        let secret_line = pem.lines().nth(5).unwrap().to_owned();
+        // A byte of the key changed: still PEM, no longer a key.
+        let first = if secret_line.starts_with('A') {
+            "B"
+        } else {
+            "A"
+        };
+        let broken = pem.replacen(&secret_line, &format!("{first}{}", &secret_line[1..]), 1);
+        let broken_path = dir.path().join("broken.pem");
+        std::fs::write(&broken_path, &broken).unwrap();
+        let db = ("DATABASE_URL", "postgres://x@127.0.0.1/db");
+        let sel = ("RPEC_DKIM_SELECTOR", "sel1");
+        for (var, value, place) in [
+            (
+                "RPEC_DKIM_PRIVATE_KEY_FILE",
+                "/nonexistent/dkim.pem",
+                "RPEC_DKIM_PRIVATE_KEY_FILE",
+            ),
+            (
+                "RPEC_DKIM_PRIVATE_KEY_FILE",
+                broken_path.to_str().unwrap(),
+                "RPEC_DKIM_PRIVATE_KEY(_FILE)",
+            ),
+            (
+                "RPEC_DKIM_PRIVATE_KEY",
+                broken.as_str(),
+                "RPEC_DKIM_PRIVATE_KEY(_FILE)",
+            ),
+        ] {
+            let problems = Settings::load_from(&env(&[db, sel, (var, value)])).unwrap_err();
+            assert_eq!(places(&problems), [place], "{var}={value}: {problems:?}");
+            let shown = format!("{problems:?}");
+            assert!(!shown.contains(&secret_line[..20]), "{shown}");
+        }
+        // Named in rpec.toml (a profile file here): the place is the key's.
+        let (_dir, e) = config_with(
+            "[mail.dkim]\nselector = \"s\"\nprivate_key_file = \"/nonexistent/k.pem\"\n",
+        );
+        let problems = Settings::load_from(&e).unwrap_err();
+        assert_eq!(problems.len(), 1, "{problems:?}");
+        assert!(
+            problems[0].place.ends_with("mail.dkim.private_key_file"),
+            "{}",
+            problems[0]
+        );
+        assert!(
+            problems[0].message.contains("cannot be read"),
+            "{}",
+            problems[0]
+        );
+    }
+
     #[test]
     fn production_refuses_a_relay_password_without_tls() {
         let base = [
@@ -907,6 +1404,25 @@ mod tests {
             with("smtp://relay.internal:25").is_ok(),
             "no password, nothing to leak"
         );
+    }
+
+    /// Jitter spreads waits by up to a quarter either way, never to nothing.
+    #[test]
+    fn jitter_stays_within_a_quarter_of_the_back_off() {
+        let p = RetryPolicy {
+            max_attempts: 5,
+            initial: Duration::from_secs(2),
+            max: Duration::from_secs(60),
+        };
+        let waits: Vec<u128> = (0..500)
+            .map(|_| p.backoff_with_jitter(3).as_millis())
+            .collect();
+        assert!(
+            waits.iter().all(|w| (6_000..=10_000).contains(w)),
+            "{waits:?}"
+        );
+        // Spread out, not one value.
+        assert!(waits.iter().any(|w| *w < 7_500) && waits.iter().any(|w| *w > 8_500));
     }
 
     #[test]

@@ -142,30 +142,7 @@ pub fn type_label(event_type: Option<&str>) -> &'static str {
 /// Whether a handler's passing failure came from the database being out of reach (the event is
 /// not at fault), as opposed to something about this event (a conflict, a deadlock).
 async fn database_unreachable(shared: &Shared, error: &anyhow::Error) -> bool {
-    let connection_failure = error.chain().any(|cause| {
-        cause
-            .downcast_ref::<sqlx::Error>()
-            .is_some_and(is_connection_failure)
-    });
-    connection_failure || !database_answers(shared).await
-}
-
-/// Errors that say "no usable connection", whatever the statement was.
-fn is_connection_failure(e: &sqlx::Error) -> bool {
-    match e {
-        sqlx::Error::Io(_)
-        | sqlx::Error::Tls(_)
-        | sqlx::Error::Protocol(_)
-        | sqlx::Error::PoolTimedOut
-        | sqlx::Error::PoolClosed
-        | sqlx::Error::WorkerCrashed => true,
-        // SQLSTATE class 08 (connection exception), the server shutting down or starting up,
-        // and too many connections.
-        sqlx::Error::Database(db) => db.code().is_some_and(|c| {
-            c.starts_with("08") || matches!(c.as_ref(), "57P01" | "57P02" | "57P03" | "53300")
-        }),
-        _ => false,
-    }
+    crate::db::unreachable_cause(error) || !database_answers(shared).await
 }
 
 async fn database_answers(shared: &Shared) -> bool {

@@ -131,6 +131,25 @@ impl EventType {
     }
 }
 
+impl Event {
+    /// The address of the person an event would record (their enquiry, their registration,
+    /// their subscription): what an earlier erasure of that address must keep out.
+    pub fn personal_address(&self) -> Option<&EmailAddress> {
+        match self {
+            Event::ContactSubmitted(c) => Some(&c.email),
+            Event::RegistrationCreated(r) => Some(&r.email),
+            Event::SubscriptionRequested(s) => Some(&s.email),
+            Event::SessionScheduled(_)
+            | Event::SessionUpdated(_)
+            | Event::SessionCancelled(_)
+            | Event::RegistrationCancelled(_)
+            | Event::SubscriptionCancelled(_)
+            | Event::NewsletterPublished(_)
+            | Event::PersonErasureRequested(_) => None,
+        }
+    }
+}
+
 #[derive(Debug, Clone)]
 pub struct Envelope {
     pub id: Uuid,

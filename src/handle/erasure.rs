@@ -3,8 +3,11 @@
 
 use super::Failure;
 use crate::domain::{Envelope, ErasureRequested};
+use crate::mail::RelayUrl;
+use crate::worker::Shared;
 use serde_json::{Map, Value};
 use sqlx::PgConnection;
+use std::path::Path;
 
 /// Every statement that removes personal data for one address, in the order they run. `$1` is
 /// the address lower-cased by PostgreSQL: compare with `lower(column) = $1`, so that case never
@@ -52,19 +55,113 @@ pub const ERASURE: &[(&str, &str)] = &[
          WHERE lower(email) = $1",
     ),
     // Emails to them, with replies to them, or about them (their address in the content: a
-    // coordinator's copy of their enquiry), whether sent or not yet.
-    (
-        "emails",
-        "DELETE FROM outbox
-         WHERE EXISTS (SELECT 1 FROM unnest(recipients) AS r WHERE lower(r) = $1)
-            OR lower(reply_to) = $1
-            OR strpos(lower(context::text), $1) > 0
-            OR strpos(lower(attachments::text), $1) > 0",
-    ),
+    // coordinator's copy of their enquiry), whether sent or not yet: the addresses a row holds
+    // are listed in `about` (kept by a trigger), matched exactly through its index.
+    ("emails", "DELETE FROM outbox WHERE about @> ARRAY[$1]"),
 ];
+
+/// The keyed hash an erasure leaves of `address` (lower-cased): HMAC-SHA256 with the signing
+/// key, so that the table cannot be searched for a guessed address without the key.
+fn address_key(shared: &Shared, address: &str) -> Vec<u8> {
+    use hmac::{Hmac, Mac};
+    use secrecy::ExposeSecret;
+    let key = shared
+        .settings
+        .token_keys
+        .first()
+        .map_or(&[][..], |k| k.expose_secret().as_bytes());
+    let mut mac = Hmac::<sha2::Sha256>::new_from_slice(key).expect("HMAC takes any key length");
+    mac.update(b"rpec-notify erased address\0");
+    mac.update(address.to_lowercase().as_bytes());
+    mac.finalize().into_bytes().to_vec()
+}
+
+/// Whether `envelope` is about an address erased after the event occurred: such an event was
+/// on its way (retry queue, dead-letter queue) when the erasure came, and must not bring the
+/// person's data back. If so, the erasure's audit row counts it, and the event is not applied.
+pub(super) async fn erased_before(
+    tx: &mut PgConnection,
+    shared: &Shared,
+    envelope: &Envelope,
+) -> sqlx::Result<bool> {
+    let Some(address) = envelope.event.personal_address() else {
+        return Ok(false);
+    };
+    let erasure: Option<uuid::Uuid> = sqlx::query_scalar(
+        "SELECT erasure_event FROM erased_addresses
+         WHERE address_key = $1 AND requested_at >= $2 AND kept_until > $3",
+    )
+    .bind(address_key(shared, address.as_str()))
+    .bind(envelope.occurred_at)
+    .bind(shared.clock.now())
+    .fetch_optional(&mut *tx)
+    .await?;
+    let Some(erasure) = erasure else {
+        return Ok(false);
+    };
+    sqlx::query(
+        "UPDATE erasures SET counts = jsonb_set(counts, '{late_events_dropped}',
+             to_jsonb(coalesce((counts ->> 'late_events_dropped')::bigint, 0) + 1))
+         WHERE event_id = $1",
+    )
+    .bind(erasure)
+    .execute(&mut *tx)
+    .await?;
+    tracing::info!(event_id = %envelope.id, erasure_event = %erasure,
+        "event about an address erased after it occurred: dropped");
+    Ok(true)
+}
+
+/// The `.eml` files the file relay (`file://`, for development) wrote to or about `address`:
+/// those whose `To`, `Cc` or `Reply-To` holds exactly that address. Files written elsewhere are
+/// not touched. Returns how many were deleted.
+pub fn erase_mail_files(dir: &Path, address: &str) -> std::io::Result<u64> {
+    let mut deleted = 0;
+    for entry in std::fs::read_dir(dir)? {
+        let path = entry?.path();
+        if path.extension().is_none_or(|x| x != "eml") {
+            continue;
+        }
+        let Ok(raw) = std::fs::read(&path) else {
+            continue; // gone already, or being written
+        };
+        if header_addresses(&raw).iter().any(|a| a == address) {
+            std::fs::remove_file(&path)?;
+            deleted += 1;
+        }
+    }
+    Ok(deleted)
+}
+
+/// The addresses in a message's `To`, `Cc` and `Reply-To` headers, lower-cased.
+fn header_addresses(raw: &[u8]) -> Vec<String> {
+    let text = String::from_utf8_lossy(raw);
+    let head = text.split("\r\n\r\n").next().unwrap_or_default();
+    // Unfold continuation lines, then read the headers that name people.
+    let unfolded = head.replace("\r\n ", " ").replace("\r\n\t", " ");
+    let mut found = Vec::new();
+    for line in unfolded.split("\r\n") {
+        let Some((name, value)) = line.split_once(':') else {
+            continue;
+        };
+        if !["to", "cc", "reply-to"].contains(&name.trim().to_ascii_lowercase().as_str()) {
+            continue;
+        }
+        for part in value.split(',') {
+            let part = part.trim();
+            let address = match (part.rfind('<'), part.rfind('>')) {
+                (Some(open), Some(close)) if open < close => &part[open + 1..close],
+                _ => part,
+            };
+            found.push(address.trim().to_lowercase());
+        }
+    }
+    found
+}
 
 pub(super) async fn handle(
     tx: &mut PgConnection,
+    shared: &Shared,
     envelope: &Envelope,
     e: &ErasureRequested,
 ) -> Result<(), Failure> {
@@ -81,6 +178,14 @@ pub(super) async fn handle(
             .rows_affected();
         counts.insert((*label).to_owned(), Value::from(n));
     }
+    // The development relay's files hold whole emails: they go too (before the commit; if the
+    // commit fails, the redelivered erasure finds nothing more to delete there).
+    if let Ok(RelayUrl::File(dir)) = RelayUrl::parse(shared.settings.smtp_url()) {
+        let files = erase_mail_files(&dir, &address)
+            .map_err(|e| anyhow::Error::new(e).context("the mail directory"))?;
+        counts.insert("mail_files".to_owned(), Value::from(files));
+    }
+    counts.insert("late_events_dropped".to_owned(), Value::from(0));
     let counts = Value::Object(counts);
     sqlx::query("INSERT INTO erasures (event_id, requested_at, counts) VALUES ($1, $2, $3)")
         .bind(envelope.id)
@@ -88,6 +193,54 @@ pub(super) async fn handle(
         .bind(&counts)
         .execute(&mut *tx)
         .await?;
+    // Kept as long as a dead letter can live: the longest an event about them can still come.
+    sqlx::query(
+        "INSERT INTO erased_addresses (address_key, requested_at, erasure_event, kept_until)
+         VALUES ($1, $2, $3, $4)
+         ON CONFLICT (address_key) DO UPDATE
+         SET requested_at = greatest(erased_addresses.requested_at, excluded.requested_at),
+             erasure_event = excluded.erasure_event, kept_until = excluded.kept_until",
+    )
+    .bind(address_key(shared, &address))
+    .bind(envelope.occurred_at)
+    .bind(envelope.id)
+    .bind(
+        shared.clock.now()
+            + chrono::Duration::from_std(shared.settings.dead_letter_ttl)
+                .unwrap_or(chrono::Duration::days(30)),
+    )
+    .execute(&mut *tx)
+    .await?;
     tracing::info!(event_id = %envelope.id, %counts, "personal data erased");
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn mail_files_are_matched_on_their_address_headers_exactly() {
+        let dir = tempfile::tempdir().unwrap();
+        let write = |name: &str, headers: &str| {
+            let body = format!("{headers}\r\nSubject: x\r\n\r\nBody mentions o@x.example.org\r\n");
+            std::fs::write(dir.path().join(name), body).unwrap();
+        };
+        write("1.eml", "To: o@x.example.org");
+        write("2.eml", "To: jo@x.example.org");
+        write(
+            "3.eml",
+            "To: rpec.london@example.org\r\nReply-To: \"O\" <O@X.example.org>",
+        );
+        write("4.eml", "To: a@example.org,\r\n o@x.example.org");
+        write("5.txt", "To: o@x.example.org");
+        let deleted = erase_mail_files(dir.path(), "o@x.example.org").unwrap();
+        assert_eq!(deleted, 3);
+        let mut left: Vec<String> = std::fs::read_dir(dir.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        left.sort();
+        assert_eq!(left, ["2.eml", "5.txt"]);
+    }
 }

@@ -63,11 +63,15 @@ pub async fn handle(shared: &Shared, envelope: &Envelope) -> Result<Handled, Fai
         tx.rollback().await?;
         return Ok(Handled::Duplicate);
     }
-    // A handler bug, injected (fault tests): events whose id starts with the configured text
-    // crash here, inside the transaction, as a real bug would.
+    // A handler bug, injected (fault tests): events whose id starts with one of the configured
+    // prefixes (separated by `|`) crash here, inside the transaction, as a real bug would.
     #[cfg(feature = "failpoints")]
-    if let Some(Some(prefix)) = fail::eval("handle::panic", |arg| arg) {
-        if envelope.id.to_string().starts_with(&prefix) {
+    if let Some(Some(prefixes)) = fail::eval("handle::panic", |arg| arg) {
+        let id = envelope.id.to_string();
+        if prefixes
+            .split('|')
+            .any(|p| !p.is_empty() && id.starts_with(p))
+        {
             panic!("fault injected into handling");
         }
     }
@@ -79,6 +83,10 @@ pub async fn handle(shared: &Shared, envelope: &Envelope) -> Result<Handled, Fai
                 "a passing failure, injected"
             )));
         }
+    }
+    if erasure::erased_before(&mut tx, shared, envelope).await? {
+        tx.commit().await?;
+        return Ok(Handled::Done);
     }
     match &envelope.event {
         Event::ContactSubmitted(c) => contact::handle(&mut tx, shared, envelope, c).await?,
@@ -99,7 +107,7 @@ pub async fn handle(shared: &Shared, envelope: &Envelope) -> Result<Handled, Fai
             subscription::handle_cancelled(&mut tx, envelope, c).await?
         }
         Event::NewsletterPublished(n) => newsletter::handle(&mut tx, shared, envelope, n).await?,
-        Event::PersonErasureRequested(e) => erasure::handle(&mut tx, envelope, e).await?,
+        Event::PersonErasureRequested(e) => erasure::handle(&mut tx, shared, envelope, e).await?,
     }
     tx.commit().await?;
     Ok(Handled::Done)

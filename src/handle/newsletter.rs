@@ -12,7 +12,8 @@
 //! event's transaction, so a crash before the commit leaves nothing (the event comes back and
 //! the fan-out starts again), and a crash after it leaves every row queued; the sender's leases
 //! then resume the sending where it stopped. A second event with the same newsletter id queues
-//! it only for readers who have not had it (those confirmed since).
+//! it only for readers who have not had it (those confirmed since), as long as retention keeps
+//! the deliveries (`[retention] newsletter_delivery_days`); after that, to nobody.
 
 use super::Failure;
 use crate::domain::{Envelope, NewsletterPublished, RegionId};
@@ -124,12 +125,24 @@ pub(super) async fn handle(
     .rows_affected()
         == 1;
 
-    // A newsletter published again keeps its first content and region.
-    let (region,): (String,) =
-        sqlx::query_as("SELECT region FROM newsletters WHERE newsletter_id = $1")
-            .bind(&n.newsletter_id)
-            .fetch_one(&mut *tx)
-            .await?;
+    // A newsletter published again keeps its first content and region. Read under a share
+    // lock, held to the commit: retention marks a newsletter's deliveries as pruned (an update
+    // of this row) before deleting them, so either that mark is seen here, or the fan-out below
+    // is committed before the mark and its deliveries are pruned with the rest.
+    let (region, pruned): (String, bool) = sqlx::query_as(
+        "SELECT region, deliveries_pruned_at IS NOT NULL FROM newsletters
+         WHERE newsletter_id = $1 FOR SHARE",
+    )
+    .bind(&n.newsletter_id)
+    .fetch_one(&mut *tx)
+    .await?;
+    if pruned {
+        // Who has it is no longer recorded (retention's period for deliveries has passed), so
+        // queuing it for anyone could give them a second copy: it goes to nobody.
+        tracing::info!(event_id = %envelope.id, newsletter_id = %n.newsletter_id,
+            "newsletter published again after its delivery records were pruned: not sent");
+        return Ok(());
+    }
     let region: RegionId = region
         .parse()
         .map_err(|e: String| Failure::Transient(anyhow::anyhow!("stored region: {e}")))?;

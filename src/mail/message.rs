@@ -1,4 +1,4 @@
-//! Builds the MIME message for one outbox row.
+//! Builds the MIME message for one outbox row, DKIM-signed when its From address has a key.
 
 use super::outbox::{Attachment, Claimed};
 use super::{Rendered, Sender};
@@ -64,9 +64,14 @@ pub fn build(
         }
         mixed
     };
-    builder
+    let message = builder
         .multipart(body)
-        .map_err(|e| format!("the message could not be built: {e}"))
+        .map_err(|e| format!("the message could not be built: {e}"))?;
+    // Signed last: the signature covers the message exactly as it goes to the relay.
+    match &from.dkim {
+        Some(signer) => super::dkim::sign(message, signer),
+        None => Ok(message),
+    }
 }
 
 fn raw(name: &str, value: &str) -> Result<HeaderValue, String> {

@@ -1,6 +1,7 @@
 //! Email: templates and rendering, the outbox (written in the event's transaction), the relay
 //! (SMTP or `.eml` files) and the sender loop that drains the outbox.
 
+pub mod dkim;
 pub mod markdown;
 mod message;
 pub mod outbox;
@@ -13,14 +14,19 @@ pub use outbox::{Attachment, NewEmail, Stream};
 pub use relay::{install_tls_provider, Relay, RelayUrl, SendError};
 pub use templates::{Rendered, Templates};
 
+pub use dkim::DkimSigner;
+
 use lettre::message::Mailbox;
 use std::str::FromStr;
+use std::sync::Arc;
 
-/// A From address from the configuration ("Name <address>"), and its domain for Message-IDs.
+/// A From address from the configuration ("Name <address>"), its domain for Message-IDs, and
+/// how its mail is DKIM-signed (None: not signed).
 #[derive(Debug, Clone)]
 pub struct Sender {
     pub mailbox: Mailbox,
     pub domain: String,
+    pub dkim: Option<Arc<DkimSigner>>,
 }
 
 impl Sender {
@@ -31,6 +37,10 @@ impl Sender {
             return Err(format!("{raw:?} contains a line break"));
         }
         let domain = mailbox.email.domain().to_owned();
-        Ok(Sender { mailbox, domain })
+        Ok(Sender {
+            mailbox,
+            domain,
+            dkim: None,
+        })
     }
 }

@@ -242,17 +242,7 @@ pub async fn mark_failed(
     claim_token: Uuid,
     error: &str,
 ) -> sqlx::Result<bool> {
-    Ok(sqlx::query(
-        "UPDATE outbox SET status = 'failed', claimed_until = NULL, last_error = $3
-         WHERE id = $1 AND claim_token = $2 AND status = 'sending'",
-    )
-    .bind(id)
-    .bind(claim_token)
-    .bind(error)
-    .execute(conn)
-    .await?
-    .rows_affected()
-        == 1)
+    mark_finished(conn, id, claim_token, "failed", error).await
 }
 
 /// Records that a row was not sent because its cause went away (see `mail::prepare`).
@@ -262,13 +252,25 @@ pub async fn mark_cancelled(
     claim_token: Uuid,
     reason: &str,
 ) -> sqlx::Result<bool> {
+    mark_finished(conn, id, claim_token, "cancelled", reason).await
+}
+
+/// Ends a claimed row with `status` and why, fenced by its claim.
+async fn mark_finished(
+    conn: impl PgExecutor<'_>,
+    id: i64,
+    claim_token: Uuid,
+    status: &str,
+    why: &str,
+) -> sqlx::Result<bool> {
     Ok(sqlx::query(
-        "UPDATE outbox SET status = 'cancelled', claimed_until = NULL, last_error = $3
+        "UPDATE outbox SET status = $4, claimed_until = NULL, last_error = $3
          WHERE id = $1 AND claim_token = $2 AND status = 'sending'",
     )
     .bind(id)
     .bind(claim_token)
-    .bind(reason)
+    .bind(why)
+    .bind(status)
     .execute(conn)
     .await?
     .rows_affected()

@@ -400,6 +400,7 @@ pub async fn run(shared: Arc<Shared>, relay: Relay, shutdown: CancellationToken)
                 0
             }
         };
+        shared.metrics.sender_rounds.inc();
         if claimed as i64 >= shared.settings.send_batch_size {
             continue; // more may be due right now
         }

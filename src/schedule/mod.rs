@@ -177,6 +177,7 @@ pub async fn run(shared: Arc<Shared>, stop: CancellationToken) {
         if let Err(e) = digest::fire_due(&shared).await {
             tracing::warn!(error = %format!("{e:#}"), "digest round failed");
         }
+        shared.metrics.scheduler_rounds.inc();
         tokio::select! {
             _ = stop.cancelled() => break,
             _ = tokio::time::sleep(shared.settings.schedule_poll_interval) => {}

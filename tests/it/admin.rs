@@ -504,3 +504,87 @@ fn exit_codes_say_whether_the_fault_is_the_configuration_or_a_dependency() {
     assert_exit(&command(&["outbox", "retry"], &[]), 2);
     assert_exit(&command(&["dead-letters", "replay"], &[]), 2);
 }
+
+/// `dead-letters purge --email ADDR`: the dead letters about one person go, every other stays,
+/// whatever case the address was written in.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn purge_by_address_deletes_exactly_that_persons_dead_letters() {
+    let app = spawn_app().await;
+    // Refused for their topic: dead-lettered with the person's address in the body.
+    let bad = |email: &str| contact_event(json!({"email": email, "topic": "gossip"}));
+    for e in [
+        bad("O@X.example.org"),
+        bad("o@x.example.org"),
+        bad("jo@x.example.org"),
+    ] {
+        app.publish(&e).await;
+    }
+    app.publish_raw("contact.submitted", b"not json").await;
+    eventually(Duration::from_secs(20), "four dead letters", || async {
+        (dead_letter_depth(&app).await == 4).then_some(())
+    })
+    .await;
+    let out = run_json(
+        &app,
+        &["dead-letters", "purge", "--email", "o@x.EXAMPLE.org"],
+        0,
+    )
+    .await;
+    assert_eq!(out["purged"], 2, "{out}");
+    assert_eq!(dead_letter_depth(&app).await, 2);
+    let kept = app.dead_letters(2).await;
+    assert!(kept
+        .iter()
+        .any(|d| String::from_utf8_lossy(&d.body).contains("jo@x.example.org")));
+    assert!(kept.iter().any(|d| d.body == b"not json"));
+    app.stop().await;
+}
+
+/// The operator's repair, end to end: enquiries that a handler bug dead-lettered (injected, as
+/// `handler_failed`) are replayed once the bug is fixed, and every one reaches its coordinators.
+#[cfg(feature = "failpoints")]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn after_the_cause_is_fixed_replay_all_brings_every_dead_lettered_enquiry_to_its_coordinators(
+) {
+    inject_handler_bug();
+    let app = spawn_app().await;
+    for _ in 0..3 {
+        let mut e = contact_event(json!({"region": "london", "topic": "complex-case"}));
+        e["id"] = json!(format!(
+            "cafef00d-{}",
+            &uuid::Uuid::new_v4().to_string()[9..]
+        ));
+        app.publish(&e).await;
+    }
+    eventually(Duration::from_secs(20), "three dead letters", || async {
+        (dead_letter_depth(&app).await == 3).then_some(())
+    })
+    .await;
+    let listed = run_json(&app, &["dead-letters", "list"], 0).await;
+    let codes: Vec<&str> = listed["dead_letters"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|d| d["code"].as_str().unwrap())
+        .collect();
+    assert_eq!(codes, ["handler_failed"; 3]);
+    assert!(app.smtp.received().is_empty());
+
+    // The fix: the bug no longer hits these events.
+    fail::cfg("handle::panic", "return(deadbeef)").unwrap();
+    let replayed = run_json(&app, &["dead-letters", "replay", "--all"], 0).await;
+    assert_eq!(
+        replayed["replayed"].as_array().map(Vec::len),
+        Some(3),
+        "{replayed}"
+    );
+    let mails = app.mails(6).await;
+    let urgent: Vec<_> = mails
+        .iter()
+        .filter(|m| m.envelope_to == ["rpec.london@example.org"])
+        .collect();
+    assert_eq!(urgent.len(), 3);
+    assert!(urgent.iter().all(|m| m.subject().starts_with("URGENT:")));
+    assert_eq!(dead_letter_depth(&app).await, 0);
+    app.stop().await;
+}

@@ -18,6 +18,8 @@ pub struct Deployment {
     /// Where its `/metrics`, `/readyz` and `/healthz` are.
     pub admin_port: u16,
     envs: Vec<(String, String)>,
+    /// Variables taken out of the environment the binary inherits.
+    unset: Vec<String>,
     /// Kept so the directory outlives the workers that read it.
     _config_dir: Option<tempfile::TempDir>,
 }
@@ -77,20 +79,22 @@ impl Deployment {
             http_port,
             admin_port,
             envs,
+            unset: Vec::new(),
             _config_dir: config_dir,
         }
     }
 
     /// Sets (or replaces) one environment variable for what is started from now on.
     pub fn set_env(&mut self, key: &str, value: &str) {
+        self.unset.retain(|k| k != key);
         self.envs.retain(|(k, _)| k != key);
         self.envs.push((key.to_owned(), value.to_owned()));
     }
 
-    /// Removes one environment variable for what is started from now on.
-    #[cfg_attr(not(feature = "failpoints"), allow(dead_code))]
+    /// Leaves one environment variable out of what is started from now on.
     pub fn unset_env(&mut self, key: &str) {
         self.envs.retain(|(k, _)| k != key);
+        self.unset.push(key.to_owned());
     }
 
     /// One of the deployment's environment variables (its queue name, ...).
@@ -100,6 +104,30 @@ impl Deployment {
             .find(|(k, _)| k == key)
             .map(|(_, v)| v.clone())
             .unwrap_or_else(|| panic!("{key} is not set"))
+    }
+
+    /// `rpec-notify run` as [`start`](Deployment::start) runs it, for a worker that should
+    /// refuse to start: waits for it to exit (at most `within`) and returns what it printed.
+    pub async fn run_to_exit(&self, within: Duration) -> Output {
+        let mut command = tokio::process::Command::new(env!("CARGO_BIN_EXE_rpec-notify"));
+        command
+            .arg("run")
+            .current_dir(manifest_dir())
+            .env_remove("RPEC_PROFILE");
+        for k in &self.unset {
+            command.env_remove(k);
+        }
+        let child = command
+            .envs(self.envs.iter().map(|(k, v)| (k, v)))
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .kill_on_drop(true)
+            .spawn()
+            .unwrap();
+        tokio::time::timeout(within, child.wait_with_output())
+            .await
+            .unwrap_or_else(|_| panic!("the worker did not exit within {within:?}"))
+            .unwrap()
     }
 
     pub fn base_url(&self) -> String {
@@ -113,7 +141,11 @@ impl Deployment {
 
     /// Starts `rpec-notify run` and waits until it answers /healthz (migrations applied).
     pub async fn start(&self) -> Worker {
-        let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_rpec-notify"))
+        let mut command = tokio::process::Command::new(env!("CARGO_BIN_EXE_rpec-notify"));
+        for k in &self.unset {
+            command.env_remove(k);
+        }
+        let mut child = command
             .arg("run")
             .current_dir(manifest_dir())
             .env_remove("RPEC_PROFILE")
@@ -147,6 +179,9 @@ impl Deployment {
     /// The command, not yet run (to run it off the test's runtime, or with more settings).
     pub fn command_builder(&self, args: &[&str]) -> std::process::Command {
         let mut command = binary();
+        for k in &self.unset {
+            command.env_remove(k);
+        }
         command
             .args(args)
             .current_dir(manifest_dir())
@@ -207,13 +242,22 @@ impl Worker {
     }
 
     /// SIGTERM, then waits for the exit; returns the status and the log.
-    pub async fn stop(mut self) -> (ExitStatus, String) {
-        self.signal("-TERM");
+    pub async fn stop(self) -> (ExitStatus, String) {
+        let (status, _, log) = self.stop_with("-TERM").await;
+        (status, log)
+    }
+
+    /// Sends `signal` (`-TERM`, `-INT`), then waits for the exit; returns the status, how long
+    /// the exit took and the log.
+    pub async fn stop_with(mut self, signal: &str) -> (ExitStatus, Duration, String) {
+        let started = Instant::now();
+        self.signal(signal);
         let status = tokio::time::timeout(Duration::from_secs(15), self.child.wait())
             .await
-            .expect("the worker exits within 15 s after SIGTERM")
+            .unwrap_or_else(|_| panic!("the worker exits within 15 s after {signal}"))
             .unwrap();
-        (status, self.log.await.unwrap_or_default())
+        let took = started.elapsed();
+        (status, took, self.log.await.unwrap_or_default())
     }
 }
 
@@ -271,8 +315,13 @@ impl RealWorker {
         out
     }
 
-    /// The `.eml` files written so far.
+    /// The `.eml` files written so far (a file still being written is left for the next look).
     pub fn mails(&self) -> Vec<Mail> {
+        self.eml_files().into_iter().map(|(_, m)| m).collect()
+    }
+
+    /// Each complete `.eml` file, sorted by name, with its path.
+    fn eml_files(&self) -> Vec<(std::path::PathBuf, Mail)> {
         let mut files: Vec<_> = std::fs::read_dir(self.mail_dir.path())
             .unwrap()
             .filter_map(|e| e.ok())
@@ -281,10 +330,21 @@ impl RealWorker {
             .collect();
         files.sort();
         files
-            .iter()
-            .map(|f| Mail {
-                envelope_to: vec![],
-                raw: std::fs::read(f).unwrap(),
+            .into_iter()
+            .filter_map(|f| {
+                let raw = std::fs::read(&f).ok()?;
+                // The file relay creates the file, then writes it: an empty or cut-off file is
+                // one it has not finished.
+                let complete = mail_parser::MessageParser::default()
+                    .parse(&raw)
+                    .is_some_and(|m| m.body_text(0).is_some() && m.body_html(0).is_some());
+                complete.then_some((
+                    f,
+                    Mail {
+                        envelope_to: vec![],
+                        raw,
+                    },
+                ))
             })
             .collect()
     }
@@ -304,6 +364,22 @@ impl RealWorker {
             },
         )
         .await
+    }
+
+    /// When the relay accepted each email whose subject starts with `prefix`: the file relay
+    /// writes one file per email, so its modification time is the moment of acceptance.
+    pub fn accepted_at(&self, prefix: &str) -> Vec<std::time::SystemTime> {
+        self.eml_files()
+            .into_iter()
+            .filter(|(_, m)| m.subject().starts_with(prefix))
+            .map(|(path, _)| std::fs::metadata(&path).unwrap().modified().unwrap())
+            .collect()
+    }
+
+    /// Lets the worker complete two more scheduler rounds, then two more sender rounds (see
+    /// [`TestApp::settle`]).
+    pub async fn settle(&self) {
+        settle_workers(&[self.deployment.admin_url()]).await;
     }
 
     /// SIGTERM; returns the exit status, how long it took, and the log.

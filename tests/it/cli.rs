@@ -224,3 +224,67 @@ fn check_names_an_email_that_no_sample_renders() {
         "{err}"
     );
 }
+
+#[test]
+fn check_reports_an_unreadable_or_unusable_dkim_key_by_name_without_showing_it() {
+    let dir = copy_of_config();
+    let key = dir.path().join("dkim.pem");
+    let made = Command::new("openssl")
+        .args([
+            "genpkey",
+            "-algorithm",
+            "RSA",
+            "-pkeyopt",
+            "rsa_keygen_bits:2048",
+        ])
+        .arg("-out")
+        .arg(&key)
+        .output()
+        .expect("the openssl command");
+    assert!(made.status.success());
+    let check_with = |vars: &[(&str, &str)]| {
+        let mut c = binary();
+        c.arg("check")
+            .env("RPEC_CONFIG_DIR", dir.path().join("config"))
+            .env("RPEC_TEMPLATES_DIR", dir.path().join("templates"))
+            .env("RPEC_DKIM_SELECTOR", "rpec1");
+        for (k, v) in vars {
+            c.env(k, v);
+        }
+        c.output().unwrap()
+    };
+    let key_path = key.display().to_string();
+    let good = check_with(&[("RPEC_DKIM_PRIVATE_KEY_FILE", &key_path)]);
+    assert!(
+        good.status.success(),
+        "{}",
+        String::from_utf8_lossy(&good.stderr)
+    );
+
+    let pem = std::fs::read_to_string(&key).unwrap();
+    // One line of the key body, changed: the file is still PEM but no longer a key.
+    let line = pem.lines().nth(3).unwrap().to_owned();
+    let first = if line.starts_with('A') { "B" } else { "A" };
+    let flipped = format!("{first}{}", &line[1..]);
+    std::fs::write(&key, pem.replacen(&line, &flipped, 1)).unwrap();
+    let missing = dir.path().join("no-such-key.pem").display().to_string();
+    for (path, says) in [
+        (
+            &key_path,
+            "RPEC_DKIM_PRIVATE_KEY(_FILE): not a valid RSA private key",
+        ),
+        (&missing, "RPEC_DKIM_PRIVATE_KEY_FILE: "),
+    ] {
+        let out = check_with(&[("RPEC_DKIM_PRIVATE_KEY_FILE", path)]);
+        assert!(!out.status.success(), "{path}");
+        let all = format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert!(all.contains(says), "{all}");
+        for shown in [&line[..24], &flipped[..24]] {
+            assert!(!all.contains(shown), "the key is shown: {all}");
+        }
+    }
+}

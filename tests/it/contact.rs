@@ -138,8 +138,7 @@ async fn every_topic_routes_by_region_by_area_in_any_spelling_or_to_triage() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_complex_case_is_urgent_and_its_acknowledgement_carries_the_safety_advice() {
     let app = spawn_app().await;
-    app.publish(&shared_example("contact-complex-case.json"))
-        .await;
+    app.publish(&example("contact-complex-case.json")).await;
     let mails = app.mails(2).await;
     let coordinator = mails
         .iter()
@@ -206,8 +205,8 @@ async fn the_same_event_twice_sends_each_email_once() {
     )
     .await;
     app.mails(2).await;
-    // Give a second pair every chance to appear.
-    tokio::time::sleep(Duration::from_millis(1500)).await;
+    // Two more rounds of the sender: a second pair would have been sent by then.
+    app.settle().await;
     assert_eq!(app.smtp.received().len(), 2);
     assert_eq!(app.outbox().await.len(), 2);
     app.stop().await;

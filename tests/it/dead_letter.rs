@@ -71,7 +71,12 @@ async fn bad_messages_are_dead_lettered_with_their_reason_and_the_worker_goes_on
         .iter()
         .any(|m| m.envelope_to == ["rpec.london@example.org"]));
     assert_eq!(app.metric("rpec_events_dead_lettered_total{reason=\"invalid_payload\",type=\"contact.submitted\"}").await, 3.0);
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    app.settle().await;
+    assert_eq!(
+        app.outbox().await.len(),
+        2,
+        "nothing was queued for the bad messages"
+    );
     assert_eq!(
         app.smtp.received().len(),
         2,
@@ -193,7 +198,7 @@ async fn after_five_failed_attempts_the_message_is_dead_lettered_with_the_last_e
 #[cfg(feature = "failpoints")]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_handler_that_panics_dead_letters_the_event_and_the_worker_goes_on() {
-    fail::cfg("handle::panic", "return(deadbeef)").unwrap();
+    inject_handler_bug();
     let app = spawn_app().await;
     let prefetch = app.settings.prefetch as usize;
     let crashing: Vec<_> = (0..prefetch + 4)

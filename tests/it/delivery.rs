@@ -68,7 +68,7 @@ async fn a_550_reply_marks_the_email_failed_and_keeps_it() {
     let ack = rows.iter().find(|r| r.0 == "enquiry_ack").unwrap();
     assert_eq!(ack.2, 1, "a permanent failure is not retried");
     assert!(ack.3.as_deref().unwrap().contains("550"), "{ack:?}");
-    tokio::time::sleep(Duration::from_millis(800)).await;
+    app.settle().await;
     assert_eq!(
         app.outbox()
             .await
@@ -107,7 +107,7 @@ async fn an_email_claimed_by_a_worker_that_died_is_sent_once_its_lease_runs_out(
     }
     let mails = app.mails(1).await;
     assert_eq!(mails[0].envelope_to, ["kim@school.example.org"]);
-    tokio::time::sleep(Duration::from_millis(800)).await;
+    app.settle().await;
     // The row whose lease still runs is left to its (live) owner.
     let rows = app.outbox().await;
     assert_eq!(

@@ -1,86 +1,185 @@
-//! The weekly regional digest: fires exactly once per occurrence in UK time, across both clock
-//! changes, with several schedulers at once; `rpec-notify schedule` shows the times.
+//! The weekly regional digest: readers get it exactly once per occurrence in UK time, across
+//! both clock changes, with two workers scheduling at once; `rpec-notify schedule` shows the
+//! times.
 
 use crate::cli::binary;
 use crate::helpers::*;
 use chrono::Duration;
-use rpec_notify::schedule::digest;
-use rpec_notify::worker::Shared;
 
-/// Walks a manual clock through [from, to] in steps of `step_minutes`, running a digest round of its own
-/// at each step while the worker's scheduler runs too; returns the london firings recorded.
-async fn firings_between(
-    schedule: &str,
-    from: &str,
-    to: &str,
-    step_minutes: i64,
-) -> Vec<chrono::DateTime<chrono::Utc>> {
-    let app = spawn_app_with(Options {
-        regions_toml: Some(regions_with_digest("London", schedule)),
-        ..Options::at(from)
-    })
-    .await;
-    // A second scheduler, stepped by hand: the two must still fire each occurrence once.
-    let shared = Shared::load(app.settings.clone(), app.clock.clone())
-        .await
-        .unwrap();
-    let end = utc(to);
-    while app.clock.now() < end {
-        app.clock.advance(Duration::minutes(step_minutes));
-        digest::fire_due(&shared).await.unwrap();
-        tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+/// The only London reader in the digest tests below.
+const READER: &str = "ldn@school.example.org";
+
+/// Two workers on one manual clock, with London's digest on `schedule` and one confirmed
+/// London reader: the workers' own schedulers fire the digest (nothing here fires it), and
+/// each check of the inbox comes after both have settled.
+struct Walk {
+    app: TestApp,
+    sessions: i64,
+}
+
+impl Walk {
+    async fn start(schedule: &str, from: &str) -> Walk {
+        let mut app = spawn_app_with(Options {
+            regions_toml: Some(regions_with_digest("London", schedule)),
+            ..Options::at(from)
+        })
+        .await;
+        app.add_worker().await;
+        crate::newsletter::add_confirmed(&app.pool, "london", READER, Some("Lee Don")).await;
+        // The digest state starts at the first round, at `from`: sessions learned of later
+        // are new to the first firing.
+        eventually(
+            std::time::Duration::from_secs(10),
+            "London's digest state",
+            || async {
+                (app.strings("SELECT region FROM digest_state WHERE region = 'london'")
+                    .await
+                    .len()
+                    == 1)
+                    .then_some(())
+            },
+        )
+        .await;
+        Walk { app, sessions: 0 }
     }
-    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
-    let fired: Vec<chrono::DateTime<chrono::Utc>> = sqlx::query_scalar(
-        "SELECT fire_at FROM digest_runs WHERE region = 'london' ORDER BY fire_at",
-    )
-    .fetch_all(&app.pool)
-    .await
-    .unwrap();
-    shared.pool.close().await;
-    app.stop().await;
-    fired
+
+    /// A London session (`id`, months ahead) learned of at `at`.
+    async fn new_session(&mut self, id: &str, at: &str) {
+        self.app.set_time(at);
+        let start = (utc(at) + Duration::days(60)).to_rfc3339();
+        let end = (utc(at) + Duration::days(60) + Duration::hours(1)).to_rfc3339();
+        let mut e = session_event("session.scheduled", id, &start, &end, Some("london"));
+        e["data"]["title"] = serde_json::json!(format!("Session {id}"));
+        self.app.publish(&e).await;
+        self.sessions += 1;
+        self.app.handled(self.sessions).await;
+    }
+
+    /// Moves the clock to `t`, lets both workers settle and returns the digests received.
+    async fn at(&self, t: &str) -> Vec<Mail> {
+        self.app.set_time(t);
+        self.app.settle().await;
+        let digests = self.app.mails_starting("New Prevent training sessions");
+        assert!(
+            digests.iter().all(|m| m.envelope_to == [READER]),
+            "digests only to the London reader"
+        );
+        digests
+    }
+
+    /// Moves the clock to each of `times` in turn; at each, exactly `n` digests so far.
+    async fn still(&self, times: &[&str], n: usize) {
+        for t in times {
+            let got = self.at(t).await.len();
+            assert_eq!(got, n, "digests received with the clock at {t}");
+        }
+    }
+
+    /// Every half hour from `from` to `to` (both included).
+    fn half_hours(from: &str, to: &str) -> Vec<String> {
+        let (mut t, end) = (utc(from), utc(to));
+        let mut out = Vec::new();
+        while t <= end {
+            out.push(t.to_rfc3339());
+            t += Duration::minutes(30);
+        }
+        out
+    }
+
+    async fn still_every_half_hour(&self, from: &str, to: &str, n: usize) {
+        let times = Self::half_hours(from, to);
+        self.still(&times.iter().map(String::as_str).collect::<Vec<_>>(), n)
+            .await;
+    }
+
+    async fn stop(self) {
+        // Each digest is one row, sent: none waits, none was dropped.
+        let rows = self.app.outbox_of("digest").await;
+        let sent = self
+            .app
+            .mails_starting("New Prevent training sessions")
+            .len();
+        assert_eq!(rows, [format!("sent:{sent}")]);
+        self.app.stop().await;
+    }
+}
+
+fn lists(mail: &Mail, session: &str) -> bool {
+    mail.text().contains(&format!("Session {session}"))
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_schedule_in_the_skipped_spring_hour_fires_once_when_the_clocks_jump() {
     // 01:30 does not exist on 30 March 2025: it fires once, at 02:00 BST (01:00 UTC).
-    let fired = firings_between(
-        "0 30 1 * * *",
-        "2025-03-29T22:00:00Z",
-        "2025-03-30T06:00:00Z",
-        5,
-    )
-    .await;
-    assert_eq!(fired, [utc("2025-03-30T01:00:00Z")]);
+    let mut walk = Walk::start("0 30 1 * * *", "2025-03-29T22:00:00Z").await;
+    walk.new_session("spring-a", "2025-03-29T22:01:00Z").await;
+    walk.still_every_half_hour("2025-03-29T22:30:00Z", "2025-03-30T00:30:00Z", 0)
+        .await;
+    walk.still(&["2025-03-30T00:59:59Z"], 0).await;
+    let first = walk.at("2025-03-30T01:00:00Z").await;
+    assert_eq!(first.len(), 1, "one digest at 02:00 BST");
+    assert!(lists(&first[0], "spring-a"), "{}", first[0].text());
+    // A session learned of after the firing would go in a second one: there is none that day.
+    walk.new_session("spring-b", "2025-03-30T01:01:00Z").await;
+    walk.still_every_half_hour("2025-03-30T01:30:00Z", "2025-03-30T06:00:00Z", 1)
+        .await;
+    walk.stop().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_schedule_in_the_repeated_autumn_hour_fires_once() {
     // 01:30 happens twice on 27 October 2024: it fires once, the first time (01:30 BST).
-    let fired = firings_between(
-        "0 30 1 * * *",
-        "2024-10-26T22:00:00Z",
-        "2024-10-27T06:00:00Z",
-        5,
-    )
-    .await;
-    assert_eq!(fired, [utc("2024-10-27T00:30:00Z")]);
+    let mut walk = Walk::start("0 30 1 * * *", "2024-10-26T22:00:00Z").await;
+    walk.new_session("autumn-a", "2024-10-26T22:01:00Z").await;
+    walk.still_every_half_hour("2024-10-26T22:30:00Z", "2024-10-27T00:00:00Z", 0)
+        .await;
+    walk.still(&["2024-10-27T00:29:59Z"], 0).await;
+    let first = walk.at("2024-10-27T00:30:00Z").await;
+    assert_eq!(first.len(), 1, "one digest at 01:30 BST");
+    assert!(lists(&first[0], "autumn-a"), "{}", first[0].text());
+    // 01:30 GMT (01:30 UTC) comes next: the new session would show a second firing.
+    walk.new_session("autumn-b", "2024-10-27T00:31:00Z").await;
+    walk.still(&["2024-10-27T01:29:59Z", "2024-10-27T01:30:00Z"], 1)
+        .await;
+    walk.still_every_half_hour("2024-10-27T02:00:00Z", "2024-10-27T06:00:00Z", 1)
+        .await;
+    walk.stop().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_default_monday_schedule_keeps_nine_oclock_uk_time_across_the_autumn_change() {
-    let fired = firings_between(
-        "0 0 9 * * Mon",
-        "2024-10-20T00:00:00Z",
-        "2024-10-29T00:00:00Z",
-        30,
+    let mut walk = Walk::start("0 0 9 * * Mon", "2024-10-20T00:00:00Z").await;
+    walk.new_session("monday-a", "2024-10-20T00:01:00Z").await;
+    walk.still(&["2024-10-21T07:59:59Z"], 0).await;
+    let first = walk.at("2024-10-21T08:00:00Z").await;
+    assert_eq!(first.len(), 1, "9am BST");
+    assert!(lists(&first[0], "monday-a"));
+    walk.new_session("monday-b", "2024-10-21T08:01:00Z").await;
+    // Daily through the week, then the morning after the change: 9am is 09:00 UTC now.
+    walk.still(
+        &[
+            "2024-10-22T08:00:00Z",
+            "2024-10-23T08:00:00Z",
+            "2024-10-24T08:00:00Z",
+            "2024-10-25T08:00:00Z",
+            "2024-10-26T08:00:00Z",
+            "2024-10-27T08:00:00Z",
+            "2024-10-28T08:00:00Z",
+            "2024-10-28T08:59:59Z",
+        ],
+        1,
     )
     .await;
-    assert_eq!(
-        fired,
-        [utc("2024-10-21T08:00:00Z"), utc("2024-10-28T09:00:00Z")]
-    );
+    let both = walk.at("2024-10-28T09:00:00Z").await;
+    assert_eq!(both.len(), 2, "9am GMT");
+    let second = both
+        .iter()
+        .find(|m| lists(m, "monday-b"))
+        .expect("the new session");
+    assert!(!lists(second, "monday-a"), "{}", second.text());
+    walk.still(&["2024-10-28T12:00:00Z", "2024-10-29T00:00:00Z"], 2)
+        .await;
+    walk.stop().await;
 }
 
 #[test]
@@ -263,5 +362,10 @@ async fn the_digest_lists_only_new_sessions_of_the_region_and_national_ones_to_c
     )
     .await;
     app.exactly("New Prevent training sessions", 4).await;
+    assert_eq!(
+        app.outbox_of("digest").await,
+        ["sent:4"],
+        "a firing with no new sessions queues nothing"
+    );
     app.stop().await;
 }

@@ -301,6 +301,8 @@ pub struct TestApp {
 struct Worker {
     stop: oneshot::Sender<()>,
     task: tokio::task::JoinHandle<anyhow::Result<()>>,
+    /// Its admin listener (its /metrics tell how many rounds it has done).
+    http: SocketAddr,
 }
 
 /// Both listeners of one worker, on free ports.
@@ -327,6 +329,7 @@ fn start_worker(
     listener: rpec_notify::worker::Listeners,
     clock: Clock,
 ) -> Worker {
+    let http = listener.admin.local_addr().expect("a bound listener");
     let (stop, stopped) = oneshot::channel::<()>();
     let task = tokio::spawn(rpec_notify::worker::run_with_clock(
         settings,
@@ -336,7 +339,7 @@ fn start_worker(
         },
         clock,
     ));
-    Worker { stop, task }
+    Worker { stop, task, http }
 }
 
 pub struct Options {
@@ -353,6 +356,8 @@ pub struct Options {
     pub proxy_database: bool,
     /// The worker reaches RabbitMQ through a [`FaultProxy`] the test can cut.
     pub proxy_broker: bool,
+    /// More environment for the worker's settings (added to, or replacing, the harness's own).
+    pub env: Vec<(String, String)>,
 }
 
 impl Default for Options {
@@ -365,6 +370,7 @@ impl Default for Options {
             url_suffix: None,
             proxy_database: false,
             proxy_broker: false,
+            env: Vec::new(),
         }
     }
 }
@@ -456,7 +462,7 @@ pub async fn spawn_app_with(options: Options) -> TestApp {
         &format!("rpec.events.{id}"),
         &format!("rpec-notify.events.{id}"),
     );
-    let env: HashMap<String, String> = [
+    let mut env: HashMap<String, String> = [
         ("DATABASE_URL", worker_db_url),
         ("RPEC_AMQP_URL", worker_amqp_url),
         (
@@ -476,6 +482,7 @@ pub async fn spawn_app_with(options: Options) -> TestApp {
     .into_iter()
     .map(|(k, v)| (k.to_owned(), v))
     .collect();
+    env.extend(options.env.iter().cloned());
     let settings = Settings::load_from(&env).expect("test settings");
 
     let amqp = topology::connect(&amqp_url(), "rpec-notify tests")
@@ -575,6 +582,38 @@ pub fn database_url_for(db_name: &str) -> String {
     let admin = database_admin_url();
     let base = admin.rsplit_once('/').map_or(admin.as_str(), |(b, _)| b);
     format!("{base}/{db_name}")
+}
+
+/// A metric's value from the /metrics of the worker at `base` (0 when absent).
+pub async fn metric_at(base: &str, name_and_labels: &str) -> f64 {
+    let body = reqwest::get(format!("{base}/metrics"))
+        .await
+        .expect("the worker's /metrics")
+        .text()
+        .await
+        .expect("the worker's /metrics");
+    body.lines()
+        .find_map(|l| {
+            l.strip_prefix(name_and_labels)
+                .and_then(|v| v.trim().parse().ok())
+        })
+        .unwrap_or(0.0)
+}
+
+/// Waits until each worker at `bases` has completed two more scheduler rounds, then two more
+/// sender rounds (see [`TestApp::settle`]).
+pub async fn settle_workers(bases: &[String]) {
+    for counter in ["rpec_scheduler_rounds_total", "rpec_sender_rounds_total"] {
+        for base in bases {
+            let start = metric_at(base, counter).await;
+            eventually(
+                Duration::from_secs(30),
+                &format!("two more {counter} at {base}"),
+                || async { (metric_at(base, counter).await >= start + 2.0).then_some(()) },
+            )
+            .await;
+        }
+    }
 }
 
 /// Waits until a worker answers `GET /healthz` at `url` (it serves HTTP once migrations are
@@ -718,13 +757,21 @@ impl TestApp {
 
     /// A counter's value from /metrics (0 when absent).
     pub async fn metric(&self, name_and_labels: &str) -> f64 {
-        let (_, body) = self.get("/metrics").await;
-        body.lines()
-            .find_map(|l| {
-                l.strip_prefix(name_and_labels)
-                    .and_then(|v| v.trim().parse().ok())
-            })
-            .unwrap_or(0.0)
+        metric_at(&format!("http://{}", self.admin), name_and_labels).await
+    }
+
+    /// Lets every worker of the test complete two more scheduler rounds, then two more sender
+    /// rounds (counted on each one's /metrics). Whatever was due when this was called has then
+    /// been handed to the outbox and sent: a round already under way may have looked before
+    /// the call, but the second began after it, and the sender's rounds began after the
+    /// scheduler's had ended. A "nothing was sent" check made after this can fail.
+    pub async fn settle(&self) {
+        let bases: Vec<String> = self
+            .workers
+            .iter()
+            .map(|w| format!("http://{}", w.http))
+            .collect();
+        settle_workers(&bases).await;
     }
 
     /// POSTs `body` (form-encoded) to `path`; returns the status and the page.
@@ -771,6 +818,26 @@ impl TestApp {
         .await;
     }
 
+    /// Outbox rows of `kind` in each status, as "status:count" sorted by status.
+    pub async fn outbox_of(&self, kind: &str) -> Vec<String> {
+        sqlx::query_scalar(
+            "SELECT status || ':' || count(*) FROM outbox WHERE kind = $1
+             GROUP BY status ORDER BY status",
+        )
+        .bind(kind)
+        .fetch_all(&self.pool)
+        .await
+        .unwrap()
+    }
+
+    /// How many rows the outbox holds, of every kind and status.
+    pub async fn outbox_len(&self) -> i64 {
+        sqlx::query_scalar("SELECT count(*) FROM outbox")
+            .fetch_one(&self.pool)
+            .await
+            .unwrap()
+    }
+
     /// Outbox rows as (kind, status, attempts, last_error).
     pub async fn outbox(&self) -> Vec<(String, String, i32, Option<String>)> {
         sqlx::query_as("SELECT kind, status, attempts, last_error FROM outbox ORDER BY id")
@@ -779,7 +846,6 @@ impl TestApp {
             .unwrap()
     }
 
-    /// Stops the worker gracefully and removes the database, queues and exchanges.
     /// Starts one more worker on the same database, queue, relay and clock.
     pub async fn add_worker(&mut self) {
         let (listener, _, addr) = listeners().await;
@@ -879,9 +945,9 @@ pub fn contact_event(data: Value) -> Value {
     })
 }
 
-/// The example events shipped beside the project.
-pub fn shared_example(name: &str) -> Value {
-    let path = manifest_dir().join("../shared/examples/events").join(name);
+/// One of the example events the repository carries (`examples/events/`).
+pub fn example(name: &str) -> Value {
+    let path = manifest_dir().join("examples/events").join(name);
     serde_json::from_str(
         &std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display())),
     )
@@ -999,8 +1065,8 @@ impl TestApp {
             .collect()
     }
 
-    /// Waits for exactly `n` emails whose subject starts with `prefix` (and a moment more, to
-    /// see that no more come).
+    /// Waits for exactly `n` emails whose subject starts with `prefix`, then lets every worker
+    /// settle (two more rounds of its scheduler and sender) to see that no more come.
     pub async fn exactly(&self, prefix: &str, n: usize) -> Vec<Mail> {
         eventually(
             Duration::from_secs(20),
@@ -1008,7 +1074,7 @@ impl TestApp {
             || async { (self.mails_starting(prefix).len() >= n).then_some(()) },
         )
         .await;
-        tokio::time::sleep(Duration::from_millis(700)).await;
+        self.settle().await;
         let got = self.mails_starting(prefix);
         assert_eq!(
             got.len(),
@@ -1041,4 +1107,72 @@ pub async fn delete_broker_names(id: &str) {
         }
     }
     let _ = conn.close(200, "done").await;
+}
+
+// ---------------------------------------------------------------------------------------------
+// Where personal data is: erasure and retention tests search every table for a person.
+
+/// Every (table, column) in the public schema that can hold text: text and character types,
+/// json and jsonb, and arrays (text[] recipients), in tables and views alike.
+pub async fn text_columns(pool: &PgPool) -> Vec<(String, String)> {
+    sqlx::query_as(
+        "SELECT c.table_name::text, c.column_name::text
+         FROM information_schema.columns c
+         JOIN information_schema.tables t
+           ON t.table_schema = c.table_schema AND t.table_name = c.table_name
+         WHERE c.table_schema = 'public'
+           AND (c.data_type IN ('text', 'character varying', 'character', 'json', 'jsonb', 'ARRAY')
+                OR c.udt_name IN ('citext'))
+         ORDER BY 1, 2",
+    )
+    .fetch_all(pool)
+    .await
+    .unwrap()
+}
+
+/// Where `needle` occurs (case-insensitively) in any text column: (table, column, rows).
+pub async fn find_everywhere(pool: &PgPool, needle: &str) -> Vec<(String, String, i64)> {
+    let mut found = Vec::new();
+    for (table, column) in text_columns(pool).await {
+        let (n,): (i64,) = sqlx::query_as(&format!(
+            "SELECT count(*) FROM \"{table}\" WHERE strpos(lower(\"{column}\"::text), $1) > 0"
+        ))
+        .bind(needle.to_lowercase())
+        .fetch_one(pool)
+        .await
+        .unwrap();
+        if n > 0 {
+            found.push((table, column, n));
+        }
+    }
+    found
+}
+
+/// The tables (not views: they hold nothing of their own) where [`find_everywhere`] finds
+/// `needle`, sorted.
+pub async fn tables_holding(pool: &PgPool, needle: &str) -> Vec<String> {
+    let views: Vec<String> = sqlx::query_scalar(
+        "SELECT table_name::text FROM information_schema.views WHERE table_schema = 'public'",
+    )
+    .fetch_all(pool)
+    .await
+    .unwrap();
+    let mut tables: Vec<String> = find_everywhere(pool, needle)
+        .await
+        .into_iter()
+        .map(|(table, _, _)| table)
+        .filter(|t| !views.contains(t))
+        .collect();
+    tables.sort();
+    tables.dedup();
+    tables
+}
+
+/// Turns on the injected handler bug (the `handle::panic` fault point) for events whose id
+/// starts with `deadbeef` or `cafef00d`, once per test process: tests run side by side, and one
+/// of them "fixes" the `cafef00d` bug later (see `admin.rs`), which a second set-up must not undo.
+#[cfg(feature = "failpoints")]
+pub fn inject_handler_bug() {
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    ONCE.call_once(|| fail::cfg("handle::panic", "return(deadbeef|cafef00d)").unwrap());
 }

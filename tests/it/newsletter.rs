@@ -533,8 +533,7 @@ async fn a_newsletter_goes_once_to_confirmed_subscribers_of_its_region_only() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_contact_enquiry_about_the_newsletter_starts_the_double_opt_in_for_its_region() {
     let app = spawn_app().await;
-    app.publish(&shared_example("contact-newsletter.json"))
-        .await;
+    app.publish(&example("contact-newsletter.json")).await;
     let mails = app.mails(3).await;
     let person = "p.shah@college.example.org";
     let theirs = to(&mails, person);
@@ -732,7 +731,7 @@ async fn a_reader_who_leaves_between_fan_out_and_send_is_skipped() {
     app.stop().await;
 }
 
-/// What the README says to do with `make run`: the real binary with the file relay, the shared
+/// What the README says to do with `make run`: the real binary with the file relay, the
 /// example events published with `rpec-notify publish`, the link in the confirmation email
 /// followed, and the newsletter lands in the mail directory with its list headers and a working
 /// unsubscribe link.
@@ -741,7 +740,7 @@ async fn the_example_events_through_the_binary_put_the_newsletter_in_the_mail_di
     let mail_dir = tempfile::tempdir().unwrap();
     let deployment = Deployment::new(&format!("file://{}", mail_dir.path().display()), None).await;
     let worker = deployment.start().await;
-    let examples = manifest_dir().join("../shared/examples/events");
+    let examples = manifest_dir().join("examples/events");
     let eml = |dir: std::path::PathBuf| {
         let mut files: Vec<Mail> = std::fs::read_dir(dir)
             .map(|d| {

@@ -20,8 +20,13 @@ async fn health_readiness_and_metrics() {
     app.publish(&contact_event(json!({"region": "london"})))
         .await;
     app.mails(2).await;
+    // Each is counted once its row is recorded as sent, after the relay has it: wait for both.
     eventually(Duration::from_secs(10), "sent counters", || async {
-        (app.metric("rpec_emails_sent_total{kind=\"enquiry\"}").await == 1.0).then_some(())
+        let enquiry = app.metric("rpec_emails_sent_total{kind=\"enquiry\"}").await;
+        let ack = app
+            .metric("rpec_emails_sent_total{kind=\"enquiry_ack\"}")
+            .await;
+        (enquiry == 1.0 && ack == 1.0).then_some(())
     })
     .await;
     let (_, metrics) = app.get("/metrics").await;
@@ -41,12 +46,12 @@ async fn health_readiness_and_metrics() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_binary_turns_the_published_example_into_two_eml_files_and_stops_on_sigterm() {
     let worker = RealWorker::start().await;
-    let example = manifest_dir().join("../shared/examples/events/contact-complex-case.json");
+    let example = manifest_dir().join("examples/events/contact-complex-case.json");
     assert!(worker
         .publish_file(&example)
         .contains("published 1 event(s)"));
     worker.wait_for("", 2, Duration::from_secs(20)).await;
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    worker.settle().await;
     let mails = worker.mails();
     assert_eq!(mails.len(), 2);
     let urgent = mails
@@ -82,28 +87,27 @@ async fn the_binary_turns_the_published_example_into_two_eml_files_and_stops_on_
 }
 
 /// Issue 3's demonstration with the real clock: a session starting in just over an hour gets
-/// its confirmation at once and its 1-hour reminder when due; a cancelled session gets one
-/// cancellation and nothing after.
+/// its confirmation at once and its 1-hour reminder within 30 seconds of its due time, never
+/// before; a session cancelled before its reminder is due gets one cancellation and no reminder.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_binary_sends_a_confirmation_then_the_hour_reminder_on_time_and_honours_cancellation() {
     let worker = RealWorker::start().await;
-    let now = chrono::Utc::now();
-    let soon = now + chrono::Duration::hours(1) + chrono::Duration::seconds(8);
-    let later = now + chrono::Duration::days(3);
+    let pool = worker.deployment.pool().await;
+    // Both 1-hour reminders fall due 30 s from now: time for the worker to plan them (an offset
+    // already past at registration is skipped) and to handle the cancellation first, even on a
+    // loaded machine. Whole seconds, so the due time is exact.
+    let now = chrono::DateTime::from_timestamp(chrono::Utc::now().timestamp(), 0).unwrap();
+    let start = now + chrono::Duration::hours(1) + chrono::Duration::seconds(30);
+    let due = start - chrono::Duration::hours(1);
     let iso = |t: chrono::DateTime<chrono::Utc>| t.to_rfc3339();
+    let end = iso(start + chrono::Duration::hours(1));
     worker.publish_events(&[
-        session_event(
-            "session.scheduled",
-            "soon",
-            &iso(soon),
-            &iso(soon + chrono::Duration::hours(1)),
-            None,
-        ),
+        session_event("session.scheduled", "soon", &iso(start), &end, None),
         session_event(
             "session.scheduled",
             "later",
-            &iso(later),
-            &iso(later + chrono::Duration::hours(1)),
+            &iso(start),
+            &end,
             Some("london"),
         ),
         registration_event("r-soon", "soon", "jo.bloggs@school.example.org"),
@@ -113,14 +117,20 @@ async fn the_binary_sends_a_confirmation_then_the_hour_reminder_on_time_and_hono
         .wait_for("You are registered", 2, Duration::from_secs(20))
         .await;
     assert!(confirmations.iter().all(|m| m.calendar().is_some()));
-    let reminder = worker
-        .wait_for("Reminder:", 1, Duration::from_secs(40))
-        .await;
-    assert!(reminder[0].subject().ends_with("starts in 1 hour"));
-    assert!(reminder[0]
-        .header("To")
-        .unwrap()
-        .contains("jo.bloggs@school.example.org"));
+    let planned_1h = |registration: &'static str| {
+        let pool = pool.clone();
+        async move {
+            sqlx::query_scalar::<_, String>(
+                "SELECT status FROM scheduled_emails
+                 WHERE registration_id = $1 AND offset_label = '1h'",
+            )
+            .bind(registration)
+            .fetch_all(&pool)
+            .await
+            .unwrap()
+        }
+    };
+    assert_eq!(planned_1h("r-later").await, ["pending"]);
 
     worker.publish_events(&[simple_event(
         "session.cancelled",
@@ -134,12 +144,57 @@ async fn the_binary_sends_a_confirmation_then_the_hour_reminder_on_time_and_hono
         .unwrap()
         .contains("sam@school.example.org"));
     assert!(cancelled[0].calendar().unwrap().contains("METHOD:CANCEL"));
-    tokio::time::sleep(Duration::from_millis(500)).await;
-    assert_eq!(
-        worker.mails().len(),
-        4,
-        "two confirmations, one reminder, one cancellation"
+    assert!(
+        chrono::Utc::now() < due,
+        "the cancellation was handled before the reminders fell due"
     );
+    assert_eq!(planned_1h("r-soon").await, ["pending"]);
+
+    let wait = (due - chrono::Utc::now()).to_std().unwrap_or_default() + Duration::from_secs(30);
+    let reminder = worker.wait_for("Reminder:", 1, wait).await;
+    assert!(reminder[0].subject().ends_with("starts in 1 hour"));
+    assert!(reminder[0]
+        .header("To")
+        .unwrap()
+        .contains("jo.bloggs@school.example.org"));
+    // Not early: the worker dates the message as it builds it, before the relay has it. `Date`
+    // counts whole seconds and `due` is a whole second, so Date >= due exactly when the message
+    // was built at or after its due time. (A file's write time can read a few milliseconds
+    // behind the clock, so it is no proof of "not early".)
+    let date = reminder[0].header("Date").expect("a Date header");
+    let built = chrono::DateTime::parse_from_rfc2822(&date).expect("an RFC 5322 date");
+    assert!(built >= due, "built at {built}, before its due time {due}");
+    // Not late: when the relay (the file relay: the file's write time) accepted it.
+    let accepted: chrono::DateTime<chrono::Utc> = worker
+        .accepted_at("Reminder:")
+        .into_iter()
+        .next()
+        .expect("the reminder's file")
+        .into();
+    assert!(
+        accepted <= due + chrono::Duration::seconds(30),
+        "sent at {accepted}, more than 30 s after its due time {due}"
+    );
+
+    // The cancelled session's reminder was due at the same instant: after two more rounds of
+    // the scheduler and the sender, it has not come, and never reached the outbox.
+    worker.settle().await;
+    let mails = worker.mails();
+    assert_eq!(
+        mails.len(),
+        4,
+        "two confirmations, one reminder, one cancellation: {:?}",
+        mails.iter().map(|m| m.subject()).collect::<Vec<_>>()
+    );
+    assert_eq!(planned_1h("r-later").await, ["dropped"]);
+    let reminders: Vec<String> = sqlx::query_scalar(
+        "SELECT array_to_string(recipients, ',') FROM outbox WHERE kind = 'session_reminder'",
+    )
+    .fetch_all(&pool)
+    .await
+    .unwrap();
+    assert_eq!(reminders, ["jo.bloggs@school.example.org"]);
+    pool.close().await;
     let (status, _, _) = worker.terminate().await;
     assert!(status.success());
 }

@@ -15,6 +15,15 @@ fn due(app_planned: &[Planned], kind: &str, offset: &str) -> DateTime<Utc> {
         .3
 }
 
+/// The status of a session's planned `kind` at `offset` (each registrant's, when several).
+fn statuses(app_planned: &[Planned], kind: &str, offset: &str) -> Vec<String> {
+    app_planned
+        .iter()
+        .filter(|p| p.0 == kind && p.2 == offset)
+        .map(|p| p.4.clone())
+        .collect()
+}
+
 /// The calendar entry's start, parsed with a strict iCalendar parser.
 fn calendar_start(text: &str) -> (String, Option<u32>, String, DateTime<Utc>) {
     use icalendar::Component;
@@ -39,7 +48,7 @@ fn calendar_start(text: &str) -> (String, Option<u32>, String, DateTime<Utc>) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_twelve_2024_25_sessions_plan_reminders_at_the_right_utc_instants() {
     let app = spawn_app_with(Options::at("2024-09-01T00:00:00Z")).await;
-    let sessions = shared_example("sessions-2024-2025.json");
+    let sessions = example("sessions-2024-2025.json");
     let sessions = sessions.as_array().unwrap();
     assert_eq!(sessions.len(), 12);
     for s in sessions {
@@ -225,6 +234,10 @@ async fn registering_two_days_before_gets_the_day_and_hour_reminders_on_time_and
 
     app.set_time("2024-11-24T15:29:59Z");
     app.exactly("Reminder:", 0).await;
+    // A second early: still planned, and nothing handed to the outbox.
+    let planned = app.planned("dsl-2024-11-25").await;
+    assert_eq!(statuses(&planned, "reminder", "1d"), ["pending"]);
+    assert!(app.outbox_of("session_reminder").await.is_empty());
     app.set_time("2024-11-24T15:30:00Z");
     let first = app.exactly("Reminder:", 1).await;
     assert!(
@@ -248,6 +261,7 @@ async fn registering_two_days_before_gets_the_day_and_hour_reminders_on_time_and
         .contains("https://teams.example.org/join/dsl-2024-11-25"));
     app.set_time("2024-11-25T17:00:00Z");
     app.exactly("Reminder:", 2).await;
+    assert_eq!(app.outbox_of("session_reminder").await, ["sent:2"]);
     app.stop().await;
 }
 
@@ -306,6 +320,11 @@ async fn moving_a_session_moves_its_reminders_and_sends_one_moved_email_with_a_n
     // The old 1-hour point passes: nothing (the week reminder, six days late, is dropped).
     app.set_time("2024-10-10T13:00:00Z");
     app.exactly("Reminder:", 0).await;
+    let planned = app.planned("s-move").await;
+    assert_eq!(statuses(&planned, "reminder", "7d"), ["dropped", "dropped"]);
+    assert_eq!(statuses(&planned, "reminder", "1d"), ["pending", "pending"]);
+    assert_eq!(statuses(&planned, "reminder", "1h"), ["pending", "pending"]);
+    assert!(app.outbox_of("session_reminder").await.is_empty());
     // The new one: each registrant is reminded once, of the new time.
     app.set_time("2024-10-11T13:00:00Z");
     let reminders = app.exactly("Reminder:", 2).await;
@@ -325,9 +344,17 @@ async fn moving_a_session_moves_its_reminders_and_sends_one_moved_email_with_a_n
     );
     retitled["data"]["title"] = json!("A new title");
     retitled["occurred_at"] = json!((Utc::now() + Duration::seconds(2)).to_rfc3339());
+    let before = app.outbox_len().await;
     app.publish(&retitled).await;
     app.handled(5).await;
     app.exactly("Session moved", 2).await;
+    assert!(app.mails_starting("Joining link").is_empty());
+    assert_eq!(
+        app.outbox_len().await,
+        before,
+        "a new title alone queues no email: {:?}",
+        app.outbox().await
+    );
     app.stop().await;
 }
 
@@ -361,6 +388,8 @@ async fn a_new_joining_link_is_sent_to_registrants() {
         .contains("https://teams.example.org/join/new-room"));
     assert_eq!(calendar_start(&mails[0].calendar().unwrap()).1, Some(1));
     app.exactly("Session moved", 0).await;
+    assert!(app.outbox_of("session_moved").await.is_empty());
+    assert_eq!(app.outbox_of("joining_link_changed").await, ["sent:1"]);
     app.stop().await;
 }
 
@@ -388,7 +417,7 @@ async fn cancelling_a_session_sends_one_cancellation_and_no_reminder_ever_after(
     ))
     .await;
     app.handled(3).await;
-    let cancel = shared_example("session-cancelled.json");
+    let cancel = example("session-cancelled.json");
     app.publish(&cancel).await;
     app.publish(&cancel).await; // delivered twice: still one cancellation each
     let cancellations = app.exactly("Cancelled:", 2).await;
@@ -400,11 +429,13 @@ async fn cancelling_a_session_sends_one_cancellation_and_no_reminder_ever_after(
         assert_eq!((method.as_str(), sequence), ("CANCEL", Some(1)));
         assert_eq!(uid, "session-dsl-2024-12-16@rpec-notify.education.gov.uk");
     }
-    assert!(app
-        .planned("dsl-2024-12-16")
-        .await
-        .iter()
-        .all(|p| p.4 == "dropped"));
+    let planned = app.planned("dsl-2024-12-16").await;
+    assert_eq!(
+        planned.len(),
+        7,
+        "three reminders each and a briefing: {planned:?}"
+    );
+    assert!(planned.iter().all(|p| p.4 == "dropped"), "{planned:?}");
     for t in [
         "2024-12-09T15:30:00Z",
         "2024-12-15T15:30:00Z",
@@ -414,6 +445,10 @@ async fn cancelling_a_session_sends_one_cancellation_and_no_reminder_ever_after(
         app.exactly("Reminder:", 0).await;
     }
     app.exactly("Briefing:", 0).await;
+    assert!(app.outbox_of("session_reminder").await.is_empty());
+    assert!(app.outbox_of("coordinator_briefing").await.is_empty());
+    let planned = app.planned("dsl-2024-12-16").await;
+    assert!(planned.iter().all(|p| p.4 == "dropped"), "{planned:?}");
     app.stop().await;
 }
 
@@ -450,6 +485,16 @@ async fn cancelling_a_registration_stops_that_registrants_reminders() {
     app.set_time("2024-10-10T13:00:00Z");
     let reminders = app.exactly("Reminder:", 1).await;
     assert_eq!(reminders[0].envelope_to, ["keep@school.example.org"]);
+    // Nothing of the cancelled registrant's is left to send, and none reached the outbox.
+    let left: Vec<Planned> = app
+        .planned("s-rc")
+        .await
+        .into_iter()
+        .filter(|p| p.1.as_deref() == Some("leave"))
+        .collect();
+    assert_eq!(left.len(), 3, "{left:?}");
+    assert!(left.iter().all(|p| p.4 == "dropped"), "{left:?}");
+    assert_eq!(app.outbox_of("session_reminder").await, ["sent:1"]);
     app.stop().await;
 }
 
@@ -640,20 +685,24 @@ async fn after_downtime_reminders_for_a_session_that_has_started_are_dropped() {
         .await;
     app.handled(2).await;
     app.exactly("You are registered", 1).await;
+    assert_eq!(
+        app.planned("s-down").await.len(),
+        4,
+        "three reminders and a briefing"
+    );
     app.set_time("2024-10-10T14:30:00Z");
     eventually(
         std::time::Duration::from_secs(20),
         "every plan dropped",
         || async {
-            app.planned("s-down")
-                .await
-                .iter()
-                .all(|p| p.4 == "dropped")
-                .then_some(())
+            let planned = app.planned("s-down").await;
+            (planned.len() == 4 && planned.iter().all(|p| p.4 == "dropped")).then_some(())
         },
     )
     .await;
     app.exactly("Reminder:", 0).await;
     app.exactly("Briefing:", 0).await;
+    assert!(app.outbox_of("session_reminder").await.is_empty());
+    assert!(app.outbox_of("coordinator_briefing").await.is_empty());
     app.stop().await;
 }

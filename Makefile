@@ -66,6 +66,8 @@ test:
 faults: setup
 	$(CARGO) test --release --features failpoints --test faults --no-run
 	RPEC_FAULTS=long $(CARGO) test --release --features failpoints --test faults -- --ignored --test-threads 1 --nocapture
+	@# The property tests (hostile envelopes, markdown) at length: 256 cases in make test.
+	PROPTEST_CASES=20000 $(CARGO) test --release --lib -- any_
 
 ## deny: licences, banned crates and sources of every dependency (cargo-deny, offline: the
 ## advisories check needs the RustSec database from the internet, see the README)

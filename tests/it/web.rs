@@ -115,3 +115,72 @@ async fn readiness_names_what_failed_without_the_raw_error() {
     app.database_proxy.as_ref().unwrap().restore();
     app.stop().await;
 }
+
+/// Secrets never show: not in `check`'s report of a broken configuration, not in the worker's
+/// log from start to stop, not where a relay URL with a password is refused.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn secrets_appear_in_no_output() {
+    let token = "SECRET-token-key-0123456789-abcdefghijkl";
+    let password = "SECRET-relay-pw";
+    // `check` with secrets set and the relay refused (production: a password without TLS).
+    let out = crate::cli::binary()
+        .arg("check")
+        .current_dir(manifest_dir())
+        .env("RPEC_PROFILE", "production")
+        .env("RPEC_TOKEN_SECRET", token)
+        .env("RPEC_PUBLIC_URL", "https://rpec.example.org")
+        .env(
+            "RPEC_SMTP_URL",
+            format!("smtp://mailer:{password}@relay.example.org:587"),
+        )
+        .env(
+            "DATABASE_URL",
+            "postgres://app:SECRET-db-pw@127.0.0.1:1/rpec",
+        )
+        .output()
+        .unwrap();
+    let printed = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        !out.status.success(),
+        "the relay password without TLS is refused"
+    );
+    assert!(printed.contains("RPEC_SMTP_URL"), "{printed}");
+    assert!(!printed.contains("SECRET"), "{printed}");
+
+    // The worker's whole log, with its token key from a file, a password in the database URL
+    // (trust authentication takes any) and an enquiry handled.
+    let dir = tempfile::tempdir().unwrap();
+    let key_file = dir.path().join("token");
+    std::fs::write(&key_file, token).unwrap();
+    let smtp = SmtpServer::start_new();
+    let mut deployment = crate::binary::Deployment::new(&smtp.url(), None).await;
+    let db = deployment.env("DATABASE_URL");
+    deployment.set_env(
+        "DATABASE_URL",
+        &db.replacen("postgres@", "postgres:SECRET-db-pw@", 1),
+    );
+    deployment.unset_env("RPEC_TOKEN_SECRET");
+    deployment.set_env("RPEC_TOKEN_SECRET_FILE", &key_file.display().to_string());
+    deployment.set_env("RUST_LOG", "debug,lapin=off");
+    let worker = deployment.start().await;
+    let file = dir.path().join("event.json");
+    std::fs::write(
+        &file,
+        serde_json::to_vec(&contact_event(serde_json::json!({"region": "london"}))).unwrap(),
+    )
+    .unwrap();
+    deployment.publish(&[&file]);
+    eventually(Duration::from_secs(20), "the enquiry's emails", || async {
+        (smtp.received().len() >= 2).then_some(())
+    })
+    .await;
+    let (status, log) = worker.stop().await;
+    assert!(status.success());
+    assert!(log.contains("email sent"), "the log was captured");
+    assert!(!log.contains("SECRET"), "a secret in the log");
+    deployment.remove().await;
+}

@@ -159,6 +159,7 @@ async fn secrets_appear_in_no_output() {
     let smtp = SmtpServer::start_new();
     let mut deployment = crate::binary::Deployment::new(&smtp.url(), None).await;
     let db = deployment.env("DATABASE_URL");
+    assert!(db.contains("postgres@"), "{db}");
     deployment.set_env(
         "DATABASE_URL",
         &db.replacen("postgres@", "postgres:SECRET-db-pw@", 1),

@@ -281,31 +281,9 @@ pub async fn run(shared: Arc<Shared>, stop: CancellationToken) {
             Ok(swept) if swept == Swept::default() => {
                 tracing::debug!("retention: nothing has reached the end of its period")
             }
-            // Counts only: never an id list, never an address.
-            Ok(Swept {
-                enquiries,
-                registrations,
-                emails,
-                pending_subscriptions,
-                unsubscribed_subscriptions,
-                suppressions,
-                processed_events,
-                scheduled_emails,
-                newsletter_deliveries,
-                digest_runs,
-                erased_addresses,
-            }) => tracing::info!(
-                enquiries,
-                registrations,
-                emails,
-                pending_subscriptions,
-                unsubscribed_subscriptions,
-                suppressions,
-                processed_events,
-                scheduled_emails,
-                newsletter_deliveries,
-                digest_runs,
-                erased_addresses,
+            // Counts only (Swept holds nothing else): never an id list, never an address.
+            Ok(swept) => tracing::info!(
+                counts = ?swept,
                 "retention: expired rows removed or anonymised"
             ),
             Err(e) => tracing::warn!(error = %e, "retention sweep failed"),

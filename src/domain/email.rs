@@ -88,4 +88,33 @@ mod tests {
         let a = EmailAddress::parse("a@example.org").unwrap();
         assert!(!format!("{a:?}").contains("example"));
     }
+
+    /// The limits, at their edges: 254 characters pass, 255 do not; each character that cannot
+    /// stand in a bare address is refused on its own.
+    #[test]
+    fn the_edges_of_an_address() {
+        let domain = format!(
+            "{}.{}.{}.org",
+            "b".repeat(63),
+            "c".repeat(60),
+            "d".repeat(60)
+        );
+        let at_limit = format!("{}@{domain}", "a".repeat(64));
+        assert_eq!(at_limit.len(), 254);
+        assert!(EmailAddress::parse(&at_limit).is_ok());
+        let over = format!("a{at_limit}");
+        assert!(EmailAddress::parse(&over).unwrap_err().contains("254"));
+        for bad in [
+            "a b@example.org",
+            "a\u{7}b@example.org",
+            "<a@example.org",
+            "a@example.org>",
+        ] {
+            assert!(EmailAddress::parse(bad).is_err(), "{bad:?}");
+        }
+        let a = EmailAddress::parse(" Jo.Bloggs@School.Example.org ").unwrap();
+        assert_eq!(a.to_string(), "Jo.Bloggs@School.Example.org");
+        assert_eq!(a.normalised(), "jo.bloggs@school.example.org");
+        assert_eq!(format!("{a:?}"), "EmailAddress(..)");
+    }
 }

@@ -832,7 +832,11 @@ mod tests {
     }
 
     fn code_and_detail(body: &[u8]) -> (&'static str, String) {
-        let e = Envelope::parse(body, LIMIT).unwrap_err();
+        code_and_detail_at(body, LIMIT)
+    }
+
+    fn code_and_detail_at(body: &[u8], limit: usize) -> (&'static str, String) {
+        let e = Envelope::parse(body, limit).unwrap_err();
         (e.code.as_str(), e.detail)
     }
 
@@ -1016,5 +1020,96 @@ mod tests {
         );
         let big = vec![b' '; LIMIT + 1];
         assert_eq!(code_and_detail(&big).0, "too_large");
+    }
+
+    #[test]
+    fn settings_and_topics_read_as_the_page_names_them() {
+        assert_eq!(Setting::School.as_str(), "school");
+        assert_eq!(Setting::HigherEducation.label(), "Higher education");
+        assert_eq!(Setting::Other.as_str(), "other");
+        assert_eq!(Topic::ComplexCase.as_str(), "complex-case");
+        assert_eq!(Topic::Other.label(), "Something else");
+        assert!(Topic::ComplexCase.is_urgent());
+        assert!(!Topic::Training.is_urgent());
+        assert!(Topic::ALL.iter().filter(|t| t.1.is_urgent()).count() == 1);
+        for (name, setting, label) in Setting::ALL {
+            assert_eq!((setting.as_str(), setting.label()), (name, label));
+        }
+        for (name, topic, label) in Topic::ALL {
+            assert_eq!((topic.as_str(), topic.label()), (name, label));
+        }
+    }
+
+    /// Limits at their edges: exactly the limit is accepted, one more is refused.
+    #[test]
+    fn limits_hold_at_their_edges() {
+        let mut d = valid();
+        d["name"] = json!("é".repeat(MAX_NAME));
+        assert!(Envelope::parse(&contact(d), LIMIT).is_ok());
+        let mut d = valid();
+        d["message"] = json!("é".repeat(MAX_BODY));
+        assert!(Envelope::parse(&contact(d), LIMIT).is_ok());
+        let mut d = valid();
+        d["message"] = json!("é".repeat(MAX_BODY + 1));
+        assert!(code_and_detail(&contact(d))
+            .1
+            .starts_with("data.message: too long"));
+        let body = contact(valid());
+        assert!(
+            Envelope::parse(&body, body.len()).is_ok(),
+            "a body of exactly the limit"
+        );
+        assert_eq!(code_and_detail_at(&body, body.len() - 1).0, "too_large");
+        let mut s = valid_session();
+        s["starts_at"] = json!("2024-10-02T11:30:00+01:00");
+        s["ends_at"] = json!("2024-10-02T23:30:00+01:00");
+        assert!(
+            Envelope::parse(&session(s.clone()), LIMIT).is_ok(),
+            "12 hours exactly"
+        );
+        s["ends_at"] = json!("2024-10-02T23:30:01+01:00");
+        assert!(code_and_detail(&session(s)).1.starts_with("data.ends_at"));
+    }
+
+    #[test]
+    fn a_description_is_kept_and_who_an_event_is_about_is_named() {
+        let mut s = valid_session();
+        s["description"] = json!("  Line one\r\nLine two  ");
+        let e = Envelope::parse(&session(s), LIMIT).unwrap();
+        match &e.event {
+            Event::SessionScheduled(d) => {
+                assert_eq!(d.description.as_deref(), Some("Line one\nLine two"))
+            }
+            other => panic!("{other:?}"),
+        }
+        assert!(e.event.personal_address().is_none());
+        let c = Envelope::parse(&contact(valid()), LIMIT).unwrap();
+        assert_eq!(
+            c.event.personal_address().map(EmailAddress::as_str),
+            Some("sam@example.org")
+        );
+    }
+
+    #[test]
+    fn a_refusal_reads_as_its_code_and_detail() {
+        let e = Envelope::parse(b"{", LIMIT).unwrap_err();
+        assert!(
+            e.to_string().starts_with("malformed_json: not valid JSON"),
+            "{e}"
+        );
+        let mut v: Value = serde_json::from_slice(&contact(valid())).unwrap();
+        v["version"] = json!(1234567890123u64);
+        let (code, detail) = code_and_detail(&serde_json::to_vec(&v).unwrap());
+        assert_eq!(code, "unsupported_version");
+        assert_eq!(
+            detail,
+            "version: not a supported number is not supported (expected 1)"
+        );
+        v["version"] = json!(123456789012u64);
+        let (_, detail) = code_and_detail(&serde_json::to_vec(&v).unwrap());
+        assert_eq!(
+            detail,
+            "version: 123456789012 is not supported (expected 1)"
+        );
     }
 }

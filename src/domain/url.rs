@@ -63,4 +63,21 @@ mod tests {
             Ok("https://example.org/a%22%3Cb%3E")
         );
     }
+
+    /// 2,000 characters pass, 2,001 do not, before and after normalising.
+    #[test]
+    fn the_edges_of_a_link() {
+        let base = "https://example.org/";
+        let at_limit = format!("{base}{}", "a".repeat(2_000 - base.len()));
+        assert_eq!(parse_link(&at_limit).as_deref(), Ok(at_limit.as_str()));
+        let over = format!("{at_limit}a");
+        assert!(parse_link(&over).unwrap_err().starts_with("too long ("));
+        // Short enough as written, too long once its quotes are percent-encoded.
+        let grows = format!("{base}{}", "\"".repeat(1_000));
+        assert!(parse_link(&grows)
+            .unwrap_err()
+            .starts_with("too long once normalised"));
+        assert!(parse_link("https://example.org/a\tb").is_err());
+        assert!(parse_link("https://example.org/a\u{7}b").is_err());
+    }
 }

@@ -255,6 +255,22 @@ pub async fn mark_cancelled(
     mark_finished(conn, id, claim_token, "cancelled", reason).await
 }
 
+/// Gives a claimed row back unsent (the worker is stopping): due again at once for any worker,
+/// with the attempt its claim counted taken back. Fenced by the claim.
+pub async fn release(conn: impl PgExecutor<'_>, id: i64, claim_token: Uuid) -> sqlx::Result<bool> {
+    Ok(sqlx::query(
+        "UPDATE outbox SET status = 'pending', claimed_until = NULL, claim_token = NULL,
+                attempts = greatest(attempts - 1, 0)
+         WHERE id = $1 AND claim_token = $2 AND status = 'sending'",
+    )
+    .bind(id)
+    .bind(claim_token)
+    .execute(conn)
+    .await?
+    .rows_affected()
+        == 1)
+}
+
 /// Ends a claimed row with `status` and why, fenced by its claim.
 async fn mark_finished(
     conn: impl PgExecutor<'_>,

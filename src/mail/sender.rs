@@ -33,7 +33,11 @@ const RECORD_BACKOFF_MAX: Duration = Duration::from_secs(5);
 const ROUND_BACKOFF_MAX: Duration = Duration::from_secs(30);
 
 /// Claims one batch and sends it; returns how many rows it claimed.
-pub async fn send_due(shared: &Shared, relay: &Relay) -> anyhow::Result<usize> {
+pub async fn send_due(
+    shared: &Shared,
+    relay: &Relay,
+    shutdown: &CancellationToken,
+) -> anyhow::Result<usize> {
     let s = &shared.settings;
     // Taken before the claim, so it falls no later than the lease the database sets: recording
     // an outcome is retried until then, not after (the row may be someone else's by then).
@@ -43,6 +47,17 @@ pub async fn send_due(shared: &Shared, relay: &Relay) -> anyhow::Result<usize> {
     futures_util::stream::iter(batch)
         .for_each_concurrent(s.send_concurrency, |row| async move {
             let id = row.id;
+            // At shutdown, what is not yet being sent goes back at once, for the next worker,
+            // instead of waiting out its lease; the sends already in flight finish.
+            if shutdown.is_cancelled() {
+                match outbox::release(&shared.pool, row.id, row.claim_token).await {
+                    Ok(_) => {}
+                    Err(e) => {
+                        tracing::warn!(outbox_id = id, error = %e, "could not give back a claimed email")
+                    }
+                }
+                return;
+            }
             if let Err(e) = send_one(shared, relay, row, lease_ends).await {
                 // The row stays claimed; its lease runs out and it is tried again.
                 tracing::warn!(outbox_id = id, error = %e, "could not record the outcome of a send");
@@ -389,7 +404,7 @@ pub async fn run(shared: Arc<Shared>, relay: Relay, shutdown: CancellationToken)
         if shutdown.is_cancelled() {
             break;
         }
-        let claimed = match send_due(&shared, &relay).await {
+        let claimed = match send_due(&shared, &relay, &shutdown).await {
             Ok(n) => {
                 failed_rounds = 0;
                 n

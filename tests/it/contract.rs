@@ -134,8 +134,6 @@ async fn sigint_with_emails_in_hand_exits_0_leaves_nothing_claimed_and_nobody_ge
 /// claimed for a whole lease. Second copies are allowed for the sends cut off in flight (at most
 /// `mail.concurrency`, 8 by default).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "fails today: the sender does not give back claimed rows it cannot send before the \
-            grace period ends (they wait out their lease); the sender is being reworked"]
 async fn sigterm_with_more_in_hand_than_the_grace_period_gives_back_what_it_did_not_send() {
     signal_with_work_in_hand("-TERM", StdDuration::from_secs(3), 60, 8).await;
 }

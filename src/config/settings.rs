@@ -348,32 +348,19 @@ struct RawShutdown {
     grace_secs: u64,
 }
 
-/// Why `mail.lease_secs` is too short, if it is. A claimed batch is sent `concurrency` at a time,
-/// so its last email may start only after ceil(batch_size / concurrency) - 1 others on the same
-/// slot, each allowed `send_timeout_secs`; if the lease ended before that email's outcome was
-/// recorded, another worker (or this one) would claim the row again and send it twice.
+/// Why `mail.lease_secs` is too short, if it is. The sender starts an email only while its
+/// claim's lease still has room for a whole send (`send_timeout_secs`) and for recording the
+/// outcome; claimed emails that wait longer than that are given back unsent. So the lease must
+/// be longer than one send plus the margin: if it ended before an outcome was recorded, another
+/// worker (or this one) would claim the row again and send it twice.
 fn lease_problem(mail: &RawMail) -> Option<String> {
-    if mail.concurrency == 0 || mail.batch_size <= 0 {
-        return None; // reported on their own
-    }
-    let rounds = (mail.batch_size as u64).div_ceil(mail.concurrency as u64);
     let send_timeout = mail.send_timeout_secs.max(1);
-    let needed = rounds
-        .saturating_mul(send_timeout)
-        .saturating_add(RECORDING_MARGIN_SECS);
+    let needed = send_timeout.saturating_add(RECORDING_MARGIN_SECS);
     (needed >= mail.lease_secs.max(1)).then(|| {
         format!(
-            "{}s is shorter than the work claimed under one lease: ceil(batch_size {} / \
-             concurrency {}) x send_timeout_secs {} + {}s to record the outcome = {}s; \
-             raise lease_secs above {} (or claim fewer emails, send more at once, or lower \
-             send_timeout_secs)",
-            mail.lease_secs,
-            mail.batch_size,
-            mail.concurrency,
-            send_timeout,
-            RECORDING_MARGIN_SECS,
-            needed,
-            needed
+            "{}s is too short for one send: send_timeout_secs {} + {}s to record the outcome \
+             = {}s; raise lease_secs above {} (or lower send_timeout_secs)",
+            mail.lease_secs, send_timeout, RECORDING_MARGIN_SECS, needed, needed
         )
     })
 }
@@ -1018,11 +1005,10 @@ mod tests {
     }
 
     /// An operator's rpec.toml from 0.1 (kept as it shipped, in tests/fixtures) still loads: every
-    /// key added since has its default. (0.1's lease of 120 s is now refused as too short for
-    /// its own batch, so the fixture is read with that one key laid over.)
+    /// key added since has its default.
     #[test]
     fn an_rpec_toml_from_0_1_loads_with_every_new_key_at_its_default() {
-        let (dir, e) = config_with("[mail]\nlease_secs = 300\n");
+        let (dir, e) = config_with("");
         std::fs::copy(
             concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/rpec-0.1.toml"),
             dir.path().join("rpec.toml"),
@@ -1040,39 +1026,37 @@ mod tests {
     }
 
     #[test]
-    fn a_lease_shorter_than_the_work_claimed_under_it_is_refused() {
-        // 32 emails, 8 at a time: 4 sends of up to 30 s each, plus the margin to record = 122 s.
-        for lease in [60, 122] {
+    fn a_lease_no_longer_than_one_send_and_its_recording_is_refused() {
+        // One send of up to 30 s, plus the margin to record = 32 s, whatever the batch.
+        for lease in [20, 32] {
             let (_dir, e) = config_with(&format!(
-                "[mail]\nbatch_size = 32\nconcurrency = 8\nsend_timeout_secs = 30\nlease_secs = {lease}\n"
+                "[mail]\nbatch_size = 512\nconcurrency = 8\nsend_timeout_secs = 30\nlease_secs = {lease}\n"
             ));
             let problems = Settings::load_from(&e).unwrap_err();
             let lease_problem = problems
                 .iter()
                 .find(|p| p.place.ends_with("mail.lease_secs"))
                 .unwrap_or_else(|| panic!("lease {lease}: {problems:?}"));
-            assert!(lease_problem.message.contains("122s"), "{lease_problem}");
+            assert!(lease_problem.message.contains("32s"), "{lease_problem}");
         }
         let (_dir, e) = config_with(
-            "[mail]\nbatch_size = 32\nconcurrency = 8\nsend_timeout_secs = 30\nlease_secs = 123\n",
+            "[mail]\nbatch_size = 512\nconcurrency = 8\nsend_timeout_secs = 30\nlease_secs = 33\n",
         );
         assert!(Settings::load_from(&e).is_ok());
-        // A partial last round counts as a whole one: 33 emails, 8 at a time, is 5 rounds.
         let (_dir, e) = config_with(
-            "[mail]\nbatch_size = 33\nconcurrency = 8\nsend_timeout_secs = 30\nlease_secs = 150\n",
+            "[mail]\nbatch_size = 512\nconcurrency = 8\nsend_timeout_secs = 40\nlease_secs = 33\n",
         );
         assert!(Settings::load_from(&e).is_err());
     }
 
     #[test]
-    fn the_shipped_lease_covers_the_shipped_batch_with_room() {
+    fn the_shipped_lease_covers_one_send_with_room() {
         let s =
             Settings::load_from(&env(&[("DATABASE_URL", "postgres://x@127.0.0.1/db")])).unwrap();
-        let rounds = (s.send_batch_size as u64).div_ceil(s.send_concurrency as u64);
-        let work = rounds * s.send_timeout.as_secs() + RECORDING_MARGIN_SECS;
+        let one_send = s.send_timeout.as_secs() + RECORDING_MARGIN_SECS;
         assert!(
-            s.send_lease.as_secs() >= 2 * work,
-            "lease {:?} for {work}s of work",
+            s.send_lease.as_secs() >= 4 * one_send,
+            "lease {:?} for a {one_send}s send",
             s.send_lease
         );
     }

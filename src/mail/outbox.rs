@@ -178,22 +178,142 @@ pub async fn claim(pool: &PgPool, limit: i64, lease: Duration) -> sqlx::Result<V
 // it changed the row: false means the claim is stale (its lease ran out and another claim took
 // the row, or the row was finished meanwhile), and the caller must change nothing else.
 
-/// Records that the relay accepted the row.
+/// What a claim records for one of its rows: the outcomes that need no other change with them
+/// (a failure, which may suppress addresses and queue a triage copy, has `mark_failed`).
+#[derive(Debug, Clone, PartialEq)]
+pub enum Mark {
+    /// The relay accepted it, at `at`.
+    Sent { at: chrono::DateTime<chrono::Utc> },
+    /// Due again after `wait`.
+    Retry {
+        wait: Duration,
+        error: String,
+        counted: Counted,
+    },
+    /// Not sent: its cause went away (see `mail::prepare`).
+    Cancelled { reason: String },
+}
+
+/// A row's outcome under one claim.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Marked {
+    pub id: i64,
+    pub claim_token: Uuid,
+    pub mark: Mark,
+}
+
+/// Records many outcomes in one statement, each fenced by its claim; returns the ids of the
+/// rows it changed (the others' claims are stale).
+pub async fn record(conn: impl PgExecutor<'_>, marks: &[Marked]) -> sqlx::Result<Vec<i64>> {
+    if marks.is_empty() {
+        return Ok(Vec::new());
+    }
+    let n = marks.len();
+    let (mut ids, mut tokens, mut statuses) = (
+        Vec::with_capacity(n),
+        Vec::with_capacity(n),
+        Vec::with_capacity(n),
+    );
+    let (mut ats, mut errors, mut waits, mut deferrals) = (
+        Vec::with_capacity(n),
+        Vec::with_capacity(n),
+        Vec::with_capacity(n),
+        Vec::with_capacity(n),
+    );
+    for m in marks {
+        ids.push(m.id);
+        tokens.push(m.claim_token);
+        let (status, at, error, wait, deferral) = match &m.mark {
+            Mark::Sent { at } => ("sent", Some(*at), None, 0.0, false),
+            Mark::Retry {
+                wait,
+                error,
+                counted,
+            } => (
+                "pending",
+                None,
+                Some(error.as_str()),
+                wait.as_secs_f64(),
+                *counted == Counted::Deferral,
+            ),
+            Mark::Cancelled { reason } => ("cancelled", None, Some(reason.as_str()), 0.0, false),
+        };
+        statuses.push(status);
+        ats.push(at);
+        errors.push(error);
+        waits.push(wait);
+        deferrals.push(deferral);
+    }
+    let rows: Vec<(i64,)> = sqlx::query_as(
+        "UPDATE outbox o SET
+             status = u.status,
+             sent_at = CASE WHEN u.status = 'sent' THEN u.at ELSE o.sent_at END,
+             claimed_until = NULL,
+             last_error = u.error,
+             next_attempt_at = CASE WHEN u.status = 'pending'
+                                    THEN now() + make_interval(secs => u.wait)
+                                    ELSE o.next_attempt_at END,
+             attempts = CASE WHEN u.deferral THEN greatest(o.attempts - 1, 0) ELSE o.attempts END,
+             deferrals = CASE WHEN u.deferral THEN o.deferrals + 1 ELSE o.deferrals END
+         FROM unnest($1::bigint[], $2::uuid[], $3::text[], $4::timestamptz[], $5::text[],
+                     $6::float8[], $7::bool[]) AS u(id, token, status, at, error, wait, deferral)
+         WHERE o.id = u.id AND o.claim_token = u.token AND o.status = 'sending'
+         RETURNING o.id",
+    )
+    .bind(&ids)
+    .bind(&tokens)
+    .bind(&statuses)
+    .bind(&ats)
+    .bind(&errors)
+    .bind(&waits)
+    .bind(&deferrals)
+    .fetch_all(conn)
+    .await?;
+    Ok(rows.into_iter().map(|(id,)| id).collect())
+}
+
+/// Of `claims` (row id, claim token), the rows that were finished under that claim: after a
+/// try at recording that was lost with its connection, which may have committed all the same.
+pub async fn finished_under(
+    conn: impl PgExecutor<'_>,
+    claims: &[(i64, Uuid)],
+) -> sqlx::Result<Vec<i64>> {
+    let (ids, tokens): (Vec<i64>, Vec<Uuid>) = claims.iter().copied().unzip();
+    let rows: Vec<(i64,)> = sqlx::query_as(
+        "SELECT o.id FROM outbox o
+         JOIN unnest($1::bigint[], $2::uuid[]) AS u(id, token)
+           ON o.id = u.id AND o.claim_token = u.token
+         WHERE o.status <> 'sending'",
+    )
+    .bind(&ids)
+    .bind(&tokens)
+    .fetch_all(conn)
+    .await?;
+    Ok(rows.into_iter().map(|(id,)| id).collect())
+}
+
+async fn record_one(
+    conn: impl PgExecutor<'_>,
+    id: i64,
+    claim_token: Uuid,
+    mark: Mark,
+) -> sqlx::Result<bool> {
+    let marked = Marked {
+        id,
+        claim_token,
+        mark,
+    };
+    Ok(record(conn, std::slice::from_ref(&marked)).await? == [id])
+}
+
+/// Records that the relay accepted the row (now).
 pub async fn mark_sent(
     conn: impl PgExecutor<'_>,
     id: i64,
     claim_token: Uuid,
 ) -> sqlx::Result<bool> {
-    Ok(sqlx::query(
-        "UPDATE outbox SET status = 'sent', sent_at = now(), claimed_until = NULL, last_error = NULL
-         WHERE id = $1 AND claim_token = $2 AND status = 'sending'",
-    )
-    .bind(id)
-    .bind(claim_token)
-    .execute(conn)
-    .await?
-    .rows_affected()
-        == 1)
+    let at = chrono::Utc::now();
+    record_one(conn, id, claim_token, Mark::Sent { at }).await
 }
 
 /// Whether a failed try counts toward `mail.retry.max_attempts`.
@@ -215,23 +335,18 @@ pub async fn mark_retry(
     error: &str,
     counted: Counted,
 ) -> sqlx::Result<bool> {
-    let deferral = counted == Counted::Deferral;
-    Ok(sqlx::query(
-        "UPDATE outbox SET status = 'pending', claimed_until = NULL, last_error = $3,
-                next_attempt_at = now() + make_interval(secs => $4),
-                attempts = CASE WHEN $5 THEN greatest(attempts - 1, 0) ELSE attempts END,
-                deferrals = CASE WHEN $5 THEN deferrals + 1 ELSE deferrals END
-         WHERE id = $1 AND claim_token = $2 AND status = 'sending'",
+    let error = error.to_owned();
+    record_one(
+        conn,
+        id,
+        claim_token,
+        Mark::Retry {
+            wait,
+            error,
+            counted,
+        },
     )
-    .bind(id)
-    .bind(claim_token)
-    .bind(error)
-    .bind(wait.as_secs_f64())
-    .bind(deferral)
-    .execute(conn)
-    .await?
-    .rows_affected()
-        == 1)
+    .await
 }
 
 /// Records that a row will never be sent, and why. It stays in the outbox for operators (and
@@ -252,23 +367,26 @@ pub async fn mark_cancelled(
     claim_token: Uuid,
     reason: &str,
 ) -> sqlx::Result<bool> {
-    mark_finished(conn, id, claim_token, "cancelled", reason).await
+    let reason = reason.to_owned();
+    record_one(conn, id, claim_token, Mark::Cancelled { reason }).await
 }
 
-/// Gives a claimed row back unsent (the worker is stopping): due again at once for any worker,
-/// with the attempt its claim counted taken back. Fenced by the claim.
-pub async fn release(conn: impl PgExecutor<'_>, id: i64, claim_token: Uuid) -> sqlx::Result<bool> {
+/// Gives claimed rows back unsent (the worker is stopping, or a row waited too long in the
+/// worker to be sent under its lease): due again at once for any worker, with the attempt each
+/// claim counted taken back. Fenced by the claims; returns how many were given back.
+pub async fn release(conn: impl PgExecutor<'_>, claims: &[(i64, Uuid)]) -> sqlx::Result<u64> {
+    let (ids, tokens): (Vec<i64>, Vec<Uuid>) = claims.iter().copied().unzip();
     Ok(sqlx::query(
-        "UPDATE outbox SET status = 'pending', claimed_until = NULL, claim_token = NULL,
-                attempts = greatest(attempts - 1, 0)
-         WHERE id = $1 AND claim_token = $2 AND status = 'sending'",
+        "UPDATE outbox o SET status = 'pending', claimed_until = NULL, claim_token = NULL,
+                attempts = greatest(o.attempts - 1, 0)
+         FROM unnest($1::bigint[], $2::uuid[]) AS u(id, token)
+         WHERE o.id = u.id AND o.claim_token = u.token AND o.status = 'sending'",
     )
-    .bind(id)
-    .bind(claim_token)
+    .bind(&ids)
+    .bind(&tokens)
     .execute(conn)
     .await?
-    .rows_affected()
-        == 1)
+    .rows_affected())
 }
 
 /// Ends a claimed row with `status` and why, fenced by its claim.

@@ -1,17 +1,29 @@
-//! The sender loop: claims due outbox rows, renders and sends them, and records the outcome.
-//! One round (`send_due`) is a unit the tests can call; `run` decides when the next round is.
+//! The sender: a pipeline that claims due outbox rows in bulk, sends them on `concurrency`
+//! connections at once, and records their outcomes in batches.
+//!
+//! - The claimer claims, in one statement, as many due rows as the pipeline has room for
+//!   (`mail.batch_size` held at most), most urgent first, and hands them on. A claim that found
+//!   less than it had room for ends a round once everything claimed so far is recorded; the
+//!   claimer then waits for a NOTIFY (or polls).
+//! - The senders take rows in that order, `mail.concurrency` at a time. A row is started only
+//!   while its lease still has room for a whole send and its recording; otherwise, and at
+//!   shutdown, it is given back unsent.
+//! - The recorder writes outcomes as they come, as many per statement as have come, each fenced
+//!   by its claim (a stale claim changes nothing), and only then logs and counts them.
 
-use super::outbox::{self, Claimed, Counted, NOTIFY_CHANNEL};
+use super::outbox::{self, Claimed, Counted, Mark, Marked, NOTIFY_CHANNEL};
 use super::prepare::{prepare, Prepared};
 use super::{message, Relay, SendError};
 use crate::db;
 use crate::worker::Shared;
-use futures_util::StreamExt;
 use serde_json::{json, Value};
 use sqlx::postgres::PgListener;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
+use tokio::sync::{mpsc, oneshot, Notify};
 use tokio_util::sync::CancellationToken;
+use uuid::Uuid;
 
 /// What one send came to.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -22,54 +34,73 @@ pub enum Outcome {
     /// Not sent: its cause went away before it was due.
     Cancelled,
     /// Nothing recorded: the claim's lease ran out and another claim took the row (see
-    /// `outbox::mark_sent`); that claim records the row's fate.
+    /// `outbox::record`); that claim records the row's fate.
     Stale,
 }
 
-/// The longest wait between two tries at recording an outcome while PostgreSQL is away.
+/// The longest wait between two tries at recording outcomes while PostgreSQL is away.
 const RECORD_BACKOFF_MAX: Duration = Duration::from_secs(5);
 
 /// The longest wait between two rounds while PostgreSQL is away.
 const ROUND_BACKOFF_MAX: Duration = Duration::from_secs(30);
 
-/// Claims one batch and sends it; returns how many rows it claimed.
-pub async fn send_due(
-    shared: &Shared,
-    relay: &Relay,
-    shutdown: &CancellationToken,
-) -> anyhow::Result<usize> {
-    let s = &shared.settings;
-    // Taken before the claim, so it falls no later than the lease the database sets: recording
-    // an outcome is retried until then, not after (the row may be someone else's by then).
-    let lease_ends = Instant::now() + s.send_lease;
-    let batch = outbox::claim(&shared.pool, s.send_batch_size, s.send_lease).await?;
-    let n = batch.len();
-    futures_util::stream::iter(batch)
-        .for_each_concurrent(s.send_concurrency, |row| async move {
-            let id = row.id;
-            // At shutdown, what is not yet being sent goes back at once, for the next worker,
-            // instead of waiting out its lease; the sends already in flight finish.
-            if shutdown.is_cancelled() {
-                match outbox::release(&shared.pool, row.id, row.claim_token).await {
-                    Ok(_) => {}
-                    Err(e) => {
-                        tracing::warn!(outbox_id = id, error = %e, "could not give back a claimed email")
-                    }
-                }
+/// Outcomes written in one statement at most.
+const RECORD_BATCH_MAX: usize = 512;
+
+/// Time a row's lease must still have, besides the send itself, for it to be started.
+const RECORDING_MARGIN: Duration = Duration::from_secs(crate::config::RECORDING_MARGIN_SECS);
+
+/// A claimed row on its way through the pipeline.
+struct Work {
+    row: Claimed,
+    /// Taken before the claim, so it falls no later than the lease the database set.
+    lease_ends: Instant,
+}
+
+/// Rows claimed and not yet recorded (or given back), and a wake-up whenever that falls.
+#[derive(Default)]
+struct Held {
+    rows: AtomicUsize,
+    fell: Notify,
+}
+
+impl Held {
+    fn add(&self, n: usize) {
+        self.rows.fetch_add(n, Ordering::SeqCst);
+    }
+
+    fn done(&self, n: usize) {
+        self.rows.fetch_sub(n, Ordering::SeqCst);
+        self.fell.notify_waiters();
+    }
+
+    fn now(&self) -> usize {
+        self.rows.load(Ordering::SeqCst)
+    }
+
+    /// Waits until at most `n` rows are held (or `stop`).
+    async fn at_most(&self, n: usize, stop: &CancellationToken) {
+        loop {
+            let fell = self.fell.notified();
+            if self.now() <= n {
                 return;
             }
-            if let Err(e) = send_one(shared, relay, row, lease_ends).await {
-                // The row stays claimed; its lease runs out and it is tried again.
-                tracing::warn!(outbox_id = id, error = %e, "could not record the outcome of a send");
+            tokio::select! {
+                _ = fell => {}
+                _ = stop.cancelled() => return,
             }
-        })
-        .await;
-    Ok(n)
+        }
+    }
 }
 
 /// What is to be written for a row.
 enum Record {
-    Sent,
+    /// `at`: when the relay accepted it (kept as `sent_at`); `by_clock`: the same by the
+    /// worker's clock, which decides what is due (for reminder lateness).
+    Sent {
+        at: chrono::DateTime<chrono::Utc>,
+        by_clock: chrono::DateTime<chrono::Utc>,
+    },
     Retry {
         wait: Duration,
         error: String,
@@ -80,17 +111,181 @@ enum Record {
     Failed {
         error: String,
         suppress: bool,
+        /// For the log: what kind of failure (never the relay's text, which can quote addresses).
+        summary: &'static str,
         triage: Option<(Vec<String>, Value)>,
     },
     Cancelled(String),
+    /// Not sent, given back for the next claim (shutdown, or too little lease left).
+    Release,
 }
 
+/// A row's outcome on its way to the recorder.
+struct Done {
+    row: Claimed,
+    lease_ends: Instant,
+    record: Record,
+    /// Answered once the outcome is written (or given up on), for the slot's next send.
+    recorded: Option<oneshot::Sender<()>>,
+}
+
+/// Runs the pipeline until `shutdown`: claimed rows not yet started then go back, sends in
+/// flight finish, and their outcomes are recorded before it returns.
+pub async fn run(shared: Arc<Shared>, relay: Relay, shutdown: CancellationToken) {
+    let capacity = (shared.settings.send_batch_size.max(1) as usize).max(1);
+    let held = Arc::new(Held::default());
+    let (work_tx, work_rx) = mpsc::channel::<Work>(capacity);
+    let (done_tx, done_rx) = mpsc::unbounded_channel::<Done>();
+    let recorder = tokio::spawn(record_all(shared.clone(), done_rx, held.clone()));
+    let senders = tokio::spawn(send_all(
+        shared.clone(),
+        relay,
+        work_rx,
+        done_tx,
+        shutdown.clone(),
+    ));
+    claim_all(&shared, work_tx, &held, capacity, &shutdown).await;
+    let _ = senders.await;
+    let _ = recorder.await;
+    tracing::info!("sender stopped");
+}
+
+/// The claimer (see the module's notes). Ends at `shutdown`, dropping `work` so that the
+/// senders end once they have taken what it holds.
+async fn claim_all(
+    shared: &Shared,
+    work: mpsc::Sender<Work>,
+    held: &Held,
+    capacity: usize,
+    shutdown: &CancellationToken,
+) {
+    let mut listener: Option<PgListener> = None;
+    // Rounds in a row that could not claim (PostgreSQL away): each waits twice the last, up to
+    // ROUND_BACKOFF_MAX, and the first round that claims again goes back to polling.
+    let mut failed_rounds: u32 = 0;
+    loop {
+        if shutdown.is_cancelled() {
+            break;
+        }
+        let room = capacity.saturating_sub(held.now());
+        if room == 0 {
+            held.at_most(capacity - 1, shutdown).await;
+            continue;
+        }
+        let lease_ends = Instant::now() + shared.settings.send_lease;
+        match outbox::claim(&shared.pool, room as i64, shared.settings.send_lease).await {
+            Ok(rows) => {
+                failed_rounds = 0;
+                let n = rows.len();
+                held.add(n);
+                for row in rows {
+                    // Room was made for these: the channel takes them without waiting long.
+                    if work.send(Work { row, lease_ends }).await.is_err() {
+                        return;
+                    }
+                }
+                if n == room {
+                    continue; // more may be due right now
+                }
+                // Everything due is claimed: the round ends once it is all recorded.
+                held.at_most(0, shutdown).await;
+            }
+            Err(e) => {
+                failed_rounds = failed_rounds.saturating_add(1);
+                tracing::warn!(error = %e, failed_rounds, "could not claim emails from the outbox");
+            }
+        }
+        shared.metrics.sender_rounds.inc();
+        if listener.is_none() && failed_rounds == 0 {
+            listener = connect_listener(shared).await;
+        }
+        let poll = shared.settings.send_poll_interval;
+        let wait = if failed_rounds == 0 {
+            poll
+        } else {
+            poll.saturating_mul(2u32.saturating_pow(failed_rounds.min(16)))
+                .min(ROUND_BACKOFF_MAX.max(poll))
+        };
+        tokio::select! {
+            _ = shutdown.cancelled() => break,
+            woke = async {
+                match listener.as_mut() {
+                    Some(l) => l.recv().await.map(|_| ()),
+                    None => { tokio::time::sleep(wait).await; Ok(()) }
+                }
+            } => {
+                if woke.is_err() {
+                    listener = None; // reconnected on the next round; polling meanwhile
+                }
+            }
+            _ = tokio::time::sleep(wait) => {}
+        }
+    }
+}
+
+/// The senders: `mail.concurrency` slots, each taking rows in the order claimed. A slot hands
+/// an email to the relay only once the outcome of its last one is recorded, so a worker that
+/// dies leaves at most one accepted-but-unrecorded email per slot (the duplicate window); it
+/// prepares the next one meanwhile.
+async fn send_all(
+    shared: Arc<Shared>,
+    relay: Relay,
+    work: mpsc::Receiver<Work>,
+    done: mpsc::UnboundedSender<Done>,
+    shutdown: CancellationToken,
+) {
+    let work = Arc::new(tokio::sync::Mutex::new(work));
+    let mut slots = tokio::task::JoinSet::new();
+    for _ in 0..shared.settings.send_concurrency.max(1) {
+        let (shared, relay, work, done, shutdown) = (
+            shared.clone(),
+            relay.clone(),
+            work.clone(),
+            done.clone(),
+            shutdown.clone(),
+        );
+        slots.spawn(async move {
+            let mut last: Option<oneshot::Receiver<()>> = None;
+            loop {
+                let next = work.lock().await.recv().await;
+                let Some(Work { row, lease_ends }) = next else {
+                    break;
+                };
+                // At shutdown, what is not yet being sent goes back at once, for the next
+                // worker, instead of waiting out its lease; the sends already in flight finish.
+                // So does a row whose lease no longer has room for a whole send and its
+                // recording.
+                let room = shared.settings.send_timeout + RECORDING_MARGIN;
+                let (record, recorded) =
+                    if shutdown.is_cancelled() || Instant::now() + room >= lease_ends {
+                        (Record::Release, None)
+                    } else {
+                        let (tx, rx) = oneshot::channel();
+                        let record = send_one(&shared, &relay, &row, last.take()).await;
+                        last = Some(rx);
+                        (record, Some(tx))
+                    };
+                let _ = done.send(Done {
+                    row,
+                    lease_ends,
+                    record,
+                    recorded,
+                });
+            }
+        });
+    }
+    while slots.join_next().await.is_some() {}
+}
+
+/// Prepares, renders and sends one row; what is to be recorded for it. `previous`, when the
+/// slot has one, resolves once the slot's last outcome is recorded: the relay gets this email
+/// only after that.
 async fn send_one(
     shared: &Shared,
     relay: &Relay,
-    row: Claimed,
-    lease_ends: Instant,
-) -> anyhow::Result<Outcome> {
+    row: &Claimed,
+    previous: Option<oneshot::Receiver<()>>,
+) -> Record {
     let s = &shared.settings;
     let from = if row.stream == "bulk" {
         &s.bulk_from
@@ -100,17 +295,8 @@ async fn send_one(
     // Whether the relay itself refused the message for good (a 5xx), as opposed to a message
     // that could not be built: only the first says something about the address.
     let mut refused_by_relay = false;
-    // When the relay accepted it, by the worker's clock (for reminder lateness).
-    let mut accepted_at = None;
-    let result = match prepare(shared, &row).await {
-        Ok(Prepared::Skip(reason)) => {
-            if !record(shared, &row, &Record::Cancelled(reason.clone()), lease_ends).await? {
-                return Ok(stale(shared, &row));
-            }
-            tracing::info!(outbox_id = row.id, kind = %row.kind, reason = %reason, "email not sent: no longer wanted");
-            shared.metrics.email_outcome(&row.kind, Outcome::Cancelled);
-            return Ok(Outcome::Cancelled);
-        }
+    let result = match prepare(shared, row).await {
+        Ok(Prepared::Skip(reason)) => return Record::Cancelled(reason),
         // PostgreSQL away while reading current state says nothing about the email.
         Err(e) if db::unreachable_cause(&e) => Err(SendError::Unreachable(format!(
             "could not prepare the email: {e:#}"
@@ -132,52 +318,244 @@ async fn send_one(
                 .templates
                 .render(&row.template, &context)
                 .and_then(|rendered| {
-                    message::build(&row, from, &rendered, &attachments, unsubscribe_url)
+                    message::build(row, from, &rendered, &attachments, unsubscribe_url)
                 });
             match message {
                 // A template or address that does not work now never will: keep the row, say why.
                 Err(e) => Err(SendError::Permanent(format!("not sendable: {e}"))),
                 Ok(m) => {
+                    if let Some(previous) = previous {
+                        // Dropped unanswered only if the recorder gave up: go on either way.
+                        let _ = previous.await;
+                    }
                     let sent = relay.send(m, s.send_timeout).await;
                     refused_by_relay = matches!(sent, Err(SendError::Permanent(_)));
-                    accepted_at = sent.is_ok().then(|| shared.clock.now());
                     sent
                 }
             }
         }
     };
-    let decision = match &result {
-        Ok(()) => Record::Sent,
+    match result {
+        Ok(()) => Record::Sent {
+            at: chrono::Utc::now(),
+            by_clock: shared.clock.now(),
+        },
         // However long the relay (or PostgreSQL) stays away, no email fails for it: the try is
         // given back, and the wait grows with the row's own deferrals.
         Err(SendError::Unreachable(e)) => Record::Retry {
             wait: s
                 .send_retry
                 .backoff_with_jitter(row.deferrals.saturating_add(1).max(1) as u32),
-            error: e.clone(),
+            error: e,
             counted: Counted::Deferral,
         },
         Err(SendError::Transient(e)) if (row.attempts as u32) < s.send_retry.max_attempts => {
             Record::Retry {
                 wait: s.send_retry.backoff_with_jitter(row.attempts.max(1) as u32),
-                error: e.clone(),
+                error: e,
                 counted: Counted::Attempt,
             }
         }
         Err(e) => Record::Failed {
-            error: e.text().to_owned(),
             suppress: refused_by_relay && row.stream == "bulk",
-            triage: undeliverable_copy(shared, &row, e.text()),
+            triage: undeliverable_copy(shared, row, e.text()),
+            summary: e.log_summary(),
+            error: e.text().to_owned(),
         },
-    };
-    if !record(shared, &row, &decision, lease_ends).await? {
-        return Ok(stale(shared, &row));
     }
-    let outcome = match &decision {
-        Record::Sent => {
+}
+
+/// The recorder: writes what has come, as one batch, until the senders are gone.
+async fn record_all(shared: Arc<Shared>, mut done: mpsc::UnboundedReceiver<Done>, held: Arc<Held>) {
+    let mut batch = Vec::with_capacity(RECORD_BATCH_MAX);
+    while let Some(first) = done.recv().await {
+        batch.push(first);
+        while batch.len() < RECORD_BATCH_MAX {
+            match done.try_recv() {
+                Ok(d) => batch.push(d),
+                Err(_) => break,
+            }
+        }
+        let n = batch.len();
+        record_batch(&shared, std::mem::take(&mut batch)).await;
+        held.done(n);
+    }
+}
+
+/// Records one batch: rows given back, plain outcomes in one statement, failures each in
+/// their own transaction; then logs and counts what was recorded.
+async fn record_batch(shared: &Shared, batch: Vec<Done>) {
+    let (mut marks, mut failures, mut releases) = (Vec::new(), Vec::new(), Vec::new());
+    for d in batch {
+        match d.record {
+            Record::Release => releases.push(d),
+            Record::Failed { .. } => failures.push(d),
+            _ => marks.push(d),
+        }
+    }
+    if !releases.is_empty() {
+        let claims: Vec<(i64, Uuid)> = releases
+            .iter()
+            .map(|d| (d.row.id, d.row.claim_token))
+            .collect();
+        if let Err(e) = outbox::release(&shared.pool, &claims).await {
+            // They stay claimed until their lease runs out, and are then claimed again.
+            tracing::warn!(error = %e, emails = claims.len(), "could not give back claimed emails");
+        }
+    }
+    if !marks.is_empty() {
+        let recorded = with_retry(shared, &marks, record_marks).await;
+        for d in &marks {
+            report(shared, d, recorded.contains(&d.row.id));
+        }
+    }
+    for d in failures {
+        let recorded = with_retry(shared, std::slice::from_ref(&d), record_failure).await;
+        report(shared, &d, recorded.contains(&d.row.id));
+        answer(d);
+    }
+    marks.into_iter().for_each(answer);
+}
+
+/// Tells the slot that sent `d` that its outcome is written.
+fn answer(d: Done) {
+    if let Some(tx) = d.recorded {
+        let _ = tx.send(());
+    }
+}
+
+/// Runs `write` (which returns the ids it recorded) until it succeeds, trying again with
+/// back-off while PostgreSQL cannot be reached, until the last lease in `batch` ends: giving up
+/// earlier would let the lease run out and a sent email be sent again. After a try that was lost
+/// with its connection (and may have committed all the same), rows finished under their claim
+/// count as recorded. Trying on past a lease is harmless: every write is fenced by its claim.
+async fn with_retry<'a, F, Fut>(shared: &'a Shared, batch: &'a [Done], write: F) -> Vec<i64>
+where
+    F: Fn(&'a Shared, &'a [Done]) -> Fut,
+    Fut: std::future::Future<Output = sqlx::Result<Vec<i64>>>,
+{
+    let lease_ends = batch
+        .iter()
+        .map(|d| d.lease_ends)
+        .max()
+        .unwrap_or_else(Instant::now);
+    let mut wait = Duration::from_millis(100);
+    let mut tried = false;
+    loop {
+        match tokio::time::timeout_at(lease_ends.into(), write(shared, batch)).await {
+            Ok(Ok(mut ids)) => {
+                if tried && ids.len() < batch.len() {
+                    let claims: Vec<(i64, Uuid)> = batch
+                        .iter()
+                        .map(|d| (d.row.id, d.row.claim_token))
+                        .collect();
+                    if let Ok(mine) = outbox::finished_under(&shared.pool, &claims).await {
+                        ids.extend(mine);
+                    }
+                }
+                return ids;
+            }
+            Ok(Err(e)) if db::unreachable(&e) && Instant::now() + wait < lease_ends => {
+                tried = true;
+                tracing::warn!(
+                    emails = batch.len(),
+                    retry_in_ms = wait.as_millis() as u64,
+                    "PostgreSQL unreachable: the outcomes of sends will be recorded again"
+                );
+                tokio::time::sleep(wait).await;
+                wait = (wait * 2).min(RECORD_BACKOFF_MAX);
+            }
+            Ok(Err(e)) => {
+                // The rows stay claimed; their leases run out and they are tried again.
+                tracing::warn!(error = %e, emails = batch.len(), "could not record the outcomes of sends");
+                return Vec::new();
+            }
+            Err(_) => {
+                tracing::warn!(
+                    emails = batch.len(),
+                    "the lease ran out before the outcomes of sends could be recorded"
+                );
+                return Vec::new();
+            }
+        }
+    }
+}
+
+async fn record_marks(shared: &Shared, batch: &[Done]) -> sqlx::Result<Vec<i64>> {
+    let marks: Vec<Marked> = batch
+        .iter()
+        .filter_map(|d| {
+            let mark = match &d.record {
+                Record::Sent { at, .. } => Mark::Sent { at: *at },
+                Record::Retry {
+                    wait,
+                    error,
+                    counted,
+                } => Mark::Retry {
+                    wait: *wait,
+                    error: error.clone(),
+                    counted: *counted,
+                },
+                Record::Cancelled(reason) => Mark::Cancelled {
+                    reason: reason.clone(),
+                },
+                Record::Failed { .. } | Record::Release => return None,
+            };
+            Some(Marked {
+                id: d.row.id,
+                claim_token: d.row.claim_token,
+                mark,
+            })
+        })
+        .collect();
+    outbox::record(&shared.pool, &marks).await
+}
+
+/// One transaction: the failure, the suppression it implies and the triage copy are recorded
+/// together or not at all (a stale claim records none of them).
+async fn record_failure(shared: &Shared, batch: &[Done]) -> sqlx::Result<Vec<i64>> {
+    let mut ids = Vec::new();
+    for d in batch {
+        let Record::Failed {
+            error,
+            suppress,
+            triage,
+            ..
+        } = &d.record
+        else {
+            continue;
+        };
+        let row = &d.row;
+        let mut tx = shared.pool.begin().await?;
+        if !outbox::mark_failed(&mut *tx, row.id, row.claim_token, error).await? {
+            tx.rollback().await?;
+            continue;
+        }
+        if *suppress {
+            suppress_recipients(&mut tx, row.id, &row.recipients).await?;
+        }
+        if let Some((to, marker)) = triage {
+            let to: Vec<&str> = to.iter().map(String::as_str).collect();
+            outbox::enqueue_undeliverable(&mut tx, row.id, &to, marker).await?;
+        }
+        tx.commit().await?;
+        ids.push(row.id);
+    }
+    Ok(ids)
+}
+
+/// Logs (ids only) and counts a recorded outcome; a stale one is counted as such.
+fn report(shared: &Shared, d: &Done, recorded: bool) {
+    let row = &d.row;
+    if !recorded {
+        stale(shared, row);
+        return;
+    }
+    let outcome = match &d.record {
+        Record::Sent { by_clock, .. } => {
             tracing::info!(outbox_id = row.id, kind = %row.kind, attempts = row.attempts, "email sent");
-            if let (Some(at), "session_reminder") = (accepted_at, row.kind.as_str()) {
-                observe_reminder_lateness(shared, &row, at);
+            if row.kind == "session_reminder" {
+                observe_reminder_lateness(shared, row, *by_clock);
             }
             Outcome::Sent
         }
@@ -187,16 +565,22 @@ async fn send_one(
                 retry_in_secs = wait.as_secs_f64(), "email not sent: passing failure, will retry");
             Outcome::Retry
         }
+        Record::Cancelled(reason) => {
+            tracing::info!(outbox_id = row.id, kind = %row.kind, reason = %reason, "email not sent: no longer wanted");
+            Outcome::Cancelled
+        }
         Record::Failed {
-            suppress, triage, ..
+            suppress,
+            triage,
+            summary,
+            ..
         } => {
             if *suppress {
                 tracing::warn!(outbox_id = row.id, kind = %row.kind,
                     "address refused for good: suppressed for bulk mail");
             }
-            let failure = result.as_ref().err().map_or("", SendError::log_summary);
             tracing::error!(outbox_id = row.id, kind = %row.kind, attempts = row.attempts,
-                failure, "email failed: it will not be tried again");
+                failure = summary, "email failed: it will not be tried again");
             match (row.kind.as_str(), triage) {
                 ("enquiry", Some(_)) => tracing::warn!(
                     outbox_id = row.id,
@@ -210,20 +594,18 @@ async fn send_one(
             }
             Outcome::Failed
         }
-        Record::Cancelled(_) => Outcome::Cancelled,
+        Record::Release => return,
     };
     shared.metrics.email_outcome(&row.kind, outcome);
-    Ok(outcome)
 }
 
 /// A claim whose outcome matched nothing: counted and logged (ids only), otherwise ignored.
-fn stale(shared: &Shared, row: &Claimed) -> Outcome {
+fn stale(shared: &Shared, row: &Claimed) {
     tracing::warn!(
         outbox_id = row.id,
         "outcome not recorded: the lease ran out and the email was claimed again"
     );
     shared.metrics.stale_outcomes.inc();
-    Outcome::Stale
 }
 
 /// For a coordinators' copy of an enquiry that failed for good: the triage mailbox and the
@@ -287,91 +669,6 @@ fn observe_reminder_lateness(
     }
 }
 
-/// Writes `decision` for `row` under its claim token; false if the claim was stale. While
-/// PostgreSQL cannot be reached it tries again with back-off, until the lease ends: giving up
-/// earlier would let the lease run out and a sent email be sent again.
-async fn record(
-    shared: &Shared,
-    row: &Claimed,
-    decision: &Record,
-    lease_ends: Instant,
-) -> anyhow::Result<bool> {
-    let mut wait = Duration::from_millis(100);
-    let mut tried = false;
-    loop {
-        let attempt =
-            tokio::time::timeout_at(lease_ends.into(), record_once(shared, row, decision));
-        match attempt.await {
-            Ok(Ok(true)) => return Ok(true),
-            // A try that was lost with the connection may have committed all the same: the row
-            // then still carries this claim's token and is no longer 'sending'.
-            Ok(Ok(false)) if tried => return Ok(recorded_by(shared, row).await.unwrap_or(false)),
-            Ok(Ok(false)) => return Ok(false),
-            Ok(Err(e)) if db::unreachable(&e) && Instant::now() + wait < lease_ends => {
-                tried = true;
-                tracing::warn!(
-                    outbox_id = row.id,
-                    retry_in_ms = wait.as_millis() as u64,
-                    "PostgreSQL unreachable: the outcome of a send will be recorded again"
-                );
-                tokio::time::sleep(wait).await;
-                wait = (wait * 2).min(RECORD_BACKOFF_MAX);
-            }
-            Ok(Err(e)) => return Err(anyhow::Error::new(e).context("recording the outcome")),
-            Err(_) => anyhow::bail!("the lease ran out before the outcome could be recorded"),
-        }
-    }
-}
-
-/// Whether `row` was finished under this claim (an earlier try at recording committed).
-async fn recorded_by(shared: &Shared, row: &Claimed) -> sqlx::Result<bool> {
-    let (mine,): (bool,) = sqlx::query_as(
-        "SELECT coalesce(claim_token = $2 AND status <> 'sending', false) FROM outbox WHERE id = $1",
-    )
-    .bind(row.id)
-    .bind(row.claim_token)
-    .fetch_optional(&shared.pool)
-    .await?
-    .unwrap_or((false,));
-    Ok(mine)
-}
-
-async fn record_once(shared: &Shared, row: &Claimed, decision: &Record) -> sqlx::Result<bool> {
-    let pool = &shared.pool;
-    let (id, token) = (row.id, row.claim_token);
-    match decision {
-        Record::Sent => outbox::mark_sent(pool, id, token).await,
-        Record::Retry {
-            wait,
-            error,
-            counted,
-        } => outbox::mark_retry(pool, id, token, *wait, error, *counted).await,
-        Record::Cancelled(reason) => outbox::mark_cancelled(pool, id, token, reason).await,
-        Record::Failed {
-            error,
-            suppress,
-            triage,
-        } => {
-            // One transaction: the failure, the suppression it implies and the triage copy are
-            // recorded together or not at all (a stale claim records none of them).
-            let mut tx = pool.begin().await?;
-            if !outbox::mark_failed(&mut *tx, id, token, error).await? {
-                tx.rollback().await?;
-                return Ok(false);
-            }
-            if *suppress {
-                suppress_recipients(&mut tx, id, &row.recipients).await?;
-            }
-            if let Some((to, marker)) = triage {
-                let to: Vec<&str> = to.iter().map(String::as_str).collect();
-                outbox::enqueue_undeliverable(&mut tx, id, &to, marker).await?;
-            }
-            tx.commit().await?;
-            Ok(true)
-        }
-    }
-}
-
 /// Suppresses `recipients` for bulk mail (newsletters, digests): a relay said they do not exist
 /// or will never take our mail, and mailing such addresses again harms delivery to everyone.
 /// Returns how many addresses were newly suppressed.
@@ -391,60 +688,6 @@ async fn suppress_recipients(
     .execute(conn)
     .await?
     .rows_affected())
-}
-
-/// Sends until `shutdown`: woken by NOTIFY on commit, and by polling as a fallback. A round in
-/// progress at shutdown is finished first.
-pub async fn run(shared: Arc<Shared>, relay: Relay, shutdown: CancellationToken) {
-    let mut listener: Option<PgListener> = None;
-    // Rounds in a row that could not claim (PostgreSQL away): each waits twice the last, up to
-    // ROUND_BACKOFF_MAX, and the first round that claims again goes back to polling.
-    let mut failed_rounds: u32 = 0;
-    loop {
-        if shutdown.is_cancelled() {
-            break;
-        }
-        let claimed = match send_due(&shared, &relay, &shutdown).await {
-            Ok(n) => {
-                failed_rounds = 0;
-                n
-            }
-            Err(e) => {
-                failed_rounds = failed_rounds.saturating_add(1);
-                tracing::warn!(error = %e, failed_rounds, "could not claim emails from the outbox");
-                0
-            }
-        };
-        shared.metrics.sender_rounds.inc();
-        if claimed as i64 >= shared.settings.send_batch_size {
-            continue; // more may be due right now
-        }
-        if listener.is_none() && failed_rounds == 0 {
-            listener = connect_listener(&shared).await;
-        }
-        let poll = shared.settings.send_poll_interval;
-        let wait = if failed_rounds == 0 {
-            poll
-        } else {
-            poll.saturating_mul(2u32.saturating_pow(failed_rounds.min(16)))
-                .min(ROUND_BACKOFF_MAX.max(poll))
-        };
-        tokio::select! {
-            _ = shutdown.cancelled() => break,
-            woke = async {
-                match listener.as_mut() {
-                    Some(l) => l.recv().await.map(|_| ()),
-                    None => { tokio::time::sleep(wait).await; Ok(()) }
-                }
-            } => {
-                if woke.is_err() {
-                    listener = None; // reconnected on the next round; polling meanwhile
-                }
-            }
-            _ = tokio::time::sleep(wait) => {}
-        }
-    }
-    tracing::info!("sender stopped");
 }
 
 async fn connect_listener(shared: &Shared) -> Option<PgListener> {

@@ -132,10 +132,10 @@ async fn sigint_with_emails_in_hand_exits_0_leaves_nothing_claimed_and_nobody_ge
 /// A relay so slow that the claimed batch cannot be sent within the grace period: the worker
 /// must still exit 0 within 10 s and give back what it could not send, rather than leave it
 /// claimed for a whole lease. Second copies are allowed for the sends cut off in flight (at most
-/// `mail.concurrency`, 8 by default).
+/// `mail.concurrency`, 10 by default).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigterm_with_more_in_hand_than_the_grace_period_gives_back_what_it_did_not_send() {
-    signal_with_work_in_hand("-TERM", StdDuration::from_secs(3), 60, 8).await;
+    signal_with_work_in_hand("-TERM", StdDuration::from_secs(3), 60, 10).await;
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -623,7 +623,7 @@ fn check_names_the_place_of_a_problem_in_rpec_toml_and_in_the_environment() {
     let (ok, err) = check_with(same, &[]);
     assert!(ok, "the shipped settings pass: {err}");
 
-    let (ok, err) = check_with(|t| t.replace("concurrency = 8", "concurrency = 0"), &[]);
+    let (ok, err) = check_with(|t| t.replace("concurrency = 10", "concurrency = 0"), &[]);
     assert!(!ok);
     assert!(
         err.lines()

@@ -28,6 +28,8 @@ pub struct Shared {
     pub amqp_ready: AtomicBool,
     /// "Now" for planning and for what is due.
     pub clock: Clock,
+    /// Bulk emails rendered once, filled in for each reader.
+    pub shells: crate::mail::Shells,
 }
 
 impl Shared {
@@ -45,6 +47,7 @@ impl Shared {
             metrics: Metrics::new(),
             amqp_ready: AtomicBool::new(false),
             clock,
+            shells: Default::default(),
         })
     }
 }

@@ -262,19 +262,58 @@ pub(crate) async fn complete(shared: &Shared, row: &Claimed) -> anyhow::Result<P
     let region: RegionId = region
         .parse()
         .map_err(|e: String| anyhow::anyhow!("stored region: {e}"))?;
-    let email = NewsletterEmail {
-        subject,
-        preheader,
-        region_name: shared.regions.region(region).name.clone(),
-        name,
-        sections: serde_json::from_value(sections).context("stored sections")?,
-        web_url,
-        unsubscribe_url: unsubscribe_link(shared, subscription_id),
-    };
-    Ok(Prepared::Send {
-        context: serde_json::to_value(email)?,
-        attachments: Vec::new(),
-    })
+    let unsubscribe_url = unsubscribe_link(shared, subscription_id);
+    // Rendered once per newsletter (with and without a name): each reader's copy only fills in
+    // their name and their own link.
+    let key = format!("newsletter {newsletter_id} {}", name.is_some());
+    let shell = shared.shells.get_or_make(&key, || {
+        let email = NewsletterEmail {
+            subject: subject.clone(),
+            preheader: preheader.clone(),
+            region_name: shared.regions.region(region).name.clone(),
+            name: name.as_ref().map(|_| String::new()),
+            sections: serde_json::from_value(sections.clone()).map_err(|e| e.to_string())?,
+            web_url: web_url.clone(),
+            unsubscribe_url: String::new(),
+        };
+        let context = serde_json::to_value(email).map_err(|e| e.to_string())?;
+        // Without a name there is no hole for it: the template's "Hello," stays.
+        let holes: &[&str] = if name.is_some() {
+            &["unsubscribe_url", "name"]
+        } else {
+            &["unsubscribe_url"]
+        };
+        shared.templates.shell("newsletter", &context, holes)
+    });
+    match shell {
+        Ok(Some(shell)) => {
+            let values: Vec<&str> = std::iter::once(unsubscribe_url.as_str())
+                .chain(name.as_deref())
+                .collect();
+            let rendered = shell.fill(&values).map_err(anyhow::Error::msg)?;
+            Ok(Prepared::Rendered {
+                rendered,
+                unsubscribe_url: Some(unsubscribe_url),
+            })
+        }
+        // A value that holds a marker character, or a template that does not render: rendered
+        // whole for this reader (and a template error is then the sender's, as for any email).
+        Ok(None) | Err(_) => {
+            let email = NewsletterEmail {
+                subject,
+                preheader,
+                region_name: shared.regions.region(region).name.clone(),
+                name,
+                sections: serde_json::from_value(sections).context("stored sections")?,
+                web_url,
+                unsubscribe_url,
+            };
+            Ok(Prepared::Send {
+                context: serde_json::to_value(email)?,
+                attachments: Vec::new(),
+            })
+        }
+    }
 }
 
 pub(super) fn samples() -> Vec<(&'static str, Value)> {

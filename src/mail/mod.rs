@@ -12,7 +12,7 @@ pub mod templates;
 
 pub use outbox::{Attachment, NewEmail, Stream};
 pub use relay::{install_tls_provider, Relay, RelayUrl, SendError};
-pub use templates::{Rendered, Templates};
+pub use templates::{Rendered, Shell, Shells, Templates};
 
 pub use dkim::DkimSigner;
 

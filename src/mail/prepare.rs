@@ -16,6 +16,12 @@ pub enum Prepared {
         context: Value,
         attachments: Vec<Attachment>,
     },
+    /// Send it as already rendered (a newsletter's shell filled for one reader), with this
+    /// one-click unsubscribe link in its headers.
+    Rendered {
+        rendered: super::Rendered,
+        unsubscribe_url: Option<String>,
+    },
     /// Do not send it: its cause went away. The reason is recorded (ids only).
     Skip(String),
 }

@@ -296,7 +296,6 @@ async fn send_one(
     // that could not be built: only the first says something about the address.
     let mut refused_by_relay = false;
     let result = match prepare(shared, row).await {
-        Ok(Prepared::Skip(reason)) => return Record::Cancelled(reason),
         // PostgreSQL away while reading current state says nothing about the email.
         Err(e) if db::unreachable_cause(&e) => Err(SendError::Unreachable(format!(
             "could not prepare the email: {e:#}"
@@ -304,22 +303,32 @@ async fn send_one(
         Err(e) => Err(SendError::Transient(format!(
             "could not prepare the email: {e:#}"
         ))),
-        Ok(Prepared::Send {
-            context,
-            attachments,
-        }) => {
-            // Bulk mail that carries the reader's unsubscribe link also announces it in headers.
-            let unsubscribe_url = if row.stream == "bulk" {
-                context.get("unsubscribe_url").and_then(|v| v.as_str())
-            } else {
-                None
+        Ok(prepared) => {
+            let message = match prepared {
+                Prepared::Send {
+                    context,
+                    attachments,
+                } => {
+                    // Bulk mail that carries the reader's unsubscribe link also announces it
+                    // in headers.
+                    let unsubscribe_url = if row.stream == "bulk" {
+                        context.get("unsubscribe_url").and_then(|v| v.as_str())
+                    } else {
+                        None
+                    };
+                    shared
+                        .templates
+                        .render(&row.template, &context)
+                        .and_then(|rendered| {
+                            message::build(row, from, &rendered, &attachments, unsubscribe_url)
+                        })
+                }
+                Prepared::Rendered {
+                    rendered,
+                    unsubscribe_url,
+                } => message::build(row, from, &rendered, &[], unsubscribe_url.as_deref()),
+                Prepared::Skip(reason) => return Record::Cancelled(reason),
             };
-            let message = shared
-                .templates
-                .render(&row.template, &context)
-                .and_then(|rendered| {
-                    message::build(row, from, &rendered, &attachments, unsubscribe_url)
-                });
             match message {
                 // A template or address that does not work now never will: keep the row, say why.
                 Err(e) => Err(SendError::Permanent(format!("not sendable: {e}"))),

@@ -19,6 +19,139 @@ pub struct Rendered {
     pub html: String,
 }
 
+/// Marks the start and the end of a hole in a `Shell` (characters of Unicode's private use
+/// area, which no template writes and no value is allowed to hold).
+const HOLE_OPEN: char = '\u{E000}';
+const HOLE_CLOSE: char = '\u{E001}';
+
+fn hole_marker(i: usize) -> String {
+    format!("{HOLE_OPEN}{i}{HOLE_CLOSE}")
+}
+
+fn holds_marker(v: &Value) -> bool {
+    match v {
+        Value::String(s) => s.contains([HOLE_OPEN, HOLE_CLOSE]),
+        Value::Array(a) => a.iter().any(holds_marker),
+        Value::Object(o) => o
+            .iter()
+            .any(|(k, v)| k.contains([HOLE_OPEN, HOLE_CLOSE]) || holds_marker(v)),
+        _ => false,
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Piece {
+    Literal(String),
+    Hole(usize),
+}
+
+fn pieces(rendered: &str) -> Vec<Piece> {
+    let mut out = Vec::new();
+    let mut rest = rendered;
+    while let Some(start) = rest.find(HOLE_OPEN) {
+        let after = &rest[start + HOLE_OPEN.len_utf8()..];
+        let Some(end) = after.find(HOLE_CLOSE) else {
+            break;
+        };
+        let Ok(i) = after[..end].parse::<usize>() else {
+            break;
+        };
+        if start > 0 {
+            out.push(Piece::Literal(rest[..start].to_owned()));
+        }
+        out.push(Piece::Hole(i));
+        rest = &after[end + HOLE_CLOSE.len_utf8()..];
+    }
+    if !rest.is_empty() {
+        out.push(Piece::Literal(rest.to_owned()));
+    }
+    out
+}
+
+/// An email rendered once with holes (see `Templates::shell`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Shell {
+    subject: Vec<Piece>,
+    text: Vec<Piece>,
+    html: Vec<Piece>,
+    holes: usize,
+}
+
+impl Shell {
+    /// One copy: `values[i]` in hole `i`, HTML-escaped in the HTML part, folded to one line in
+    /// the subject, as a whole rendering would have them.
+    pub fn fill(&self, values: &[&str]) -> Result<Rendered, String> {
+        if values.len() != self.holes {
+            return Err(format!("{} values for {} holes", values.len(), self.holes));
+        }
+        let join = |pieces: &[Piece], put: &dyn Fn(&str, &mut String)| {
+            let mut out = String::new();
+            for p in pieces {
+                match p {
+                    Piece::Literal(l) => out.push_str(l),
+                    Piece::Hole(i) => put(values.get(*i).copied().unwrap_or_default(), &mut out),
+                }
+            }
+            out
+        };
+        Ok(Rendered {
+            subject: join(&self.subject, &|v, out| out.push_str(&single_line(v))),
+            text: tidy_text(&join(&self.text, &|v, out| out.push_str(v))),
+            html: join(&self.html, &|v, out| escape_html(v, out)),
+        })
+    }
+}
+
+/// Escapes a value for HTML text and double-quoted attributes alike.
+fn escape_html(v: &str, out: &mut String) {
+    for c in v.chars() {
+        match c {
+            '&' => out.push_str("&amp;"),
+            '<' => out.push_str("&lt;"),
+            '>' => out.push_str("&gt;"),
+            '"' => out.push_str("&quot;"),
+            c => out.push(c),
+        }
+    }
+}
+
+/// Shells by a caller's key (a newsletter, with or without the reader's name), a few at a time:
+/// the newsletter being sent, and any still draining beside it.
+#[derive(Default)]
+pub struct Shells {
+    held: std::sync::Mutex<Vec<(String, std::sync::Arc<Shell>)>>,
+}
+
+/// Shells kept at most; the oldest goes first.
+const SHELLS_KEPT: usize = 16;
+
+impl Shells {
+    /// The shell for `key`, made with `make` if it is not held.
+    pub fn get_or_make(
+        &self,
+        key: &str,
+        make: impl FnOnce() -> Result<Option<Shell>, String>,
+    ) -> Result<Option<std::sync::Arc<Shell>>, String> {
+        if let Some((_, s)) = self.lock().iter().find(|(k, _)| k == key) {
+            return Ok(Some(s.clone()));
+        }
+        let Some(shell) = make()? else {
+            return Ok(None);
+        };
+        let shell = std::sync::Arc::new(shell);
+        let mut held = self.lock();
+        if held.len() >= SHELLS_KEPT {
+            held.remove(0);
+        }
+        held.push((key.to_owned(), shell.clone()));
+        Ok(Some(shell))
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Vec<(String, std::sync::Arc<Shell>)>> {
+        self.held.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
 pub struct Templates {
     /// Escapes every value as HTML.
     html: Handlebars<'static>,
@@ -130,6 +263,35 @@ impl Templates {
             text: tidy_text(&text),
             html,
         })
+    }
+
+    /// Renders email `name` once, with holes where each copy's own values go (`holes`: keys of
+    /// `context`, set here to markers): CSS is inlined once, and each copy only fills the holes
+    /// (`Shell::fill`). None if a value in `context` already holds a marker character, so that
+    /// the caller renders each copy whole instead.
+    pub fn shell(
+        &self,
+        name: &str,
+        context: &Value,
+        holes: &[&str],
+    ) -> Result<Option<Shell>, String> {
+        if holds_marker(context) {
+            return Ok(None);
+        }
+        let mut data = context.clone();
+        let Some(map) = data.as_object_mut() else {
+            return Err("the template context must be an object".into());
+        };
+        for (i, key) in holes.iter().enumerate() {
+            map.insert((*key).to_owned(), Value::String(hole_marker(i)));
+        }
+        let rendered = self.render(name, &data)?;
+        Ok(Some(Shell {
+            subject: pieces(&rendered.subject),
+            text: pieces(&rendered.text),
+            html: pieces(&rendered.html),
+            holes: holes.len(),
+        }))
     }
 
     /// Renders web page `name` (`templates/pages/NAME.hbs`), every value HTML-escaped; `site`
@@ -272,6 +434,69 @@ mod tests {
             "{}",
             r.html
         );
+    }
+
+    #[test]
+    fn a_filled_shell_is_the_whole_rendering() {
+        let dir = sample_dir();
+        let t = Templates::load(dir.path(), "http://x").unwrap();
+        let shell = t
+            .shell("hello", &json!({"name": "x"}), &["name"])
+            .unwrap()
+            .expect("a shell");
+        for name in ["Sam", "Sam O Brien", "https://x.example/u?t=a&b=c"] {
+            let whole = t.render("hello", &json!({ "name": name })).unwrap();
+            assert_eq!(shell.fill(&[name]).unwrap(), whole, "{name}");
+        }
+        // Hostile values are escaped as a whole rendering escapes them.
+        let hostile = "<b>Sam</b>\r\nBcc: x@example.org \"&";
+        let filled = shell.fill(&[hostile]).unwrap();
+        let whole = t.render("hello", &json!({ "name": hostile })).unwrap();
+        assert_eq!(
+            (&filled.subject, &filled.text),
+            (&whole.subject, &whole.text)
+        );
+        assert!(
+            filled
+                .html
+                .contains("<p style=\"color: red;\">Hi &lt;b&gt;Sam&lt;/b&gt;\r\nBcc: x@example.org &quot;&amp;</p>"),
+            "{}",
+            filled.html
+        );
+        assert!(!filled.html.contains("<b>"), "{}", filled.html);
+        assert!(shell.fill(&[]).is_err());
+    }
+
+    #[test]
+    fn a_context_holding_a_marker_gets_no_shell() {
+        let dir = sample_dir();
+        let t = Templates::load(dir.path(), "http://x").unwrap();
+        let marked = json!({"name": "x", "other": ["a\u{E000}0\u{E001}"]});
+        assert_eq!(t.shell("hello", &marked, &["name"]).unwrap(), None);
+    }
+
+    #[test]
+    fn shells_are_made_once_per_key_and_a_few_are_kept() {
+        let dir = sample_dir();
+        let t = Templates::load(dir.path(), "http://x").unwrap();
+        let shells = Shells::default();
+        let made = std::cell::Cell::new(0);
+        let make = || {
+            made.set(made.get() + 1);
+            t.shell("hello", &json!({"name": "x"}), &["name"])
+        };
+        let a = shells.get_or_make("a", make).unwrap().unwrap();
+        let again = shells
+            .get_or_make("a", || panic!("made twice"))
+            .unwrap()
+            .unwrap();
+        assert!(std::sync::Arc::ptr_eq(&a, &again));
+        for k in 0..SHELLS_KEPT {
+            shells.get_or_make(&format!("k{k}"), make).unwrap();
+        }
+        assert_eq!(made.get(), 1 + SHELLS_KEPT);
+        shells.get_or_make("a", make).unwrap();
+        assert_eq!(made.get(), 2 + SHELLS_KEPT, "the oldest was let go");
     }
 
     #[test]

@@ -15,7 +15,8 @@ mod links;
 pub use links::page_samples;
 
 use crate::config::HttpLimits;
-use crate::mail::{outbox, Relay};
+use crate::mail::Relay;
+use crate::outbox;
 use crate::worker::Shared;
 use axum::extract::{Request, State};
 use axum::http::{header, StatusCode};

@@ -19,10 +19,16 @@
 //! - [`handle`]: one module per event kind: `(transaction, event) -> rows and outgoing mail`.
 //!   Newsletters: `subscription` (double opt-in), `newsletter` (the set-based fan-out and the
 //!   send-time completion of each copy), `erasure` (the one list of erasure statements).
-//! - [`mail`]: templates and rendering, markdown, the outbox, the SMTP / file transport and the
-//!   sender loop (which suppresses addresses that refuse bulk mail for good). Outcomes are
-//!   fenced by each claim's token; outages of the relay or PostgreSQL fail no email; a
-//!   coordinators' copy of an enquiry that fails for good is passed to the triage mailbox.
+//! - [`mail`]: a leaf that knows nothing of the rest: templates and rendering (a bulk email is
+//!   rendered once, as a `Shell`, and filled in per reader), markdown, MIME messages, DKIM and
+//!   the SMTP / file relay.
+//! - [`outbox`]: the outbox table: one enqueue path, bulk claims, outcomes recorded in batches,
+//!   each fenced by its claim's token.
+//! - [`send`]: the sender pipeline (claim in bulk, send on `mail.concurrency` slots, record in
+//!   batches), and the last look at each email before it goes (`send::prepare`). It suppresses
+//!   addresses that refuse bulk mail for good; outages of the relay or PostgreSQL fail no email;
+//!   a coordinators' copy of an enquiry that fails for good is passed to the triage mailbox.
+//! - [`problem`]: what `check` reports.
 //! - [`tokens`]: the signed confirmation and unsubscribe links.
 //! - [`schedule`]: reminders, coordinator briefings and digests: plans in UK time, hands what is
 //!   due to the outbox.
@@ -47,9 +53,12 @@ pub mod handle;
 pub mod http;
 pub mod mail;
 pub mod metrics;
+pub mod outbox;
+pub mod problem;
 pub mod publish;
 pub mod retention;
 pub mod schedule;
+pub mod send;
 pub mod telemetry;
 pub mod tokens;
 pub mod uk_time;

@@ -1,7 +1,6 @@
 //! Prometheus metrics, served at `/metrics`.
 
-use crate::mail::outbox::KINDS;
-use crate::mail::sender::Outcome;
+use crate::outbox::{Outcome, KINDS};
 use prometheus::{
     Encoder, Gauge, Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, IntGaugeVec,
     Opts, Registry, TextEncoder,

@@ -6,7 +6,7 @@ use crate::clock::Clock;
 use crate::config::{Regions, Settings};
 use crate::mail::{Relay, Templates};
 use crate::metrics::Metrics;
-use crate::{consume, db, http, mail, retention, schedule};
+use crate::{consume, db, http, retention, schedule, send};
 
 pub use crate::retention::{sweep_once, Swept};
 use anyhow::Context;
@@ -104,7 +104,7 @@ pub async fn run_with_clock(
     let mut tasks: tokio::task::JoinSet<anyhow::Result<()>> = tokio::task::JoinSet::new();
     let consumer = consume::run(shared.clone(), stop.clone());
     tasks.spawn(async move { Ok(consumer.await?) });
-    tasks.spawn(until_stopped(mail::sender::run(
+    tasks.spawn(until_stopped(send::run(
         shared.clone(),
         relay.clone(),
         stop.clone(),

@@ -2,7 +2,7 @@
 //! (as a code, never the relay's words), and putting failed emails back to be sent.
 
 use super::{human_age, table, AdminError, Report};
-use crate::mail::outbox::NOTIFY_CHANNEL;
+use crate::outbox::NOTIFY_CHANNEL;
 use serde_json::{json, Value};
 use sqlx::PgPool;
 
@@ -41,7 +41,7 @@ fn code_after(text: &str, marker: &str) -> Option<u16> {
         .flatten()
 }
 
-/// Classifies a row's `last_error` by the shapes the sender writes (see `mail::sender` and
+/// Classifies a row's `last_error` by the shapes the sender writes (see `send` and
 /// `mail::relay`); anything else is `other`, never the text itself.
 pub fn summarise_error(status: &str, last_error: Option<&str>) -> Option<ErrorSummary> {
     if status == "cancelled" {

@@ -5,7 +5,7 @@ use super::subscription::{self, Requested};
 use super::Failure;
 use crate::config::Routing;
 use crate::domain::{ContactSubmitted, EmailAddress, Envelope, RegionId, Setting, Topic};
-use crate::mail::outbox::{enqueue, NewEmail};
+use crate::outbox::{enqueue, NewEmail};
 use crate::uk_time;
 use crate::worker::Shared;
 use chrono::{DateTime, Utc};
@@ -225,7 +225,7 @@ pub(super) fn samples() -> Vec<(&'static str, Value)> {
     let north_west = Routing::Area(RegionId::NorthWest);
     let (c1, a1) = contexts(Some("North-West"), north_west, &full, received, None);
     let (c2, a2) = contexts(None, Routing::Triage, &sparse, received, None);
-    // The triage copy of a coordinators' copy that could not be delivered (mail::sender).
+    // The triage copy of a coordinators' copy that could not be delivered (send).
     let undeliverable = |mut c: Value| {
         c["undeliverable"] = serde_json::json!({
             "region_name": "North-West",

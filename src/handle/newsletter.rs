@@ -4,7 +4,7 @@
 //! The fan-out is set-based: the database copies the audience into the outbox
 //! (`INSERT ... SELECT`), in batches, without the worker ever holding the list. Each outbox row
 //! carries only the newsletter id and the subscription id; the reader's name and unsubscribe link
-//! are filled in just before sending ([`complete`], called from `mail::prepare`), which also
+//! are filled in just before sending ([`complete`], called from `send::prepare`), which also
 //! skips a reader who unsubscribed or was suppressed in the meantime.
 //!
 //! Exactly once: `newsletter_deliveries` has one row per (newsletter, subscription), written by
@@ -18,8 +18,8 @@
 use super::Failure;
 use crate::domain::{Envelope, NewsletterPublished, RegionId};
 use crate::mail::markdown;
-use crate::mail::outbox::{Claimed, NOTIFY_CHANNEL};
-use crate::mail::prepare::Prepared;
+use crate::outbox::{Claimed, NOTIFY_CHANNEL};
+use crate::send::prepare::Prepared;
 use crate::tokens::{self, Purpose};
 use crate::worker::Shared;
 use anyhow::Context;

@@ -14,9 +14,9 @@ use crate::domain::{
     Envelope, RegionId, RegistrationCancelled, RegistrationCreated, SessionCancelled,
     SessionDetails,
 };
-use crate::mail::outbox::{enqueue, Claimed, NewEmail, NOTIFY_CHANNEL};
-use crate::mail::prepare::Prepared;
+use crate::outbox::{enqueue, Claimed, NewEmail, NOTIFY_CHANNEL};
 use crate::schedule::plan::due_at;
+use crate::send::prepare::Prepared;
 use crate::uk_time;
 use crate::worker::Shared;
 use chrono::{DateTime, Utc};

@@ -9,7 +9,7 @@ use super::Failure;
 use crate::domain::{
     EmailAddress, Envelope, RegionId, SubscriptionCancelled, SubscriptionRequested,
 };
-use crate::mail::outbox::{enqueue, NewEmail};
+use crate::outbox::{enqueue, NewEmail};
 use crate::tokens::{self, Purpose, CONFIRM_VALIDITY};
 use crate::uk_time;
 use crate::worker::Shared;

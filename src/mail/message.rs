@@ -1,20 +1,36 @@
-//! Builds the MIME message for one outbox row, DKIM-signed when its From address has a key.
+//! Builds the MIME message for one email, DKIM-signed when its From address has a key.
 
-use super::outbox::{Attachment, Claimed};
 use super::{Rendered, Sender};
 use lettre::message::header::ContentType;
 use lettre::message::header::{HeaderName, HeaderValue};
 use lettre::message::{Mailbox, MultiPart};
 use lettre::Message;
 
-/// Kinds that are not marked `Auto-Submitted` (the contract exempts newsletters: people asked
-/// for them, and some clients hide auto-submitted mail).
-const NOT_AUTO_SUBMITTED: [&str; 1] = ["newsletter"];
+/// A file attached to an email (text content: calendar files and the like).
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct Attachment {
+    pub filename: String,
+    pub content_type: String,
+    pub content: String,
+}
+
+/// Everything about one email but its content.
+#[derive(Debug, Clone)]
+pub struct Draft<'a> {
+    /// The left-hand side of its `Message-ID` (the right is the From address's domain).
+    pub message_uuid: uuid::Uuid,
+    pub recipients: &'a [String],
+    pub reply_to: Option<&'a str>,
+    /// Marked `Auto-Submitted: auto-generated` (all but newsletters, which people asked for).
+    pub auto_submitted: bool,
+    /// Extra headers (a JSON object of strings), from trusted code only.
+    pub headers: &'a serde_json::Value,
+}
 
 /// Builds the message. `unsubscribe_url` (bulk mail only, from our own signed link) becomes the
 /// RFC 8058 one-click pair `List-Unsubscribe` + `List-Unsubscribe-Post`.
 pub fn build(
-    row: &Claimed,
+    row: &Draft<'_>,
     from: &Sender,
     rendered: &Rendered,
     attachments: &[Attachment],
@@ -25,15 +41,15 @@ pub fn build(
         .subject(rendered.subject.clone())
         .message_id(Some(format!("<{}@{}>", row.message_uuid, from.domain)))
         .date_now();
-    for to in &row.recipients {
+    for to in row.recipients {
         let address = to.parse().map_err(|e| format!("recipient: {e}"))?;
         builder = builder.to(Mailbox::new(None, address));
     }
-    if let Some(reply_to) = &row.reply_to {
+    if let Some(reply_to) = row.reply_to {
         let address = reply_to.parse().map_err(|e| format!("reply-to: {e}"))?;
         builder = builder.reply_to(Mailbox::new(None, address));
     }
-    if !NOT_AUTO_SUBMITTED.contains(&row.kind.as_str()) {
+    if row.auto_submitted {
         builder = builder.raw_header(raw("Auto-Submitted", "auto-generated")?);
     }
     if let Some(headers) = row.headers.as_object() {

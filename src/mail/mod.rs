@@ -1,16 +1,14 @@
-//! Email: templates and rendering, the outbox (written in the event's transaction), the relay
-//! (SMTP or `.eml` files) and the sender loop that drains the outbox.
+//! Email, as a leaf of the crate (it imports nothing above it): templates and rendering, MIME
+//! messages, DKIM, and the relay (SMTP or `.eml` files). What is sent and when is decided by
+//! `outbox` and `send`.
 
 pub mod dkim;
 pub mod markdown;
-mod message;
-pub mod outbox;
-pub mod prepare;
+pub mod message;
 mod relay;
-pub mod sender;
 pub mod templates;
 
-pub use outbox::{Attachment, NewEmail, Stream};
+pub use message::{Attachment, Draft};
 pub use relay::{install_tls_provider, Relay, RelayUrl, SendError};
 pub use templates::{Rendered, Shell, Shells, Templates};
 

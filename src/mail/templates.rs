@@ -5,8 +5,8 @@
 //! the header. Strict mode: a missing variable is an error, which `check` finds by rendering
 //! every email with sample data built from the same types the handlers use.
 
-use crate::config::Problem;
 use crate::domain::single_line;
+use crate::problem::Problem;
 use handlebars::Handlebars;
 use serde_json::{json, Value};
 use std::path::{Path, PathBuf};

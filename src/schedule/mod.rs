@@ -11,7 +11,7 @@
 pub mod digest;
 pub mod plan;
 
-use crate::mail::outbox::{enqueue, NewEmail};
+use crate::outbox::{enqueue, NewEmail};
 use crate::worker::Shared;
 use chrono::{DateTime, Utc};
 use serde_json::json;

@@ -4,7 +4,7 @@
 //! row kept until an operator resolves it.
 
 use crate::helpers::*;
-use rpec_notify::mail::outbox::{self, Counted};
+use rpec_notify::outbox::{self, Counted};
 use rpec_notify::worker::{sweep_once, Shared};
 use serde_json::json;
 use std::collections::HashSet;

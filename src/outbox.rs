@@ -67,13 +67,7 @@ impl NewEmail {
     }
 }
 
-/// A file attached to an email (text content: calendar files and the like).
-#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
-pub struct Attachment {
-    pub filename: String,
-    pub content_type: String,
-    pub content: String,
-}
+pub use crate::mail::Attachment;
 
 /// Adds an email to the outbox inside the caller's transaction. The NOTIFY is delivered only
 /// if that transaction commits.
@@ -127,6 +121,19 @@ pub const KINDS: [&str; 12] = [
     "digest",
 ];
 
+/// What one send came to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Outcome {
+    Sent,
+    Retry,
+    Failed,
+    /// Not sent: its cause went away before it was due.
+    Cancelled,
+    /// Nothing recorded: the claim's lease ran out and another claim took the row (see
+    /// `record`); that claim records the row's fate.
+    Stale,
+}
+
 /// A row claimed for sending.
 #[derive(Debug, Clone, sqlx::FromRow)]
 pub struct Claimed {
@@ -146,6 +153,23 @@ pub struct Claimed {
     pub deferrals: i32,
     /// This claim's token: the outcome is recorded only while the row still carries it.
     pub claim_token: Uuid,
+}
+
+/// Kinds that are not marked `Auto-Submitted` (the contract exempts newsletters: people asked
+/// for them, and some clients hide auto-submitted mail).
+const NOT_AUTO_SUBMITTED: [&str; 1] = ["newsletter"];
+
+impl Claimed {
+    /// Everything about the email but its content, for `mail::message::build`.
+    pub fn draft(&self) -> crate::mail::Draft<'_> {
+        crate::mail::Draft {
+            message_uuid: self.message_uuid,
+            recipients: &self.recipients,
+            reply_to: self.reply_to.as_deref(),
+            auto_submitted: !NOT_AUTO_SUBMITTED.contains(&self.kind.as_str()),
+            headers: &self.headers,
+        }
+    }
 }
 
 /// Claims up to `limit` due rows (and rows whose lease ran out) for `lease`, each with a fresh
@@ -190,7 +214,7 @@ pub enum Mark {
         error: String,
         counted: Counted,
     },
-    /// Not sent: its cause went away (see `mail::prepare`).
+    /// Not sent: its cause went away (see `send::prepare`).
     Cancelled { reason: String },
 }
 
@@ -360,7 +384,7 @@ pub async fn mark_failed(
     mark_finished(conn, id, claim_token, "failed", error).await
 }
 
-/// Records that a row was not sent because its cause went away (see `mail::prepare`).
+/// Records that a row was not sent because its cause went away (see `send::prepare`).
 pub async fn mark_cancelled(
     conn: impl PgExecutor<'_>,
     id: i64,

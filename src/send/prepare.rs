@@ -4,7 +4,7 @@
 //! completed only now (per-reader content, calendar files with the current sequence). Each such
 //! kind gets a branch here; every branch reads the current state in the database.
 
-use super::outbox::{Attachment, Claimed};
+use crate::outbox::{Attachment, Claimed};
 use crate::worker::Shared;
 use serde_json::Value;
 
@@ -19,7 +19,7 @@ pub enum Prepared {
     /// Send it as already rendered (a newsletter's shell filled for one reader), with this
     /// one-click unsubscribe link in its headers.
     Rendered {
-        rendered: super::Rendered,
+        rendered: crate::mail::Rendered,
         unsubscribe_url: Option<String>,
     },
     /// Do not send it: its cause went away. The reason is recorded (ids only).

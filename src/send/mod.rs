@@ -11,11 +11,13 @@
 //! - The recorder writes outcomes as they come, as many per statement as have come, each fenced
 //!   by its claim (a stale claim changes nothing), and only then logs and counts them.
 
-use super::outbox::{self, Claimed, Counted, Mark, Marked, NOTIFY_CHANNEL};
-use super::prepare::{prepare, Prepared};
-use super::{message, Relay, SendError};
+pub mod prepare;
+
 use crate::db;
+use crate::mail::{message, Relay, SendError};
+use crate::outbox::{self, Claimed, Counted, Mark, Marked, Outcome, NOTIFY_CHANNEL};
 use crate::worker::Shared;
+use prepare::{prepare, Prepared};
 use serde_json::{json, Value};
 use sqlx::postgres::PgListener;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -24,19 +26,6 @@ use std::time::{Duration, Instant};
 use tokio::sync::{mpsc, oneshot, Notify};
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
-
-/// What one send came to.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Outcome {
-    Sent,
-    Retry,
-    Failed,
-    /// Not sent: its cause went away before it was due.
-    Cancelled,
-    /// Nothing recorded: the claim's lease ran out and another claim took the row (see
-    /// `outbox::record`); that claim records the row's fate.
-    Stale,
-}
 
 /// The longest wait between two tries at recording outcomes while PostgreSQL is away.
 const RECORD_BACKOFF_MAX: Duration = Duration::from_secs(5);
@@ -320,13 +309,25 @@ async fn send_one(
                         .templates
                         .render(&row.template, &context)
                         .and_then(|rendered| {
-                            message::build(row, from, &rendered, &attachments, unsubscribe_url)
+                            message::build(
+                                &row.draft(),
+                                from,
+                                &rendered,
+                                &attachments,
+                                unsubscribe_url,
+                            )
                         })
                 }
                 Prepared::Rendered {
                     rendered,
                     unsubscribe_url,
-                } => message::build(row, from, &rendered, &[], unsubscribe_url.as_deref()),
+                } => message::build(
+                    &row.draft(),
+                    from,
+                    &rendered,
+                    &[],
+                    unsubscribe_url.as_deref(),
+                ),
                 Prepared::Skip(reason) => return Record::Cancelled(reason),
             };
             match message {

@@ -59,6 +59,7 @@ pub mod publish;
 pub mod retention;
 pub mod schedule;
 pub mod send;
+pub mod state;
 pub mod telemetry;
 pub mod tokens;
 pub mod uk_time;

@@ -4,7 +4,7 @@
 //! The fan-out is set-based: the database copies the audience into the outbox
 //! (`INSERT ... SELECT`), in batches, without the worker ever holding the list. Each outbox row
 //! carries only the newsletter id and the subscription id; the reader's name and unsubscribe link
-//! are filled in just before sending ([`complete`], called from `send::prepare`), which also
+//! are filled in just before sending (`send::compose::newsletter`), which also
 //! skips a reader who unsubscribed or was suppressed in the meantime.
 //!
 //! Exactly once: `newsletter_deliveries` has one row per (newsletter, subscription), written by
@@ -18,13 +18,11 @@
 use super::Failure;
 use crate::domain::{Envelope, NewsletterPublished, RegionId};
 use crate::mail::markdown;
-use crate::outbox::{Claimed, NOTIFY_CHANNEL};
-use crate::send::prepare::Prepared;
-use crate::tokens::{self, Purpose};
+use crate::outbox::NOTIFY_CHANNEL;
+use crate::state::reader::{list_id, NewsletterEmail, StoredSection};
+
 use crate::worker::Shared;
-use anyhow::Context;
-use chrono::Utc;
-use serde::{Deserialize, Serialize};
+
 use serde_json::{json, Value};
 use sqlx::PgConnection;
 
@@ -34,58 +32,6 @@ const FAN_OUT_BATCH: i64 = 5_000;
 /// Newsletters wait behind one-to-one mail (acknowledgements, confirmations, reminders), so a
 /// large fan-out never delays them.
 const BULK_PRIORITY: i16 = -10;
-
-/// A section as stored: the heading and the body in both forms.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-struct StoredSection {
-    heading: String,
-    html: String,
-    text: String,
-}
-
-/// The newsletter email's context, completed per reader at send time.
-#[derive(Clone, Serialize)]
-struct NewsletterEmail {
-    subject: String,
-    preheader: Option<String>,
-    region_name: String,
-    /// The reader's name, when they gave one.
-    name: Option<String>,
-    sections: Vec<StoredSection>,
-    web_url: Option<String>,
-    unsubscribe_url: String,
-}
-
-/// `List-Id` for a region's newsletter (RFC 2919), from the region id and the domain of the bulk
-/// From address: `<north-west.newsletters.example.org>`. Config and ids only, never input.
-pub fn list_id(shared: &Shared, region: RegionId) -> String {
-    format!(
-        "<{}.newsletters.{}>",
-        region.as_str(),
-        shared.settings.bulk_from.domain
-    )
-}
-
-/// Why a bulk email (a newsletter or a digest) must not go to a subscription now, if it must
-/// not: the rule of `bulk_recipients` at fan-out, checked again just before sending.
-pub fn bulk_skip_reason(status: Option<&str>, suppressed: bool) -> Option<&'static str> {
-    match status {
-        None => Some("the subscription no longer exists"),
-        Some("confirmed") if suppressed => Some("the address is suppressed for bulk mail"),
-        Some("confirmed") => None,
-        Some(_) => Some("the reader has unsubscribed"),
-    }
-}
-
-/// The reader's own unsubscribe link, signed afresh for each email.
-pub fn unsubscribe_link(shared: &Shared, subscription_id: i64) -> String {
-    tokens::link(
-        &shared.settings,
-        Purpose::Unsubscribe,
-        subscription_id,
-        Utc::now(),
-    )
-}
 
 pub(super) async fn handle(
     tx: &mut PgConnection,
@@ -165,7 +111,7 @@ async fn fan_out(
     region: RegionId,
     envelope: &Envelope,
 ) -> Result<i64, Failure> {
-    let headers = json!({ "List-Id": list_id(shared, region) });
+    let headers = json!({ "List-Id": list_id(&shared.settings, region) });
     let mut after: i64 = 0;
     let mut queued: i64 = 0;
     loop {
@@ -216,104 +162,6 @@ async fn fan_out(
             .await?;
     }
     Ok(queued)
-}
-
-/// Completes a newsletter email just before it is sent, from the current state: the reader's
-/// name and a fresh unsubscribe link; or skips it if the reader has unsubscribed, been
-/// suppressed or erased since the fan-out.
-pub(crate) async fn complete(shared: &Shared, row: &Claimed) -> anyhow::Result<Prepared> {
-    let newsletter_id = row
-        .context
-        .get("newsletter_id")
-        .and_then(Value::as_str)
-        .context("a newsletter email without its newsletter id")?;
-    let subscription_id = row
-        .context
-        .get("subscription_id")
-        .and_then(Value::as_i64)
-        .context("a newsletter email without its subscription id")?;
-    type Row = (
-        String,
-        Option<String>,
-        Value,
-        Option<String>,
-        String,
-        Option<String>,
-        Option<String>,
-        Option<bool>,
-    );
-    let found: Option<Row> = sqlx::query_as(
-        "SELECT n.subject, n.preheader, n.sections, n.web_url, n.region, s.status, s.name,
-                EXISTS (SELECT 1 FROM suppressions x WHERE x.email = lower(s.email))
-         FROM newsletters n LEFT JOIN subscriptions s ON s.id = $2
-         WHERE n.newsletter_id = $1",
-    )
-    .bind(newsletter_id)
-    .bind(subscription_id)
-    .fetch_optional(&shared.pool)
-    .await?;
-    let Some((subject, preheader, sections, web_url, region, status, name, suppressed)) = found
-    else {
-        return Ok(Prepared::Skip("the newsletter is no longer held".into()));
-    };
-    if let Some(why) = bulk_skip_reason(status.as_deref(), suppressed == Some(true)) {
-        return Ok(Prepared::Skip(why.into()));
-    }
-    let region: RegionId = region
-        .parse()
-        .map_err(|e: String| anyhow::anyhow!("stored region: {e}"))?;
-    let unsubscribe_url = unsubscribe_link(shared, subscription_id);
-    // Rendered once per newsletter (with and without a name): each reader's copy only fills in
-    // their name and their own link.
-    let key = format!("newsletter {newsletter_id} {}", name.is_some());
-    let shell = shared.shells.get_or_make(&key, || {
-        let email = NewsletterEmail {
-            subject: subject.clone(),
-            preheader: preheader.clone(),
-            region_name: shared.regions.region(region).name.clone(),
-            name: name.as_ref().map(|_| String::new()),
-            sections: serde_json::from_value(sections.clone()).map_err(|e| e.to_string())?,
-            web_url: web_url.clone(),
-            unsubscribe_url: String::new(),
-        };
-        let context = serde_json::to_value(email).map_err(|e| e.to_string())?;
-        // Without a name there is no hole for it: the template's "Hello," stays.
-        let holes: &[&str] = if name.is_some() {
-            &["unsubscribe_url", "name"]
-        } else {
-            &["unsubscribe_url"]
-        };
-        shared.templates.shell("newsletter", &context, holes)
-    });
-    match shell {
-        Ok(Some(shell)) => {
-            let values: Vec<&str> = std::iter::once(unsubscribe_url.as_str())
-                .chain(name.as_deref())
-                .collect();
-            let rendered = shell.fill(&values).map_err(anyhow::Error::msg)?;
-            Ok(Prepared::Rendered {
-                rendered,
-                unsubscribe_url: Some(unsubscribe_url),
-            })
-        }
-        // A value that holds a marker character, or a template that does not render: rendered
-        // whole for this reader (and a template error is then the sender's, as for any email).
-        Ok(None) | Err(_) => {
-            let email = NewsletterEmail {
-                subject,
-                preheader,
-                region_name: shared.regions.region(region).name.clone(),
-                name,
-                sections: serde_json::from_value(sections).context("stored sections")?,
-                web_url,
-                unsubscribe_url,
-            };
-            Ok(Prepared::Send {
-                context: serde_json::to_value(email)?,
-                attachments: Vec::new(),
-            })
-        }
-    }
 }
 
 pub(super) fn samples() -> Vec<(&'static str, Value)> {

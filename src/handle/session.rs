@@ -3,72 +3,28 @@
 //! cause (confirmations with calendar files, "session moved", new joining links, cancellations).
 //!
 //! Per-registrant emails are written to the outbox with ids only and completed just before
-//! sending ([`prepare`]) from the session's current state, so a registrant never gets stale
+//! sending (`send::compose::session`) from the session's current state, so a registrant never gets stale
 //! details, and nothing about a cancelled session or registration goes out.
 
 use super::Failure;
-use crate::calendar::{self, CalendarSession, Method};
+
 use crate::config::Offset;
 use crate::domain::event::ErrorCode;
 use crate::domain::{
     Envelope, RegionId, RegistrationCancelled, RegistrationCreated, SessionCancelled,
     SessionDetails,
 };
-use crate::outbox::{enqueue, Claimed, NewEmail, NOTIFY_CHANNEL};
+use crate::outbox::{enqueue, NewEmail, NOTIFY_CHANNEL};
 use crate::schedule::plan::due_at;
-use crate::send::prepare::Prepared;
+pub use crate::state::session::{
+    load_session, offset_phrase, SessionRow, SessionView, SESSION_COLUMNS,
+};
 use crate::uk_time;
 use crate::worker::Shared;
 use chrono::{DateTime, Utc};
-use serde::Serialize;
+
 use serde_json::{json, Value};
 use sqlx::PgConnection;
-
-/// A session as stored.
-#[derive(Debug, Clone, sqlx::FromRow)]
-pub struct SessionRow {
-    pub session_id: String,
-    pub title: String,
-    pub audience: String,
-    pub region: Option<String>,
-    pub starts_at: DateTime<Utc>,
-    pub ends_at: DateTime<Utc>,
-    pub registration_url: String,
-    pub joining_url: Option<String>,
-    pub description: Option<String>,
-    pub status: String,
-    pub cancel_reason: Option<String>,
-    pub sequence: i32,
-    pub last_event_at: DateTime<Utc>,
-}
-
-impl SessionRow {
-    pub fn region_id(&self) -> Option<RegionId> {
-        self.region.as_deref().and_then(|r| r.parse().ok())
-    }
-
-    pub fn is_cancelled(&self) -> bool {
-        self.status == "cancelled"
-    }
-}
-
-pub const SESSION_COLUMNS: &str =
-    "session_id, title, audience, region, starts_at, ends_at, registration_url, \
-     joining_url, description, status, cancel_reason, sequence, last_event_at";
-
-pub async fn load_session(
-    conn: &mut PgConnection,
-    session_id: &str,
-    lock: bool,
-) -> sqlx::Result<Option<SessionRow>> {
-    let lock = if lock { " FOR UPDATE" } else { "" };
-    sqlx::query_as(&format!(
-        "SELECT {SESSION_COLUMNS} FROM sessions WHERE session_id = $1{lock}"
-    ))
-    .bind(session_id)
-    .fetch_optional(conn)
-    .await
-}
 
 fn unknown_session(session_id: &str) -> Failure {
     Failure::Deferred {
@@ -443,203 +399,6 @@ pub(super) async fn registration_cancelled(
     drop_pending(conn, Planned::OfRegistration(&r.registration_id), now).await?;
     tracing::info!(event_id = %envelope.id, registration_id = %r.registration_id, "registration cancelled");
     Ok(())
-}
-
-// ---------------------------------------------------------------------------------------------
-// Completing the emails just before they are sent.
-
-/// A session as emails show it.
-#[derive(Serialize)]
-pub struct SessionView {
-    session_id: String,
-    title: String,
-    audience: String,
-    /// "National" or the region's name.
-    scope: String,
-    national: bool,
-    /// "Wednesday 2 October 2024, 3:30pm to 4:30pm"
-    when: String,
-    date: String,
-    registration_url: String,
-    joining_url: Option<String>,
-    description: Option<String>,
-    cancel_reason: Option<String>,
-}
-
-impl SessionView {
-    pub fn new(shared: &Shared, s: &SessionRow) -> SessionView {
-        SessionView {
-            session_id: s.session_id.clone(),
-            title: s.title.clone(),
-            audience: s.audience.clone(),
-            scope: shared.regions.for_session(s.region_id()).name.clone(),
-            national: s.region.is_none(),
-            when: uk_time::range(s.starts_at, s.ends_at),
-            date: uk_time::date(s.starts_at),
-            registration_url: s.registration_url.clone(),
-            joining_url: s.joining_url.clone(),
-            description: s.description.clone(),
-            cancel_reason: s.cancel_reason.clone(),
-        }
-    }
-}
-
-/// "in 7 days", "tomorrow", "in 1 hour", "in 30 minutes".
-pub fn offset_phrase(label: &str) -> String {
-    match label.parse::<Offset>() {
-        Ok(Offset::Days(1)) => "tomorrow".into(),
-        Ok(Offset::Days(n)) => format!("in {n} days"),
-        Ok(Offset::Exact(d)) if d.num_minutes() % 60 == 0 => match d.num_hours() {
-            1 => "in 1 hour".into(),
-            h => format!("in {h} hours"),
-        },
-        Ok(Offset::Exact(d)) => format!("in {} minutes", d.num_minutes()),
-        Err(_) => "soon".into(),
-    }
-}
-
-#[derive(sqlx::FromRow)]
-struct RegistrantRow {
-    name: Option<String>,
-    email: Option<String>,
-    status: String,
-}
-
-fn context_str<'a>(row: &'a Claimed, key: &str) -> anyhow::Result<&'a str> {
-    row.context
-        .get(key)
-        .and_then(Value::as_str)
-        .ok_or_else(|| anyhow::anyhow!("outbox row {}: context has no {key}", row.id))
-}
-
-/// Completes the session emails; None for other kinds.
-pub async fn prepare(shared: &Shared, row: &Claimed) -> anyhow::Result<Option<Prepared>> {
-    const KINDS: [&str; 6] = [
-        "registration_confirmation",
-        "session_reminder",
-        "session_moved",
-        "joining_link_changed",
-        "session_cancelled",
-        "coordinator_briefing",
-    ];
-    if !KINDS.contains(&row.kind.as_str()) {
-        return Ok(None);
-    }
-    let skip = |why: &str| Ok(Some(Prepared::Skip(why.to_owned())));
-    let mut conn = shared.pool.acquire().await?;
-    let session_id = context_str(row, "session_id")?;
-    let Some(session) = load_session(&mut conn, session_id, false).await? else {
-        return skip("the session is gone");
-    };
-    let now = shared.clock.now();
-    let view = SessionView::new(shared, &session);
-
-    if row.kind == "coordinator_briefing" {
-        if session.is_cancelled() {
-            return skip("the session was cancelled");
-        }
-        if session.starts_at <= now {
-            return skip("the session has started");
-        }
-        let registrants: Vec<(Option<String>, Option<String>)> = sqlx::query_as(
-            "SELECT name, email FROM registrations
-             WHERE session_id = $1 AND status = 'registered' AND email IS NOT NULL ORDER BY lower(name), registration_id",
-        )
-        .bind(session_id)
-        .fetch_all(&mut *conn)
-        .await?;
-        let list: Vec<Value> = registrants
-            .iter()
-            .map(|(n, e)| json!({ "name": n, "email": e }))
-            .collect();
-        return Ok(Some(Prepared::Send {
-            context: json!({ "session": view, "count": list.len(), "registrants": list }),
-            attachments: Vec::new(),
-        }));
-    }
-
-    let registration_id = context_str(row, "registration_id")?;
-    let registrant: Option<RegistrantRow> =
-        sqlx::query_as("SELECT name, email, status FROM registrations WHERE registration_id = $1")
-            .bind(registration_id)
-            .fetch_optional(&mut *conn)
-            .await?;
-    let Some(RegistrantRow {
-        name: Some(name),
-        email: Some(email),
-        status,
-    }) = registrant
-    else {
-        return skip("the registration is gone");
-    };
-    if status != "registered" {
-        return skip("the registration was cancelled");
-    }
-    let cancelled_kind = row.kind == "session_cancelled";
-    if session.is_cancelled() != cancelled_kind {
-        return skip(if cancelled_kind {
-            "the session is not cancelled"
-        } else {
-            "the session was cancelled"
-        });
-    }
-    let mut context = json!({ "name": name, "session": view });
-    match row.kind.as_str() {
-        "session_reminder" => {
-            if session.starts_at <= now {
-                return skip("the session has started");
-            }
-            if row.context.get("starts_at").and_then(Value::as_str)
-                != Some(session.starts_at.to_rfc3339().as_str())
-            {
-                return skip("the session has moved since this reminder was due");
-            }
-            context["offset_phrase"] = json!(offset_phrase(context_str(row, "offset")?));
-        }
-        "session_moved" => context["previous_when"] = json!(context_str(row, "previous_when")?),
-        _ => {}
-    }
-    let with_calendar = [
-        "registration_confirmation",
-        "session_moved",
-        "joining_link_changed",
-        "session_cancelled",
-    ];
-    let attachments = if with_calendar.contains(&row.kind.as_str()) {
-        let description = format!(
-            "{}\n\nFor: {}\nRegistration: {}",
-            session.description.as_deref().unwrap_or(&session.title),
-            session.audience,
-            session.registration_url
-        );
-        let method = if cancelled_kind {
-            Method::Cancel
-        } else {
-            Method::Request
-        };
-        let file = calendar::session_file(
-            &CalendarSession {
-                session_id: &session.session_id,
-                title: &session.title,
-                description: &description,
-                starts_at: session.starts_at,
-                ends_at: session.ends_at,
-                joining_url: session.joining_url.as_deref(),
-                sequence: session.sequence.max(0) as u32,
-            },
-            method,
-            shared.settings.transactional_from.mailbox.email.as_ref(),
-            &email,
-            now,
-        );
-        vec![file]
-    } else {
-        Vec::new()
-    };
-    Ok(Some(Prepared::Send {
-        context,
-        attachments,
-    }))
 }
 
 /// Sample contexts for `check`, shaped as `prepare` shapes them.

@@ -10,14 +10,12 @@
 
 use super::plan;
 use crate::domain::RegionId;
-use crate::handle::newsletter;
-use crate::handle::session::{SessionRow, SessionView, SESSION_COLUMNS};
-use crate::outbox::{Claimed, NOTIFY_CHANNEL};
-use crate::send::prepare::Prepared;
+use crate::outbox::NOTIFY_CHANNEL;
+use crate::state::reader::list_id;
+use crate::state::session::{SessionRow, SessionView, SESSION_COLUMNS};
 use crate::worker::Shared;
 use chrono::{DateTime, Utc};
 use serde_json::json;
-use serde_json::Value;
 
 /// What one firing did.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -96,14 +94,14 @@ async fn fire_region(
     if !sessions.is_empty() {
         let views: Vec<SessionView> = sessions
             .iter()
-            .map(|s| SessionView::new(shared, s))
+            .map(|s| SessionView::new(&shared.regions, s))
             .collect();
         let region_name = &shared.regions.region(region).name;
         let context =
             json!({ "region_name": region_name, "count": views.len(), "sessions": views });
         // Set-based: one row per confirmed, not suppressed subscriber; name and unsubscribe
         // link are completed at send time (`prepare`).
-        let headers = json!({ "List-Id": newsletter::list_id(shared, region) });
+        let headers = json!({ "List-Id": list_id(&shared.settings, region) });
         recipients = sqlx::query(
             "INSERT INTO outbox (kind, template, stream, recipients, context, headers, message_uuid, priority)
              SELECT 'digest', 'weekly_digest', 'bulk', ARRAY[b.email],
@@ -146,35 +144,4 @@ async fn fire_region(
         sessions: sessions.len(),
         recipients,
     }))
-}
-
-/// Completes a digest email just before it is sent: the reader's current name and their own
-/// unsubscribe link; skipped if they left, or were suppressed, since the firing.
-pub async fn prepare(shared: &Shared, row: &Claimed) -> anyhow::Result<Prepared> {
-    let subscription_id = row
-        .context
-        .get("subscription_id")
-        .and_then(Value::as_i64)
-        .ok_or_else(|| anyhow::anyhow!("a digest email without its subscription id"))?;
-    let reader: Option<(String, Option<String>, bool)> = sqlx::query_as(
-        "SELECT s.status, s.name, EXISTS (SELECT 1 FROM suppressions x WHERE x.email = lower(s.email))
-         FROM subscriptions s WHERE s.id = $1",
-    )
-    .bind(subscription_id)
-    .fetch_optional(&shared.pool)
-    .await?;
-    let (status, name, suppressed) = match reader {
-        Some((status, name, suppressed)) => (Some(status), name, suppressed),
-        None => (None, None, false),
-    };
-    if let Some(why) = newsletter::bulk_skip_reason(status.as_deref(), suppressed) {
-        return Ok(Prepared::Skip(why.into()));
-    }
-    let mut context = row.context.clone();
-    context["name"] = json!(name);
-    context["unsubscribe_url"] = json!(newsletter::unsubscribe_link(shared, subscription_id));
-    Ok(Prepared::Send {
-        context,
-        attachments: Vec::new(),
-    })
 }

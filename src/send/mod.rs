@@ -11,6 +11,7 @@
 //! - The recorder writes outcomes as they come, as many per statement as have come, each fenced
 //!   by its claim (a stale claim changes nothing), and only then logs and counts them.
 
+pub mod compose;
 pub mod prepare;
 
 use crate::db;

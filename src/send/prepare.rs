@@ -29,16 +29,16 @@ pub enum Prepared {
 /// Decides, just before sending, whether and with what a row is sent. An error is a passing
 /// failure (the row is retried).
 pub async fn prepare(shared: &Shared, row: &Claimed) -> anyhow::Result<Prepared> {
-    if let Some(p) = crate::handle::session::prepare(shared, row).await? {
+    if let Some(p) = super::compose::session::prepare(shared, row).await? {
         return Ok(p);
     }
     if row.kind == "digest" {
-        return crate::schedule::digest::prepare(shared, row).await;
+        return super::compose::digest::prepare(shared, row).await;
     }
     // Kinds whose content depends on state at send time get their branch here.
     if row.kind == "newsletter" {
         // The reader's name and unsubscribe link; skipped if they left since the fan-out.
-        return crate::handle::newsletter::complete(shared, row).await;
+        return super::compose::newsletter::complete(shared, row).await;
     }
     let attachments: Vec<Attachment> = serde_json::from_value(row.attachments.clone())?;
     Ok(Prepared::Send {

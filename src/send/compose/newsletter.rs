@@ -1,0 +1,107 @@
+//! A newsletter's copy for one reader, completed just before it is sent.
+
+use crate::domain::RegionId;
+use crate::outbox::Claimed;
+use crate::send::prepare::Prepared;
+use crate::state::reader::{bulk_skip_reason, unsubscribe_link, NewsletterEmail};
+use crate::worker::Shared;
+use anyhow::Context;
+use serde_json::Value;
+
+/// Completes a newsletter email just before it is sent, from the current state: the reader's
+/// name and a fresh unsubscribe link; or skips it if the reader has unsubscribed, been
+/// suppressed or erased since the fan-out.
+pub async fn complete(shared: &Shared, row: &Claimed) -> anyhow::Result<Prepared> {
+    let newsletter_id = row
+        .context
+        .get("newsletter_id")
+        .and_then(Value::as_str)
+        .context("a newsletter email without its newsletter id")?;
+    let subscription_id = row
+        .context
+        .get("subscription_id")
+        .and_then(Value::as_i64)
+        .context("a newsletter email without its subscription id")?;
+    type Row = (
+        String,
+        Option<String>,
+        Value,
+        Option<String>,
+        String,
+        Option<String>,
+        Option<String>,
+        Option<bool>,
+    );
+    let found: Option<Row> = sqlx::query_as(
+        "SELECT n.subject, n.preheader, n.sections, n.web_url, n.region, s.status, s.name,
+                EXISTS (SELECT 1 FROM suppressions x WHERE x.email = lower(s.email))
+         FROM newsletters n LEFT JOIN subscriptions s ON s.id = $2
+         WHERE n.newsletter_id = $1",
+    )
+    .bind(newsletter_id)
+    .bind(subscription_id)
+    .fetch_optional(&shared.pool)
+    .await?;
+    let Some((subject, preheader, sections, web_url, region, status, name, suppressed)) = found
+    else {
+        return Ok(Prepared::Skip("the newsletter is no longer held".into()));
+    };
+    if let Some(why) = bulk_skip_reason(status.as_deref(), suppressed == Some(true)) {
+        return Ok(Prepared::Skip(why.into()));
+    }
+    let region: RegionId = region
+        .parse()
+        .map_err(|e: String| anyhow::anyhow!("stored region: {e}"))?;
+    let unsubscribe_url = unsubscribe_link(&shared.settings, subscription_id);
+    // Rendered once per newsletter (with and without a name): each reader's copy only fills in
+    // their name and their own link.
+    let key = format!("newsletter {newsletter_id} {}", name.is_some());
+    let shell = shared.shells.get_or_make(&key, || {
+        let email = NewsletterEmail {
+            subject: subject.clone(),
+            preheader: preheader.clone(),
+            region_name: shared.regions.region(region).name.clone(),
+            name: name.as_ref().map(|_| String::new()),
+            sections: serde_json::from_value(sections.clone()).map_err(|e| e.to_string())?,
+            web_url: web_url.clone(),
+            unsubscribe_url: String::new(),
+        };
+        let context = serde_json::to_value(email).map_err(|e| e.to_string())?;
+        // Without a name there is no hole for it: the template's "Hello," stays.
+        let holes: &[&str] = if name.is_some() {
+            &["unsubscribe_url", "name"]
+        } else {
+            &["unsubscribe_url"]
+        };
+        shared.templates.shell("newsletter", &context, holes)
+    });
+    match shell {
+        Ok(Some(shell)) => {
+            let values: Vec<&str> = std::iter::once(unsubscribe_url.as_str())
+                .chain(name.as_deref())
+                .collect();
+            let rendered = shell.fill(&values).map_err(anyhow::Error::msg)?;
+            Ok(Prepared::Rendered {
+                rendered,
+                unsubscribe_url: Some(unsubscribe_url),
+            })
+        }
+        // A value that holds a marker character, or a template that does not render: rendered
+        // whole for this reader (and a template error is then the sender's, as for any email).
+        Ok(None) | Err(_) => {
+            let email = NewsletterEmail {
+                subject,
+                preheader,
+                region_name: shared.regions.region(region).name.clone(),
+                name,
+                sections: serde_json::from_value(sections).context("stored sections")?,
+                web_url,
+                unsubscribe_url,
+            };
+            Ok(Prepared::Send {
+                context: serde_json::to_value(email)?,
+                attachments: Vec::new(),
+            })
+        }
+    }
+}

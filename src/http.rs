@@ -15,9 +15,9 @@ mod links;
 pub use links::page_samples;
 
 use crate::config::HttpLimits;
+use crate::context::Shared;
 use crate::mail::Relay;
 use crate::outbox;
-use crate::worker::Shared;
 use axum::extract::{Request, State};
 use axum::http::{header, StatusCode};
 use axum::middleware::Next;

@@ -37,7 +37,9 @@
 //! - [`http`]: health, readiness, Prometheus metrics, and the confirm and unsubscribe pages.
 //! - [`retention`]: the sweep that ends every kind of personal data at the end of its period,
 //!   in short batches.
-//! - [`worker`]: wires everything together for `rpec-notify run` and shuts it down cleanly.
+//! - [`context`]: what the parts are given when the worker starts.
+//! - [`worker`]: the composition root (nothing imports it): wires everything together for
+//!   `rpec-notify run` and shuts it down cleanly.
 //! - [`publish`]: `rpec-notify publish`, with publisher confirms.
 //! - [`admin`]: operator tools: `outbox status|list|retry` and `dead-letters list|replay|purge`,
 //!   with one exit-code table and reports that hold ids, codes and counts, never personal data.
@@ -47,6 +49,7 @@ pub mod calendar;
 pub mod clock;
 pub mod config;
 pub mod consume;
+pub mod context;
 pub mod db;
 pub mod domain;
 pub mod handle;

@@ -18,8 +18,8 @@
 //! service the person asked for, until they leave), and the `erasures` audit (event ids, times
 //! and counts, nothing about anyone).
 
+use crate::context::Shared;
 use crate::tokens::CONFIRM_VALIDITY;
-use crate::worker::Shared;
 use chrono::{DateTime, Utc};
 use sqlx::PgPool;
 use std::sync::Arc;

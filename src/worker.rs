@@ -3,54 +3,17 @@
 //! finishes what is in hand and returns.
 
 use crate::clock::Clock;
-use crate::config::{Regions, Settings};
-use crate::mail::{Relay, Templates};
-use crate::metrics::Metrics;
+use crate::config::Settings;
+use crate::context::Shared;
+use crate::mail::Relay;
 use crate::{consume, db, http, retention, schedule, send};
 
 pub use crate::retention::{sweep_once, Swept};
 use anyhow::Context;
-use sqlx::PgPool;
 use std::future::Future;
-use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
-
-/// What every part of the worker shares.
-pub struct Shared {
-    pub settings: Settings,
-    pub regions: Regions,
-    pub templates: Templates,
-    pub pool: PgPool,
-    pub metrics: Metrics,
-    /// Whether the consumer holds a working broker connection (for /readyz).
-    pub amqp_ready: AtomicBool,
-    /// "Now" for planning and for what is due.
-    pub clock: Clock,
-    /// Bulk emails rendered once, filled in for each reader.
-    pub shells: crate::mail::Shells,
-}
-
-impl Shared {
-    /// Loads regions and templates and connects to PostgreSQL (no migrations).
-    pub async fn load(settings: Settings, clock: Clock) -> anyhow::Result<Shared> {
-        let regions = Regions::load(&settings.regions_path()).map_err(crate::config::Problems)?;
-        let templates = Templates::load(&settings.templates_dir, &settings.public_url)
-            .map_err(crate::config::Problems)?;
-        let pool = db::connect(&settings).await?;
-        Ok(Shared {
-            settings,
-            regions,
-            templates,
-            pool,
-            metrics: Metrics::new(),
-            amqp_ready: AtomicBool::new(false),
-            clock,
-            shells: Default::default(),
-        })
-    }
-}
 
 /// Where the worker serves HTTP: the public pages, and health and metrics apart from them.
 pub struct Listeners {

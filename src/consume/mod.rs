@@ -24,10 +24,10 @@
 
 pub mod topology;
 
+use crate::context::Shared;
 use crate::domain::event::ErrorCode;
 use crate::domain::{Envelope, EventType};
 use crate::handle::{self, Failure, Handled};
-use crate::worker::Shared;
 use anyhow::Context;
 use futures_util::{FutureExt, StreamExt};
 use lapin::message::Delivery;

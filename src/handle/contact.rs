@@ -4,10 +4,10 @@
 use super::subscription::{self, Requested};
 use super::Failure;
 use crate::config::Routing;
+use crate::context::Shared;
 use crate::domain::{ContactSubmitted, EmailAddress, Envelope, RegionId, Setting, Topic};
 use crate::outbox::{enqueue, NewEmail};
 use crate::uk_time;
-use crate::worker::Shared;
 use chrono::{DateTime, Utc};
 use serde::Serialize;
 use serde_json::Value;

@@ -2,9 +2,9 @@
 //! anonymised, in one transaction, and an audit row records that it happened, with counts only.
 
 use super::Failure;
+use crate::context::Shared;
 use crate::domain::{Envelope, ErasureRequested};
 use crate::mail::RelayUrl;
-use crate::worker::Shared;
 use serde_json::{Map, Value};
 use sqlx::PgConnection;
 use std::path::Path;

@@ -10,9 +10,9 @@ pub(crate) mod subscription;
 
 pub use erasure::ERASURE;
 
+use crate::context::Shared;
 use crate::domain::event::ErrorCode;
 use crate::domain::{Envelope, Event};
-use crate::worker::Shared;
 use serde_json::Value;
 
 /// What handling an event came to.

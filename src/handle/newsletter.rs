@@ -21,7 +21,7 @@ use crate::mail::markdown;
 use crate::outbox::NOTIFY_CHANNEL;
 use crate::state::reader::{list_id, NewsletterEmail, StoredSection};
 
-use crate::worker::Shared;
+use crate::context::Shared;
 
 use serde_json::{json, Value};
 use sqlx::PgConnection;

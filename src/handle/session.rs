@@ -9,6 +9,7 @@
 use super::Failure;
 
 use crate::config::Offset;
+use crate::context::Shared;
 use crate::domain::event::ErrorCode;
 use crate::domain::{
     Envelope, RegionId, RegistrationCancelled, RegistrationCreated, SessionCancelled,
@@ -20,7 +21,6 @@ pub use crate::state::session::{
     load_session, offset_phrase, SessionRow, SessionView, SESSION_COLUMNS,
 };
 use crate::uk_time;
-use crate::worker::Shared;
 use chrono::{DateTime, Utc};
 
 use serde_json::{json, Value};

@@ -6,13 +6,13 @@
 //! transaction.
 
 use super::Failure;
+use crate::context::Shared;
 use crate::domain::{
     EmailAddress, Envelope, RegionId, SubscriptionCancelled, SubscriptionRequested,
 };
 use crate::outbox::{enqueue, NewEmail};
 use crate::tokens::{self, Purpose, CONFIRM_VALIDITY};
 use crate::uk_time;
-use crate::worker::Shared;
 use chrono::{DateTime, Utc};
 use serde::Serialize;
 use serde_json::Value;

@@ -9,11 +9,11 @@
 //! firing, not several.
 
 use super::plan;
+use crate::context::Shared;
 use crate::domain::RegionId;
 use crate::outbox::NOTIFY_CHANNEL;
 use crate::state::reader::list_id;
 use crate::state::session::{SessionRow, SessionView, SESSION_COLUMNS};
-use crate::worker::Shared;
 use chrono::{DateTime, Utc};
 use serde_json::json;
 

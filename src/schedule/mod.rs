@@ -11,8 +11,8 @@
 pub mod digest;
 pub mod plan;
 
+use crate::context::Shared;
 use crate::outbox::{enqueue, NewEmail};
-use crate::worker::Shared;
 use chrono::{DateTime, Utc};
 use serde_json::json;
 use std::sync::Arc;

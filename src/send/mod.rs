@@ -14,10 +14,10 @@
 pub mod compose;
 pub mod prepare;
 
+use crate::context::Shared;
 use crate::db;
 use crate::mail::{message, Relay, SendError};
 use crate::outbox::{self, Claimed, Counted, Mark, Marked, Outcome, NOTIFY_CHANNEL};
-use crate::worker::Shared;
 use prepare::{prepare, Prepared};
 use serde_json::{json, Value};
 use sqlx::postgres::PgListener;

@@ -4,8 +4,8 @@
 //! completed only now (per-reader content, calendar files with the current sequence). Each such
 //! kind gets a branch here; every branch reads the current state in the database.
 
+use crate::context::Shared;
 use crate::outbox::{Attachment, Claimed};
-use crate::worker::Shared;
 use serde_json::Value;
 
 /// What to do with a claimed row.

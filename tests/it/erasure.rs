@@ -361,7 +361,7 @@ async fn the_hash_an_erasure_leaves_goes_once_no_dead_letter_can_bring_the_perso
             .unwrap();
         n
     };
-    let shared = rpec_notify::worker::Shared::load(app.settings.clone(), app.clock.clone())
+    let shared = rpec_notify::context::Shared::load(app.settings.clone(), app.clock.clone())
         .await
         .unwrap();
     app.set_time("2025-04-01T10:00:00Z"); // 29 days on: a dead letter may still be replayed

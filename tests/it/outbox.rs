@@ -4,8 +4,9 @@
 //! row kept until an operator resolves it.
 
 use crate::helpers::*;
+use rpec_notify::context::Shared;
 use rpec_notify::outbox::{self, Counted};
-use rpec_notify::worker::{sweep_once, Shared};
+use rpec_notify::worker::sweep_once;
 use serde_json::json;
 use std::collections::HashSet;
 use std::time::Duration;

@@ -3,7 +3,8 @@
 use crate::helpers::*;
 use crate::newsletter::{add_confirmed, newsletter, simple_sections, subscribe};
 use chrono::{DateTime, Duration, Utc};
-use rpec_notify::worker::{sweep_once, Shared, Swept};
+use rpec_notify::context::Shared;
+use rpec_notify::worker::{sweep_once, Swept};
 use serde_json::json;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

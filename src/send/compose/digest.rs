@@ -1,9 +1,9 @@
 //! A digest's copy for one reader, completed just before it is sent.
 
+use crate::context::Shared;
 use crate::outbox::Claimed;
 use crate::send::prepare::Prepared;
 use crate::state::reader::{bulk_skip_reason, unsubscribe_link};
-use crate::worker::Shared;
 use serde_json::json;
 use serde_json::Value;
 

@@ -1,10 +1,10 @@
 //! A newsletter's copy for one reader, completed just before it is sent.
 
+use crate::context::Shared;
 use crate::domain::RegionId;
 use crate::outbox::Claimed;
 use crate::send::prepare::Prepared;
 use crate::state::reader::{bulk_skip_reason, unsubscribe_link, NewsletterEmail};
-use crate::worker::Shared;
 use anyhow::Context;
 use serde_json::Value;
 

@@ -4,10 +4,10 @@
 //! goes out.
 
 use crate::calendar::{self, CalendarSession, Method};
+use crate::context::Shared;
 use crate::outbox::Claimed;
 use crate::send::prepare::Prepared;
 use crate::state::session::{load_session, offset_phrase, SessionView};
-use crate::worker::Shared;
 use serde_json::{json, Value};
 
 #[derive(sqlx::FromRow)]

@@ -8,6 +8,7 @@ pub mod outbox;
 pub mod prepare;
 mod relay;
 pub mod sender;
+mod smtp;
 pub mod templates;
 
 pub use outbox::{Attachment, NewEmail, Stream};

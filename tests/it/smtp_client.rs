@@ -197,15 +197,33 @@ async fn hundreds_of_messages_go_to_smtp_sink_over_the_pools_ten_connections() {
 
 const PATIENCE: Duration = Duration::from_secs(5);
 
+/// A connection's byte stream, in clear or TLS.
+trait Io: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send {}
+impl<T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send> Io for T {}
+
 /// The server's end of one connection.
 struct Peer {
-    stream: TcpStream,
+    stream: Box<dyn Io>,
     buf: Vec<u8>,
 }
 
 impl Peer {
     async fn send(&mut self, text: &str) {
         self.stream.write_all(text.as_bytes()).await.unwrap();
+        self.stream.flush().await.unwrap();
+    }
+
+    /// The same connection, now TLS (after a 220 to STARTTLS, or at once for smtps://).
+    async fn tls(self, acceptor: &tokio_rustls::TlsAcceptor) -> Peer {
+        assert!(self.buf.is_empty(), "nothing may come before the handshake");
+        let stream = tokio::time::timeout(PATIENCE, acceptor.accept(self.stream))
+            .await
+            .expect("a TLS handshake")
+            .expect("the client's TLS");
+        Peer {
+            stream: Box::new(stream),
+            buf: Vec::new(),
+        }
     }
 
     /// What the next read gives (what one write of the client's brought, on loopback).
@@ -272,6 +290,11 @@ impl Peer {
     /// The greeting, the client's EHLO and a reply offering `extensions`.
     async fn hello(&mut self, extensions: &[&str]) {
         self.send("220 scripted.example.org ESMTP\r\n").await;
+        self.ehlo(extensions).await;
+    }
+
+    /// The client's EHLO and a reply offering `extensions`.
+    async fn ehlo(&mut self, extensions: &[&str]) {
         let ehlo = self.line().await;
         assert!(ehlo.starts_with("EHLO "), "{ehlo}");
         self.send(&format!(
@@ -328,7 +351,7 @@ impl Script {
             .unwrap();
         stream.set_nodelay(true).unwrap();
         Peer {
-            stream,
+            stream: Box::new(stream),
             buf: Vec::new(),
         }
     }
@@ -836,5 +859,95 @@ async fn credentials_go_with_auth_plain_or_login_and_a_refusal_is_permanent() {
         matches!(&e, SendError::Permanent(t) if t.starts_with("permanent error (535)")),
         "{e:?}"
     );
+    let _ = server.await.unwrap();
+}
+
+/// A TLS server for 127.0.0.1 with a certificate a private CA signed, and that CA's file.
+fn tls_server(dir: &std::path::Path) -> (tokio_rustls::TlsAcceptor, String) {
+    use rustls::pki_types::pem::PemObject;
+    use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+    rpec_notify::mail::install_tls_provider();
+    let (cert, key, ca) = crate::delivery::private_ca(dir);
+    let certs = CertificateDer::pem_file_iter(&cert)
+        .unwrap()
+        .collect::<Result<Vec<_>, _>>()
+        .unwrap();
+    let key = PrivateKeyDer::from_pem_file(&key).unwrap();
+    let config = rustls::ServerConfig::builder()
+        .with_no_client_auth()
+        .with_single_cert(certs, key)
+        .unwrap();
+    (tokio_rustls::TlsAcceptor::from(Arc::new(config)), ca)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn smtps_is_tls_from_the_first_byte_and_its_connection_carries_the_next_message() {
+    let dir = tempfile::tempdir().unwrap();
+    let (acceptor, ca) = tls_server(dir.path());
+    let script = Script::start().await;
+    let url = format!("smtps://127.0.0.1:{}", script.port);
+    let relay = Relay::new(&url, 1, Duration::from_secs(2), Some(ca.as_ref())).unwrap();
+    let untrusting = Relay::new(&url, 1, Duration::from_secs(2), None).unwrap();
+    let server = tokio::spawn(async move {
+        let mut peer = script.accept().await.tls(&acceptor).await;
+        peer.hello(&["PIPELINING"]).await;
+        for to in ["kim@school.example.org", "jo@school.example.org"] {
+            let group = peer.group(1).await;
+            assert!(group.contains(to), "{group}");
+            peer.send("250 Ok\r\n250 Ok\r\n354 go on\r\n").await;
+            assert_eq!(
+                peer.until("\r\n.\r\n").await,
+                "Subject: x\r\n\r\nhello\r\n.\r\n"
+            );
+            peer.send("250 Ok\r\n").await;
+        }
+        // A relay whose certificate the client does not trust gets nothing.
+        let refused = script.accept().await;
+        let stream = refused.stream;
+        assert!(acceptor.accept(stream).await.is_err());
+        (script, peer)
+    });
+    send(&relay, &["kim@school.example.org"]).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    send(&relay, &["jo@school.example.org"]).await.unwrap();
+    let e = send(&untrusting, &["kim@school.example.org"])
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(&e, SendError::Unreachable(t) if t.starts_with("tls error")),
+        "{e:?}"
+    );
+    let _ = server.await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn starttls_starts_again_with_ehlo_and_credentials_go_only_once_encrypted() {
+    use base64::Engine as _;
+    let dir = tempfile::tempdir().unwrap();
+    let (acceptor, ca) = tls_server(dir.path());
+    let script = Script::start().await;
+    let url = format!(
+        "smtp://mailer:pw@127.0.0.1:{}?tls=opportunistic",
+        script.port
+    );
+    let relay = Relay::new(&url, 1, Duration::from_secs(2), Some(ca.as_ref())).unwrap();
+    let server = tokio::spawn(async move {
+        let mut peer = script.accept().await;
+        peer.hello(&["PIPELINING", "STARTTLS"]).await;
+        assert_eq!(peer.line().await, "STARTTLS\r\n");
+        peer.send("220 2.0.0 Ready to start TLS\r\n").await;
+        let mut peer = peer.tls(&acceptor).await;
+        // What was offered in clear is forgotten: the client asks again.
+        peer.ehlo(&["PIPELINING", "AUTH PLAIN"]).await;
+        let plain = base64::engine::general_purpose::STANDARD.encode("\0mailer\0pw");
+        assert_eq!(peer.line().await, format!("AUTH PLAIN {plain}\r\n"));
+        peer.send("235 2.7.0 Ok\r\n").await;
+        peer.group(1).await;
+        peer.send("250 Ok\r\n250 Ok\r\n354 go on\r\n").await;
+        peer.until("\r\n.\r\n").await;
+        peer.send("250 Ok\r\n").await;
+        (script, peer)
+    });
+    send(&relay, &["kim@school.example.org"]).await.unwrap();
     let _ = server.await.unwrap();
 }

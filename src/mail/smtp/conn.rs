@@ -243,17 +243,17 @@ impl Conn {
 
     async fn hello(&mut self, name: &str) -> Result<(), SendError> {
         let ehlo = self.command(&format!("EHLO {name}\r\n"), "EHLO").await?;
-        if ehlo.is_completion() {
+        if ehlo.code == 250 {
             self.ext = Extensions::from_ehlo(&ehlo);
             return Ok(());
         }
         if ehlo.code / 100 != 5 {
-            return Err(ehlo.error());
+            return Err(self.unexpected(&ehlo, "EHLO"));
         }
         // A relay that does not know EHLO: plain SMTP, without extensions.
         let helo = self.command(&format!("HELO {name}\r\n"), "HELO").await?;
-        if !helo.is_completion() {
-            return Err(helo.error());
+        if helo.code != 250 {
+            return Err(self.unexpected(&helo, "HELO"));
         }
         self.ext = Extensions::default();
         Ok(())
@@ -497,14 +497,21 @@ impl Conn {
     }
 
     fn out_of_step(&self, reply: &Reply, what: &str) -> Outcome {
-        Outcome::done(
-            Err(SendError::Transient(format!(
+        Outcome::done(Err(self.unexpected(reply, what)), false)
+    }
+
+    /// A refusal as its code says; any other reply than the one expected as a relay out of
+    /// step.
+    fn unexpected(&self, reply: &Reply, what: &str) -> SendError {
+        if reply.is_refusal() {
+            reply.error()
+        } else {
+            SendError::Transient(format!(
                 "response error: unexpected reply ({}) to {what}: {}",
                 reply.code,
                 reply.text()
-            ))),
-            false,
-        )
+            ))
+        }
     }
 
     fn broken(&self, b: Broken, what: &str) -> SendError {

@@ -55,7 +55,8 @@ struct Config {
     tls: Option<(tokio_rustls::TlsConnector, ServerName<'static>)>,
     /// The name given in EHLO.
     hello: String,
-    /// For connecting and the greeting together, and then for each reply and each write.
+    /// For connecting and the greeting together, and then for each reply and each write (but
+    /// the reply to the message's content: see `Conn::content`).
     limit: Duration,
 }
 

@@ -631,14 +631,15 @@ async fn no_reply_after_the_final_dot_is_transient_and_the_message_is_not_sent_a
     });
     let started = Instant::now();
     let e = send(&relay, &["kim@school.example.org"]).await.unwrap_err();
-    assert!(
-        matches!(&e, SendError::Transient(t) if t.starts_with("no answer from the relay within 1s (the message's final dot)")),
-        "{e:?}"
+    // Waited for as long as the whole send may take (2 s), not only one reply's time (1 s).
+    assert_eq!(
+        e,
+        SendError::Transient("no answer from the relay within 2s".into())
     );
+    let took = started.elapsed();
     assert!(
-        started.elapsed() < Duration::from_millis(1900),
-        "{:?}",
-        started.elapsed()
+        took >= Duration::from_millis(1900) && took < Duration::from_secs(3),
+        "{took:?}"
     );
     let _ = server.await.unwrap();
 }

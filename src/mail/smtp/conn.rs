@@ -102,7 +102,8 @@ pub(super) struct Conn {
     /// Received, not yet read as a reply.
     inbox: Vec<u8>,
     ext: Extensions,
-    /// For each reply, and each write.
+    /// For each write, and each reply but the one to the content (which the whole send's
+    /// time bounds).
     limit: Duration,
 }
 
@@ -475,12 +476,15 @@ impl Conn {
     }
 
     /// The content and its final "." in one write, then the relay's verdict. From here on
-    /// nothing is tried again: the relay may have the message.
+    /// nothing is tried again: the relay may have the message. The verdict may take the relay
+    /// a while (RFC 5321 4.5.3.2 gives it ten minutes): it is waited for as long as the whole
+    /// send may take, not just one reply's time, since giving up early is how a message the
+    /// relay then takes would be sent twice.
     async fn content(&mut self, payload: &[u8]) -> Outcome {
         if let Err(b) = self.write(payload).await {
             return Outcome::done(Err(self.broken(b, "the message's content")), false);
         }
-        match self.read_reply().await {
+        match self.read_reply_untimed().await {
             Ok(r) if r.is_completion() => Outcome::done(Ok(()), true),
             Ok(r) if r.code == 421 => Outcome::done(Err(r.error()), false),
             Ok(r) if r.is_refusal() => self.refused(&r).await,

@@ -6,7 +6,8 @@
 //! A message is tried on a pooled connection, or a new one when none is free, and tried again
 //! (once, on a new connection) only when the pooled connection turned out to be dead before
 //! the relay had answered anything about the message: nothing of it can have been taken then.
-//! Once its content has been written, a failure is the caller's to retry, never ours.
+//! Once its content has been written, a failure is the caller's to retry, never ours. Nothing
+//! is sent on an idle connection; one idle for over a minute is closed instead of used.
 
 mod conn;
 mod data;
@@ -22,9 +23,15 @@ use rustls::pki_types::ServerName;
 use std::path::Path;
 use std::sync::atomic::{AtomicU8, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 use tokio::net::TcpStream;
 use tokio::sync::Semaphore;
+
+/// A connection idle for longer is closed rather than used (lettre's pool had the same
+/// limit): relays close idle sessions after a few minutes (Postfix after 300 s), and a
+/// firewall may forget one without a word, which only a send that never gets an answer would
+/// find out.
+const IDLE_LIMIT: Duration = Duration::from_secs(60);
 
 /// How far a send got, for what its time running out means.
 #[repr(u8)]
@@ -81,8 +88,8 @@ struct Shared {
     config: Config,
     /// One permit per connection the pool may have.
     slots: Semaphore,
-    /// Connections waiting for a message, the most recently used last.
-    idle: Mutex<Vec<Conn>>,
+    /// Connections waiting for a message, with when each was parked, the most recent last.
+    idle: Mutex<Vec<(Conn, Instant)>>,
 }
 
 /// The pool of connections to one relay. Clones share it.
@@ -213,21 +220,25 @@ impl Client {
         }
     }
 
-    /// A pooled connection that still looks open; the ones the relay has closed are dropped.
+    /// A pooled connection that still looks open; the ones the relay has closed, and the ones
+    /// idle for longer than [`IDLE_LIMIT`], are dropped.
     fn idle_connection(&self) -> Option<Conn> {
         loop {
-            let mut conn = self.lock_idle().pop()?;
-            if conn.looks_alive() {
+            let (mut conn, since) = self.lock_idle().pop()?;
+            if since.elapsed() <= IDLE_LIMIT && conn.looks_alive() {
                 return Some(conn);
             }
         }
     }
 
+    /// Back to the pool, which drops whatever has waited there too long.
     fn park(&self, conn: Conn) {
-        self.lock_idle().push(conn);
+        let mut idle = self.lock_idle();
+        idle.retain(|(_, since)| since.elapsed() <= IDLE_LIMIT);
+        idle.push((conn, Instant::now()));
     }
 
-    fn lock_idle(&self) -> std::sync::MutexGuard<'_, Vec<Conn>> {
+    fn lock_idle(&self) -> std::sync::MutexGuard<'_, Vec<(Conn, Instant)>> {
         self.shared
             .idle
             .lock()

@@ -17,7 +17,9 @@
 #   - with --with-chromium: Debian's chromium and chromium-driver.
 #   - with --with-test-tools: the DKIM verifier the DKIM test checks signatures with (dkimpy,
 #     Debian's python3-dkim and python3-nacl) and cargo-deny (built once from crates.io with
-#     `cargo install --locked`, which takes a few minutes), for the licence, ban and source checks.
+#     `cargo install --locked`, which takes a few minutes), for the licence, ban and source checks,
+#     and Postfix's smtp-sink (scripts/postfix-tools.sh, unpacked under var/postfix), which the
+#     SMTP client's test sends to.
 set -euo pipefail
 # Services are started with setsid, in a session of their own, so that they outlive the shell
 # (or test runner) that happened to start them.
@@ -354,6 +356,12 @@ ensure_cargo_deny() {
     say "installed cargo-deny"
 }
 
+# Postfix's smtp-sink and smtp-source, unpacked under var/postfix (the script says so on stderr
+# when it unpacks them; its stdout, the directory, is not wanted here).
+ensure_postfix_tools() {
+    bash "$(dirname "${BASH_SOURCE[0]}")/postfix-tools.sh" >/dev/null
+}
+
 ensure_build_tools
 ensure_rust
 ensure_postgres
@@ -365,4 +373,5 @@ fi
 if [ "$with_test_tools" -eq 1 ]; then
     ensure_dkim_verifier
     ensure_cargo_deny
+    ensure_postfix_tools
 fi

@@ -6,6 +6,7 @@ pub mod dkim;
 pub mod markdown;
 pub mod message;
 mod relay;
+mod smtp;
 pub mod templates;
 
 pub use message::{Attachment, Draft};

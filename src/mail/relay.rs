@@ -1,10 +1,10 @@
-//! The mail relay: a pooled lettre SMTP transport (plain, STARTTLS or implicit TLS, as the URL
-//! says) or lettre's file transport, which writes one `.eml` file per email.
+//! The mail relay: our SMTP client's pool of connections (plain, STARTTLS or implicit TLS, as
+//! the URL says; see `mail::smtp`) or lettre's file transport, which writes one `.eml` file per
+//! email.
 
-use anyhow::Context;
-use lettre::transport::smtp::client::{Certificate, Tls, TlsParameters};
-use lettre::transport::smtp::PoolConfig;
-use lettre::{AsyncFileTransport, AsyncSmtpTransport, AsyncTransport, Message, Tokio1Executor};
+use crate::mail::smtp;
+use lettre::address::{Address, Envelope};
+use lettre::{AsyncFileTransport, AsyncTransport, Message, Tokio1Executor};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -12,7 +12,7 @@ use std::time::Duration;
 /// password nor the user.
 #[derive(Clone, PartialEq, Eq)]
 pub enum RelayUrl {
-    /// smtp://, smtps:// (lettre reads TLS mode and credentials from the URL).
+    /// smtp://, smtps:// (TLS mode and credentials are read from the URL, see `mail::smtp`).
     Smtp(String),
     /// file:///dir or file://./relative/dir.
     File(PathBuf),
@@ -65,8 +65,7 @@ impl RelayUrl {
             return Ok(RelayUrl::File(PathBuf::from(path)));
         }
         if url.starts_with("smtp://") || url.starts_with("smtps://") {
-            AsyncSmtpTransport::<Tokio1Executor>::from_url(url)
-                .map_err(|e| format!("not a usable SMTP URL: {e}"))?;
+            smtp::Endpoint::parse(url).map_err(|e| format!("not a usable SMTP URL: {e}"))?;
             return Ok(RelayUrl::Smtp(url.to_owned()));
         }
         Err("must start with smtp://, smtps:// or file://".into())
@@ -80,8 +79,9 @@ pub enum SendError {
     Transient(String),
     /// 5xx replies: the relay will never take it.
     Permanent(String),
-    /// The relay could not be reached at all (connection refused, no answer to connect, its
-    /// TLS refused) or, before sending, the database could not be read: nothing was learned
+    /// The relay could not be reached at all (connection refused, no answer to connect or no
+    /// greeting, its TLS refused, STARTTLS required and not offered, no connection of the pool
+    /// free in time) or, before sending, the database could not be read: nothing was learned
     /// about this email, so the try does not count toward `mail.retry.max_attempts`.
     Unreachable(String),
 }
@@ -102,65 +102,45 @@ impl SendError {
     }
 }
 
-/// How a failed SMTP send is classed. lettre has no public test for its `Connection` kind (the
-/// connection, or its TLS, could not be set up) nor for `Network` (the socket failed later), so
-/// they are told apart by lettre's text for the kind; the unit test below notices if that
-/// changes. A `Network` error stays an attempt: the relay was reached, and an email that keeps
-/// breaking sessions must not be retried for ever.
-fn classify(e: &lettre::transport::smtp::Error) -> SendError {
-    let text = e.to_string();
-    if e.is_permanent() {
-        SendError::Permanent(text)
-    } else if e.is_transient() || e.is_response() || e.is_client() || e.is_transport_shutdown() {
-        SendError::Transient(text)
-    } else if e.is_tls() || text.starts_with("Connection error") {
-        SendError::Unreachable(text)
-    } else {
-        SendError::Transient(text)
-    }
-}
-
 /// Chooses rustls's cryptography (ring) for the whole process, once. Several crates in one
 /// build can enable more than one provider, and rustls then refuses to guess.
 pub fn install_tls_provider() {
     let _ = rustls::crypto::ring::default_provider().install_default();
 }
 
-/// The TLS mode the URL asks for (as lettre reads it), trusting `ca_file`.
-fn tls_with_ca(url: &str, ca_file: &Path) -> anyhow::Result<Tls> {
-    let parsed = url::Url::parse(url).context("the relay URL")?;
-    let host = parsed.host_str().context("the relay URL has no host")?;
-    let pem =
-        std::fs::read(ca_file).with_context(|| format!("{}: cannot be read", ca_file.display()))?;
-    let parameters = TlsParameters::builder(host.to_owned())
-        .add_root_certificate(
-            Certificate::from_pem(&pem).context("the CA file is not a PEM certificate")?,
-        )
-        .build()?;
-    let mode = parsed
-        .query_pairs()
-        .find(|(k, _)| k == "tls")
-        .map(|(_, v)| v.into_owned());
-    Ok(match (parsed.scheme(), mode.as_deref()) {
-        ("smtps", _) => Tls::Wrapper(parameters),
-        (_, Some("required")) => Tls::Required(parameters),
-        (_, Some("opportunistic")) => Tls::Opportunistic(parameters),
-        _ => anyhow::bail!(
-            "a CA file is set, but the relay URL asks for no TLS (use smtps:// or ?tls=required)"
-        ),
-    })
-}
+#[derive(Clone)]
+pub struct Relay(Kind);
 
 #[derive(Clone)]
-pub enum Relay {
-    Smtp(AsyncSmtpTransport<Tokio1Executor>),
+enum Kind {
+    Smtp(smtp::Client),
     File(AsyncFileTransport<Tokio1Executor>, PathBuf),
 }
 
+/// The envelope of a raw send, checked as lettre checks addresses; "" is the null sender.
+fn envelope(from: &str, to: &[String]) -> Result<Envelope, SendError> {
+    let address = |a: &str| {
+        a.parse::<Address>()
+            .map_err(|e| SendError::Permanent(format!("not sendable: an envelope address: {e}")))
+    };
+    let from = match from {
+        "" => None,
+        a => Some(address(a)?),
+    };
+    let to = to
+        .iter()
+        .map(|a| address(a))
+        .collect::<Result<Vec<_>, _>>()?;
+    Envelope::new(from, to).map_err(|e| SendError::Permanent(format!("not sendable: {e}")))
+}
+
 impl Relay {
-    /// The relay `url` names. `ca_file` (PEM) is a private certificate authority to trust for
-    /// the relay's TLS certificate, for relays inside an organisation; None trusts the usual
-    /// public roots.
+    /// The relay `url` names: `pool_max_size` connections at most, `timeout` the whole of one
+    /// send (connecting with the greeting, and each reply, get half of it, so that a relay that
+    /// does not answer a connection shows as unreachable, not this email's fault, before the
+    /// whole send is given up). `ca_file` (PEM) is a private certificate authority to trust for
+    /// the relay's TLS certificate, for relays inside an organisation, besides the usual public
+    /// roots.
     pub fn new(
         url: &str,
         pool_max_size: u32,
@@ -170,60 +150,68 @@ impl Relay {
         match RelayUrl::parse(url).map_err(anyhow::Error::msg)? {
             RelayUrl::File(dir) => {
                 std::fs::create_dir_all(&dir)?;
-                Ok(Relay::File(AsyncFileTransport::new(&dir), dir))
+                Ok(Relay(Kind::File(AsyncFileTransport::new(&dir), dir)))
             }
             RelayUrl::Smtp(url) => {
                 install_tls_provider();
-                let mut builder = AsyncSmtpTransport::<Tokio1Executor>::from_url(&url)?;
-                if let Some(ca_file) = ca_file {
-                    builder = builder.tls(tls_with_ca(&url, ca_file)?);
+                let endpoint = smtp::Endpoint::parse(&url).map_err(anyhow::Error::msg)?;
+                if ca_file.is_some() && endpoint.security == smtp::Security::None {
+                    anyhow::bail!(
+                        "a CA file is set, but the relay URL asks for no TLS (use smtps:// or \
+                         ?tls=required)"
+                    );
                 }
-                // Connecting and each command get half the time a whole send may take, so a
-                // relay that does not answer a connection shows as lettre's connection error
-                // (unreachable: not this email's fault) before the whole send is given up.
-                let transport = builder
-                    .timeout(Some(timeout / 2))
-                    .pool_config(PoolConfig::new().max_size(pool_max_size))
-                    .build();
-                Ok(Relay::Smtp(transport))
+                let client = smtp::Client::new(endpoint, pool_max_size, timeout / 2, ca_file)?;
+                Ok(Relay(Kind::Smtp(client)))
             }
         }
     }
 
     /// Sends one message, giving up (as a passing failure) after `timeout`.
     pub async fn send(&self, message: Message, timeout: Duration) -> Result<(), SendError> {
-        let attempt = async {
-            match self {
-                Relay::Smtp(t) => t.send(message).await.map(|_| ()).map_err(|e| classify(&e)),
-                Relay::File(t, _) => t
-                    .send(message)
-                    .await
-                    .map(|_| ())
-                    .map_err(|e| SendError::Transient(e.to_string())),
+        let envelope = message.envelope();
+        let from = envelope.from().map_or("", |a| a.as_ref());
+        let to: Vec<String> = envelope.to().iter().map(|a| a.to_string()).collect();
+        self.send_raw(from, &to, &message.formatted(), timeout)
+            .await
+    }
+
+    /// Sends a message already formatted (lettre's `Message::formatted`), with its envelope:
+    /// `from` the sender's address ("" for the null sender), `to` the recipients' addresses.
+    /// Gives up (as a passing failure) after `timeout`.
+    pub async fn send_raw(
+        &self,
+        from: &str,
+        to: &[String],
+        bytes: &[u8],
+        timeout: Duration,
+    ) -> Result<(), SendError> {
+        let envelope = envelope(from, to)?;
+        match &self.0 {
+            Kind::Smtp(client) => {
+                let to: Vec<&str> = envelope.to().iter().map(|a| a.as_ref()).collect();
+                let from = envelope.from().map_or("", |a| a.as_ref());
+                client.send(from, &to, bytes, timeout).await
             }
-        };
-        match tokio::time::timeout(timeout, attempt).await {
-            Ok(r) => r,
-            Err(_) => Err(SendError::Transient(format!(
-                "no answer from the relay within {}s",
-                timeout.as_secs()
-            ))),
+            Kind::File(t, _) => {
+                match tokio::time::timeout(timeout, t.send_raw(&envelope, bytes)).await {
+                    Ok(r) => r
+                        .map(|_| ())
+                        .map_err(|e| SendError::Transient(e.to_string())),
+                    Err(_) => Err(SendError::Transient(format!(
+                        "no answer from the relay within {}s",
+                        timeout.as_secs()
+                    ))),
+                }
+            }
         }
     }
 
     /// Whether the relay can be reached now (for /readyz).
     pub async fn check(&self, timeout: Duration) -> Result<(), String> {
-        match self {
-            Relay::Smtp(t) => match tokio::time::timeout(timeout, t.test_connection()).await {
-                Ok(Ok(true)) => Ok(()),
-                Ok(Ok(false)) => Err("the relay did not accept a connection".into()),
-                Ok(Err(e)) => Err(format!(
-                    "the relay cannot be reached: {}",
-                    e.status().map_or("no reply".to_string(), |c| c.to_string())
-                )),
-                Err(_) => Err("the relay did not answer in time".into()),
-            },
-            Relay::File(_, dir) => {
+        match &self.0 {
+            Kind::Smtp(client) => client.check(timeout).await,
+            Kind::File(_, dir) => {
                 let meta = tokio::fs::metadata(dir)
                     .await
                     .map_err(|e| format!("mail directory: {e}"))?;
@@ -267,6 +255,78 @@ mod tests {
         assert!(matches!(e, SendError::Unreachable(_)), "{e:?}");
     }
 
+    #[tokio::test]
+    async fn a_raw_send_to_the_file_relay_writes_one_eml_file_as_lettre_did() {
+        let dir = tempfile::tempdir().unwrap();
+        let relay = Relay::new(
+            &format!("file://{}", dir.path().display()),
+            1,
+            Duration::from_secs(2),
+            None,
+        )
+        .unwrap();
+        let bytes = b"To: kim@school.example.org\r\nSubject: x\r\n\r\n.dot\r\n";
+        relay
+            .send_raw(
+                "rpec@example.org",
+                &["kim@school.example.org".into()],
+                bytes,
+                Duration::from_secs(2),
+            )
+            .await
+            .unwrap();
+        let files: Vec<_> = std::fs::read_dir(dir.path())
+            .unwrap()
+            .map(|e| e.unwrap().path())
+            .collect();
+        assert_eq!(files.len(), 1);
+        assert_eq!(files[0].extension().unwrap(), "eml");
+        assert_eq!(std::fs::read(&files[0]).unwrap(), bytes);
+    }
+
+    #[tokio::test]
+    async fn a_raw_envelope_that_is_not_one_is_never_sendable() {
+        let dir = tempfile::tempdir().unwrap();
+        let relay = Relay::new(
+            &format!("file://{}", dir.path().display()),
+            1,
+            Duration::from_secs(2),
+            None,
+        )
+        .unwrap();
+        let to = ["kim@school.example.org".to_string()];
+        for (from, to) in [
+            ("not an address", &to[..]),
+            ("rpec@example.org", &[][..]),
+            (
+                "rpec@example.org",
+                &["kim@school.example.org>\r\nRSET".to_string()][..],
+            ),
+        ] {
+            let e = relay
+                .send_raw(from, to, b"x\r\n", Duration::from_secs(2))
+                .await
+                .unwrap_err();
+            assert!(
+                matches!(&e, SendError::Permanent(t) if t.starts_with("not sendable")),
+                "{e:?}"
+            );
+        }
+        assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 0);
+    }
+
+    #[test]
+    fn a_ca_file_needs_a_url_that_asks_for_tls() {
+        let dir = tempfile::tempdir().unwrap();
+        let ca = dir.path().join("ca.pem");
+        std::fs::write(&ca, "").unwrap();
+        let no_tls = Relay::new("smtp://127.0.0.1:25", 1, Duration::from_secs(2), Some(&ca));
+        assert!(no_tls.is_err_and(|e| e.to_string().contains("asks for no TLS")));
+        for url in ["smtps://127.0.0.1", "smtp://127.0.0.1?tls=opportunistic"] {
+            assert!(Relay::new(url, 1, Duration::from_secs(2), Some(&ca)).is_ok());
+        }
+    }
+
     #[test]
     fn relay_urls() {
         assert_eq!(
@@ -305,5 +365,14 @@ mod tests {
             .unwrap()
             .has_credentials());
         assert!(RelayUrl::parse("file://").is_err());
+        // What lettre's from_url refused, refused still.
+        for bad in [
+            "smtp://relay.example.org?tls=maybe",
+            "smtp://",
+            "smtps://u:%FF@relay.example.org",
+        ] {
+            let e = RelayUrl::parse(bad).unwrap_err();
+            assert!(e.starts_with("not a usable SMTP URL: "), "{e}");
+        }
     }
 }

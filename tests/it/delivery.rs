@@ -120,7 +120,7 @@ async fn an_email_claimed_by_a_worker_that_died_is_sent_once_its_lease_runs_out(
 }
 
 /// A private certificate authority and a certificate for 127.0.0.1 signed by it (openssl).
-fn private_ca(dir: &std::path::Path) -> (String, String, String) {
+pub(crate) fn private_ca(dir: &std::path::Path) -> (String, String, String) {
     let path = |f: &str| dir.join(f).display().to_string();
     let openssl = |args: &[&str]| {
         let out = std::process::Command::new("openssl")

@@ -22,4 +22,5 @@ mod proxy;
 mod reliability;
 mod retention;
 mod sessions;
+mod smtp_client;
 mod web;

@@ -153,6 +153,14 @@ pub struct Claimed {
     pub deferrals: i32,
     /// This claim's token: the outcome is recorded only while the row still carries it.
     pub claim_token: Uuid,
+    /// For bulk mail to a reader (a `subscription_id` in the context), read with the claim: the
+    /// subscription's status (None: it no longer exists), the reader's name, and whether the
+    /// address is suppressed for bulk mail.
+    pub reader_status: Option<String>,
+    pub reader_name: Option<String>,
+    pub reader_suppressed: bool,
+    /// Whether the newsletter the context names (if any) is still held.
+    pub newsletter_held: bool,
 }
 
 /// Kinds that are not marked `Auto-Submitted` (the contract exempts newsletters: people asked
@@ -173,7 +181,9 @@ impl Claimed {
 }
 
 /// Claims up to `limit` due rows (and rows whose lease ran out) for `lease`, each with a fresh
-/// claim token.
+/// claim token, most urgent first. Bulk mail to a reader comes with what decides whether it
+/// still goes (see `Claimed::reader_status`), read in the same statement, so that sending it
+/// needs no read of its own.
 pub async fn claim(pool: &PgPool, limit: i64, lease: Duration) -> sqlx::Result<Vec<Claimed>> {
     sqlx::query_as(
         "WITH due AS (
@@ -183,14 +193,23 @@ pub async fn claim(pool: &PgPool, limit: i64, lease: Duration) -> sqlx::Result<V
              ORDER BY priority DESC, next_attempt_at
              LIMIT $1
              FOR UPDATE SKIP LOCKED
+         ), claimed AS (
+             UPDATE outbox o
+             SET status = 'sending', claimed_until = now() + make_interval(secs => $2),
+                 attempts = o.attempts + 1, claim_token = gen_random_uuid()
+             FROM due WHERE o.id = due.id
+             RETURNING o.id, o.kind, o.template, o.stream, o.recipients, o.reply_to, o.context,
+                       o.headers, o.attachments, o.message_uuid, o.source_event, o.attempts,
+                       o.deferrals, o.claim_token, o.priority, o.next_attempt_at
          )
-         UPDATE outbox o
-         SET status = 'sending', claimed_until = now() + make_interval(secs => $2),
-             attempts = o.attempts + 1, claim_token = gen_random_uuid()
-         FROM due WHERE o.id = due.id
-         RETURNING o.id, o.kind, o.template, o.stream, o.recipients, o.reply_to, o.context,
-                   o.headers, o.attachments, o.message_uuid, o.source_event, o.attempts,
-                   o.deferrals, o.claim_token",
+         SELECT c.*, s.status AS reader_status, s.name AS reader_name,
+                coalesce(EXISTS (SELECT 1 FROM suppressions x WHERE x.email = lower(s.email)),
+                         false) AS reader_suppressed,
+                EXISTS (SELECT 1 FROM newsletters n
+                        WHERE n.newsletter_id = c.context ->> 'newsletter_id') AS newsletter_held
+         FROM claimed c
+         LEFT JOIN subscriptions s ON s.id = (c.context ->> 'subscription_id')::bigint
+         ORDER BY c.priority DESC, c.next_attempt_at, c.id",
     )
     .bind(limit)
     .bind(lease.as_secs_f64())

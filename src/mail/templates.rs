@@ -126,14 +126,22 @@ pub struct Shells {
 const SHELLS_KEPT: usize = 16;
 
 impl Shells {
+    /// The shell for `key`, if it is held.
+    pub fn get(&self, key: &str) -> Option<std::sync::Arc<Shell>> {
+        self.lock()
+            .iter()
+            .find(|(k, _)| k == key)
+            .map(|(_, s)| s.clone())
+    }
+
     /// The shell for `key`, made with `make` if it is not held.
     pub fn get_or_make(
         &self,
         key: &str,
         make: impl FnOnce() -> Result<Option<Shell>, String>,
     ) -> Result<Option<std::sync::Arc<Shell>>, String> {
-        if let Some((_, s)) = self.lock().iter().find(|(k, _)| k == key) {
-            return Ok(Some(s.clone()));
+        if let Some(s) = self.get(key) {
+            return Ok(Some(s));
         }
         let Some(shell) = make()? else {
             return Ok(None);

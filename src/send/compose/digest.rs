@@ -15,20 +15,11 @@ pub async fn prepare(shared: &Shared, row: &Claimed) -> anyhow::Result<Prepared>
         .get("subscription_id")
         .and_then(Value::as_i64)
         .ok_or_else(|| anyhow::anyhow!("a digest email without its subscription id"))?;
-    let reader: Option<(String, Option<String>, bool)> = sqlx::query_as(
-        "SELECT s.status, s.name, EXISTS (SELECT 1 FROM suppressions x WHERE x.email = lower(s.email))
-         FROM subscriptions s WHERE s.id = $1",
-    )
-    .bind(subscription_id)
-    .fetch_optional(&shared.pool)
-    .await?;
-    let (status, name, suppressed) = match reader {
-        Some((status, name, suppressed)) => (Some(status), name, suppressed),
-        None => (None, None, false),
-    };
-    if let Some(why) = bulk_skip_reason(status.as_deref(), suppressed) {
+    // Whether it still goes was read with the claim.
+    if let Some(why) = bulk_skip_reason(row.reader_status.as_deref(), row.reader_suppressed) {
         return Ok(Prepared::Skip(why.into()));
     }
+    let name = row.reader_name.clone();
     let mut context = row.context.clone();
     context["name"] = json!(name);
     context["unsubscribe_url"] = json!(unsubscribe_link(&shared.settings, subscription_id));

@@ -22,40 +22,41 @@ pub async fn complete(shared: &Shared, row: &Claimed) -> anyhow::Result<Prepared
         .get("subscription_id")
         .and_then(Value::as_i64)
         .context("a newsletter email without its subscription id")?;
-    type Row = (
-        String,
-        Option<String>,
-        Value,
-        Option<String>,
-        String,
-        Option<String>,
-        Option<String>,
-        Option<bool>,
-    );
-    let found: Option<Row> = sqlx::query_as(
-        "SELECT n.subject, n.preheader, n.sections, n.web_url, n.region, s.status, s.name,
-                EXISTS (SELECT 1 FROM suppressions x WHERE x.email = lower(s.email))
-         FROM newsletters n LEFT JOIN subscriptions s ON s.id = $2
-         WHERE n.newsletter_id = $1",
-    )
-    .bind(newsletter_id)
-    .bind(subscription_id)
-    .fetch_optional(&shared.pool)
-    .await?;
-    let Some((subject, preheader, sections, web_url, region, status, name, suppressed)) = found
-    else {
+    // Whether it still goes was read with the claim.
+    if !row.newsletter_held {
         return Ok(Prepared::Skip("the newsletter is no longer held".into()));
-    };
-    if let Some(why) = bulk_skip_reason(status.as_deref(), suppressed == Some(true)) {
+    }
+    if let Some(why) = bulk_skip_reason(row.reader_status.as_deref(), row.reader_suppressed) {
         return Ok(Prepared::Skip(why.into()));
     }
+    let name = row.reader_name.clone();
+    let unsubscribe_url = unsubscribe_link(&shared.settings, subscription_id);
+    // Rendered once per newsletter (with and without a name): each reader's copy only fills in
+    // their name and their own link. The newsletter itself is read only to make its shell.
+    let key = format!("newsletter {newsletter_id} {}", name.is_some());
+    if let Some(shell) = shared.shells.get(&key) {
+        let values: Vec<&str> = std::iter::once(unsubscribe_url.as_str())
+            .chain(name.as_deref())
+            .collect();
+        return Ok(Prepared::Rendered {
+            rendered: shell.fill(&values).map_err(anyhow::Error::msg)?,
+            unsubscribe_url: Some(unsubscribe_url),
+        });
+    }
+    type Row = (String, Option<String>, Value, Option<String>, String);
+    let found: Option<Row> = sqlx::query_as(
+        "SELECT subject, preheader, sections, web_url, region FROM newsletters
+         WHERE newsletter_id = $1",
+    )
+    .bind(newsletter_id)
+    .fetch_optional(&shared.pool)
+    .await?;
+    let Some((subject, preheader, sections, web_url, region)) = found else {
+        return Ok(Prepared::Skip("the newsletter is no longer held".into()));
+    };
     let region: RegionId = region
         .parse()
         .map_err(|e: String| anyhow::anyhow!("stored region: {e}"))?;
-    let unsubscribe_url = unsubscribe_link(&shared.settings, subscription_id);
-    // Rendered once per newsletter (with and without a name): each reader's copy only fills in
-    // their name and their own link.
-    let key = format!("newsletter {newsletter_id} {}", name.is_some());
     let shell = shared.shells.get_or_make(&key, || {
         let email = NewsletterEmail {
             subject: subject.clone(),

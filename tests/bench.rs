@@ -409,6 +409,8 @@ struct FanOut {
     peak_kib: Vec<u64>,
     /// Outbox rows by status at the end.
     outbox: Vec<(String, i64)>,
+    /// Times the publisher found the broker gone.
+    broker_outages: usize,
 }
 
 impl FanOut {
@@ -517,6 +519,7 @@ async fn measure_fan_out(
         peak_kib = now;
     }
     publisher.confirmed().await?;
+    let broker_outages = publisher.outages();
     let _ = publisher.close().await;
     let (finished, secs, accepted) = match end {
         Some(at) => (true, at.duration_since(started).as_secs_f64(), readers),
@@ -565,6 +568,17 @@ async fn measure_fan_out(
         idle_kib,
         peak_kib,
         outbox: outbox_by_status(&d.pool).await,
+        broker_outages,
+    })
+}
+
+/// The note for a row during which the (shared) broker went away.
+fn outage_note(outages: usize) -> Option<String> {
+    (outages > 0).then(|| {
+        format!(
+            "the connection to RabbitMQ was lost during this row ({outages} time(s); the machine's \
+             broker is shared, and the fault suite restarts it): its figures may include the outage"
+        )
     })
 }
 
@@ -578,6 +592,9 @@ fn fan_out_notes(row: &mut Row, f: &FanOut, stop_notes: Vec<String>) {
         .sum();
     if failed > 0 {
         row.note(format!("{failed} outbox rows failed"));
+    }
+    if let Some(n) = outage_note(f.broker_outages) {
+        row.note(n);
     }
     for n in stop_notes {
         row.note(n);
@@ -776,6 +793,7 @@ struct Step {
     p99_secs: Option<f64>,
     max_secs: Option<f64>,
     drain_secs: f64,
+    broker_outages: usize,
 }
 
 fn percentile(sorted: &[f64], q: f64) -> Option<f64> {
@@ -837,6 +855,8 @@ async fn enquiry_step(ctx: &Ctx, d: &Deployment, number: usize, rate: f64) -> an
     let backlog_emails = 2 * (n as i64 - handled) + waiting;
     let kept_pace = publish_secs <= secs * 1.05 + 0.5;
     let sustained = kept_pace && backlog_emails as f64 <= 2.0 * rate;
+    publisher.confirmed().await?;
+    let broker_outages = publisher.outages();
     publisher.close().await?;
     progress(format!(
         "enquiries: step {number}: {} at the end ({} emails waiting); draining",
@@ -889,6 +909,7 @@ async fn enquiry_step(ctx: &Ctx, d: &Deployment, number: usize, rate: f64) -> an
         p99_secs: percentile(&latencies, 0.99),
         max_secs: latencies.last().copied(),
         drain_secs,
+        broker_outages,
     })
 }
 
@@ -975,6 +996,9 @@ async fn enquiries(ctx: Arc<Ctx>) -> anyhow::Result<Vec<Row>> {
     for n in stop_notes {
         row.note(n);
     }
+    if let Some(n) = outage_note(first.broker_outages) {
+        row.note(n);
+    }
 
     let mut sustained = Row::new("enquiries_sustained", "enquiries sustained");
     let best = steps
@@ -1004,6 +1028,9 @@ async fn enquiries(ctx: Arc<Ctx>) -> anyhow::Result<Vec<Row>> {
         ),
         (None, None) => "no step".into(),
     };
+    if let Some(n) = outage_note(steps.iter().map(|s| s.broker_outages).sum()) {
+        sustained.note(n);
+    }
     if steps.last().is_some_and(|s| !s.finished) {
         sustained.note("the search stopped at a step whose emails did not all arrive in time");
     }
@@ -1097,6 +1124,8 @@ async fn reminders(ctx: Arc<Ctx>) -> anyhow::Result<Vec<Row>> {
             ))
             .await?;
     }
+    publisher.confirmed().await?;
+    let broker_outages = publisher.outages();
     publisher.close().await?;
     let published_secs = started.elapsed().as_secs_f64();
 
@@ -1206,7 +1235,7 @@ async fn reminders(ctx: Arc<Ctx>) -> anyhow::Result<Vec<Row>> {
     }
     row.goal("last ≤ 10 s", complete && last.is_some_and(|l| l <= 10.0));
     row.note(format!(
-        "{} registrations published in {published_secs:.1} s, handled after {}, confirmations sent after {}; the reminders fell due {lead:.0} s after publishing began (RPEC_BENCH_REMINDER_LEAD_SECS)",
+        "{} registrations published in {published_secs:.1} s, handled after {}, confirmations sent after {}; the reminders fell due {lead:.0} s after the row began (RPEC_BENCH_REMINDER_LEAD_SECS)",
         thousands(n as f64),
         handled_secs.map_or("more than that".into(), |s| format!("{s:.1} s")),
         confirmed_secs.map_or("more than that".into(), |s| format!("{s:.1} s")),
@@ -1221,6 +1250,9 @@ async fn reminders(ctx: Arc<Ctx>) -> anyhow::Result<Vec<Row>> {
         row.note(format!(
             "only {planned} of {n} registrations were handled before the due time (later ones skip the past offset): raise RPEC_BENCH_REMINDER_LEAD_SECS"
         ));
+    }
+    if let Some(n) = outage_note(broker_outages) {
+        row.note(n);
     }
     for s in stop_notes {
         row.note(s);

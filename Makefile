@@ -86,7 +86,13 @@ mutants:
 	command -v cargo-mutants >/dev/null || $(CARGO) install --locked cargo-mutants
 	$(CARGO) mutants --timeout 300 $(MUTANTS_ARGS)
 
-## bench: benchmarks (scripts/bench.sh)
+## bench: the benchmarks (scripts/bench.sh, tests/bench.rs): the release build of the worker as
+## its own process against this machine's PostgreSQL and RabbitMQ and Postfix's smtp-sink
+## (scripts/postfix-tools.sh unpacks it), each figure beside a ceiling measured in the same run
+## (smtp-source into the same sink). Prints one table and writes target/bench/bench.json.
+## Full sizes take long; RPEC_BENCH=quick make bench shrinks them (about two minutes); sizes
+## and rows by environment (README, Benchmarks). Exits non-zero if a row could not be measured.
+## Not part of make test.
 bench: setup
 	bash scripts/bench.sh
 

@@ -1004,6 +1004,14 @@ mod tests {
         assert!(places.contains(&"RPEC_TOKEN_SECRET"), "{places:?}");
         assert!(places.contains(&"RPEC_SMTP_URL"), "{places:?}");
         assert!(places.contains(&"RPEC_PUBLIC_URL"), "{places:?}");
+        let token = problems
+            .iter()
+            .find(|p| p.place == "RPEC_TOKEN_SECRET")
+            .unwrap();
+        assert!(
+            token.message.contains("production profile"),
+            "production never hears of the dev key: {token}"
+        );
     }
 
     /// A config directory holding the shipped rpec.toml and `dev` as the profile file.
@@ -1434,5 +1442,111 @@ mod tests {
         };
         let waits: Vec<u64> = (1..=5).map(|a| p.backoff(a).as_secs()).collect();
         assert_eq!(waits, [2, 4, 8, 10, 10]);
+    }
+
+    /// No email at a time, or a batch of none, is its own setting's one problem: there is no
+    /// lease to judge for a batch that cannot be sent (and loading never divides by zero).
+    #[test]
+    fn a_batch_that_cannot_be_sent_is_reported_on_its_own() {
+        for (dev, place) in [
+            ("[mail]\nconcurrency = 0\n", "mail.concurrency"),
+            ("[mail]\nbatch_size = 0\n", "mail.batch_size"),
+            ("[mail]\nbatch_size = -1\n", "mail.batch_size"),
+        ] {
+            let (_dir, e) = config_with(dev);
+            let problems = Settings::load_from(&e).unwrap_err();
+            assert_eq!(problems.len(), 1, "{dev}: {problems:?}");
+            assert!(problems[0].place.ends_with(place), "{dev}: {problems:?}");
+        }
+    }
+
+    /// The record of handled events may be exactly as long as the time a copy can come back,
+    /// and not a day less.
+    #[test]
+    fn a_record_exactly_as_long_as_the_redelivery_window_is_enough() {
+        // One attempt (no retries), a day's wait for an unknown session and 7 days of dead
+        // letters: 8 days exactly.
+        let base = "[amqp]\nunknown_session_wait_secs = 86400\n[amqp.retry]\nmax_attempts = 1\n\
+                    [retention]\ndead_letter_days = 7\nprocessed_event_days = ";
+        let (_dir, e) = config_with(&format!("{base}8\n"));
+        let s = Settings::load_from(&e).unwrap();
+        assert_eq!(
+            redelivery_window(&s.consume_retry, s.unknown_session_wait, s.dead_letter_ttl),
+            Duration::from_secs(8 * 86_400)
+        );
+        let (_dir, e) = config_with(&format!("{base}7\n"));
+        let problems = Settings::load_from(&e).unwrap_err();
+        assert_eq!(problems.len(), 1, "{problems:?}");
+        assert!(
+            problems[0].message.contains("at least 8"),
+            "{}",
+            problems[0]
+        );
+    }
+
+    #[test]
+    fn the_mail_retry_needs_a_positive_first_wait_no_longer_than_its_cap() {
+        for retry in [
+            "initial_secs = 0.0\n",
+            "initial_secs = -1.0\n",
+            "initial_secs = 20.0\nmax_secs = 10.0\n",
+        ] {
+            let (_dir, e) = config_with(&format!("[mail.retry]\n{retry}"));
+            let problems = Settings::load_from(&e).unwrap_err();
+            assert_eq!(problems.len(), 1, "{retry}: {problems:?}");
+            assert!(problems[0].place.ends_with("mail.retry"), "{problems:?}");
+        }
+        let (_dir, e) = config_with("[mail.retry]\ninitial_secs = 10.0\nmax_secs = 10.0\n");
+        let s = Settings::load_from(&e).unwrap();
+        assert_eq!(s.send_retry.backoff(3), Duration::from_secs(10));
+    }
+
+    #[test]
+    fn a_relay_password_needs_a_user_name_in_the_relay_url() {
+        let db = ("DATABASE_URL", "postgres://x@127.0.0.1/db");
+        let problems = Settings::load_from(&env(&[
+            db,
+            ("RPEC_SMTP_URL", "smtps://relay.example.org"),
+            ("RPEC_SMTP_PASSWORD", "pa55-w0rd"),
+        ]))
+        .unwrap_err();
+        assert_eq!(places(&problems), ["RPEC_SMTP_PASSWORD"]);
+        assert!(!format!("{problems:?}").contains("pa55-w0rd"));
+    }
+
+    #[test]
+    fn a_ca_file_for_the_relay_must_be_a_readable_file() {
+        let db = ("DATABASE_URL", "postgres://x@127.0.0.1/db");
+        let dir = tempfile::tempdir().unwrap();
+        let ca = dir.path().join("ca.pem");
+        std::fs::write(&ca, "-----BEGIN CERTIFICATE-----\n").unwrap();
+        let s =
+            Settings::load_from(&env(&[db, ("RPEC_SMTP_CA_FILE", ca.to_str().unwrap())])).unwrap();
+        assert_eq!(s.smtp_ca_file.as_deref(), Some(ca.as_path()));
+        for missing in ["/nonexistent/ca.pem", dir.path().to_str().unwrap()] {
+            let problems =
+                Settings::load_from(&env(&[db, ("RPEC_SMTP_CA_FILE", missing)])).unwrap_err();
+            assert_eq!(
+                places(&problems),
+                ["RPEC_SMTP_CA_FILE / mail.tls_ca_file"],
+                "{missing}"
+            );
+        }
+        let s = Settings::load_from(&env(&[db])).unwrap();
+        assert_eq!(
+            s.smtp_ca_file, None,
+            "the shipped empty tls_ca_file is none"
+        );
+    }
+
+    #[test]
+    fn the_regions_file_is_read_from_the_config_directory() {
+        let s =
+            Settings::load_from(&env(&[("DATABASE_URL", "postgres://x@127.0.0.1/db")])).unwrap();
+        assert_eq!(
+            s.regions_path(),
+            Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/config/regions.toml"))
+        );
+        assert!(crate::config::Regions::load(&s.regions_path()).is_ok());
     }
 }

@@ -1549,4 +1549,67 @@ mod tests {
         );
         assert!(crate::config::Regions::load(&s.regions_path()).is_ok());
     }
+
+    /// What `f` logs at warning level and above, on this thread.
+    fn warnings_while(f: impl FnOnce()) -> String {
+        #[derive(Clone, Default)]
+        struct Buf(std::sync::Arc<std::sync::Mutex<Vec<u8>>>);
+        impl std::io::Write for Buf {
+            fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
+                self.0.lock().unwrap().extend_from_slice(b);
+                Ok(b.len())
+            }
+            fn flush(&mut self) -> std::io::Result<()> {
+                Ok(())
+            }
+        }
+        let buf = Buf::default();
+        let writer = buf.clone();
+        let subscriber = tracing_subscriber::fmt()
+            .with_max_level(tracing::Level::WARN)
+            .with_ansi(false)
+            .with_writer(move || writer.clone())
+            .finish();
+        tracing::subscriber::with_default(subscriber, f);
+        let out = buf.0.lock().unwrap().clone();
+        String::from_utf8(out).unwrap()
+    }
+
+    /// A selector with no key most likely means a key forgotten: the operator is told that mail
+    /// goes out unsigned. With a key, mail is signed and nothing says otherwise; with a key named
+    /// that cannot be read, the problem says so and nothing claims there is no key.
+    #[test]
+    fn a_dkim_selector_without_a_key_is_warned_about_and_only_then() {
+        let db = ("DATABASE_URL", "postgres://x@127.0.0.1/db");
+        let sel = ("RPEC_DKIM_SELECTOR", "sel1");
+        let unsigned = "a DKIM selector is set but no private key";
+        let logs = warnings_while(|| {
+            Settings::load_from(&env(&[db, sel])).unwrap();
+        });
+        assert!(logs.contains(unsigned), "{logs}");
+
+        let dir = tempfile::tempdir().unwrap();
+        let key = dkim_key(dir.path(), "dkim.pem");
+        let logs = warnings_while(|| {
+            let s = Settings::load_from(&env(&[
+                db,
+                sel,
+                ("RPEC_DKIM_PRIVATE_KEY_FILE", key.to_str().unwrap()),
+            ]))
+            .unwrap();
+            assert!(s.transactional_from.dkim.is_some());
+        });
+        assert!(!logs.contains(unsigned), "{logs}");
+
+        let (_dir, mut e) = config_with("[mail.dkim]\nprivate_key_file = \"/nonexistent/k.pem\"\n");
+        e.insert("RPEC_DKIM_SELECTOR".into(), "sel1".into());
+        let logs = warnings_while(|| {
+            let problems = Settings::load_from(&e).unwrap_err();
+            assert!(
+                problems[0].message.contains("cannot be read"),
+                "{problems:?}"
+            );
+        });
+        assert!(!logs.contains(unsigned), "{logs}");
+    }
 }

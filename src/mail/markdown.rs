@@ -586,6 +586,30 @@ mod tests {
         assert_eq!(r.text, "Big\n---\n\nText\n\nSmaller\n-------");
     }
 
+    /// Tables, strikethrough and task lists are read as such (coordinators write them), in
+    /// both forms; a table's cells are separated by " | " in the text.
+    #[test]
+    fn tables_strikethrough_and_task_lists_are_markdown_too() {
+        let r = render("| Date | Place |\n| --- | --- |\n| 2 Oct | Online |\n");
+        assert_eq!(
+            r.html,
+            "<table><thead><tr><th>Date</th><th>Place</th></tr></thead><tbody>\n<tr><td>2 Oct</td><td>Online</td></tr>\n</tbody></table>\n"
+        );
+        assert_eq!(r.text, "Date | Place\n2 Oct | Online");
+        let r = render("~~old~~ new");
+        assert_eq!(r.html, "<p><del>old</del> new</p>\n");
+        let r = render("- [x] done\n- [ ] to do");
+        assert_eq!(r.html.matches("type=\"checkbox\"").count(), 2, "{}", r.html);
+        assert_eq!(r.text, "- [x] done\n- [ ] to do");
+    }
+
+    /// Every heading level sits two below its own, down to the last one HTML has.
+    #[test]
+    fn deeper_headings_move_down_too_and_stop_at_h6() {
+        let r = render("### Three\n\n#### Four\n\n##### Five");
+        assert_eq!(r.html, "<h5>Three</h5>\n<h6>Four</h6>\n<h6>Five</h6>\n");
+    }
+
     #[test]
     fn nested_lists_quotes_and_code_are_indented() {
         let r = render(

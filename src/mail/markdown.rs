@@ -544,6 +544,21 @@ mod tests {
         );
     }
 
+    /// http and mailto links are kept as well as https ones; a mail link whose text is the
+    /// address is not followed by the address again.
+    #[test]
+    fn http_and_mailto_links_are_kept_too() {
+        let r = render("See [the old page](http://example.org/old) or [write to us](mailto:rpec@example.org) at [rpec@example.org](mailto:rpec@example.org).");
+        assert_eq!(
+            r.html,
+            "<p>See <a href=\"http://example.org/old\">the old page</a> or <a href=\"mailto:rpec@example.org\">write to us</a> at <a href=\"mailto:rpec@example.org\">rpec@example.org</a>.</p>\n"
+        );
+        assert_eq!(
+            r.text,
+            "See the old page (http://example.org/old) or write to us (mailto:rpec@example.org) at rpec@example.org."
+        );
+    }
+
     #[test]
     fn raw_html_and_scripts_are_escaped_not_passed_through() {
         let r = render("<script>alert('x')</script>\n\nHello <b onclick=\"steal()\">there</b> <img src=x onerror=alert(1)>\n\n<div>\n<iframe src=\"https://evil.example\"></iframe>\n</div>");

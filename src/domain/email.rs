@@ -122,6 +122,12 @@ mod tests {
         ] {
             assert!(EmailAddress::parse(bad).is_err(), "{bad:?}");
         }
+        // A quoted local part may hold spaces and angle brackets in the address grammar: not
+        // here, where an address must be safe in a header as it is.
+        for bad in ["\"a b\"@example.org", "\"<a>\"@example.org"] {
+            assert!(EmailAddress::parse(bad).is_err(), "{bad:?}");
+        }
+        assert!(EmailAddress::parse("\"ab\"@example.org").is_ok());
         assert!(
             EmailAddress::parse("jö@exämple.org").is_ok(),
             "other letters pass"

@@ -81,7 +81,8 @@ alert-rules:
 
 ## mutants: mutation testing of the pure modules with their unit tests (.cargo/mutants.toml);
 ## not part of make test (it rebuilds once per mutant: hours on 2 cores). MUTANTS_ARGS narrows
-## it, e.g. MUTANTS_ARGS='-f src/uk_time.rs'. Results in mutants.out/.
+## it by a regex on the mutants' names, e.g. MUTANTS_ARGS='-F src/uk_time' (-f is overridden by
+## the config's examine_globs). Results in mutants.out/; docs/mutants.md.
 mutants:
 	command -v cargo-mutants >/dev/null || $(CARGO) install --locked cargo-mutants
 	$(CARGO) mutants --timeout 300 $(MUTANTS_ARGS)

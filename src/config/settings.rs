@@ -991,6 +991,14 @@ mod tests {
         assert!(places.contains(&"RPEC_TOKEN_SECRET"), "{places:?}");
         assert!(places.contains(&"RPEC_SMTP_URL"), "{places:?}");
         assert!(places.contains(&"RPEC_PUBLIC_URL"), "{places:?}");
+        let token = problems
+            .iter()
+            .find(|p| p.place == "RPEC_TOKEN_SECRET")
+            .unwrap();
+        assert!(
+            token.message.contains("production profile"),
+            "production never hears of the dev key: {token}"
+        );
     }
 
     /// A config directory holding the shipped rpec.toml and `dev` as the profile file.
@@ -1418,5 +1426,174 @@ mod tests {
         };
         let waits: Vec<u64> = (1..=5).map(|a| p.backoff(a).as_secs()).collect();
         assert_eq!(waits, [2, 4, 8, 10, 10]);
+    }
+
+    /// No email at a time, or a batch of none, is its own setting's one problem: there is no
+    /// lease to judge for a batch that cannot be sent (and loading never divides by zero).
+    #[test]
+    fn a_batch_that_cannot_be_sent_is_reported_on_its_own() {
+        for (dev, place) in [
+            ("[mail]\nconcurrency = 0\n", "mail.concurrency"),
+            ("[mail]\nbatch_size = 0\n", "mail.batch_size"),
+            ("[mail]\nbatch_size = -1\n", "mail.batch_size"),
+        ] {
+            let (_dir, e) = config_with(dev);
+            let problems = Settings::load_from(&e).unwrap_err();
+            assert_eq!(problems.len(), 1, "{dev}: {problems:?}");
+            assert!(problems[0].place.ends_with(place), "{dev}: {problems:?}");
+        }
+    }
+
+    /// The record of handled events may be exactly as long as the time a copy can come back,
+    /// and not a day less.
+    #[test]
+    fn a_record_exactly_as_long_as_the_redelivery_window_is_enough() {
+        // One attempt (no retries), a day's wait for an unknown session and 7 days of dead
+        // letters: 8 days exactly.
+        let base = "[amqp]\nunknown_session_wait_secs = 86400\n[amqp.retry]\nmax_attempts = 1\n\
+                    [retention]\ndead_letter_days = 7\nprocessed_event_days = ";
+        let (_dir, e) = config_with(&format!("{base}8\n"));
+        let s = Settings::load_from(&e).unwrap();
+        assert_eq!(
+            redelivery_window(&s.consume_retry, s.unknown_session_wait, s.dead_letter_ttl),
+            Duration::from_secs(8 * 86_400)
+        );
+        let (_dir, e) = config_with(&format!("{base}7\n"));
+        let problems = Settings::load_from(&e).unwrap_err();
+        assert_eq!(problems.len(), 1, "{problems:?}");
+        assert!(
+            problems[0].message.contains("at least 8"),
+            "{}",
+            problems[0]
+        );
+    }
+
+    #[test]
+    fn the_mail_retry_needs_a_positive_first_wait_no_longer_than_its_cap() {
+        for retry in [
+            "initial_secs = 0.0\n",
+            "initial_secs = -1.0\n",
+            "initial_secs = 20.0\nmax_secs = 10.0\n",
+        ] {
+            let (_dir, e) = config_with(&format!("[mail.retry]\n{retry}"));
+            let problems = Settings::load_from(&e).unwrap_err();
+            assert_eq!(problems.len(), 1, "{retry}: {problems:?}");
+            assert!(problems[0].place.ends_with("mail.retry"), "{problems:?}");
+        }
+        let (_dir, e) = config_with("[mail.retry]\ninitial_secs = 10.0\nmax_secs = 10.0\n");
+        let s = Settings::load_from(&e).unwrap();
+        assert_eq!(s.send_retry.backoff(3), Duration::from_secs(10));
+    }
+
+    #[test]
+    fn a_relay_password_needs_a_user_name_in_the_relay_url() {
+        let db = ("DATABASE_URL", "postgres://x@127.0.0.1/db");
+        let problems = Settings::load_from(&env(&[
+            db,
+            ("RPEC_SMTP_URL", "smtps://relay.example.org"),
+            ("RPEC_SMTP_PASSWORD", "pa55-w0rd"),
+        ]))
+        .unwrap_err();
+        assert_eq!(places(&problems), ["RPEC_SMTP_PASSWORD"]);
+        assert!(!format!("{problems:?}").contains("pa55-w0rd"));
+    }
+
+    #[test]
+    fn a_ca_file_for_the_relay_must_be_a_readable_file() {
+        let db = ("DATABASE_URL", "postgres://x@127.0.0.1/db");
+        let dir = tempfile::tempdir().unwrap();
+        let ca = dir.path().join("ca.pem");
+        std::fs::write(&ca, "-----BEGIN CERTIFICATE-----\n").unwrap();
+        let s =
+            Settings::load_from(&env(&[db, ("RPEC_SMTP_CA_FILE", ca.to_str().unwrap())])).unwrap();
+        assert_eq!(s.smtp_ca_file.as_deref(), Some(ca.as_path()));
+        for missing in ["/nonexistent/ca.pem", dir.path().to_str().unwrap()] {
+            let problems =
+                Settings::load_from(&env(&[db, ("RPEC_SMTP_CA_FILE", missing)])).unwrap_err();
+            assert_eq!(
+                places(&problems),
+                ["RPEC_SMTP_CA_FILE / mail.tls_ca_file"],
+                "{missing}"
+            );
+        }
+        let s = Settings::load_from(&env(&[db])).unwrap();
+        assert_eq!(
+            s.smtp_ca_file, None,
+            "the shipped empty tls_ca_file is none"
+        );
+    }
+
+    #[test]
+    fn the_regions_file_is_read_from_the_config_directory() {
+        let s =
+            Settings::load_from(&env(&[("DATABASE_URL", "postgres://x@127.0.0.1/db")])).unwrap();
+        assert_eq!(
+            s.regions_path(),
+            Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/config/regions.toml"))
+        );
+        assert!(crate::config::Regions::load(&s.regions_path()).is_ok());
+    }
+
+    /// What `f` logs at warning level and above, on this thread.
+    fn warnings_while(f: impl FnOnce()) -> String {
+        #[derive(Clone, Default)]
+        struct Buf(std::sync::Arc<std::sync::Mutex<Vec<u8>>>);
+        impl std::io::Write for Buf {
+            fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
+                self.0.lock().unwrap().extend_from_slice(b);
+                Ok(b.len())
+            }
+            fn flush(&mut self) -> std::io::Result<()> {
+                Ok(())
+            }
+        }
+        let buf = Buf::default();
+        let writer = buf.clone();
+        let subscriber = tracing_subscriber::fmt()
+            .with_max_level(tracing::Level::WARN)
+            .with_ansi(false)
+            .with_writer(move || writer.clone())
+            .finish();
+        tracing::subscriber::with_default(subscriber, f);
+        let out = buf.0.lock().unwrap().clone();
+        String::from_utf8(out).unwrap()
+    }
+
+    /// A selector with no key most likely means a key forgotten: the operator is told that mail
+    /// goes out unsigned. With a key, mail is signed and nothing says otherwise; with a key named
+    /// that cannot be read, the problem says so and nothing claims there is no key.
+    #[test]
+    fn a_dkim_selector_without_a_key_is_warned_about_and_only_then() {
+        let db = ("DATABASE_URL", "postgres://x@127.0.0.1/db");
+        let sel = ("RPEC_DKIM_SELECTOR", "sel1");
+        let unsigned = "a DKIM selector is set but no private key";
+        let logs = warnings_while(|| {
+            Settings::load_from(&env(&[db, sel])).unwrap();
+        });
+        assert!(logs.contains(unsigned), "{logs}");
+
+        let dir = tempfile::tempdir().unwrap();
+        let key = dkim_key(dir.path(), "dkim.pem");
+        let logs = warnings_while(|| {
+            let s = Settings::load_from(&env(&[
+                db,
+                sel,
+                ("RPEC_DKIM_PRIVATE_KEY_FILE", key.to_str().unwrap()),
+            ]))
+            .unwrap();
+            assert!(s.transactional_from.dkim.is_some());
+        });
+        assert!(!logs.contains(unsigned), "{logs}");
+
+        let (_dir, mut e) = config_with("[mail.dkim]\nprivate_key_file = \"/nonexistent/k.pem\"\n");
+        e.insert("RPEC_DKIM_SELECTOR".into(), "sel1".into());
+        let logs = warnings_while(|| {
+            let problems = Settings::load_from(&e).unwrap_err();
+            assert!(
+                problems[0].message.contains("cannot be read"),
+                "{problems:?}"
+            );
+        });
+        assert!(!logs.contains(unsigned), "{logs}");
     }
 }

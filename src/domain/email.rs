@@ -112,6 +112,26 @@ mod tests {
         ] {
             assert!(EmailAddress::parse(bad).is_err(), "{bad:?}");
         }
+        // White space and control characters beyond ASCII, which the address grammar would take
+        // as letters: refused by this type's own rule.
+        for bad in [
+            "a\u{2028}b@example.org",
+            "a\u{a0}b@example.org",
+            "a\u{85}b@example.org",
+            "a\u{90}b@example.org",
+        ] {
+            assert!(EmailAddress::parse(bad).is_err(), "{bad:?}");
+        }
+        // A quoted local part may hold spaces and angle brackets in the address grammar: not
+        // here, where an address must be safe in a header as it is.
+        for bad in ["\"a b\"@example.org", "\"<a>\"@example.org"] {
+            assert!(EmailAddress::parse(bad).is_err(), "{bad:?}");
+        }
+        assert!(EmailAddress::parse("\"ab\"@example.org").is_ok());
+        assert!(
+            EmailAddress::parse("jö@exämple.org").is_ok(),
+            "other letters pass"
+        );
         let a = EmailAddress::parse(" Jo.Bloggs@School.Example.org ").unwrap();
         assert_eq!(a.to_string(), "Jo.Bloggs@School.Example.org");
         assert_eq!(a.normalised(), "jo.bloggs@school.example.org");

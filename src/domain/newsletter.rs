@@ -226,6 +226,28 @@ mod tests {
         assert_eq!(n.subject, "Hello Bcc: x@example.org");
     }
 
+    /// The contract's 100 KiB of markdown, all sections together: exactly that is accepted, one
+    /// byte more is refused.
+    #[test]
+    fn a_newsletter_may_hold_exactly_the_limit_of_markdown() {
+        let mut d = newsletter();
+        let half = "a".repeat(50 * 1024);
+        d["sections"] = json!([
+            {"heading": "One", "body_markdown": half},
+            {"heading": "Two", "body_markdown": half}
+        ]);
+        let Ok(Event::NewsletterPublished(n)) = event("newsletter.published", d.clone()) else {
+            panic!("not parsed")
+        };
+        let total: usize = n.sections.iter().map(|s| s.body_markdown.len()).sum();
+        assert_eq!(total, super::MAX_MARKDOWN_BYTES);
+        d["sections"][1]["body_markdown"] = json!(format!("{half}a"));
+        assert_eq!(
+            event("newsletter.published", d).unwrap_err(),
+            "invalid_payload: data.sections: the markdown is 102401 bytes in total; at most 102400"
+        );
+    }
+
     #[test]
     fn an_erasure_request_needs_a_real_address() {
         assert_eq!(

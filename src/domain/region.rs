@@ -80,4 +80,17 @@ mod tests {
         }
         assert!("North-West".parse::<RegionId>().is_err());
     }
+
+    /// A refusal lists every id, so the sender can see what it should have written.
+    #[test]
+    fn an_unknown_id_is_refused_with_the_list_of_ids() {
+        assert_eq!(
+            "wales".parse::<RegionId>(),
+            Err(
+                "unknown region id (expected one of north-west, north-east, west-midlands, \
+                 east-midlands, south-east, south-west, east-of-england, london)"
+                    .to_string()
+            )
+        );
+    }
 }

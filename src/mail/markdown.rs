@@ -544,6 +544,21 @@ mod tests {
         );
     }
 
+    /// http and mailto links are kept as well as https ones; a mail link whose text is the
+    /// address is not followed by the address again.
+    #[test]
+    fn http_and_mailto_links_are_kept_too() {
+        let r = render("See [the old page](http://example.org/old) or [write to us](mailto:rpec@example.org) at [rpec@example.org](mailto:rpec@example.org).");
+        assert_eq!(
+            r.html,
+            "<p>See <a href=\"http://example.org/old\">the old page</a> or <a href=\"mailto:rpec@example.org\">write to us</a> at <a href=\"mailto:rpec@example.org\">rpec@example.org</a>.</p>\n"
+        );
+        assert_eq!(
+            r.text,
+            "See the old page (http://example.org/old) or write to us (mailto:rpec@example.org) at rpec@example.org."
+        );
+    }
+
     #[test]
     fn raw_html_and_scripts_are_escaped_not_passed_through() {
         let r = render("<script>alert('x')</script>\n\nHello <b onclick=\"steal()\">there</b> <img src=x onerror=alert(1)>\n\n<div>\n<iframe src=\"https://evil.example\"></iframe>\n</div>");
@@ -584,6 +599,30 @@ mod tests {
         let r = render("# Big\n\nText\n\n## Smaller");
         assert_eq!(r.html, "<h3>Big</h3>\n<p>Text</p>\n<h4>Smaller</h4>\n");
         assert_eq!(r.text, "Big\n---\n\nText\n\nSmaller\n-------");
+    }
+
+    /// Tables, strikethrough and task lists are read as such (coordinators write them), in
+    /// both forms; a table's cells are separated by " | " in the text.
+    #[test]
+    fn tables_strikethrough_and_task_lists_are_markdown_too() {
+        let r = render("| Date | Place |\n| --- | --- |\n| 2 Oct | Online |\n");
+        assert_eq!(
+            r.html,
+            "<table><thead><tr><th>Date</th><th>Place</th></tr></thead><tbody>\n<tr><td>2 Oct</td><td>Online</td></tr>\n</tbody></table>\n"
+        );
+        assert_eq!(r.text, "Date | Place\n2 Oct | Online");
+        let r = render("~~old~~ new");
+        assert_eq!(r.html, "<p><del>old</del> new</p>\n");
+        let r = render("- [x] done\n- [ ] to do");
+        assert_eq!(r.html.matches("type=\"checkbox\"").count(), 2, "{}", r.html);
+        assert_eq!(r.text, "- [x] done\n- [ ] to do");
+    }
+
+    /// Every heading level sits two below its own, down to the last one HTML has.
+    #[test]
+    fn deeper_headings_move_down_too_and_stop_at_h6() {
+        let r = render("### Three\n\n#### Four\n\n##### Five");
+        assert_eq!(r.html, "<h5>Three</h5>\n<h6>Four</h6>\n<h6>Five</h6>\n");
     }
 
     #[test]

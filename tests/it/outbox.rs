@@ -54,8 +54,9 @@ async fn an_outcome_recorded_under_a_claim_whose_lease_ran_out_changes_nothing()
     .await;
     // The worker's own sender must not take the row: its way to PostgreSQL is cut, while the
     // test's pool reaches PostgreSQL directly and claims through the library.
+    // Settled: a claim the worker sent just before the cut cannot arrive after the insert.
     let proxy = app.database_proxy.clone().unwrap();
-    proxy.cut();
+    proxy.cut_and_settle().await;
     let id = insert_ack(&app, "kim@school.example.org").await;
 
     let stale = outbox::claim(&app.pool, 10, Duration::from_millis(200))

@@ -3,7 +3,7 @@
 //! without stopping the machine's service under every other test.
 
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
@@ -16,6 +16,17 @@ pub struct FaultProxy {
     cut: Arc<AtomicBool>,
     /// Bumped on every cut, so connections opened before it end.
     generation: watch::Sender<u64>,
+    /// Connections being forwarded now.
+    live: Arc<AtomicUsize>,
+}
+
+/// Counts a forwarded connection for as long as it lives.
+struct Live(Arc<AtomicUsize>);
+
+impl Drop for Live {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::SeqCst);
+    }
 }
 
 impl FaultProxy {
@@ -26,10 +37,12 @@ impl FaultProxy {
         let addr = listener.local_addr().unwrap();
         let cut = Arc::new(AtomicBool::new(false));
         let (generation, _) = watch::channel(0u64);
+        let live = Arc::new(AtomicUsize::new(0));
         let proxy = FaultProxy {
             addr,
             cut: cut.clone(),
             generation: generation.clone(),
+            live: live.clone(),
         };
         tokio::spawn(async move {
             loop {
@@ -41,7 +54,10 @@ impl FaultProxy {
                     continue;
                 }
                 let mut ended = generation.subscribe();
+                live.fetch_add(1, Ordering::SeqCst);
+                let counted = Live(live.clone());
                 tokio::spawn(async move {
+                    let _counted = counted;
                     let Ok(outbound) = TcpStream::connect(target).await else {
                         return;
                     };
@@ -62,6 +78,20 @@ impl FaultProxy {
     pub fn cut(&self) {
         self.cut.store(true, Ordering::SeqCst);
         self.generation.send_modify(|g| *g += 1);
+    }
+
+    /// `cut`, returning once every connection that was open has been closed: nothing sent
+    /// through the proxy before can reach the far side after this returns.
+    pub async fn cut_and_settle(&self) {
+        self.cut();
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+        while self.live.load(Ordering::SeqCst) > 0 {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "connections through the proxy did not close"
+            );
+            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+        }
     }
 
     pub fn restore(&self) {

@@ -2,6 +2,7 @@
 
 use crate::context::Shared;
 use crate::domain::RegionId;
+use crate::mail::Shell;
 use crate::outbox::Claimed;
 use crate::send::prepare::Prepared;
 use crate::state::reader::{bulk_skip_reason, unsubscribe_link, NewsletterEmail};
@@ -35,13 +36,7 @@ pub async fn complete(shared: &Shared, row: &Claimed) -> anyhow::Result<Prepared
     // their name and their own link. The newsletter itself is read only to make its shell.
     let key = format!("newsletter {newsletter_id} {}", name.is_some());
     if let Some(shell) = shared.shells.get(&key) {
-        let values: Vec<&str> = std::iter::once(unsubscribe_url.as_str())
-            .chain(name.as_deref())
-            .collect();
-        return Ok(Prepared::Rendered {
-            rendered: shell.fill(&values).map_err(anyhow::Error::msg)?,
-            unsubscribe_url: Some(unsubscribe_url),
-        });
+        return reader_copy(&shell, name.as_deref(), unsubscribe_url);
     }
     type Row = (String, Option<String>, Value, Option<String>, String);
     let found: Option<Row> = sqlx::query_as(
@@ -77,16 +72,7 @@ pub async fn complete(shared: &Shared, row: &Claimed) -> anyhow::Result<Prepared
         shared.templates.shell("newsletter", &context, holes)
     });
     match shell {
-        Ok(Some(shell)) => {
-            let values: Vec<&str> = std::iter::once(unsubscribe_url.as_str())
-                .chain(name.as_deref())
-                .collect();
-            let rendered = shell.fill(&values).map_err(anyhow::Error::msg)?;
-            Ok(Prepared::Rendered {
-                rendered,
-                unsubscribe_url: Some(unsubscribe_url),
-            })
-        }
+        Ok(Some(shell)) => reader_copy(&shell, name.as_deref(), unsubscribe_url),
         // A value that holds a marker character, or a template that does not render: rendered
         // whole for this reader (and a template error is then the sender's, as for any email).
         Ok(None) | Err(_) => {
@@ -105,4 +91,20 @@ pub async fn complete(shared: &Shared, row: &Claimed) -> anyhow::Result<Prepared
             })
         }
     }
+}
+
+/// One reader's copy of a newsletter shell: their link in the first hole, their name (when the
+/// shell has a hole for it) in the second.
+fn reader_copy(
+    shell: &Shell,
+    name: Option<&str>,
+    unsubscribe_url: String,
+) -> anyhow::Result<Prepared> {
+    let values: Vec<&str> = std::iter::once(unsubscribe_url.as_str())
+        .chain(name)
+        .collect();
+    Ok(Prepared::Rendered {
+        rendered: shell.fill(&values).map_err(anyhow::Error::msg)?,
+        unsubscribe_url: Some(unsubscribe_url),
+    })
 }

@@ -21,11 +21,16 @@ BEGIN
 END
 $$;
 
-UPDATE outbox SET job = job || jsonb_build_object('kind', kind);
+-- (A context that is not a JSON object, which no version wrote, is kept under a key of its
+-- own: its job does not parse, and the row fails with that reason when it is next claimed.)
+UPDATE outbox
+SET job = CASE WHEN jsonb_typeof(job) = 'object' THEN job
+               ELSE jsonb_build_object('context', job) END
+          || jsonb_build_object('kind', kind);
 
 -- `kind` stays a column of its own (metrics, the indexes, operators' queries), and always says
--- what the job says.
-ALTER TABLE outbox ADD CONSTRAINT outbox_job_kind CHECK (job ->> 'kind' = kind);
+-- what the job says (a job without a kind too: a CHECK that comes to NULL would let it pass).
+ALTER TABLE outbox ADD CONSTRAINT outbox_job_kind CHECK (job ->> 'kind' IS NOT DISTINCT FROM kind);
 
 -- The sender's claim joins a reader's subscription by `(job ->> 'subscription_id')::bigint`:
 -- a value that does not cast would fail every claim, not only its own row's.

@@ -8,10 +8,11 @@
 //! Fan-outs (a newsletter to its readers, a digest, a session email to every registrant) are
 //! written by the database, one row per member of an audience (`outbox::enqueue_each`): each
 //! row's job is a [`ForEach`]'s job with the member's own ids put in by SQL that lives here too
-//! ([`Members::ids_sql`]).
+//! (`Members::ids_sql`).
 //!
-//! The JSON of each variant has the keys the outbox `context` of 0.1 held for that kind, so a
-//! row queued by an older worker reads as its job once migration 0009 has added its `kind`.
+//! The JSON of each variant has the keys the outbox `context` of earlier versions held for that
+//! kind (a digest's `count` aside: it is counted when the digest is sent), so a row queued by an
+//! older worker reads as its job once migration 0009 has added its `kind`.
 
 use super::Stream;
 use crate::state::session::SessionView;
@@ -664,7 +665,7 @@ pub(crate) mod tests {
         assert!(stored.get().is_err());
     }
 
-    /// The context the 0.1 worker stored for each kind, with `kind` added as migration 0009
+    /// The context an older worker stored for each kind, with `kind` added as migration 0009
     /// adds it, reads as the job of that kind.
     #[test]
     fn contexts_of_the_previous_version_read_as_jobs() {

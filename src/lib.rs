@@ -22,12 +22,14 @@
 //! - [`mail`]: a leaf that knows nothing of the rest: templates and rendering (a bulk email is
 //!   rendered once, as a `Shell`, and filled in per reader), markdown, MIME messages, DKIM and
 //!   the SMTP / file relay.
-//! - [`outbox`]: the outbox table: one enqueue path, bulk claims, outcomes recorded in batches,
-//!   each fenced by its claim's token.
+//! - [`outbox`]: the outbox table: the typed jobs it holds (`outbox::job`, one variant per kind
+//!   of email), one enqueue path (one email, or a fan-out in one `INSERT … SELECT`), bulk claims,
+//!   outcomes recorded in batches, each fenced by its claim's token.
 //! - [`send`]: the sender pipeline (claim in bulk, send on `mail.concurrency` slots, record in
-//!   batches), and the last look at each email before it goes (`send::prepare`). It suppresses
-//!   addresses that refuse bulk mail for good; outages of the relay or PostgreSQL fail no email;
-//!   a coordinators' copy of an enquiry that fails for good is passed to the triage mailbox.
+//!   batches), and the last look at each email before it goes (`send::compose`: one match over
+//!   the job's kind, reading the current state). It suppresses addresses that refuse bulk mail
+//!   for good; outages of the relay or PostgreSQL fail no email; a coordinators' copy of an
+//!   enquiry that fails for good is passed to the triage mailbox.
 //! - [`problem`]: what `check` reports.
 //! - [`tokens`]: the signed confirmation and unsubscribe links.
 //! - [`schedule`]: reminders, coordinator briefings and digests: plans in UK time, hands what is

@@ -1,7 +1,15 @@
 //! The outbox: emails are written here in the transaction that commits their cause, and the
 //! sender claims, sends and records them.
+//!
+//! Each row holds a typed [`Job`] (`job`). There are two ways in, both here: [`enqueue`] for one
+//! email, and [`enqueue_each`] for an email to every member of an audience, written by the
+//! database in one `INSERT … SELECT` (the sender's copy of a failed enquiry to the triage
+//! mailbox, [`enqueue_undeliverable`], is the one other).
 
-use crate::domain::EmailAddress;
+pub mod job;
+
+use crate::domain::{EmailAddress, RegionId};
+pub use job::{ForEach, Job, Members, StoredJob, KINDS};
 use serde_json::Value;
 use sqlx::{PgConnection, PgExecutor, PgPool};
 use std::time::Duration;
@@ -31,12 +39,10 @@ impl Stream {
 /// An email to send, as a handler describes it.
 #[derive(Debug, Clone)]
 pub struct NewEmail {
-    pub kind: &'static str,
-    pub template: &'static str,
-    pub stream: Stream,
+    /// What it is: its kind (and so its template and From address) and what it needs.
+    pub job: Job,
     pub to: Vec<EmailAddress>,
     pub reply_to: Option<EmailAddress>,
-    pub context: Value,
     /// Extra headers; values must come from trusted code, never from input.
     pub headers: Vec<(&'static str, String)>,
     pub attachments: Vec<Attachment>,
@@ -46,19 +52,11 @@ pub struct NewEmail {
 }
 
 impl NewEmail {
-    pub fn transactional(
-        kind: &'static str,
-        template: &'static str,
-        to: Vec<EmailAddress>,
-        context: Value,
-    ) -> Self {
+    pub fn new(job: Job, to: Vec<EmailAddress>) -> Self {
         NewEmail {
-            kind,
-            template,
-            stream: Stream::Transactional,
+            job,
             to,
             reply_to: None,
-            context,
             headers: Vec::new(),
             attachments: Vec::new(),
             priority: 0,
@@ -73,24 +71,20 @@ pub use crate::mail::Attachment;
 /// if that transaction commits.
 pub async fn enqueue(conn: &mut PgConnection, email: &NewEmail) -> sqlx::Result<i64> {
     let recipients: Vec<&str> = email.to.iter().map(EmailAddress::as_str).collect();
-    let headers: serde_json::Map<String, Value> = email
-        .headers
-        .iter()
-        .map(|(k, v)| ((*k).to_owned(), Value::String(v.clone())))
-        .collect();
+    let job = &email.job;
     let (id,): (i64,) = sqlx::query_as(
-        "INSERT INTO outbox (kind, template, stream, recipients, reply_to, context, headers,
+        "INSERT INTO outbox (kind, template, stream, recipients, reply_to, job, headers,
                              attachments, message_uuid, source_event, priority)
          VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)
          RETURNING id",
     )
-    .bind(email.kind)
-    .bind(email.template)
-    .bind(email.stream.as_str())
+    .bind(job.kind())
+    .bind(job.template())
+    .bind(job.stream().as_str())
     .bind(&recipients)
     .bind(email.reply_to.as_ref().map(EmailAddress::as_str))
-    .bind(&email.context)
-    .bind(Value::Object(headers))
+    .bind(job_json(job)?)
+    .bind(headers_json(&email.headers))
     .bind(serde_json::to_value(&email.attachments).unwrap_or_else(|_| Value::Array(Vec::new())))
     .bind(Uuid::new_v4())
     .bind(email.source_event)
@@ -104,22 +98,150 @@ pub async fn enqueue(conn: &mut PgConnection, email: &NewEmail) -> sqlx::Result<
     Ok(id)
 }
 
-/// Every kind of email the worker writes to the outbox. Metrics label by kind only from this
-/// list (anything else is "unknown"), so a bad row cannot grow the number of series.
-pub const KINDS: [&str; 12] = [
-    "enquiry",
-    "enquiry_ack",
-    "enquiry_undeliverable",
-    "registration_confirmation",
-    "session_reminder",
-    "session_moved",
-    "joining_link_changed",
-    "session_cancelled",
-    "coordinator_briefing",
-    "subscription_confirm",
-    "newsletter",
-    "digest",
-];
+fn job_json(job: &Job) -> sqlx::Result<Value> {
+    serde_json::to_value(job).map_err(|e| sqlx::Error::Encode(Box::new(e)))
+}
+
+fn headers_json(headers: &[(&'static str, String)]) -> Value {
+    Value::Object(
+        headers
+            .iter()
+            .map(|(k, v)| ((*k).to_owned(), Value::String(v.clone())))
+            .collect(),
+    )
+}
+
+/// Who [`enqueue_each`] writes one email to. The database reads them: the worker never holds
+/// the list, however long it is.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Audience<'a> {
+    /// Every confirmed, not suppressed reader of a region (`bulk_recipients`): for a digest.
+    Readers(RegionId),
+    /// For a newsletter ([`ForEach::Newsletter`]), a batch of a region's readers: the next
+    /// `limit` by subscription id after `after` who have not been given it. Each one's delivery
+    /// is recorded (`newsletter_deliveries`) by the same statement that queues their copy, and
+    /// skipped when present, so nobody is ever queued two.
+    NewReaders {
+        region: RegionId,
+        after: i64,
+        limit: i64,
+    },
+    /// Every current registrant (registered, with an address) of the session with this id.
+    Registrants(&'a str),
+}
+
+/// Emails to every member of an audience, as a handler or the scheduler describes them.
+#[derive(Debug, Clone)]
+pub struct NewEmails<'a> {
+    /// The job each member gets, but for their own ids.
+    pub job: ForEach,
+    pub to: Audience<'a>,
+    /// Extra headers; values must come from trusted code, never from input.
+    pub headers: Vec<(&'static str, String)>,
+    /// Higher goes first.
+    pub priority: i16,
+    pub source_event: Option<Uuid>,
+}
+
+/// What [`enqueue_each`] wrote.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Fanned {
+    /// Rows queued.
+    pub queued: u64,
+    /// For [`Audience::NewReaders`]: the last subscription id of the batch (None: the batch
+    /// was empty, the fan-out is done). The next batch starts after it.
+    pub last: Option<i64>,
+}
+
+/// Adds an email for every member of an audience to the outbox, in one `INSERT … SELECT`
+/// inside the caller's transaction; the NOTIFY is delivered only if it commits. Each row's job
+/// is the shared job with the member's ids written in by the database (`outbox::job`).
+pub async fn enqueue_each(conn: &mut PgConnection, emails: &NewEmails<'_>) -> sqlx::Result<Fanned> {
+    // A newsletter goes only with its delivery records; a digest to every reader.
+    let newsletter_id = emails.job.newsletter_id();
+    let fits = match emails.to {
+        Audience::Readers(_) => matches!(emails.job, ForEach::Digest { .. }),
+        Audience::NewReaders { .. } => newsletter_id.is_some(),
+        Audience::Registrants(_) => emails.job.members() == Members::Registrants,
+    };
+    let shared = emails.job.shared_job().filter(|_| fits).ok_or_else(|| {
+        sqlx::Error::InvalidArgument(format!("{:?} is not for {:?}", emails.job, emails.to))
+    })?;
+    // `audience` yields the members (an address and the ids their job takes); `last` how far a
+    // batch got. `$8` on are the audience's own parameters.
+    let (audience, last) = match emails.to {
+        Audience::Readers(_) => (
+            "audience AS (SELECT subscription_id, email FROM bulk_recipients WHERE region = $8)",
+            "NULL::bigint",
+        ),
+        Audience::NewReaders { .. } => (
+            "batch AS (
+                 SELECT subscription_id, email FROM bulk_recipients
+                 WHERE region = $8 AND subscription_id > $9
+                 ORDER BY subscription_id
+                 LIMIT $10
+             ), fresh AS (
+                 INSERT INTO newsletter_deliveries (newsletter_id, subscription_id)
+                 SELECT $11, subscription_id FROM batch
+                 ON CONFLICT DO NOTHING
+                 RETURNING subscription_id
+             ), audience AS (
+                 SELECT b.subscription_id, b.email FROM fresh f JOIN batch b USING (subscription_id)
+             )",
+            "(SELECT max(subscription_id) FROM batch)",
+        ),
+        Audience::Registrants(_) => (
+            "audience AS (
+                 SELECT registration_id, session_id, email FROM registrations
+                 WHERE session_id = $8 AND status = 'registered' AND email IS NOT NULL
+             )",
+            "NULL::bigint",
+        ),
+    };
+    let sql = format!(
+        "WITH {audience}, queued AS (
+             INSERT INTO outbox (kind, template, stream, recipients, job, headers, message_uuid,
+                                 source_event, priority)
+             SELECT $1, $2, $3, ARRAY[a.email], $4::jsonb || {ids}, $5, gen_random_uuid(), $6, $7
+             FROM audience a
+             RETURNING 1
+         )
+         SELECT {last}, (SELECT count(*) FROM queued)",
+        ids = emails.job.members().ids_sql(),
+    );
+    let query = sqlx::query_as(&sql)
+        .bind(shared.kind())
+        .bind(shared.template())
+        .bind(shared.stream().as_str())
+        .bind(job_json(&shared)?)
+        .bind(headers_json(&emails.headers))
+        .bind(emails.source_event)
+        .bind(emails.priority);
+    let query = match &emails.to {
+        Audience::Readers(region) => query.bind(region.as_str()),
+        Audience::NewReaders {
+            region,
+            after,
+            limit,
+        } => query
+            .bind(region.as_str())
+            .bind(*after)
+            .bind(*limit)
+            .bind(newsletter_id.unwrap_or_default()),
+        Audience::Registrants(session_id) => query.bind(*session_id),
+    };
+    let (last, queued): (Option<i64>, i64) = query.fetch_one(&mut *conn).await?;
+    if queued > 0 {
+        sqlx::query("SELECT pg_notify($1, '')")
+            .bind(NOTIFY_CHANNEL)
+            .execute(&mut *conn)
+            .await?;
+    }
+    Ok(Fanned {
+        queued: queued.max(0) as u64,
+        last,
+    })
+}
 
 /// What one send came to.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -143,7 +265,9 @@ pub struct Claimed {
     pub stream: String,
     pub recipients: Vec<String>,
     pub reply_to: Option<String>,
-    pub context: Value,
+    /// What the email is, read with the claim (a job that does not parse fails its row alone).
+    #[sqlx(try_from = "Value")]
+    pub job: StoredJob,
     pub headers: Value,
     pub attachments: Value,
     pub message_uuid: Uuid,
@@ -153,19 +277,15 @@ pub struct Claimed {
     pub deferrals: i32,
     /// This claim's token: the outcome is recorded only while the row still carries it.
     pub claim_token: Uuid,
-    /// For bulk mail to a reader (a `subscription_id` in the context), read with the claim: the
+    /// For bulk mail to a reader (a `subscription_id` in the job), read with the claim: the
     /// subscription's status (None: it no longer exists), the reader's name, and whether the
     /// address is suppressed for bulk mail.
     pub reader_status: Option<String>,
     pub reader_name: Option<String>,
     pub reader_suppressed: bool,
-    /// Whether the newsletter the context names (if any) is still held.
+    /// Whether the newsletter the job names (if any) is still held.
     pub newsletter_held: bool,
 }
-
-/// Kinds that are not marked `Auto-Submitted` (the contract exempts newsletters: people asked
-/// for them, and some clients hide auto-submitted mail).
-const NOT_AUTO_SUBMITTED: [&str; 1] = ["newsletter"];
 
 impl Claimed {
     /// Everything about the email but its content, for `mail::message::build`.
@@ -174,7 +294,7 @@ impl Claimed {
             message_uuid: self.message_uuid,
             recipients: &self.recipients,
             reply_to: self.reply_to.as_deref(),
-            auto_submitted: !NOT_AUTO_SUBMITTED.contains(&self.kind.as_str()),
+            auto_submitted: self.job.get().map_or(true, Job::auto_submitted),
             headers: &self.headers,
         }
     }
@@ -198,7 +318,7 @@ pub async fn claim(pool: &PgPool, limit: i64, lease: Duration) -> sqlx::Result<V
              SET status = 'sending', claimed_until = now() + make_interval(secs => $2),
                  attempts = o.attempts + 1, claim_token = gen_random_uuid()
              FROM due WHERE o.id = due.id
-             RETURNING o.id, o.kind, o.template, o.stream, o.recipients, o.reply_to, o.context,
+             RETURNING o.id, o.kind, o.template, o.stream, o.recipients, o.reply_to, o.job,
                        o.headers, o.attachments, o.message_uuid, o.source_event, o.attempts,
                        o.deferrals, o.claim_token, o.priority, o.next_attempt_at
          )
@@ -206,9 +326,9 @@ pub async fn claim(pool: &PgPool, limit: i64, lease: Duration) -> sqlx::Result<V
                 coalesce(EXISTS (SELECT 1 FROM suppressions x WHERE x.email = lower(s.email)),
                          false) AS reader_suppressed,
                 EXISTS (SELECT 1 FROM newsletters n
-                        WHERE n.newsletter_id = c.context ->> 'newsletter_id') AS newsletter_held
+                        WHERE n.newsletter_id = c.job ->> 'newsletter_id') AS newsletter_held
          FROM claimed c
-         LEFT JOIN subscriptions s ON s.id = (c.context ->> 'subscription_id')::bigint
+         LEFT JOIN subscriptions s ON s.id = (c.job ->> 'subscription_id')::bigint
          ORDER BY c.priority DESC, c.next_attempt_at, c.id",
     )
     .bind(limit)
@@ -454,29 +574,31 @@ async fn mark_finished(
         == 1)
 }
 
-/// Queues, for the failed coordinators' copy of an enquiry (row `failed_id`), a copy to
-/// `recipients` (the triage mailbox) of kind `enquiry_undeliverable`: the same context with
-/// `undeliverable` (which region it could not reach, and why) added, the same Reply-To,
-/// headers and priority. At most once per failed row (a unique index); returns whether it was
-/// queued now. Meant for the transaction that marks the row failed.
+/// Queues, for the failed coordinators' copy of an enquiry (row `failed_id`), `job` (an
+/// `enquiry_undeliverable`: the enquiry with which region it could not reach, and why) to
+/// `recipients` (the triage mailbox), with the failed row's Reply-To, headers and priority. At
+/// most once per failed row (a unique index); returns whether it was queued now. Meant for the
+/// transaction that marks the row failed.
 pub async fn enqueue_undeliverable(
     conn: &mut PgConnection,
     failed_id: i64,
     recipients: &[&str],
-    undeliverable: &Value,
+    job: &Job,
 ) -> sqlx::Result<bool> {
     let queued = sqlx::query(
-        "INSERT INTO outbox (kind, template, stream, recipients, reply_to, context, headers,
+        "INSERT INTO outbox (kind, template, stream, recipients, reply_to, job, headers,
                              attachments, message_uuid, source_event, priority, undeliverable_of)
-         SELECT 'enquiry_undeliverable', 'enquiry_undeliverable', o.stream, $2, o.reply_to,
-                o.context || jsonb_build_object('undeliverable', $3::jsonb), o.headers,
+         SELECT $4, $5, $6, $2, o.reply_to, $3, o.headers,
                 o.attachments, gen_random_uuid(), o.source_event, o.priority, o.id
          FROM outbox o WHERE o.id = $1
          ON CONFLICT (undeliverable_of) WHERE undeliverable_of IS NOT NULL DO NOTHING",
     )
     .bind(failed_id)
     .bind(recipients)
-    .bind(undeliverable)
+    .bind(job_json(job)?)
+    .bind(job.kind())
+    .bind(job.template())
+    .bind(job.stream().as_str())
     .execute(&mut *conn)
     .await?
     .rows_affected()

@@ -6,54 +6,15 @@ use super::Failure;
 use crate::config::Routing;
 use crate::context::Shared;
 use crate::domain::{ContactSubmitted, EmailAddress, Envelope, RegionId, Setting, Topic};
-use crate::outbox::{enqueue, NewEmail};
+use crate::outbox::job::{Acknowledgement, Enquiry};
+use crate::outbox::{enqueue, Job, NewEmail};
 use crate::uk_time;
 use chrono::{DateTime, Utc};
-use serde::Serialize;
 use serde_json::Value;
 use sqlx::PgConnection;
 
 /// Urgent enquiries are sent before anything else waiting.
 const URGENT_PRIORITY: i16 = 10;
-
-/// The coordinators' copy: every field of the enquiry.
-#[derive(Serialize)]
-struct CoordinatorEmail<'a> {
-    enquiry_id: &'a str,
-    urgent: bool,
-    received: String,
-    topic: &'static str,
-    topic_label: &'static str,
-    setting_label: &'static str,
-    name: &'a str,
-    email: &'a EmailAddress,
-    organisation: &'a str,
-    phone: Option<&'a str>,
-    area: Option<&'a str>,
-    message: &'a str,
-    /// The region that answers, or None for triage.
-    region_name: Option<&'a str>,
-    /// Why it came here, in a sentence.
-    routing_note: String,
-}
-
-/// The acknowledgement to the person who wrote.
-#[derive(Serialize)]
-struct Acknowledgement<'a> {
-    enquiry_id: &'a str,
-    name: &'a str,
-    topic_label: &'static str,
-    urgent: bool,
-    /// The region that will answer, or None when the national team passes it on.
-    region_name: Option<&'a str>,
-    /// A newsletter enquiry with a region: a subscription to that region's newsletter was asked
-    /// for. The next two say how it stands.
-    newsletter: bool,
-    /// They were subscribed already: nothing changed.
-    newsletter_confirmed: bool,
-    /// A confirmation went to them less than a day ago: no new one was sent.
-    newsletter_recent: bool,
-}
 
 fn routing_note(routing: Routing, region_name: Option<&str>, area: Option<&str>) -> String {
     match (routing, region_name) {
@@ -71,43 +32,46 @@ fn routing_note(routing: Routing, region_name: Option<&str>, area: Option<&str>)
     }
 }
 
-fn contexts(
+/// The coordinators' copy and the acknowledgement.
+fn jobs(
     shared_region_name: Option<&str>,
     routing: Routing,
     c: &ContactSubmitted,
     received: DateTime<Utc>,
     subscription: Option<Requested>,
-) -> (Value, Value) {
-    let coordinator = CoordinatorEmail {
-        enquiry_id: &c.enquiry_id,
+) -> (Enquiry, Acknowledgement) {
+    let coordinator = Enquiry {
+        enquiry_id: c.enquiry_id.clone(),
         urgent: c.topic.is_urgent(),
         received: uk_time::date_time(received),
-        topic: c.topic.as_str(),
-        topic_label: c.topic.label(),
-        setting_label: c.setting.label(),
-        name: &c.name,
-        email: &c.email,
-        organisation: &c.organisation,
-        phone: c.phone.as_deref(),
-        area: c.area.as_deref(),
-        message: &c.message,
-        region_name: shared_region_name,
+        topic: c.topic.as_str().to_owned(),
+        topic_label: c.topic.label().to_owned(),
+        setting_label: c.setting.label().to_owned(),
+        name: c.name.clone(),
+        email: c.email.as_str().to_owned(),
+        organisation: c.organisation.clone(),
+        phone: c.phone.clone(),
+        area: c.area.clone(),
+        message: c.message.clone(),
+        region_name: shared_region_name.map(str::to_owned),
         routing_note: routing_note(routing, shared_region_name, c.area.as_deref()),
     };
     let ack = Acknowledgement {
-        enquiry_id: &c.enquiry_id,
-        name: &c.name,
-        topic_label: c.topic.label(),
+        enquiry_id: c.enquiry_id.clone(),
+        name: c.name.clone(),
+        topic_label: c.topic.label().to_owned(),
         urgent: c.topic.is_urgent(),
-        region_name: shared_region_name,
+        region_name: shared_region_name.map(str::to_owned),
         newsletter: subscription.is_some(),
         newsletter_confirmed: subscription == Some(Requested::AlreadyConfirmed),
         newsletter_recent: subscription == Some(Requested::RecentlySent),
     };
-    (
-        serde_json::to_value(coordinator).unwrap_or_default(),
-        serde_json::to_value(ack).unwrap_or_default(),
-    )
+    (coordinator, ack)
+}
+
+/// A job's content as its template sees it (`check` renders every template with these).
+fn context(content: &impl serde::Serialize) -> Value {
+    serde_json::to_value(content).unwrap_or_default()
 }
 
 pub(super) async fn handle(
@@ -160,16 +124,11 @@ pub(super) async fn handle(
         ),
         _ => None,
     };
-    let (coordinator_ctx, ack_ctx) =
-        contexts(region_name, routing, c, envelope.occurred_at, subscription);
+    let (coordinator_copy, ack_copy) =
+        jobs(region_name, routing, c, envelope.occurred_at, subscription);
     let mailboxes = regions.mailboxes(routing).to_vec();
 
-    let mut to_coordinators = NewEmail::transactional(
-        "enquiry",
-        "enquiry_coordinator",
-        mailboxes.clone(),
-        coordinator_ctx,
-    );
+    let mut to_coordinators = NewEmail::new(Job::Enquiry(coordinator_copy), mailboxes.clone());
     to_coordinators.reply_to = Some(c.email.clone());
     to_coordinators.source_event = Some(envelope.id);
     if c.topic.is_urgent() {
@@ -178,8 +137,7 @@ pub(super) async fn handle(
     }
     enqueue(tx, &to_coordinators).await?;
 
-    let mut ack =
-        NewEmail::transactional("enquiry_ack", "enquiry_ack", vec![c.email.clone()], ack_ctx);
+    let mut ack = NewEmail::new(Job::EnquiryAck(ack_copy), vec![c.email.clone()]);
     // A reply to the acknowledgement reaches the people who will answer.
     ack.reply_to = mailboxes.first().cloned();
     ack.source_event = Some(envelope.id);
@@ -223,8 +181,9 @@ pub(super) fn samples() -> Vec<(&'static str, Value)> {
         .map(|t| t.with_timezone(&Utc))
         .unwrap_or_default();
     let north_west = Routing::Area(RegionId::NorthWest);
-    let (c1, a1) = contexts(Some("North-West"), north_west, &full, received, None);
-    let (c2, a2) = contexts(None, Routing::Triage, &sparse, received, None);
+    let (c1, a1) = jobs(Some("North-West"), north_west, &full, received, None);
+    let (c2, a2) = jobs(None, Routing::Triage, &sparse, received, None);
+    let (c1, a1, c2, a2) = (context(&c1), context(&a1), context(&c2), context(&a2));
     // The triage copy of a coordinators' copy that could not be delivered (send).
     let undeliverable = |mut c: Value| {
         c["undeliverable"] = serde_json::json!({
@@ -246,14 +205,14 @@ pub(super) fn samples() -> Vec<(&'static str, Value)> {
         Requested::RecentlySent,
         Requested::AlreadyConfirmed,
     ] {
-        let (_, ack) = contexts(
+        let (_, ack) = jobs(
             Some("North-West"),
             north_west,
             &sparse,
             received,
             Some(outcome),
         );
-        samples.push(("enquiry_ack", ack));
+        samples.push(("enquiry_ack", context(&ack)));
     }
     samples
 }

@@ -2,10 +2,11 @@
 //! subscribers, exactly once.
 //!
 //! The fan-out is set-based: the database copies the audience into the outbox
-//! (`INSERT ... SELECT`), in batches, without the worker ever holding the list. Each outbox row
-//! carries only the newsletter id and the subscription id; the reader's name and unsubscribe link
-//! are filled in just before sending (`send::compose::newsletter`), which also
-//! skips a reader who unsubscribed or was suppressed in the meantime.
+//! (`INSERT ... SELECT`, `outbox::enqueue_each`), in batches, without the worker ever holding
+//! the list. Each outbox row's job carries only the newsletter id and the subscription id; the
+//! reader's name and unsubscribe link are filled in just before sending
+//! (`send::compose::newsletter`), which also skips a reader who unsubscribed or was suppressed
+//! in the meantime.
 //!
 //! Exactly once: `newsletter_deliveries` has one row per (newsletter, subscription), written by
 //! the same statement as the outbox row and skipped when present. The fan-out runs in the
@@ -18,12 +19,12 @@
 use super::Failure;
 use crate::domain::{Envelope, NewsletterPublished, RegionId};
 use crate::mail::markdown;
-use crate::outbox::NOTIFY_CHANNEL;
+use crate::outbox::{enqueue_each, Audience, ForEach, NewEmails};
 use crate::state::reader::{list_id, NewsletterEmail, StoredSection};
 
 use crate::context::Shared;
 
-use serde_json::{json, Value};
+use serde_json::Value;
 use sqlx::PgConnection;
 
 /// Subscribers queued per statement: each statement stays well inside the statement timeout
@@ -111,55 +112,35 @@ async fn fan_out(
     region: RegionId,
     envelope: &Envelope,
 ) -> Result<i64, Failure> {
-    let headers = json!({ "List-Id": list_id(&shared.settings, region) });
-    let mut after: i64 = 0;
+    let mut emails = NewEmails {
+        job: ForEach::Newsletter {
+            newsletter_id: newsletter_id.to_owned(),
+        },
+        to: Audience::NewReaders {
+            region,
+            after: 0,
+            limit: FAN_OUT_BATCH,
+        },
+        headers: vec![("List-Id", list_id(&shared.settings, region))],
+        priority: BULK_PRIORITY,
+        source_event: Some(envelope.id),
+    };
     let mut queued: i64 = 0;
     loop {
         // One statement per batch: pick the next subscribers in id order, record the delivery
         // (skipping anyone who has it already), and queue an email for each new delivery only.
-        let (last, n): (Option<i64>, i64) = sqlx::query_as(
-            "WITH batch AS (
-                 SELECT subscription_id, email FROM bulk_recipients
-                 WHERE region = $1 AND subscription_id > $2
-                 ORDER BY subscription_id
-                 LIMIT $3
-             ), fresh AS (
-                 INSERT INTO newsletter_deliveries (newsletter_id, subscription_id)
-                 SELECT $4, subscription_id FROM batch
-                 ON CONFLICT DO NOTHING
-                 RETURNING subscription_id
-             ), queued AS (
-                 INSERT INTO outbox (kind, template, stream, recipients, context, headers,
-                                     message_uuid, source_event, priority)
-                 SELECT 'newsletter', 'newsletter', 'bulk', ARRAY[b.email],
-                        jsonb_build_object('newsletter_id', $4::text,
-                                           'subscription_id', b.subscription_id),
-                        $5, gen_random_uuid(), $6, $7
-                 FROM fresh f JOIN batch b USING (subscription_id)
-                 RETURNING 1
-             )
-             SELECT (SELECT max(subscription_id) FROM batch), (SELECT count(*) FROM queued)",
-        )
-        .bind(region.as_str())
-        .bind(after)
-        .bind(FAN_OUT_BATCH)
-        .bind(newsletter_id)
-        .bind(&headers)
-        .bind(envelope.id)
-        .bind(BULK_PRIORITY)
-        .fetch_one(&mut *tx)
-        .await?;
-        queued += n;
-        match last {
-            Some(last) => after = last,
+        let batch = enqueue_each(tx, &emails).await?;
+        queued += batch.queued as i64;
+        match batch.last {
+            Some(last) => {
+                emails.to = Audience::NewReaders {
+                    region,
+                    after: last,
+                    limit: FAN_OUT_BATCH,
+                }
+            }
             None => break,
         }
-    }
-    if queued > 0 {
-        sqlx::query("SELECT pg_notify($1, '')")
-            .bind(NOTIFY_CHANNEL)
-            .execute(&mut *tx)
-            .await?;
     }
     Ok(queued)
 }

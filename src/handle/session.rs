@@ -15,7 +15,8 @@ use crate::domain::{
     Envelope, RegionId, RegistrationCancelled, RegistrationCreated, SessionCancelled,
     SessionDetails,
 };
-use crate::outbox::{enqueue, NewEmail, NOTIFY_CHANNEL};
+use crate::outbox::job::Registrant;
+use crate::outbox::{enqueue, enqueue_each, Audience, ForEach, Job, NewEmail, NewEmails};
 use crate::schedule::plan::due_at;
 pub use crate::state::session::{
     load_session, offset_phrase, SessionRow, SessionView, SESSION_COLUMNS,
@@ -152,37 +153,21 @@ async fn drop_pending(
     Ok(())
 }
 
-/// One email of `kind` to every current registrant of a session, set-based; `extra` is merged
-/// into each row's context.
+/// One email to every current registrant of a session, set-based.
 async fn email_registrants(
     conn: &mut PgConnection,
     envelope: &Envelope,
     session_id: &str,
-    kind: &'static str,
-    extra: Value,
+    job: ForEach,
 ) -> sqlx::Result<u64> {
-    let n = sqlx::query(
-        "INSERT INTO outbox (kind, template, stream, recipients, context, message_uuid, source_event)
-         SELECT $1, $1, 'transactional', ARRAY[r.email],
-                jsonb_build_object('registration_id', r.registration_id, 'session_id', r.session_id) || $2::jsonb,
-                gen_random_uuid(), $3
-         FROM registrations r
-         WHERE r.session_id = $4 AND r.status = 'registered' AND r.email IS NOT NULL",
-    )
-    .bind(kind)
-    .bind(extra)
-    .bind(envelope.id)
-    .bind(session_id)
-    .execute(&mut *conn)
-    .await?
-    .rows_affected();
-    if n > 0 {
-        sqlx::query("SELECT pg_notify($1, '')")
-            .bind(NOTIFY_CHANNEL)
-            .execute(&mut *conn)
-            .await?;
-    }
-    Ok(n)
+    let emails = NewEmails {
+        job,
+        to: Audience::Registrants(session_id),
+        headers: Vec::new(),
+        priority: 0,
+        source_event: Some(envelope.id),
+    };
+    Ok(enqueue_each(conn, &emails).await?.queued)
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -265,20 +250,15 @@ pub(super) async fn scheduled_or_updated(
             conn,
             envelope,
             &s.session_id,
-            "session_moved",
-            json!({ "previous_when": previous }),
+            ForEach::SessionMoved {
+                previous_when: previous,
+            },
         )
         .await?;
         tracing::info!(event_id = %envelope.id, session_id = %s.session_id, registrants = n, "session moved");
     } else if new_link {
-        let n = email_registrants(
-            conn,
-            envelope,
-            &s.session_id,
-            "joining_link_changed",
-            json!({}),
-        )
-        .await?;
+        let n =
+            email_registrants(conn, envelope, &s.session_id, ForEach::JoiningLinkChanged).await?;
         tracing::info!(event_id = %envelope.id, session_id = %s.session_id, registrants = n, "new joining link");
     }
     Ok(())
@@ -307,14 +287,7 @@ pub(super) async fn cancelled(
     .execute(&mut *conn)
     .await?;
     drop_pending(conn, Planned::OfSession(&c.session_id), shared.clock.now()).await?;
-    let n = email_registrants(
-        conn,
-        envelope,
-        &c.session_id,
-        "session_cancelled",
-        json!({}),
-    )
-    .await?;
+    let n = email_registrants(conn, envelope, &c.session_id, ForEach::SessionCancelled).await?;
     tracing::info!(event_id = %envelope.id, session_id = %c.session_id, registrants = n, "session cancelled");
     Ok(())
 }
@@ -345,17 +318,16 @@ pub(super) async fn registration_created(
         tracing::info!(event_id = %envelope.id, registration_id = %r.registration_id, "registration already recorded: nothing sent");
         return Ok(());
     }
-    let kind = if session.is_cancelled() {
-        "session_cancelled"
-    } else {
-        "registration_confirmation"
+    let registrant = Registrant {
+        registration_id: r.registration_id.clone(),
+        session_id: r.session_id.clone(),
     };
-    let mut email = NewEmail::transactional(
-        kind,
-        kind,
-        vec![r.email.clone()],
-        json!({ "registration_id": r.registration_id, "session_id": r.session_id }),
-    );
+    let job = if session.is_cancelled() {
+        Job::SessionCancelled(registrant)
+    } else {
+        Job::RegistrationConfirmation(registrant)
+    };
+    let mut email = NewEmail::new(job, vec![r.email.clone()]);
     email.source_event = Some(envelope.id);
     enqueue(conn, &email).await?;
     if !session.is_cancelled() {

@@ -10,11 +10,11 @@ use crate::context::Shared;
 use crate::domain::{
     EmailAddress, Envelope, RegionId, SubscriptionCancelled, SubscriptionRequested,
 };
-use crate::outbox::{enqueue, NewEmail};
+use crate::outbox::job::{Confirmation, RegionLink};
+use crate::outbox::{enqueue, Job, NewEmail};
 use crate::tokens::{self, Purpose, CONFIRM_VALIDITY};
 use crate::uk_time;
 use chrono::{DateTime, Utc};
-use serde::Serialize;
 use serde_json::Value;
 use sqlx::PgConnection;
 use uuid::Uuid;
@@ -34,25 +34,6 @@ pub enum Requested {
     RecentlySent,
     /// Every region asked for is already confirmed: nothing changed.
     AlreadyConfirmed,
-}
-
-/// One region in the confirmation email.
-#[derive(Serialize)]
-struct RegionLink {
-    region_name: String,
-    confirm_url: String,
-}
-
-/// The confirmation email.
-#[derive(Serialize)]
-struct Confirmation {
-    name: Option<String>,
-    regions: Vec<RegionLink>,
-    /// "North-West and London", for the subject and the first sentence.
-    region_names: String,
-    several: bool,
-    /// The last day the links work: "Saturday 12 October 2024".
-    expires: String,
 }
 
 fn joined(names: &[String]) -> String {
@@ -177,14 +158,8 @@ pub(crate) async fn request(
             confirm_url: tokens::link(&shared.settings, Purpose::Confirm, id, now),
         })
         .collect();
-    let context = serde_json::to_value(confirmation(name, links, now + CONFIRM_VALIDITY))
-        .map_err(|e| Failure::Transient(e.into()))?;
-    let mut mail = NewEmail::transactional(
-        "subscription_confirm",
-        "subscription_confirm",
-        vec![email.clone()],
-        context,
-    );
+    let job = Job::SubscriptionConfirm(confirmation(name, links, now + CONFIRM_VALIDITY));
+    let mut mail = NewEmail::new(job, vec![email.clone()]);
     mail.source_event = Some(event_id);
     enqueue(tx, &mail).await?;
     sqlx::query("UPDATE subscriptions SET confirmation_sent_at = now() WHERE id = ANY($1)")

@@ -11,11 +11,10 @@
 use super::plan;
 use crate::context::Shared;
 use crate::domain::RegionId;
-use crate::outbox::NOTIFY_CHANNEL;
+use crate::outbox::{enqueue_each, Audience, ForEach, NewEmails};
 use crate::state::reader::list_id;
 use crate::state::session::{SessionRow, SessionView, SESSION_COLUMNS};
 use chrono::{DateTime, Utc};
-use serde_json::json;
 
 /// What one firing did.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -96,31 +95,19 @@ async fn fire_region(
             .iter()
             .map(|s| SessionView::new(&shared.regions, s))
             .collect();
-        let region_name = &shared.regions.region(region).name;
-        let context =
-            json!({ "region_name": region_name, "count": views.len(), "sessions": views });
         // Set-based: one row per confirmed, not suppressed subscriber; name and unsubscribe
-        // link are completed at send time (`prepare`).
-        let headers = json!({ "List-Id": list_id(&shared.settings, region) });
-        recipients = sqlx::query(
-            "INSERT INTO outbox (kind, template, stream, recipients, context, headers, message_uuid, priority)
-             SELECT 'digest', 'weekly_digest', 'bulk', ARRAY[b.email],
-                    $1::jsonb || jsonb_build_object('subscription_id', b.subscription_id),
-                    $3, gen_random_uuid(), -10
-             FROM bulk_recipients b WHERE b.region = $2",
-        )
-        .bind(&context)
-        .bind(region.as_str())
-        .bind(&headers)
-        .execute(&mut *tx)
-        .await?
-        .rows_affected();
-        if recipients > 0 {
-            sqlx::query("SELECT pg_notify($1, '')")
-                .bind(NOTIFY_CHANNEL)
-                .execute(&mut *tx)
-                .await?;
-        }
+        // link are completed at send time (`send::compose::digest`).
+        let emails = NewEmails {
+            job: ForEach::Digest {
+                region_name: shared.regions.region(region).name.clone(),
+                sessions: views,
+            },
+            to: Audience::Readers(region),
+            headers: vec![("List-Id", list_id(&shared.settings, region))],
+            priority: -10,
+            source_event: None,
+        };
+        recipients = enqueue_each(&mut tx, &emails).await?.queued;
     }
     sqlx::query("INSERT INTO digest_runs (region, fire_at, ran_at, sessions, recipients) VALUES ($1, $2, $3, $4, $5)")
         .bind(region.as_str())

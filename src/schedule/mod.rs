@@ -12,9 +12,9 @@ pub mod digest;
 pub mod plan;
 
 use crate::context::Shared;
-use crate::outbox::{enqueue, NewEmail};
+use crate::outbox::job::{Briefing, Reminder};
+use crate::outbox::{enqueue, Job, NewEmail};
 use chrono::{DateTime, Utc};
-use serde_json::json;
 use std::sync::Arc;
 use tokio_util::sync::CancellationToken;
 
@@ -131,30 +131,31 @@ fn email_for(shared: &Shared, d: &Due) -> anyhow::Result<NewEmail> {
             .as_deref()
             .ok_or_else(|| anyhow::anyhow!("a reminder without an address"))?;
         let to = crate::domain::EmailAddress::parse(email).map_err(anyhow::Error::msg)?;
-        let mut e = NewEmail::transactional(
-            "session_reminder",
-            "session_reminder",
-            vec![to],
-            json!({
-                "registration_id": d.registration_id,
-                "session_id": d.session_id,
-                "offset": d.offset_label,
-                "starts_at": d.starts_at.to_rfc3339(),
-                // For rpec_reminder_lateness_seconds, observed when the relay accepts it.
-                "due_at": d.due_at.to_rfc3339(),
-            }),
-        );
+        let registration_id = d
+            .registration_id
+            .clone()
+            .ok_or_else(|| anyhow::anyhow!("a reminder without its registration"))?;
+        let reminder = Reminder {
+            registration_id,
+            session_id: d.session_id.clone(),
+            offset: d.offset_label.clone(),
+            starts_at: d.starts_at,
+            // For rpec_reminder_lateness_seconds, observed when the relay accepts it.
+            due_at: Some(d.due_at),
+        };
+        let mut e = NewEmail::new(Job::SessionReminder(reminder), vec![to]);
         // Closer reminders matter more when many are due at once.
         e.priority = 5;
         Ok(e)
     } else {
         let region = d.region.as_deref().and_then(|r| r.parse().ok());
         let coordinators = shared.regions.for_session(region).coordinators.clone();
-        Ok(NewEmail::transactional(
-            "coordinator_briefing",
-            "coordinator_briefing",
+        let briefing = Briefing {
+            session_id: d.session_id.clone(),
+        };
+        Ok(NewEmail::new(
+            Job::CoordinatorBriefing(briefing),
             coordinators,
-            json!({ "session_id": d.session_id }),
         ))
     }
 }

@@ -17,9 +17,9 @@ pub mod prepare;
 use crate::context::Shared;
 use crate::db;
 use crate::mail::{message, Relay, SendError};
-use crate::outbox::{self, Claimed, Counted, Mark, Marked, Outcome, NOTIFY_CHANNEL};
-use prepare::{prepare, Prepared};
-use serde_json::{json, Value};
+use crate::outbox::job::{Reminder, Undeliverable, UndeliverableEnquiry};
+use crate::outbox::{self, Claimed, Counted, Job, Mark, Marked, Outcome, NOTIFY_CHANNEL};
+use prepare::{prepare, Prepared, UnreadableJob};
 use sqlx::postgres::PgListener;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
@@ -106,7 +106,7 @@ enum Record {
         suppress: bool,
         /// For the log: what kind of failure (never the relay's text, which can quote addresses).
         summary: &'static str,
-        triage: Option<(Vec<String>, Value)>,
+        triage: Option<(Vec<String>, Box<Job>)>,
     },
     Cancelled(String),
     /// Not sent, given back for the next claim (shutdown, or too little lease left).
@@ -299,6 +299,10 @@ async fn send_one(
     // that could not be built: only the first says something about the address.
     let mut refused_by_relay = false;
     let result = match prepare(shared, row).await {
+        // A job that does not parse never will: keep the row, say why.
+        Err(e) if e.is::<UnreadableJob>() => {
+            Err(SendError::Permanent(format!("not sendable: {e}")))
+        }
         // PostgreSQL away while reading current state says nothing about the email.
         Err(e) if db::unreachable_cause(&e) => Err(SendError::Unreachable(format!(
             "could not prepare the email: {e:#}"
@@ -581,9 +585,9 @@ async fn record_failure(shared: &Shared, batch: &[Done]) -> sqlx::Result<Vec<i64
         if *suppress {
             suppress_recipients(&mut tx, row.id, &row.recipients).await?;
         }
-        if let Some((to, marker)) = triage {
+        if let Some((to, copy)) = triage {
             let to: Vec<&str> = to.iter().map(String::as_str).collect();
-            outbox::enqueue_undeliverable(&mut tx, row.id, &to, marker).await?;
+            outbox::enqueue_undeliverable(&mut tx, row.id, &to, copy).await?;
         }
         tx.commit().await?;
         ids.push(row.id);
@@ -601,8 +605,8 @@ fn report(shared: &Shared, d: &Done, recorded: bool) {
     let outcome = match &d.record {
         Record::Sent { by_clock, .. } => {
             tracing::info!(outbox_id = row.id, kind = %row.kind, attempts = row.attempts, "email sent");
-            if row.kind == "session_reminder" {
-                observe_reminder_lateness(shared, row, *by_clock);
+            if let Ok(Job::SessionReminder(reminder)) = row.job.get() {
+                observe_reminder_lateness(shared, reminder, *by_clock);
             }
             Outcome::Sent
         }
@@ -628,16 +632,17 @@ fn report(shared: &Shared, d: &Done, recorded: bool) {
             }
             tracing::error!(outbox_id = row.id, kind = %row.kind, attempts = row.attempts,
                 failure = summary, "email failed: it will not be tried again");
-            match (row.kind.as_str(), triage) {
-                ("enquiry", Some(_)) => tracing::warn!(
-                    outbox_id = row.id,
-                    "enquiry undeliverable: a copy goes to the triage mailbox"
-                ),
-                ("enquiry", None) => tracing::error!(
-                    outbox_id = row.id,
-                    "enquiry undeliverable to the triage mailbox itself: it waits for an operator"
-                ),
-                _ => {}
+            if let Ok(Job::Enquiry(_)) = row.job.get() {
+                match triage {
+                    Some(_) => tracing::warn!(
+                        outbox_id = row.id,
+                        "enquiry undeliverable: a copy goes to the triage mailbox"
+                    ),
+                    None => tracing::error!(
+                        outbox_id = row.id,
+                        "enquiry undeliverable to the triage mailbox itself: it waits for an operator"
+                    ),
+                }
             }
             Outcome::Failed
         }
@@ -656,17 +661,17 @@ fn stale(shared: &Shared, row: &Claimed) {
 }
 
 /// For a coordinators' copy of an enquiry that failed for good: the triage mailbox and the
-/// marker naming the region it could not reach, so that somebody sees the enquiry. None for
-/// other kinds (the triage copy itself included: if that fails too it stays failed, and the
+/// copy for it, naming the region it could not reach, so that somebody sees the enquiry. None
+/// for other kinds (the triage copy itself included: if that fails too it stays failed, and the
 /// failed-and-unresolved gauge shows it), and when the copy went to the triage mailbox already.
 fn undeliverable_copy(
     shared: &Shared,
     row: &Claimed,
     reason: &str,
-) -> Option<(Vec<String>, Value)> {
-    if row.kind != "enquiry" {
+) -> Option<(Vec<String>, Box<Job>)> {
+    let Ok(Job::Enquiry(enquiry)) = row.job.get() else {
         return None;
-    }
+    };
     let triage: Vec<String> = shared
         .regions
         .triage
@@ -685,33 +690,26 @@ fn undeliverable_copy(
     if triage.is_empty() || same(&triage, &row.recipients) {
         return None;
     }
-    let region_name = row
-        .context
-        .get("region_name")
-        .and_then(Value::as_str)
-        .unwrap_or("triage");
-    Some((
-        triage,
-        json!({ "region_name": region_name, "reason": reason }),
-    ))
+    let region_name = enquiry.region_name.as_deref().unwrap_or("triage");
+    let copy = Job::EnquiryUndeliverable(UndeliverableEnquiry {
+        enquiry: enquiry.clone(),
+        undeliverable: Undeliverable {
+            region_name: region_name.to_owned(),
+            reason: reason.to_owned(),
+        },
+    });
+    Some((triage, Box::new(copy)))
 }
 
 /// When the relay accepted a session reminder (`accepted_at`, the worker's clock), against
-/// when it was due. Rows queued before the due time was kept in the context are skipped.
+/// when it was due. Rows queued before the due time was kept in the job are skipped.
 fn observe_reminder_lateness(
     shared: &Shared,
-    row: &Claimed,
+    reminder: &Reminder,
     accepted_at: chrono::DateTime<chrono::Utc>,
 ) {
-    let due = row
-        .context
-        .get("due_at")
-        .and_then(Value::as_str)
-        .and_then(|t| chrono::DateTime::parse_from_rfc3339(t).ok());
-    if let Some(due) = due {
-        let late = (accepted_at - due.with_timezone(&chrono::Utc))
-            .to_std()
-            .unwrap_or_default();
+    if let Some(due) = reminder.due_at {
+        let late = (accepted_at - due).to_std().unwrap_or_default();
         shared.metrics.reminder_lateness.observe(late.as_secs_f64());
     }
 }

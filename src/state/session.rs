@@ -4,7 +4,7 @@ use crate::config::{Offset, Regions};
 use crate::domain::RegionId;
 use crate::uk_time;
 use chrono::{DateTime, Utc};
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use sqlx::PgConnection;
 
 /// A session as stored.
@@ -53,8 +53,8 @@ pub async fn load_session(
     .await
 }
 
-/// A session as emails show it.
-#[derive(Serialize)]
+/// A session as emails show it (and as a digest's job keeps it: see `outbox::job`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct SessionView {
     session_id: String,
     title: String,

@@ -91,16 +91,16 @@ async fn a_550_reply_marks_the_email_failed_and_keeps_it() {
 async fn an_email_claimed_by_a_worker_that_died_is_sent_once_its_lease_runs_out() {
     let app = spawn_app().await;
     // As a crashed worker leaves it: claimed ('sending'), never released.
-    let context = serde_json::json!({"enquiry_id": "enq-lease", "name": "Kim", "topic_label": "Training", "urgent": false, "region_name": "London", "newsletter": false});
+    let job = serde_json::json!({"kind": "enquiry_ack", "enquiry_id": "enq-lease", "name": "Kim", "topic_label": "Training", "urgent": false, "region_name": "London", "newsletter": false});
     for (status, lease) in [
         ("sending", "now() - interval '1 second'"),
         ("sending", "now() + interval '1 hour'"),
     ] {
         sqlx::query(&format!(
-            "INSERT INTO outbox (kind, template, stream, recipients, context, message_uuid, status, attempts, claimed_until)
+            "INSERT INTO outbox (kind, template, stream, recipients, job, message_uuid, status, attempts, claimed_until)
              VALUES ('enquiry_ack', 'enquiry_ack', 'transactional', ARRAY['kim@school.example.org'], $1, gen_random_uuid(), '{status}', 1, {lease})"
         ))
-        .bind(&context)
+        .bind(&job)
         .execute(&app.pool)
         .await
         .unwrap();

@@ -61,13 +61,13 @@ async fn after_erasure_no_table_holds_the_address_or_the_name() {
         .await
         .unwrap();
     sqlx::query(
-        "INSERT INTO outbox (kind, template, stream, recipients, context, message_uuid,
+        "INSERT INTO outbox (kind, template, stream, recipients, job, message_uuid,
                              next_attempt_at)
          VALUES ('subscription_confirm', 'subscription_confirm', 'transactional', $1, $2, $3,
                  now() + interval '1 day')",
     )
     .bind(vec![address.to_uppercase()])
-    .bind(json!({"name": name, "regions": []}))
+    .bind(json!({"kind": "subscription_confirm", "name": name, "regions": []}))
     .bind(Uuid::new_v4())
     .execute(pool)
     .await

@@ -358,6 +358,35 @@ pub struct Options {
     pub proxy_broker: bool,
     /// More environment for the worker's settings (added to, or replacing, the harness's own).
     pub env: Vec<(String, String)>,
+    /// The database as an older version of the worker left it, for this one to migrate.
+    pub older_database: Option<OlderDatabase>,
+}
+
+/// A database migrated only up to `migrated_to` (the migrations of an older version), holding
+/// what `statements` write (rows in the shape that version wrote them).
+pub struct OlderDatabase {
+    pub migrated_to: i64,
+    pub statements: Vec<String>,
+}
+
+/// Applies `migrations/` up to and including version `up_to` only (through a copy of them:
+/// the same files, so the worker's own migrator later finds their checksums unchanged).
+async fn migrate_up_to(pool: &PgPool, up_to: i64) {
+    let dir = tempfile::tempdir().unwrap();
+    for entry in std::fs::read_dir(manifest_dir().join("migrations")).unwrap() {
+        let path = entry.unwrap().path();
+        let name = path.file_name().unwrap().to_string_lossy().into_owned();
+        let version: i64 = name.split('_').next().unwrap().parse().unwrap();
+        if version <= up_to {
+            std::fs::copy(&path, dir.path().join(&name)).unwrap();
+        }
+    }
+    sqlx::migrate::Migrator::new(dir.path())
+        .await
+        .unwrap()
+        .run(pool)
+        .await
+        .unwrap();
 }
 
 impl Default for Options {
@@ -371,6 +400,7 @@ impl Default for Options {
             proxy_database: false,
             proxy_broker: false,
             env: Vec::new(),
+            older_database: None,
         }
     }
 }
@@ -423,6 +453,14 @@ pub async fn spawn_app_with(options: Options) -> TestApp {
         .unwrap();
     admin.close().await.unwrap();
     let db_url = database_url_for(&db_name);
+    if let Some(older) = &options.older_database {
+        let pool = PgPool::connect(&db_url).await.unwrap();
+        migrate_up_to(&pool, older.migrated_to).await;
+        for statement in &older.statements {
+            sqlx::query(statement).execute(&pool).await.unwrap();
+        }
+        pool.close().await;
+    }
     let database_proxy = if options.proxy_database {
         Some(FaultProxy::start(host_port(&db_url, 5432)).await)
     } else {

@@ -15,6 +15,7 @@ mod erasure;
 mod fan_out;
 mod helpers;
 mod hostile;
+mod jobs;
 mod newsletter;
 mod ops;
 mod outbox;

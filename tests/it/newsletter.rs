@@ -228,7 +228,7 @@ async fn a_reader_confirms_gets_the_newsletter_with_list_headers_and_leaves_in_o
         .iter()
         .any(|m| m.subject() == "Prevent update nw-2"));
     let queued_for_reader: Vec<(String,)> = sqlx::query_as(
-        "SELECT context->>'newsletter_id' FROM outbox WHERE kind = 'newsletter' AND $1 = ANY(recipients)",
+        "SELECT job->>'newsletter_id' FROM outbox WHERE kind = 'newsletter' AND $1 = ANY(recipients)",
     )
     .bind(reader)
     .fetch_all(&app.pool)
@@ -634,7 +634,7 @@ async fn a_permanent_refusal_of_a_newsletter_suppresses_the_address_for_bulk_mai
     app.publish(&next).await;
     app.mails(2).await;
     let (queued,): (i64,) =
-        sqlx::query_as("SELECT count(*) FROM outbox WHERE context->>'newsletter_id' = 'ldn-2'")
+        sqlx::query_as("SELECT count(*) FROM outbox WHERE job->>'newsletter_id' = 'ldn-2'")
             .fetch_one(&app.pool)
             .await
             .unwrap();

@@ -351,17 +351,17 @@ async fn metrics_show_open_failures_waiting_mail_the_build_and_reminder_lateness
     // A failure of a known kind, one of a kind nobody knows, one resolved; and an email due an
     // hour ago that a live claim holds.
     sqlx::query(
-        "INSERT INTO outbox (kind, template, stream, recipients, context, message_uuid, status,
+        "INSERT INTO outbox (kind, template, stream, recipients, job, message_uuid, status,
                              resolved_at, created_at, claimed_until)
-         VALUES ('enquiry', 'enquiry_coordinator', 'transactional', ARRAY['a@example.org'], '{}',
-                 gen_random_uuid(), 'failed', NULL, now(), NULL),
-                ('no such kind', 'x', 'transactional', ARRAY['a@example.org'], '{}',
-                 gen_random_uuid(), 'failed', NULL, now(), NULL),
-                ('enquiry', 'enquiry_coordinator', 'transactional', ARRAY['a@example.org'], '{}',
-                 gen_random_uuid(), 'failed', now(), now(), NULL),
-                ('enquiry_ack', 'enquiry_ack', 'transactional', ARRAY['a@example.org'], '{}',
-                 gen_random_uuid(), 'sending', NULL, now() - interval '1 hour',
-                 now() + interval '1 hour')",
+         VALUES ('enquiry', 'enquiry_coordinator', 'transactional', ARRAY['a@example.org'],
+                 jsonb_build_object('kind', 'enquiry'), gen_random_uuid(), 'failed', NULL, now(), NULL),
+                ('no such kind', 'x', 'transactional', ARRAY['a@example.org'],
+                 jsonb_build_object('kind', 'no such kind'), gen_random_uuid(), 'failed', NULL, now(), NULL),
+                ('enquiry', 'enquiry_coordinator', 'transactional', ARRAY['a@example.org'],
+                 jsonb_build_object('kind', 'enquiry'), gen_random_uuid(), 'failed', now(), now(), NULL),
+                ('enquiry_ack', 'enquiry_ack', 'transactional', ARRAY['a@example.org'],
+                 jsonb_build_object('kind', 'enquiry_ack'), gen_random_uuid(), 'sending', NULL,
+                 now() - interval '1 hour', now() + interval '1 hour')",
     )
     .execute(&app.pool)
     .await

@@ -21,16 +21,16 @@ async fn rows(app: &TestApp) -> Vec<(i64, String, String, i32, i32)> {
 
 /// An acknowledgement row, as a handler would have queued it.
 async fn insert_ack(app: &TestApp, to: &str) -> i64 {
-    let context = json!({"enquiry_id": "enq-fence", "name": "Kim", "topic_label": "Training",
+    let job = json!({"kind": "enquiry_ack", "enquiry_id": "enq-fence", "name": "Kim", "topic_label": "Training",
         "urgent": false, "region_name": "London", "newsletter": false,
         "newsletter_confirmed": false, "newsletter_recent": false});
     sqlx::query_scalar(
-        "INSERT INTO outbox (kind, template, stream, recipients, context, message_uuid)
+        "INSERT INTO outbox (kind, template, stream, recipients, job, message_uuid)
          VALUES ('enquiry_ack', 'enquiry_ack', 'transactional', ARRAY[$1], $2, gen_random_uuid())
          RETURNING id",
     )
     .bind(to)
-    .bind(&context)
+    .bind(&job)
     .fetch_one(&app.pool)
     .await
     .unwrap()

@@ -3,6 +3,7 @@
 use crate::context::Shared;
 use crate::domain::RegionId;
 use crate::mail::Shell;
+use crate::outbox::job::NewsletterCopy;
 use crate::outbox::Claimed;
 use crate::send::prepare::Prepared;
 use crate::state::reader::{bulk_skip_reason, unsubscribe_link, NewsletterEmail};
@@ -12,17 +13,16 @@ use serde_json::Value;
 /// Completes a newsletter email just before it is sent, from the current state: the reader's
 /// name and a fresh unsubscribe link; or skips it if the reader has unsubscribed, been
 /// suppressed or erased since the fan-out.
-pub async fn complete(shared: &Shared, row: &Claimed) -> anyhow::Result<Prepared> {
-    let newsletter_id = row
-        .context
-        .get("newsletter_id")
-        .and_then(Value::as_str)
-        .context("a newsletter email without its newsletter id")?;
-    let subscription_id = row
-        .context
-        .get("subscription_id")
-        .and_then(Value::as_i64)
-        .context("a newsletter email without its subscription id")?;
+pub async fn complete(
+    shared: &Shared,
+    row: &Claimed,
+    copy: &NewsletterCopy,
+) -> anyhow::Result<Prepared> {
+    let NewsletterCopy {
+        newsletter_id,
+        subscription_id,
+    } = copy;
+    let subscription_id = *subscription_id;
     // Whether it still goes was read with the claim.
     if !row.newsletter_held {
         return Ok(Prepared::Skip("the newsletter is no longer held".into()));

@@ -5,7 +5,7 @@
 
 use crate::calendar::{self, CalendarSession, Method};
 use crate::context::Shared;
-use crate::outbox::Claimed;
+use crate::outbox::job::{Briefing, Moved, Registrant, Reminder};
 use crate::send::prepare::Prepared;
 use crate::state::session::{load_session, offset_phrase, SessionView};
 use serde_json::{json, Value};
@@ -17,60 +17,88 @@ struct RegistrantRow {
     status: String,
 }
 
-fn context_str<'a>(row: &'a Claimed, key: &str) -> anyhow::Result<&'a str> {
-    row.context
-        .get(key)
-        .and_then(Value::as_str)
-        .ok_or_else(|| anyhow::anyhow!("outbox row {}: context has no {key}", row.id))
+/// An email to one registrant about their session, by kind.
+#[derive(Debug, Clone, Copy)]
+pub enum Email<'a> {
+    Confirmation(&'a Registrant),
+    Reminder(&'a Reminder),
+    Moved(&'a Moved),
+    JoiningLink(&'a Registrant),
+    Cancelled(&'a Registrant),
 }
 
-/// Completes the session emails; None for other kinds.
-pub async fn prepare(shared: &Shared, row: &Claimed) -> anyhow::Result<Option<Prepared>> {
-    const KINDS: [&str; 6] = [
-        "registration_confirmation",
-        "session_reminder",
-        "session_moved",
-        "joining_link_changed",
-        "session_cancelled",
-        "coordinator_briefing",
-    ];
-    if !KINDS.contains(&row.kind.as_str()) {
-        return Ok(None);
+impl Email<'_> {
+    /// (registration id, session id)
+    fn ids(&self) -> (&str, &str) {
+        match self {
+            Email::Confirmation(r) | Email::JoiningLink(r) | Email::Cancelled(r) => {
+                (&r.registration_id, &r.session_id)
+            }
+            Email::Reminder(r) => (&r.registration_id, &r.session_id),
+            Email::Moved(m) => (&m.registration_id, &m.session_id),
+        }
     }
-    let skip = |why: &str| Ok(Some(Prepared::Skip(why.to_owned())));
+
+    /// Whether it carries the session's calendar file (a reminder does not: the entry is
+    /// already in their calendar, and unchanged).
+    fn with_calendar(&self) -> bool {
+        match self {
+            Email::Confirmation(_)
+            | Email::Moved(_)
+            | Email::JoiningLink(_)
+            | Email::Cancelled(_) => true,
+            Email::Reminder(_) => false,
+        }
+    }
+}
+
+fn skip(why: &str) -> anyhow::Result<Prepared> {
+    Ok(Prepared::Skip(why.to_owned()))
+}
+
+/// Completes a coordinators' briefing: the session's registrants as they are now; skipped if
+/// the session was cancelled or has started.
+pub async fn briefing(shared: &Shared, briefing: &Briefing) -> anyhow::Result<Prepared> {
     let mut conn = shared.pool.acquire().await?;
-    let session_id = context_str(row, "session_id")?;
+    let Some(session) = load_session(&mut conn, &briefing.session_id, false).await? else {
+        return skip("the session is gone");
+    };
+    if session.is_cancelled() {
+        return skip("the session was cancelled");
+    }
+    if session.starts_at <= shared.clock.now() {
+        return skip("the session has started");
+    }
+    let view = SessionView::new(&shared.regions, &session);
+    let registrants: Vec<(Option<String>, Option<String>)> = sqlx::query_as(
+        "SELECT name, email FROM registrations
+         WHERE session_id = $1 AND status = 'registered' AND email IS NOT NULL ORDER BY lower(name), registration_id",
+    )
+    .bind(&briefing.session_id)
+    .fetch_all(&mut *conn)
+    .await?;
+    let list: Vec<Value> = registrants
+        .iter()
+        .map(|(n, e)| json!({ "name": n, "email": e }))
+        .collect();
+    Ok(Prepared::Send {
+        context: json!({ "session": view, "count": list.len(), "registrants": list }),
+        attachments: Vec::new(),
+    })
+}
+
+/// Completes an email to a registrant from the session and the registration as they are now;
+/// skipped if either is gone or cancelled (a cancellation goes only for a cancelled session),
+/// and a reminder also if the session has started or moved since it was planned.
+pub async fn registrant(shared: &Shared, email: Email<'_>) -> anyhow::Result<Prepared> {
+    let (registration_id, session_id) = email.ids();
+    let mut conn = shared.pool.acquire().await?;
     let Some(session) = load_session(&mut conn, session_id, false).await? else {
         return skip("the session is gone");
     };
     let now = shared.clock.now();
     let view = SessionView::new(&shared.regions, &session);
 
-    if row.kind == "coordinator_briefing" {
-        if session.is_cancelled() {
-            return skip("the session was cancelled");
-        }
-        if session.starts_at <= now {
-            return skip("the session has started");
-        }
-        let registrants: Vec<(Option<String>, Option<String>)> = sqlx::query_as(
-            "SELECT name, email FROM registrations
-             WHERE session_id = $1 AND status = 'registered' AND email IS NOT NULL ORDER BY lower(name), registration_id",
-        )
-        .bind(session_id)
-        .fetch_all(&mut *conn)
-        .await?;
-        let list: Vec<Value> = registrants
-            .iter()
-            .map(|(n, e)| json!({ "name": n, "email": e }))
-            .collect();
-        return Ok(Some(Prepared::Send {
-            context: json!({ "session": view, "count": list.len(), "registrants": list }),
-            attachments: Vec::new(),
-        }));
-    }
-
-    let registration_id = context_str(row, "registration_id")?;
     let registrant: Option<RegistrantRow> =
         sqlx::query_as("SELECT name, email, status FROM registrations WHERE registration_id = $1")
             .bind(registration_id)
@@ -78,7 +106,7 @@ pub async fn prepare(shared: &Shared, row: &Claimed) -> anyhow::Result<Option<Pr
             .await?;
     let Some(RegistrantRow {
         name: Some(name),
-        email: Some(email),
+        email: Some(address),
         status,
     }) = registrant
     else {
@@ -87,44 +115,36 @@ pub async fn prepare(shared: &Shared, row: &Claimed) -> anyhow::Result<Option<Pr
     if status != "registered" {
         return skip("the registration was cancelled");
     }
-    let cancelled_kind = row.kind == "session_cancelled";
-    if session.is_cancelled() != cancelled_kind {
-        return skip(if cancelled_kind {
+    let cancellation = matches!(email, Email::Cancelled(_));
+    if session.is_cancelled() != cancellation {
+        return skip(if cancellation {
             "the session is not cancelled"
         } else {
             "the session was cancelled"
         });
     }
     let mut context = json!({ "name": name, "session": view });
-    match row.kind.as_str() {
-        "session_reminder" => {
+    match email {
+        Email::Reminder(reminder) => {
             if session.starts_at <= now {
                 return skip("the session has started");
             }
-            if row.context.get("starts_at").and_then(Value::as_str)
-                != Some(session.starts_at.to_rfc3339().as_str())
-            {
+            if reminder.starts_at != session.starts_at {
                 return skip("the session has moved since this reminder was due");
             }
-            context["offset_phrase"] = json!(offset_phrase(context_str(row, "offset")?));
+            context["offset_phrase"] = json!(offset_phrase(&reminder.offset));
         }
-        "session_moved" => context["previous_when"] = json!(context_str(row, "previous_when")?),
-        _ => {}
+        Email::Moved(moved) => context["previous_when"] = json!(moved.previous_when),
+        Email::Confirmation(_) | Email::JoiningLink(_) | Email::Cancelled(_) => {}
     }
-    let with_calendar = [
-        "registration_confirmation",
-        "session_moved",
-        "joining_link_changed",
-        "session_cancelled",
-    ];
-    let attachments = if with_calendar.contains(&row.kind.as_str()) {
+    let attachments = if email.with_calendar() {
         let description = format!(
             "{}\n\nFor: {}\nRegistration: {}",
             session.description.as_deref().unwrap_or(&session.title),
             session.audience,
             session.registration_url
         );
-        let method = if cancelled_kind {
+        let method = if cancellation {
             Method::Cancel
         } else {
             Method::Request
@@ -141,15 +161,15 @@ pub async fn prepare(shared: &Shared, row: &Claimed) -> anyhow::Result<Option<Pr
             },
             method,
             shared.settings.transactional_from.mailbox.email.as_ref(),
-            &email,
+            &address,
             now,
         );
         vec![file]
     } else {
         Vec::new()
     };
-    Ok(Some(Prepared::Send {
+    Ok(Prepared::Send {
         context,
         attachments,
-    }))
+    })
 }

@@ -239,24 +239,24 @@ pub async fn sweep_once(shared: &Shared) -> sqlx::Result<Swept> {
 pub async fn sweep(shared: &Shared, stop: &CancellationToken) -> sqlx::Result<Swept> {
     let s = &shared.settings;
     let now = shared.clock.now();
-    let batch = s.retention_batch_size.max(1);
+    let batch = s.retention.batch_size.max(1);
     let pool = &shared.pool;
     let run = |sql: &'static str, period: u32| in_batches(pool, sql, now, period, batch, stop);
     let confirm_days = CONFIRM_VALIDITY.num_days() as u32;
 
-    let (enquiries, _) = run(ENQUIRIES, s.enquiry_retention_days).await?;
-    let (registrations, _) = run(REGISTRATIONS, s.registration_retention_days).await?;
-    let (emails, _) = run(EMAILS, s.outbox_retention_days).await?;
+    let (enquiries, _) = run(ENQUIRIES, s.retention.enquiry_days).await?;
+    let (registrations, _) = run(REGISTRATIONS, s.retention.registration_days).await?;
+    let (emails, _) = run(EMAILS, s.retention.outbox_days).await?;
     let (pending_subscriptions, pending_deliveries) =
         run(PENDING_SUBSCRIPTIONS, confirm_days).await?;
     let (unsubscribed_subscriptions, unsubscribed_deliveries) =
         run(UNSUBSCRIBED_SUBSCRIPTIONS, 0).await?;
-    let (suppressions, _) = run(SUPPRESSIONS, s.suppression_retention_days).await?;
-    let (processed_events, _) = run(PROCESSED_EVENTS, s.processed_event_retention_days).await?;
-    let (scheduled_emails, _) = run(SCHEDULED_EMAILS, s.scheduled_email_retention_days).await?;
-    run(NEWSLETTERS_TO_PRUNE, s.newsletter_delivery_retention_days).await?;
+    let (suppressions, _) = run(SUPPRESSIONS, s.retention.suppression_days).await?;
+    let (processed_events, _) = run(PROCESSED_EVENTS, s.retention.processed_event_days).await?;
+    let (scheduled_emails, _) = run(SCHEDULED_EMAILS, s.retention.scheduled_email_days).await?;
+    run(NEWSLETTERS_TO_PRUNE, s.retention.newsletter_delivery_days).await?;
     let (pruned_deliveries, _) = run(NEWSLETTER_DELIVERIES, 0).await?;
-    let (digest_runs, _) = run(DIGEST_RUNS, s.digest_run_retention_days).await?;
+    let (digest_runs, _) = run(DIGEST_RUNS, s.retention.digest_run_days).await?;
     let (erased_addresses, _) = run(ERASED_ADDRESSES, 0).await?;
     Ok(Swept {
         enquiries,
@@ -290,7 +290,7 @@ pub async fn run(shared: Arc<Shared>, stop: CancellationToken) {
         }
         tokio::select! {
             _ = stop.cancelled() => break,
-            _ = tokio::time::sleep(shared.settings.retention_sweep_interval) => {}
+            _ = tokio::time::sleep(shared.settings.retention.sweep_interval) => {}
         }
     }
 }

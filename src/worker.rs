@@ -54,7 +54,7 @@ pub async fn run_with_clock(
 ) -> anyhow::Result<()> {
     let shared = Arc::new(Shared::load(settings, clock).await?);
     db::migrate(&shared.pool).await?;
-    let s = &shared.settings;
+    let s = &shared.settings.mail;
     let relay = Relay::new(
         s.smtp_url(),
         s.smtp_pool_max_size,

@@ -5,6 +5,9 @@ mod regions;
 mod settings;
 
 pub use regions::{normalise_area, Offset, RegionConfig, Regions, Routing};
-pub use settings::{HttpLimits, Profile, RetryPolicy, Settings, RECORDING_MARGIN_SECS};
+pub use settings::{
+    HttpLimits, MailSettings, Profile, RetentionSettings, RetryPolicy, Settings,
+    RECORDING_MARGIN_SECS,
+};
 
 pub use crate::problem::{Problem, Problems};

@@ -74,6 +74,25 @@ pub struct Settings {
     pub dead_letter_max_messages: u32,
     /// How often the scheduler looks for due reminders, briefings and digests.
     pub schedule_poll_interval: Duration,
+    /// `[mail]`: the relay and the sender.
+    pub mail: MailSettings,
+    /// The public pages (confirm, unsubscribe): the address the internet reaches.
+    pub http_addr: SocketAddr,
+    /// `/metrics`, `/readyz`, `/healthz`: for the monitoring, never exposed publicly.
+    pub admin_addr: SocketAddr,
+    pub http_limits: HttpLimits,
+    pub public_url: String,
+    /// Keys for signed links: the first signs, every one verifies (so keys can be rotated).
+    pub token_keys: Vec<SecretString>,
+    /// `[retention]`: how long each place keeps personal data, and how the sweep goes.
+    pub retention: RetentionSettings,
+    pub shutdown_grace: Duration,
+}
+
+/// `[mail]`: the relay, the From addresses and the sender pipeline. The sender is given this
+/// section (and none of the rest); the relay client is built from its first fields.
+#[derive(Debug, Clone)]
+pub struct MailSettings {
     pub smtp_url: SecretString,
     /// A private certificate authority (PEM) to trust for the relay's TLS certificate.
     pub smtp_ca_file: Option<PathBuf>,
@@ -87,31 +106,36 @@ pub struct Settings {
     pub send_poll_interval: Duration,
     /// Retries of emails that failed for a passing reason.
     pub send_retry: RetryPolicy,
-    /// The public pages (confirm, unsubscribe): the address the internet reaches.
-    pub http_addr: SocketAddr,
-    /// `/metrics`, `/readyz`, `/healthz`: for the monitoring, never exposed publicly.
-    pub admin_addr: SocketAddr,
-    pub http_limits: HttpLimits,
-    pub public_url: String,
-    /// Keys for signed links: the first signs, every one verifies (so keys can be rotated).
-    pub token_keys: Vec<SecretString>,
-    pub enquiry_retention_days: u32,
-    pub outbox_retention_days: u32,
-    pub registration_retention_days: u32,
+}
+
+impl MailSettings {
+    /// The mail relay URL (it may hold credentials: never log it).
+    pub fn smtp_url(&self) -> &str {
+        self.smtp_url.expose_secret()
+    }
+}
+
+/// `[retention]`: the periods the retention sweep applies, in days, and how it goes about them.
+/// The sweep is given this section (and none of the rest). The dead letters' limits, set in
+/// `[retention]` too, are the broker's to apply: they stay beside the topology's settings.
+#[derive(Debug, Clone, Copy)]
+pub struct RetentionSettings {
+    pub enquiry_days: u32,
+    pub outbox_days: u32,
+    pub registration_days: u32,
     /// Suppressions (lower-cased addresses) are kept this long, then bulk mail may be tried again.
-    pub suppression_retention_days: u32,
+    pub suppression_days: u32,
     /// The exactly-once record of handled events: never shorter than [`redelivery_window`].
-    pub processed_event_retention_days: u32,
+    pub processed_event_days: u32,
     /// Reminders and briefings handed to the outbox or dropped.
-    pub scheduled_email_retention_days: u32,
+    pub scheduled_email_days: u32,
     /// Who was given each newsletter, counted from when the newsletter arrived.
-    pub newsletter_delivery_retention_days: u32,
+    pub newsletter_delivery_days: u32,
     /// The record of each digest firing.
-    pub digest_run_retention_days: u32,
+    pub digest_run_days: u32,
     /// Rows each retention statement changes at most (each batch is its own transaction).
-    pub retention_batch_size: i64,
-    pub retention_sweep_interval: Duration,
-    pub shutdown_grace: Duration,
+    pub batch_size: i64,
+    pub sweep_interval: Duration,
 }
 
 #[derive(Deserialize)]
@@ -900,20 +924,22 @@ impl Settings {
             dead_letter_ttl,
             dead_letter_max_messages: raw.retention.dead_letter_max_messages,
             schedule_poll_interval: Duration::from_millis(raw.schedule.poll_interval_ms.max(10)),
-            smtp_url: SecretString::from(smtp_url),
-            smtp_ca_file,
-            transactional_from,
-            bulk_from,
-            send_timeout: Duration::from_secs(raw.mail.send_timeout_secs.max(1)),
-            smtp_pool_max_size: raw.mail.pool_max_size,
-            send_concurrency: raw.mail.concurrency,
-            send_batch_size: raw.mail.batch_size,
-            send_lease: Duration::from_secs(raw.mail.lease_secs.max(1)),
-            send_poll_interval: Duration::from_millis(raw.mail.poll_interval_ms.max(10)),
-            send_retry: RetryPolicy {
-                max_attempts: raw.mail.retry.max_attempts.max(1),
-                initial: Duration::from_secs_f64(raw.mail.retry.initial_secs),
-                max: Duration::from_secs_f64(raw.mail.retry.max_secs),
+            mail: MailSettings {
+                smtp_url: SecretString::from(smtp_url),
+                smtp_ca_file,
+                transactional_from,
+                bulk_from,
+                send_timeout: Duration::from_secs(raw.mail.send_timeout_secs.max(1)),
+                smtp_pool_max_size: raw.mail.pool_max_size,
+                send_concurrency: raw.mail.concurrency,
+                send_batch_size: raw.mail.batch_size,
+                send_lease: Duration::from_secs(raw.mail.lease_secs.max(1)),
+                send_poll_interval: Duration::from_millis(raw.mail.poll_interval_ms.max(10)),
+                send_retry: RetryPolicy {
+                    max_attempts: raw.mail.retry.max_attempts.max(1),
+                    initial: Duration::from_secs_f64(raw.mail.retry.initial_secs),
+                    max: Duration::from_secs_f64(raw.mail.retry.max_secs),
+                },
             },
             http_addr,
             admin_addr,
@@ -925,27 +951,24 @@ impl Settings {
             },
             public_url,
             token_keys,
-            enquiry_retention_days: raw.retention.enquiry_days,
-            outbox_retention_days: raw.retention.outbox_days,
-            registration_retention_days: raw.retention.registration_days,
-            suppression_retention_days: raw.retention.suppression_days,
-            processed_event_retention_days: raw.retention.processed_event_days,
-            scheduled_email_retention_days: raw.retention.scheduled_email_days,
-            newsletter_delivery_retention_days: raw.retention.newsletter_delivery_days,
-            digest_run_retention_days: raw.retention.digest_run_days,
-            retention_batch_size: raw.retention.batch_size,
-            retention_sweep_interval: Duration::from_secs(raw.retention.sweep_interval_secs.max(1)),
+            retention: RetentionSettings {
+                enquiry_days: raw.retention.enquiry_days,
+                outbox_days: raw.retention.outbox_days,
+                registration_days: raw.retention.registration_days,
+                suppression_days: raw.retention.suppression_days,
+                processed_event_days: raw.retention.processed_event_days,
+                scheduled_email_days: raw.retention.scheduled_email_days,
+                newsletter_delivery_days: raw.retention.newsletter_delivery_days,
+                digest_run_days: raw.retention.digest_run_days,
+                batch_size: raw.retention.batch_size,
+                sweep_interval: Duration::from_secs(raw.retention.sweep_interval_secs.max(1)),
+            },
             shutdown_grace: Duration::from_secs(raw.shutdown.grace_secs),
         })
     }
 
     pub fn regions_path(&self) -> PathBuf {
         self.config_dir.join("regions.toml")
-    }
-
-    /// The mail relay URL (it may hold credentials: never log it).
-    pub fn smtp_url(&self) -> &str {
-        self.smtp_url.expose_secret()
     }
 }
 
@@ -1061,11 +1084,11 @@ mod tests {
     fn the_shipped_lease_covers_one_send_with_room() {
         let s =
             Settings::load_from(&env(&[("DATABASE_URL", "postgres://x@127.0.0.1/db")])).unwrap();
-        let one_send = s.send_timeout.as_secs() + RECORDING_MARGIN_SECS;
+        let one_send = s.mail.send_timeout.as_secs() + RECORDING_MARGIN_SECS;
         assert!(
-            s.send_lease.as_secs() >= 4 * one_send,
+            s.mail.send_lease.as_secs() >= 4 * one_send,
             "lease {:?} for a {one_send}s send",
-            s.send_lease
+            s.mail.send_lease
         );
     }
 
@@ -1079,7 +1102,7 @@ mod tests {
             "{window:?}"
         );
         assert!(
-            u64::from(s.processed_event_retention_days) * 86_400 >= window.as_secs(),
+            u64::from(s.retention.processed_event_days) * 86_400 >= window.as_secs(),
             "the shipped default covers it"
         );
         // 30 days of dead letters need more than 30 days of the record; a shorter record only
@@ -1134,12 +1157,12 @@ mod tests {
         let s = Settings::load_from(&e).unwrap();
         assert_eq!(
             (
-                s.suppression_retention_days,
-                s.processed_event_retention_days,
-                s.scheduled_email_retention_days,
-                s.newsletter_delivery_retention_days,
-                s.digest_run_retention_days,
-                s.retention_batch_size
+                s.retention.suppression_days,
+                s.retention.processed_event_days,
+                s.retention.scheduled_email_days,
+                s.retention.newsletter_delivery_days,
+                s.retention.digest_run_days,
+                s.retention.batch_size
             ),
             (365, 45, 30, 90, 90, 1000)
         );
@@ -1208,7 +1231,10 @@ mod tests {
             s.database_url.expose_secret(),
             "postgres://app:db-s3cret@127.0.0.1/rpec"
         );
-        assert_eq!(s.smtp_url(), "smtps://mailer:pa55-w0rd@relay.example.org");
+        assert_eq!(
+            s.mail.smtp_url(),
+            "smtps://mailer:pa55-w0rd@relay.example.org"
+        );
         let shown = format!("{s:?}");
         for secret in ["fffff", "pa55-w0rd", "db-s3cret"] {
             assert!(!shown.contains(secret), "{secret} in {shown}");
@@ -1247,7 +1273,7 @@ mod tests {
     fn dkim_is_off_unless_a_key_is_set_and_a_file_without_mail_dkim_still_loads() {
         let s =
             Settings::load_from(&env(&[("DATABASE_URL", "postgres://x@127.0.0.1/db")])).unwrap();
-        assert!(s.transactional_from.dkim.is_none() && s.bulk_from.dkim.is_none());
+        assert!(s.mail.transactional_from.dkim.is_none() && s.mail.bulk_from.dkim.is_none());
         // rpec.toml as 0.1 wrote it: no [mail.dkim] tables at all.
         let (dir, e) = config_with("");
         let path = dir.path().join("rpec.toml");
@@ -1258,7 +1284,7 @@ mod tests {
         let end = start + text[start..].find("\n[http]").expect("[http] after it");
         std::fs::write(&path, format!("{}{}", &text[..start], &text[end..])).unwrap();
         let s = Settings::load_from(&e).unwrap();
-        assert!(s.transactional_from.dkim.is_none() && s.bulk_from.dkim.is_none());
+        assert!(s.mail.transactional_from.dkim.is_none() && s.mail.bulk_from.dkim.is_none());
     }
 
     #[test]
@@ -1272,8 +1298,8 @@ mod tests {
         e.insert("RPEC_DKIM_SELECTOR".into(), "sel1".into());
         let s = Settings::load_from(&e).unwrap();
         let (t, b) = (
-            s.transactional_from.dkim.as_ref().unwrap(),
-            s.bulk_from.dkim.as_ref().unwrap(),
+            s.mail.transactional_from.dkim.as_ref().unwrap(),
+            s.mail.bulk_from.dkim.as_ref().unwrap(),
         );
         assert_eq!((t.domain(), t.selector()), ("example.org", "sel1"));
         assert_eq!((b.domain(), b.selector()), ("news.example.org", "sel1"));
@@ -1286,7 +1312,10 @@ mod tests {
         // One domain for both: a parent of each From address's domain, so DMARC still aligns.
         e.insert("RPEC_DKIM_DOMAIN".into(), "Example.org".into());
         let s = Settings::load_from(&e).unwrap();
-        assert_eq!(s.bulk_from.dkim.as_ref().unwrap().domain(), "example.org");
+        assert_eq!(
+            s.mail.bulk_from.dkim.as_ref().unwrap().domain(),
+            "example.org"
+        );
         // A domain that is not: refused, by name.
         e.insert("RPEC_DKIM_DOMAIN".into(), "mailer.example.net".into());
         let problems = Settings::load_from(&e).unwrap_err();
@@ -1482,7 +1511,7 @@ mod tests {
         }
         let (_dir, e) = config_with("[mail.retry]\ninitial_secs = 10.0\nmax_secs = 10.0\n");
         let s = Settings::load_from(&e).unwrap();
-        assert_eq!(s.send_retry.backoff(3), Duration::from_secs(10));
+        assert_eq!(s.mail.send_retry.backoff(3), Duration::from_secs(10));
     }
 
     #[test]
@@ -1506,7 +1535,7 @@ mod tests {
         std::fs::write(&ca, "-----BEGIN CERTIFICATE-----\n").unwrap();
         let s =
             Settings::load_from(&env(&[db, ("RPEC_SMTP_CA_FILE", ca.to_str().unwrap())])).unwrap();
-        assert_eq!(s.smtp_ca_file.as_deref(), Some(ca.as_path()));
+        assert_eq!(s.mail.smtp_ca_file.as_deref(), Some(ca.as_path()));
         for missing in ["/nonexistent/ca.pem", dir.path().to_str().unwrap()] {
             let problems =
                 Settings::load_from(&env(&[db, ("RPEC_SMTP_CA_FILE", missing)])).unwrap_err();
@@ -1518,7 +1547,7 @@ mod tests {
         }
         let s = Settings::load_from(&env(&[db])).unwrap();
         assert_eq!(
-            s.smtp_ca_file, None,
+            s.mail.smtp_ca_file, None,
             "the shipped empty tls_ca_file is none"
         );
     }
@@ -1581,7 +1610,7 @@ mod tests {
                 ("RPEC_DKIM_PRIVATE_KEY_FILE", key.to_str().unwrap()),
             ]))
             .unwrap();
-            assert!(s.transactional_from.dkim.is_some());
+            assert!(s.mail.transactional_from.dkim.is_some());
         });
         assert!(!logs.contains(unsigned), "{logs}");
 

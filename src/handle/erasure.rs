@@ -180,7 +180,7 @@ pub(super) async fn handle(
     }
     // The development relay's files hold whole emails: they go too (before the commit; if the
     // commit fails, the redelivered erasure finds nothing more to delete there).
-    if let Ok(RelayUrl::File(dir)) = RelayUrl::parse(shared.settings.smtp_url()) {
+    if let Ok(RelayUrl::File(dir)) = RelayUrl::parse(shared.settings.mail.smtp_url()) {
         let files = erase_mail_files(&dir, &address)
             .map_err(|e| anyhow::Error::new(e).context("the mail directory"))?;
         counts.insert("mail_files".to_owned(), Value::from(files));

@@ -125,7 +125,7 @@ struct Done {
 /// Runs the pipeline until `shutdown`: claimed rows not yet started then go back, sends in
 /// flight finish, and their outcomes are recorded before it returns.
 pub async fn run(shared: Arc<Shared>, relay: Relay, shutdown: CancellationToken) {
-    let capacity = (shared.settings.send_batch_size.max(1) as usize).max(1);
+    let capacity = (shared.settings.mail.send_batch_size.max(1) as usize).max(1);
     let held = Arc::new(Held::default());
     let (work_tx, work_rx) = mpsc::channel::<Work>(capacity);
     let (done_tx, done_rx) = mpsc::unbounded_channel::<Done>();
@@ -169,8 +169,8 @@ async fn claim_all(
             held.at_most(capacity - refill_at(capacity), shutdown).await;
             continue;
         }
-        let lease_ends = Instant::now() + shared.settings.send_lease;
-        match outbox::claim(&shared.pool, room as i64, shared.settings.send_lease).await {
+        let lease_ends = Instant::now() + shared.settings.mail.send_lease;
+        match outbox::claim(&shared.pool, room as i64, shared.settings.mail.send_lease).await {
             Ok(rows) => {
                 failed_rounds = 0;
                 let n = rows.len();
@@ -196,7 +196,7 @@ async fn claim_all(
         if listener.is_none() && failed_rounds == 0 {
             listener = connect_listener(shared).await;
         }
-        let poll = shared.settings.send_poll_interval;
+        let poll = shared.settings.mail.send_poll_interval;
         let wait = if failed_rounds == 0 {
             poll
         } else {
@@ -239,7 +239,7 @@ async fn send_all(
 ) {
     let work = Arc::new(tokio::sync::Mutex::new(work));
     let mut slots = tokio::task::JoinSet::new();
-    for _ in 0..shared.settings.send_concurrency.max(1) {
+    for _ in 0..shared.settings.mail.send_concurrency.max(1) {
         let (shared, relay, work, done, shutdown) = (
             shared.clone(),
             relay.clone(),
@@ -258,7 +258,7 @@ async fn send_all(
                 // worker, instead of waiting out its lease; the sends already in flight finish.
                 // So does a row whose lease no longer has room for a whole send and its
                 // recording.
-                let room = shared.settings.send_timeout + RECORDING_MARGIN;
+                let room = shared.settings.mail.send_timeout + RECORDING_MARGIN;
                 let (record, recorded) =
                     if shutdown.is_cancelled() || Instant::now() + room >= lease_ends {
                         (Record::Release, None)
@@ -289,7 +289,7 @@ async fn send_one(
     row: &Claimed,
     previous: Option<oneshot::Receiver<()>>,
 ) -> Record {
-    let s = &shared.settings;
+    let s = &shared.settings.mail;
     let from = if row.stream == "bulk" {
         &s.bulk_from
     } else {

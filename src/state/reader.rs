@@ -34,7 +34,7 @@ pub fn list_id(settings: &Settings, region: RegionId) -> String {
     format!(
         "<{}.newsletters.{}>",
         region.as_str(),
-        settings.bulk_from.domain
+        settings.mail.bulk_from.domain
     )
 }
 

@@ -681,9 +681,9 @@ fn the_shipped_defaults_keep_the_ten_minute_wait_and_the_thirty_second_reminder_
     // (woken by the commit, or at worst by its poll): both waits together inside 30 s. (The
     // real-clock test in ops.rs sends one with these defaults and times it.)
     assert!(
-        s.schedule_poll_interval + s.send_poll_interval < StdDuration::from_secs(30),
+        s.schedule_poll_interval + s.mail.send_poll_interval < StdDuration::from_secs(30),
         "scheduler poll {:?} + sender poll {:?}",
         s.schedule_poll_interval,
-        s.send_poll_interval
+        s.mail.send_poll_interval
     );
 }

@@ -177,7 +177,7 @@ async fn a_relay_outage_longer_than_the_retry_budget_fails_nothing() {
         ..Options::default()
     })
     .await;
-    let max_attempts = app.settings.send_retry.max_attempts as i32;
+    let max_attempts = app.settings.mail.send_retry.max_attempts as i32;
     for region in ["london", "north-east"] {
         app.publish(&contact_event(json!({ "region": region })))
             .await;

@@ -143,14 +143,14 @@ async fn every_place_of_personal_data_is_emptied_at_the_end_of_its_period() {
     let s = &app.settings;
     assert_eq!(
         (
-            s.enquiry_retention_days,
-            s.outbox_retention_days,
-            s.registration_retention_days,
-            s.suppression_retention_days,
-            s.processed_event_retention_days,
-            s.scheduled_email_retention_days,
-            s.newsletter_delivery_retention_days,
-            s.digest_run_retention_days,
+            s.retention.enquiry_days,
+            s.retention.outbox_days,
+            s.retention.registration_days,
+            s.retention.suppression_days,
+            s.retention.processed_event_days,
+            s.retention.scheduled_email_days,
+            s.retention.newsletter_delivery_days,
+            s.retention.digest_run_days,
         ),
         (90, 30, 30, 365, 45, 30, 90, 90),
         "the shipped defaults"
@@ -249,22 +249,22 @@ async fn every_place_of_personal_data_is_emptied_at_the_end_of_its_period() {
         ENQUIRER.0,
     )
     .await
-        + days(s.enquiry_retention_days);
+        + days(s.retention.enquiry_days);
     let registration_until = time_of(
         pool,
         "SELECT ends_at FROM sessions WHERE session_id = $1",
         "s-ret",
     )
     .await
-        + days(s.registration_retention_days);
+        + days(s.retention.registration_days);
     let suppression_until = time_of(
         pool,
         "SELECT suppressed_at FROM suppressions WHERE email = $1",
         BOUNCED.0,
     )
     .await
-        + days(s.suppression_retention_days);
-    let outbox = days(s.outbox_retention_days);
+        + days(s.retention.suppression_days);
+    let outbox = days(s.retention.outbox_days);
     let (pending_mail, enquiry_mail, registration_mail, left_mail, kept_mail) = (
         mail_of(PENDING.0).await + outbox,
         mail_of(ENQUIRER.0).await + outbox,
@@ -310,13 +310,13 @@ async fn every_place_of_personal_data_is_emptied_at_the_end_of_its_period() {
             what: "processed_events",
             sql: "SELECT count(*) FROM processed_events".into(),
             times: times_of(pool, "SELECT processed_at FROM processed_events").await,
-            period: days(s.processed_event_retention_days),
+            period: days(s.retention.processed_event_days),
         },
         Rows {
             what: "scheduled_emails",
             sql: "SELECT count(*) FROM scheduled_emails".into(),
             times: times_of(pool, "SELECT handled_at FROM scheduled_emails").await,
-            period: days(s.scheduled_email_retention_days),
+            period: days(s.retention.scheduled_email_days),
         },
         Rows {
             what: "newsletter_deliveries (of the readers who stay)",
@@ -328,7 +328,7 @@ async fn every_place_of_personal_data_is_emptied_at_the_end_of_its_period() {
                  WHERE s.status = 'confirmed'",
             )
             .await,
-            period: days(s.newsletter_delivery_retention_days),
+            period: days(s.retention.newsletter_delivery_days),
         },
         Rows {
             what: "digest_runs (the one from before the test)",
@@ -337,7 +337,7 @@ async fn every_place_of_personal_data_is_emptied_at_the_end_of_its_period() {
                 t0.to_rfc3339()
             ),
             times: vec![t0],
-            period: days(s.digest_run_retention_days),
+            period: days(s.retention.digest_run_days),
         },
         Rows {
             what: "erasures (the audit: kept)",
@@ -491,7 +491,7 @@ async fn a_large_sweep_runs_in_short_batches_and_keeps_what_has_not_expired() {
     // The worker's own sweep (at its start) runs a month earlier, so it finds nothing of these.
     let app = spawn_app_with(Options::at(&(now - Duration::days(30)).to_rfc3339())).await;
     let pool = &app.pool;
-    let batch = app.settings.retention_batch_size;
+    let batch = app.settings.retention.batch_size;
     assert_eq!(batch, 1000, "the shipped batch size");
     for (n, age) in [(5_000, "8 days"), (100, "6 days 23 hours")] {
         sqlx::query(&format!(

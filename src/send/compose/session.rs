@@ -160,7 +160,13 @@ pub async fn registrant(shared: &Shared, email: Email<'_>) -> anyhow::Result<Pre
                 sequence: session.sequence.max(0) as u32,
             },
             method,
-            shared.settings.transactional_from.mailbox.email.as_ref(),
+            shared
+                .settings
+                .mail
+                .transactional_from
+                .mailbox
+                .email
+                .as_ref(),
             &address,
             now,
         );

@@ -10,6 +10,7 @@ use crate::config::{Regions, Settings};
 use crate::db;
 use crate::mail::{Shells, Templates};
 use crate::metrics::Metrics;
+use crate::tokens::Links;
 use sqlx::PgPool;
 use std::sync::atomic::AtomicBool;
 
@@ -26,6 +27,8 @@ pub struct Shared {
     pub clock: Clock,
     /// Bulk emails rendered once, filled in for each reader.
     pub shells: Shells,
+    /// Signs links (confirmation, unsubscribe) and checks them.
+    pub links: Links,
 }
 
 impl Shared {
@@ -36,6 +39,7 @@ impl Shared {
             .map_err(crate::config::Problems)?;
         let pool = db::connect(&settings).await?;
         Ok(Shared {
+            links: Links::from_settings(&settings),
             settings,
             regions,
             templates,

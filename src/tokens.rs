@@ -18,7 +18,7 @@ use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine;
 use chrono::{DateTime, Duration, Utc};
 use hmac::{Hmac, Mac};
-use secrecy::ExposeSecret;
+use secrecy::{ExposeSecret, SecretString};
 use sha2::Sha256;
 
 type HmacSha256 = Hmac<Sha256>;
@@ -66,34 +66,58 @@ impl Purpose {
     }
 }
 
-/// The link to put in an email: `{public url}/subscriptions/confirm?token=...` or
-/// `{public url}/unsubscribe?token=...`, valid from `now` for the purpose's validity.
-pub fn link(
-    settings: &Settings,
-    purpose: Purpose,
-    subscription_id: i64,
-    now: DateTime<Utc>,
-) -> String {
-    // The first key signs; settings never hold an empty list (they refuse to load without one).
-    let key = settings
-        .token_keys
-        .first()
-        .map_or(&[][..], |k| k.expose_secret().as_bytes());
-    let token = sign(key, purpose, subscription_id, now + purpose.validity());
-    format!("{}{}?token={token}", settings.public_url, purpose.path())
+/// What signed links need, and nothing more of the settings: where the pages are and the keys.
+/// The handlers (confirmation links), the sender (unsubscribe links) and the pages (checking
+/// tokens) each hold one.
+#[derive(Debug, Clone)]
+pub struct Links {
+    /// `[http] public_url`, without a trailing slash: links point at the pages there.
+    public_url: String,
+    /// The first signs, every one verifies (so keys can be rotated).
+    keys: Vec<SecretString>,
 }
 
-/// Checks a token with each configured key in turn (see [`verify`]): a link signed with a key
-/// that has since been replaced as the signing key still works while that key is listed.
-pub fn check(settings: &Settings, token: &str, purpose: Purpose) -> Result<i64, TokenError> {
-    let mut result = Err(TokenError::BadSignature);
-    for key in &settings.token_keys {
-        result = verify(key.expose_secret().as_bytes(), token, purpose, Utc::now());
-        if result != Err(TokenError::BadSignature) {
-            break;
+impl Links {
+    pub fn from_settings(settings: &Settings) -> Links {
+        Links {
+            public_url: settings.public_url.clone(),
+            keys: settings.token_keys.clone(),
         }
     }
-    result
+
+    /// The key that signs. Erasure keys its hashes of erased addresses with it too.
+    pub fn signing_key(&self) -> &[u8] {
+        // Settings never hold an empty list (they refuse to load without one).
+        self.keys
+            .first()
+            .map_or(&[][..], |k| k.expose_secret().as_bytes())
+    }
+
+    /// The link to put in an email: `{public url}/subscriptions/confirm?token=...` or
+    /// `{public url}/unsubscribe?token=...`, valid from `now` for the purpose's validity.
+    pub fn link(&self, purpose: Purpose, subscription_id: i64, now: DateTime<Utc>) -> String {
+        let token = sign(
+            self.signing_key(),
+            purpose,
+            subscription_id,
+            now + purpose.validity(),
+        );
+        format!("{}{}?token={token}", self.public_url, purpose.path())
+    }
+
+    /// Checks a token with each configured key in turn (see [`verify`]): a link signed with a
+    /// key that has since been replaced as the signing key still works while that key is
+    /// listed.
+    pub fn check(&self, token: &str, purpose: Purpose) -> Result<i64, TokenError> {
+        let mut result = Err(TokenError::BadSignature);
+        for key in &self.keys {
+            result = verify(key.expose_secret().as_bytes(), token, purpose, Utc::now());
+            if result != Err(TokenError::BadSignature) {
+                break;
+            }
+        }
+        result
+    }
 }
 
 /// Why a token was refused. Every variant gets the same 400 page; only an expired (but genuine)
@@ -224,12 +248,12 @@ mod tests {
         .into_iter()
         .map(|(k, v)| (k.to_owned(), v.to_owned()))
         .collect();
-        let settings = Settings::load_from(&env).expect("settings");
+        let links = Links::from_settings(&Settings::load_from(&env).expect("settings"));
         for (purpose, validity) in [
             (Purpose::Confirm, SEVEN_DAYS),
             (Purpose::Unsubscribe, FOUR_HUNDRED_DAYS),
         ] {
-            let url = link(&settings, purpose, 9, now());
+            let url = links.link(purpose, 9, now());
             let prefix = format!("https://rpec.example.org{}?token=", purpose.path());
             let token = url.strip_prefix(&prefix).expect("a link to the page");
             let at = |t| verify(secret.as_bytes(), token, purpose, t);
@@ -313,7 +337,7 @@ mod tests {
     #[test]
     fn a_rotated_key_still_verifies_the_links_it_signed() {
         let (new, old) = ("n".repeat(32), "o".repeat(32));
-        let settings = |keys: &str| {
+        let links = |keys: &str| {
             let env: std::collections::HashMap<String, String> = [
                 ("DATABASE_URL", "postgres://x@127.0.0.1/db"),
                 ("RPEC_TOKEN_SECRET", keys),
@@ -325,21 +349,21 @@ mod tests {
             .into_iter()
             .map(|(k, v)| (k.to_owned(), v.to_owned()))
             .collect();
-            Settings::load_from(&env).unwrap()
+            Links::from_settings(&Settings::load_from(&env).unwrap())
         };
-        let rotated = settings(&format!("{new}\n{old}"));
+        let rotated = links(&format!("{new}\n{old}"));
         let by_old = sign(
             old.as_bytes(),
             Purpose::Unsubscribe,
             9,
             Utc::now() + Duration::days(1),
         );
-        assert_eq!(check(&rotated, &by_old, Purpose::Unsubscribe), Ok(9));
-        let fresh = link(&rotated, Purpose::Unsubscribe, 9, Utc::now());
+        assert_eq!(rotated.check(&by_old, Purpose::Unsubscribe), Ok(9));
+        let fresh = rotated.link(Purpose::Unsubscribe, 9, Utc::now());
         let token = fresh.rsplit_once("token=").unwrap().1;
-        assert_eq!(check(&settings(&new), token, Purpose::Unsubscribe), Ok(9));
+        assert_eq!(links(&new).check(token, Purpose::Unsubscribe), Ok(9));
         assert_eq!(
-            check(&settings(&new), &by_old, Purpose::Unsubscribe),
+            links(&new).check(&by_old, Purpose::Unsubscribe),
             Err(TokenError::BadSignature)
         );
     }

@@ -64,12 +64,7 @@ pub const ERASURE: &[(&str, &str)] = &[
 /// key, so that the table cannot be searched for a guessed address without the key.
 fn address_key(shared: &Shared, address: &str) -> Vec<u8> {
     use hmac::{Hmac, Mac};
-    use secrecy::ExposeSecret;
-    let key = shared
-        .settings
-        .token_keys
-        .first()
-        .map_or(&[][..], |k| k.expose_secret().as_bytes());
+    let key = shared.links.signing_key();
     let mut mac = Hmac::<sha2::Sha256>::new_from_slice(key).expect("HMAC takes any key length");
     mac.update(b"rpec-notify erased address\0");
     mac.update(address.to_lowercase().as_bytes());

@@ -121,7 +121,10 @@ async fn fan_out(
             after: 0,
             limit: FAN_OUT_BATCH,
         },
-        headers: vec![("List-Id", list_id(&shared.settings, region))],
+        headers: vec![(
+            "List-Id",
+            list_id(&shared.settings.mail.bulk_from.domain, region),
+        )],
         priority: BULK_PRIORITY,
         source_event: Some(envelope.id),
     };

@@ -12,7 +12,7 @@ use crate::domain::{
 };
 use crate::outbox::job::{Confirmation, RegionLink};
 use crate::outbox::{enqueue, Job, NewEmail};
-use crate::tokens::{self, Purpose, CONFIRM_VALIDITY};
+use crate::tokens::{Purpose, CONFIRM_VALIDITY};
 use crate::uk_time;
 use chrono::{DateTime, Utc};
 use serde_json::Value;
@@ -155,7 +155,7 @@ pub(crate) async fn request(
         .iter()
         .map(|&(id, region)| RegionLink {
             region_name: shared.regions.region(region).name.clone(),
-            confirm_url: tokens::link(&shared.settings, Purpose::Confirm, id, now),
+            confirm_url: shared.links.link(Purpose::Confirm, id, now),
         })
         .collect();
     let job = Job::SubscriptionConfirm(confirmation(name, links, now + CONFIRM_VALIDITY));

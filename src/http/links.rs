@@ -12,7 +12,7 @@
 
 use super::AppState;
 use crate::domain::RegionId;
-use crate::tokens::{self, Purpose, TokenError};
+use crate::tokens::{Purpose, TokenError};
 use axum::extract::{RawQuery, State};
 use axum::http::{header, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
@@ -155,7 +155,7 @@ pub(super) async fn confirm_page(
     RawQuery(query): RawQuery,
 ) -> Response {
     let token = token_of(query.as_deref());
-    let id = match tokens::check(&state.shared.settings, &token, Purpose::Confirm) {
+    let id = match state.shared.links.check(&token, Purpose::Confirm) {
         Ok(id) => id,
         Err(e) => return refused(&state, Purpose::Confirm, e),
     };
@@ -180,7 +180,7 @@ pub(super) async fn confirm_page(
 
 pub(super) async fn confirm(State(state): State<AppState>, RawQuery(query): RawQuery) -> Response {
     let token = token_of(query.as_deref());
-    let id = match tokens::check(&state.shared.settings, &token, Purpose::Confirm) {
+    let id = match state.shared.links.check(&token, Purpose::Confirm) {
         Ok(id) => id,
         Err(e) => return refused(&state, Purpose::Confirm, e),
     };
@@ -214,7 +214,7 @@ pub(super) async fn unsubscribe_page(
     RawQuery(query): RawQuery,
 ) -> Response {
     let token = token_of(query.as_deref());
-    let id = match tokens::check(&state.shared.settings, &token, Purpose::Unsubscribe) {
+    let id = match state.shared.links.check(&token, Purpose::Unsubscribe) {
         Ok(id) => id,
         Err(e) => return refused(&state, Purpose::Unsubscribe, e),
     };
@@ -246,7 +246,7 @@ pub(super) async fn unsubscribe(
     RawQuery(query): RawQuery,
 ) -> Response {
     let token = token_of(query.as_deref());
-    let id = match tokens::check(&state.shared.settings, &token, Purpose::Unsubscribe) {
+    let id = match state.shared.links.check(&token, Purpose::Unsubscribe) {
         Ok(id) => id,
         Err(e) => return refused(&state, Purpose::Unsubscribe, e),
     };

@@ -103,7 +103,10 @@ async fn fire_region(
                 sessions: views,
             },
             to: Audience::Readers(region),
-            headers: vec![("List-Id", list_id(&shared.settings, region))],
+            headers: vec![(
+                "List-Id",
+                list_id(&shared.settings.mail.bulk_from.domain, region),
+            )],
             priority: -10,
             source_event: None,
         };

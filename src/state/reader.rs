@@ -1,9 +1,8 @@
 //! Readers of bulk mail (newsletters and digests): what their emails hold, and whether one
 //! still goes to them.
 
-use crate::config::Settings;
 use crate::domain::RegionId;
-use crate::tokens::{self, Purpose};
+use crate::tokens::{Links, Purpose};
 use chrono::Utc;
 use serde::{Deserialize, Serialize};
 
@@ -28,14 +27,11 @@ pub struct NewsletterEmail {
     pub unsubscribe_url: String,
 }
 
-/// `List-Id` for a region's newsletter (RFC 2919), from the region id and the domain of the bulk
-/// From address: `<north-west.newsletters.example.org>`. Config and ids only, never input.
-pub fn list_id(settings: &Settings, region: RegionId) -> String {
-    format!(
-        "<{}.newsletters.{}>",
-        region.as_str(),
-        settings.mail.bulk_from.domain
-    )
+/// `List-Id` for a region's newsletter (RFC 2919), from the region id and `bulk_domain`, the
+/// domain of the bulk From address: `<north-west.newsletters.example.org>`. Config and ids only,
+/// never input.
+pub fn list_id(bulk_domain: &str, region: RegionId) -> String {
+    format!("<{}.newsletters.{bulk_domain}>", region.as_str())
 }
 
 /// Why a bulk email (a newsletter or a digest) must not go to a subscription now, if it must
@@ -50,6 +46,6 @@ pub fn bulk_skip_reason(status: Option<&str>, suppressed: bool) -> Option<&'stat
 }
 
 /// The reader's own unsubscribe link, signed afresh for each email.
-pub fn unsubscribe_link(settings: &Settings, subscription_id: i64) -> String {
-    tokens::link(settings, Purpose::Unsubscribe, subscription_id, Utc::now())
+pub fn unsubscribe_link(links: &Links, subscription_id: i64) -> String {
+    links.link(Purpose::Unsubscribe, subscription_id, Utc::now())
 }

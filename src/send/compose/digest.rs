@@ -22,7 +22,7 @@ pub async fn complete(
     let mut context = serde_json::to_value(copy)?;
     context["count"] = json!(copy.sessions.len());
     context["name"] = json!(row.reader_name);
-    context["unsubscribe_url"] = json!(unsubscribe_link(&shared.settings, copy.subscription_id));
+    context["unsubscribe_url"] = json!(unsubscribe_link(&shared.links, copy.subscription_id));
     Ok(Prepared::Send {
         context,
         attachments: Vec::new(),

@@ -31,7 +31,7 @@ pub async fn complete(
         return Ok(Prepared::Skip(why.into()));
     }
     let name = row.reader_name.clone();
-    let unsubscribe_url = unsubscribe_link(&shared.settings, subscription_id);
+    let unsubscribe_url = unsubscribe_link(&shared.links, subscription_id);
     // Rendered once per newsletter (with and without a name): each reader's copy only fills in
     // their name and their own link. The newsletter itself is read only to make its shell.
     let key = format!("newsletter {newsletter_id} {}", name.is_some());

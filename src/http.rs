@@ -14,10 +14,11 @@ mod links;
 
 pub use links::page_samples;
 
-use crate::config::HttpLimits;
-use crate::context::Shared;
-use crate::mail::Relay;
+use crate::config::{HttpLimits, Regions};
+use crate::mail::{Relay, Templates};
+use crate::metrics::Metrics;
 use crate::outbox;
+use crate::tokens::Links;
 use axum::extract::{Request, State};
 use axum::http::{header, StatusCode};
 use axum::middleware::Next;
@@ -26,7 +27,8 @@ use axum::routing::get;
 use axum::Router;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::service::TowerToHyperService;
-use std::sync::atomic::Ordering;
+use sqlx::PgPool;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::net::TcpListener;
@@ -35,14 +37,31 @@ use tokio_util::sync::CancellationToken;
 
 const CHECK_TIMEOUT: Duration = Duration::from_secs(3);
 
-#[derive(Clone)]
-struct AppState {
-    shared: Arc<Shared>,
-    relay: Relay,
+/// What the public pages use, and nothing more: built by the composition root (`worker`).
+pub struct PublicState {
+    /// Subscriptions, confirmed and ended here.
+    pub pool: PgPool,
+    /// The pages' templates.
+    pub templates: Arc<Templates>,
+    /// The region a page names.
+    pub regions: Arc<Regions>,
+    /// Checks the tokens in the links.
+    pub links: Links,
+}
+
+/// What the admin listener uses, and nothing more: built by the composition root (`worker`).
+pub struct AdminState {
+    /// Readiness asks it; `/metrics` reads the outbox's depth from it at each scrape.
+    pub pool: PgPool,
+    pub metrics: Arc<Metrics>,
+    /// Whether the consumer holds a working broker connection (it sets it).
+    pub amqp_ready: Arc<AtomicBool>,
+    /// Readiness checks that it can be reached.
+    pub relay: Relay,
 }
 
 /// The public pages.
-pub fn public_router(shared: Arc<Shared>, relay: Relay) -> Router {
+pub fn public_router(state: PublicState) -> Router {
     Router::new()
         .route(
             "/subscriptions/confirm",
@@ -52,16 +71,16 @@ pub fn public_router(shared: Arc<Shared>, relay: Relay) -> Router {
             "/unsubscribe",
             get(links::unsubscribe_page).post(links::unsubscribe),
         )
-        .with_state(AppState { shared, relay })
+        .with_state(Arc::new(state))
 }
 
 /// Health, readiness and metrics, for the monitoring only.
-pub fn admin_router(shared: Arc<Shared>, relay: Relay) -> Router {
+pub fn admin_router(state: AdminState) -> Router {
     Router::new()
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics))
-        .with_state(AppState { shared, relay })
+        .with_state(Arc::new(state))
 }
 
 /// Serves `app` on `listener` until `stop`, within `limits`; then finishes the requests in hand
@@ -139,22 +158,20 @@ pub async fn serve(
     let _ = tokio::time::timeout(grace, connections.acquire_many(all)).await;
 }
 
-async fn readyz(State(state): State<AppState>) -> impl IntoResponse {
-    let database = match tokio::time::timeout(
-        CHECK_TIMEOUT,
-        sqlx::query("SELECT 1").execute(&state.shared.pool),
-    )
-    .await
-    {
-        Ok(Ok(_)) => Ok(()),
-        Ok(Err(e)) => {
-            // The raw error is for the log; the page says only what failed.
-            tracing::warn!(error = %e, "readiness: PostgreSQL does not answer");
-            Err("unreachable".to_string())
-        }
-        Err(_) => Err("no answer in time".to_string()),
-    };
-    let broker = if state.shared.amqp_ready.load(Ordering::SeqCst) {
+async fn readyz(State(state): State<Arc<AdminState>>) -> impl IntoResponse {
+    let database =
+        match tokio::time::timeout(CHECK_TIMEOUT, sqlx::query("SELECT 1").execute(&state.pool))
+            .await
+        {
+            Ok(Ok(_)) => Ok(()),
+            Ok(Err(e)) => {
+                // The raw error is for the log; the page says only what failed.
+                tracing::warn!(error = %e, "readiness: PostgreSQL does not answer");
+                Err("unreachable".to_string())
+            }
+            Err(_) => Err("no answer in time".to_string()),
+        };
+    let broker = if state.amqp_ready.load(Ordering::SeqCst) {
         Ok(())
     } else {
         Err("not connected".to_string())
@@ -178,11 +195,11 @@ async fn readyz(State(state): State<AppState>) -> impl IntoResponse {
     (status, body)
 }
 
-async fn metrics(State(state): State<AppState>) -> impl IntoResponse {
+async fn metrics(State(state): State<Arc<AdminState>>) -> impl IntoResponse {
     // Read from the outbox at each scrape (a gauge kept in memory would be wrong as soon as
     // another worker sends, or an operator resolves a failure); left as last read if slow.
-    let pool = &state.shared.pool;
-    let m = &state.shared.metrics;
+    let pool = &state.pool;
+    let m = &state.metrics;
     if let Ok(Ok(n)) = tokio::time::timeout(CHECK_TIMEOUT, outbox::depth(pool)).await {
         m.outbox_depth.set(n);
     }
@@ -201,6 +218,6 @@ async fn metrics(State(state): State<AppState>) -> impl IntoResponse {
             header::CONTENT_TYPE,
             "text/plain; version=0.0.4; charset=utf-8",
         )],
-        state.shared.metrics.render(),
+        state.metrics.render(),
     )
 }

@@ -10,7 +10,8 @@
 //!
 //! # Layout
 //!
-//! - [`config`]: layered settings (`config/rpec.toml`, a profile file, environment variables) and
+//! - [`config`]: layered settings (`config/rpec.toml`, a profile file, environment variables;
+//!   `[mail]` and `[retention]` as typed sections, given to the sender and the sweep) and
 //!   `config/regions.toml` (regions, areas, coordinators, schedules), with a `check` that reports
 //!   every problem at once.
 //! - [`domain`]: the types an event is parsed into (parse, don't validate): region ids, email
@@ -31,7 +32,8 @@
 //!   for good; outages of the relay or PostgreSQL fail no email; a coordinators' copy of an
 //!   enquiry that fails for good is passed to the triage mailbox.
 //! - [`problem`]: what `check` reports.
-//! - [`tokens`]: the signed confirmation and unsubscribe links.
+//! - [`tokens`]: the signed confirmation and unsubscribe links ([`tokens::Links`]: the public
+//!   URL and the keys, all that handlers, sender and pages need of the settings for them).
 //! - [`schedule`]: reminders, coordinator briefings and digests: plans in UK time, hands what is
 //!   due to the outbox.
 //! - [`calendar`]: `.ics` files for sessions.
@@ -39,9 +41,11 @@
 //! - [`http`]: health, readiness, Prometheus metrics, and the confirm and unsubscribe pages.
 //! - [`retention`]: the sweep that ends every kind of personal data at the end of its period,
 //!   in short batches.
-//! - [`context`]: what the parts are given when the worker starts.
-//! - [`worker`]: the composition root (nothing imports it): wires everything together for
-//!   `rpec-notify run` and shuts it down cleanly.
+//! - [`worker`]: the composition root (nothing imports it): for `rpec-notify run` it loads the
+//!   regions and templates, opens the pool and the relay, gives each part only what it uses
+//!   ([`consume::Consumer`] with [`handle::Handlers`], [`send::Mailer`],
+//!   [`schedule::Scheduler`], [`retention::Sweeper`], [`http::PublicState`],
+//!   [`http::AdminState`]), and shuts them down cleanly.
 //! - [`publish`]: `rpec-notify publish`, with publisher confirms.
 //! - [`validate`]: `rpec-notify validate`: each event of a file judged by the consumer's own
 //!   first judgement ([`consume::admit`]), without publishing.
@@ -53,7 +57,6 @@ pub mod calendar;
 pub mod clock;
 pub mod config;
 pub mod consume;
-pub mod context;
 pub mod db;
 pub mod domain;
 pub mod handle;

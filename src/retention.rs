@@ -18,12 +18,23 @@
 //! service the person asked for, until they leave), and the `erasures` audit (event ids, times
 //! and counts, nothing about anyone).
 
-use crate::context::Shared;
+use crate::clock::Clock;
+use crate::config::RetentionSettings;
 use crate::tokens::CONFIRM_VALIDITY;
 use chrono::{DateTime, Utc};
 use sqlx::PgPool;
-use std::sync::Arc;
 use tokio_util::sync::CancellationToken;
+
+/// What the sweep uses, and nothing more: built by the composition root (`worker`), or by a
+/// test that sweeps when it chooses.
+pub struct Sweeper {
+    /// Each batch is a transaction of its own.
+    pub pool: PgPool,
+    /// Periods end by this clock.
+    pub clock: Clock,
+    /// `[retention]`: the periods, the batch size and the time between sweeps.
+    pub retention: RetentionSettings,
+}
 
 /// What one sweep removed, per place: rows deleted, or (enquiries, registrations) anonymised.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
@@ -230,33 +241,33 @@ async fn in_batches(
 }
 
 /// One sweep of every place, as of the worker's clock.
-pub async fn sweep_once(shared: &Shared) -> sqlx::Result<Swept> {
-    sweep(shared, &CancellationToken::new()).await
+pub async fn sweep_once(sweeper: &Sweeper) -> sqlx::Result<Swept> {
+    sweep(sweeper, &CancellationToken::new()).await
 }
 
 /// [`sweep_once`], stopping between batches once `stop` is cancelled (the next sweep goes on
 /// from there).
-pub async fn sweep(shared: &Shared, stop: &CancellationToken) -> sqlx::Result<Swept> {
-    let s = &shared.settings;
-    let now = shared.clock.now();
-    let batch = s.retention.batch_size.max(1);
-    let pool = &shared.pool;
+pub async fn sweep(sweeper: &Sweeper, stop: &CancellationToken) -> sqlx::Result<Swept> {
+    let s = &sweeper.retention;
+    let now = sweeper.clock.now();
+    let batch = s.batch_size.max(1);
+    let pool = &sweeper.pool;
     let run = |sql: &'static str, period: u32| in_batches(pool, sql, now, period, batch, stop);
     let confirm_days = CONFIRM_VALIDITY.num_days() as u32;
 
-    let (enquiries, _) = run(ENQUIRIES, s.retention.enquiry_days).await?;
-    let (registrations, _) = run(REGISTRATIONS, s.retention.registration_days).await?;
-    let (emails, _) = run(EMAILS, s.retention.outbox_days).await?;
+    let (enquiries, _) = run(ENQUIRIES, s.enquiry_days).await?;
+    let (registrations, _) = run(REGISTRATIONS, s.registration_days).await?;
+    let (emails, _) = run(EMAILS, s.outbox_days).await?;
     let (pending_subscriptions, pending_deliveries) =
         run(PENDING_SUBSCRIPTIONS, confirm_days).await?;
     let (unsubscribed_subscriptions, unsubscribed_deliveries) =
         run(UNSUBSCRIBED_SUBSCRIPTIONS, 0).await?;
-    let (suppressions, _) = run(SUPPRESSIONS, s.retention.suppression_days).await?;
-    let (processed_events, _) = run(PROCESSED_EVENTS, s.retention.processed_event_days).await?;
-    let (scheduled_emails, _) = run(SCHEDULED_EMAILS, s.retention.scheduled_email_days).await?;
-    run(NEWSLETTERS_TO_PRUNE, s.retention.newsletter_delivery_days).await?;
+    let (suppressions, _) = run(SUPPRESSIONS, s.suppression_days).await?;
+    let (processed_events, _) = run(PROCESSED_EVENTS, s.processed_event_days).await?;
+    let (scheduled_emails, _) = run(SCHEDULED_EMAILS, s.scheduled_email_days).await?;
+    run(NEWSLETTERS_TO_PRUNE, s.newsletter_delivery_days).await?;
     let (pruned_deliveries, _) = run(NEWSLETTER_DELIVERIES, 0).await?;
-    let (digest_runs, _) = run(DIGEST_RUNS, s.retention.digest_run_days).await?;
+    let (digest_runs, _) = run(DIGEST_RUNS, s.digest_run_days).await?;
     let (erased_addresses, _) = run(ERASED_ADDRESSES, 0).await?;
     Ok(Swept {
         enquiries,
@@ -274,9 +285,9 @@ pub async fn sweep(shared: &Shared, stop: &CancellationToken) -> sqlx::Result<Sw
 }
 
 /// Sweeps at start and then every `[retention] sweep_interval_secs` until `stop`.
-pub async fn run(shared: Arc<Shared>, stop: CancellationToken) {
+pub async fn run(sweeper: Sweeper, stop: CancellationToken) {
     loop {
-        match sweep(&shared, &stop).await {
+        match sweep(&sweeper, &stop).await {
             // Every five minutes: a line only when something went (at debug level otherwise).
             Ok(swept) if swept == Swept::default() => {
                 tracing::debug!("retention: nothing has reached the end of its period")
@@ -290,7 +301,7 @@ pub async fn run(shared: Arc<Shared>, stop: CancellationToken) {
         }
         tokio::select! {
             _ = stop.cancelled() => break,
-            _ = tokio::time::sleep(shared.settings.retention.sweep_interval) => {}
+            _ = tokio::time::sleep(sweeper.retention.sweep_interval) => {}
         }
     }
 }

@@ -1,16 +1,24 @@
-//! `rpec-notify run`: loads everything, applies migrations, then runs the consumer, the sender,
-//! the retention sweep and the HTTP server until `shutdown` resolves; then stops consuming,
-//! finishes what is in hand and returns.
+//! `rpec-notify run`: the composition root. It loads everything, applies migrations, hands each
+//! part (the consumer and its handlers, the sender, the scheduler, the retention sweep, the
+//! public pages and the admin listener) only what that part uses, and runs them until
+//! `shutdown` resolves; then stops consuming, finishes what is in hand and returns. Nothing
+//! imports it.
 
 use crate::clock::Clock;
-use crate::config::Settings;
-use crate::context::Shared;
-use crate::mail::Relay;
-use crate::{consume, db, http, retention, schedule, send};
-
-pub use crate::retention::{sweep_once, Swept};
+use crate::config::{Problems, Regions, Settings};
+use crate::consume::{self, Consumer, Topology};
+use crate::db;
+use crate::handle::Handlers;
+use crate::http::{self, AdminState, PublicState};
+use crate::mail::{Relay, RelayUrl, Templates};
+use crate::metrics::Metrics;
+use crate::retention::{self, Sweeper};
+use crate::schedule::{self, Scheduler};
+use crate::send::{self, Mailer};
+use crate::tokens::Links;
 use anyhow::Context;
 use std::future::Future;
+use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
@@ -52,39 +60,107 @@ pub async fn run_with_clock(
     shutdown: impl Future<Output = ()>,
     clock: Clock,
 ) -> anyhow::Result<()> {
-    let shared = Arc::new(Shared::load(settings, clock).await?);
-    db::migrate(&shared.pool).await?;
-    let s = &shared.settings.mail;
+    // What several parts use; each is given only the ones it needs.
+    let regions = Arc::new(Regions::load(&settings.regions_path()).map_err(Problems)?);
+    let templates =
+        Arc::new(Templates::load(&settings.templates_dir, &settings.public_url).map_err(Problems)?);
+    let pool = db::connect(&settings).await?;
+    db::migrate(&pool).await?;
+    let mail = &settings.mail;
     let relay = Relay::new(
-        s.smtp_url(),
-        s.smtp_pool_max_size,
-        s.send_timeout,
-        s.smtp_ca_file.as_deref(),
+        mail.smtp_url(),
+        mail.smtp_pool_max_size,
+        mail.send_timeout,
+        mail.smtp_ca_file.as_deref(),
     )
     .context("Failed to set up the mail relay")?;
+    let metrics = Arc::new(Metrics::new());
+    // Set by the consumer, read by /readyz.
+    let amqp_ready = Arc::new(AtomicBool::new(false));
+    let links = Links::from_settings(&settings);
+    let bulk_domain = &mail.bulk_from.domain;
+
+    let consumer = Consumer {
+        amqp_url: settings.amqp_url.clone(),
+        topology: Topology::from_settings(&settings),
+        prefetch: settings.prefetch,
+        max_body_bytes: settings.max_body_bytes,
+        retry: settings.consume_retry,
+        unknown_session_wait: settings.unknown_session_wait,
+        shutdown_grace: settings.shutdown_grace,
+        handlers: Handlers {
+            pool: pool.clone(),
+            regions: regions.clone(),
+            clock: clock.clone(),
+            links: links.clone(),
+            bulk_domain: bulk_domain.clone(),
+            mail_dir: match RelayUrl::parse(mail.smtp_url()) {
+                Ok(RelayUrl::File(dir)) => Some(dir),
+                _ => None,
+            },
+            dead_letter_ttl: settings.dead_letter_ttl,
+        },
+        metrics: metrics.clone(),
+        amqp_ready: amqp_ready.clone(),
+    };
+    let mailer = Mailer {
+        settings: mail.clone(),
+        pool: pool.clone(),
+        templates: templates.clone(),
+        shells: Default::default(),
+        regions: regions.clone(),
+        links: links.clone(),
+        metrics: metrics.clone(),
+        clock: clock.clone(),
+    };
+    let scheduler = Scheduler {
+        pool: pool.clone(),
+        regions: regions.clone(),
+        clock: clock.clone(),
+        metrics: metrics.clone(),
+        bulk_domain: bulk_domain.clone(),
+        poll_interval: settings.schedule_poll_interval,
+    };
+    let sweeper = Sweeper {
+        pool: pool.clone(),
+        clock,
+        retention: settings.retention,
+    };
+    let pages = PublicState {
+        pool: pool.clone(),
+        templates,
+        regions,
+        links,
+    };
+    let monitoring = AdminState {
+        pool: pool.clone(),
+        metrics,
+        amqp_ready,
+        relay: relay.clone(),
+    };
 
     let stop = CancellationToken::new();
     let mut tasks: tokio::task::JoinSet<anyhow::Result<()>> = tokio::task::JoinSet::new();
-    let consumer = consume::run(shared.clone(), stop.clone());
+    let consumer = consume::run(Arc::new(consumer), stop.clone());
     tasks.spawn(async move { Ok(consumer.await?) });
     tasks.spawn(until_stopped(send::run(
-        shared.clone(),
-        relay.clone(),
+        Arc::new(mailer),
+        relay,
         stop.clone(),
     )));
-    tasks.spawn(until_stopped(retention::run(shared.clone(), stop.clone())));
-    tasks.spawn(until_stopped(schedule::run(shared.clone(), stop.clone())));
-    let (limits, grace) = (shared.settings.http_limits, shared.settings.shutdown_grace);
+    tasks.spawn(until_stopped(retention::run(sweeper, stop.clone())));
+    tasks.spawn(until_stopped(schedule::run(scheduler, stop.clone())));
+    let (limits, grace) = (settings.http_limits, settings.shutdown_grace);
     tasks.spawn(until_stopped(http::serve(
         listeners.public,
-        http::public_router(shared.clone(), relay.clone()),
+        http::public_router(pages),
         limits,
         grace,
         stop.clone(),
     )));
     tasks.spawn(until_stopped(http::serve(
         listeners.admin,
-        http::admin_router(shared.clone(), relay),
+        http::admin_router(monitoring),
         limits,
         grace,
         stop.clone(),
@@ -105,7 +181,7 @@ pub async fn run_with_clock(
     }
     stop.cancel();
     // Each task bounds its own drain by the grace period; this is the backstop.
-    let grace = shared.settings.shutdown_grace + std::time::Duration::from_secs(1);
+    let grace = settings.shutdown_grace + std::time::Duration::from_secs(1);
     if tokio::time::timeout(grace, async { while tasks.join_next().await.is_some() {} })
         .await
         .is_err()
@@ -113,7 +189,7 @@ pub async fn run_with_clock(
         tracing::warn!("tasks still running after the grace period: stopping them");
         tasks.abort_all();
     }
-    shared.pool.close().await;
+    pool.close().await;
     if let Some(e) = failure {
         return Err(e.context("the worker cannot run"));
     }

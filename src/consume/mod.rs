@@ -24,10 +24,11 @@
 
 pub mod topology;
 
-use crate::context::Shared;
+use crate::config::RetryPolicy;
 use crate::domain::event::ErrorCode;
 use crate::domain::{Envelope, EventType, ParseError};
-use crate::handle::{self, Failure, Handled};
+use crate::handle::{self, Failure, Handled, Handlers};
+use crate::metrics::Metrics;
 use anyhow::Context;
 use futures_util::{FutureExt, StreamExt};
 use lapin::message::Delivery;
@@ -37,9 +38,9 @@ use lapin::options::{
 };
 use lapin::types::{AMQPValue, FieldTable, ShortString};
 use lapin::{BasicProperties, Channel};
-use secrecy::ExposeSecret;
+use secrecy::{ExposeSecret, SecretString};
 use std::panic::AssertUnwindSafe;
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::{watch, Notify};
@@ -73,6 +74,30 @@ fn passive() -> lapin::options::QueueDeclareOptions {
         passive: true,
         ..lapin::options::QueueDeclareOptions::default()
     }
+}
+
+/// What the consumer uses, and nothing more: built by the composition root (`worker`).
+pub struct Consumer {
+    /// The broker (it may hold credentials: never log it).
+    pub amqp_url: SecretString,
+    /// The names on the broker, and the limits of the queues behind them.
+    pub topology: Topology,
+    /// Deliveries held unacknowledged at once.
+    pub prefetch: u16,
+    /// A larger body is dead-lettered unread.
+    pub max_body_bytes: usize,
+    /// The back-off of events that failed for a passing reason of their own.
+    pub retry: RetryPolicy,
+    /// How long an event keeps waiting for a session not yet known.
+    pub unknown_session_wait: Duration,
+    /// How long the deliveries in hand may take to finish at shutdown.
+    pub shutdown_grace: Duration,
+    /// What each event is handled with. Their pool is also the database the consumer waits
+    /// for when it cannot be reached.
+    pub handlers: Handlers,
+    pub metrics: Arc<Metrics>,
+    /// Whether the consumer holds a working broker connection: set here, read by `/readyz`.
+    pub amqp_ready: Arc<AtomicBool>,
 }
 
 /// How long a delivery whose retry or dead letter could not be handed over waits before it goes
@@ -141,15 +166,15 @@ pub fn type_label(event_type: Option<&str>) -> &'static str {
 
 /// Whether a handler's passing failure came from the database being out of reach (the event is
 /// not at fault), as opposed to something about this event (a conflict, a deadlock).
-async fn database_unreachable(shared: &Shared, error: &anyhow::Error) -> bool {
-    crate::db::unreachable_cause(error) || !database_answers(shared).await
+async fn database_unreachable(consumer: &Consumer, error: &anyhow::Error) -> bool {
+    crate::db::unreachable_cause(error) || !database_answers(consumer).await
 }
 
-async fn database_answers(shared: &Shared) -> bool {
+async fn database_answers(consumer: &Consumer) -> bool {
     matches!(
         tokio::time::timeout(
             Duration::from_secs(2),
-            sqlx::query("SELECT 1").execute(&shared.pool)
+            sqlx::query("SELECT 1").execute(&consumer.handlers.pool)
         )
         .await,
         Ok(Ok(_))
@@ -157,10 +182,10 @@ async fn database_answers(shared: &Shared) -> bool {
 }
 
 /// Waits, checking with doubling waits, until PostgreSQL answers; false if `shutdown` came first.
-async fn wait_for_database(shared: &Shared, shutdown: &CancellationToken) -> bool {
+async fn wait_for_database(consumer: &Consumer, shutdown: &CancellationToken) -> bool {
     let mut wait = Duration::from_millis(200);
     loop {
-        if database_answers(shared).await {
+        if database_answers(consumer).await {
             return true;
         }
         tokio::select! {
@@ -184,9 +209,13 @@ pub fn admit(body: &[u8], max_body_bytes: usize) -> Result<Envelope, ParseError>
 }
 
 /// Parses and handles one message body.
-pub async fn decide(shared: &Shared, body: &[u8], seen: Redelivery) -> (Option<String>, Decision) {
+pub async fn decide(
+    consumer: &Consumer,
+    body: &[u8],
+    seen: Redelivery,
+) -> (Option<String>, Decision) {
     let attempt = seen.attempt;
-    let envelope = match admit(body, shared.settings.max_body_bytes) {
+    let envelope = match admit(body, consumer.max_body_bytes) {
         Ok(e) => e,
         Err(e) => {
             return (
@@ -202,7 +231,7 @@ pub async fn decide(shared: &Shared, body: &[u8], seen: Redelivery) -> (Option<S
     // A panic in a handler is a bug of ours, not a passing failure: caught here, so that the
     // delivery is settled (not left holding a prefetch slot) and never retried in a loop. The
     // transaction it held is rolled back when it is dropped.
-    let handled = AssertUnwindSafe(handle::handle(shared, &envelope))
+    let handled = AssertUnwindSafe(handle::handle(&consumer.handlers, &envelope))
         .catch_unwind()
         .await;
     let decision = match handled {
@@ -219,7 +248,7 @@ pub async fn decide(shared: &Shared, body: &[u8], seen: Redelivery) -> (Option<S
             }
         }
         Ok(Ok(Handled::Done)) => {
-            shared
+            consumer
                 .metrics
                 .events_consumed
                 .with_label_values(&[envelope.event_type.as_str()])
@@ -228,7 +257,7 @@ pub async fn decide(shared: &Shared, body: &[u8], seen: Redelivery) -> (Option<S
             Decision::Ack
         }
         Ok(Ok(Handled::Duplicate)) => {
-            shared
+            consumer
                 .metrics
                 .events_duplicate
                 .with_label_values(&[envelope.event_type.as_str()])
@@ -244,7 +273,7 @@ pub async fn decide(shared: &Shared, body: &[u8], seen: Redelivery) -> (Option<S
             let now_ms = chrono::Utc::now().timestamp_millis();
             let first = seen.first_seen_ms.unwrap_or(now_ms);
             let waited = Duration::from_millis((now_ms - first).max(0) as u64);
-            let limit = shared.settings.unknown_session_wait;
+            let limit = consumer.unknown_session_wait;
             if waited >= limit {
                 Decision::DeadLetter {
                     code,
@@ -253,9 +282,8 @@ pub async fn decide(shared: &Shared, body: &[u8], seen: Redelivery) -> (Option<S
             } else {
                 let deferrals = seen.deferrals + 1;
                 // Try again soon, and once more right at the deadline.
-                let delay = shared
-                    .settings
-                    .consume_retry
+                let delay = consumer
+                    .retry
                     .backoff(deferrals)
                     .min(MAX_DEFERRAL_DELAY)
                     .min(limit - waited)
@@ -272,13 +300,13 @@ pub async fn decide(shared: &Shared, body: &[u8], seen: Redelivery) -> (Option<S
                 }
             }
         }
-        Ok(Err(Failure::Transient(e))) if database_unreachable(shared, &e).await => {
+        Ok(Err(Failure::Transient(e))) if database_unreachable(consumer, &e).await => {
             tracing::warn!(event_id = %envelope.id, error = %format!("{e:#}"),
                 "PostgreSQL cannot be reached: the event is held until it can (no attempt counted)");
             Decision::Unavailable
         }
         Ok(Err(Failure::Transient(e))) => {
-            let policy = shared.settings.consume_retry;
+            let policy = consumer.retry;
             let error = bounded(format!("{e:#}"));
             if attempt >= policy.max_attempts {
                 Decision::DeadLetter {
@@ -349,7 +377,7 @@ struct ForwardFailed;
 /// Carries out a decision. Only after the dead letter or retry is confirmed is the original
 /// acked; if it cannot be handed over, the original waits a moment and goes back to the queue.
 async fn settle(
-    shared: &Shared,
+    consumer: &Consumer,
     publisher: &Channel,
     topology: &Topology,
     delivery: &Delivery,
@@ -362,7 +390,7 @@ async fn settle(
         // Held by the caller until the database is back; never settled as such.
         Decision::Unavailable => Ok(()),
         Decision::DeadLetter { code, detail } => {
-            shared
+            consumer
                 .metrics
                 .events_dead_lettered
                 .with_label_values(&[label, code.as_str()])
@@ -392,7 +420,7 @@ async fn settle(
             .await
         }
         Decision::Retry { next, delay, error } => {
-            shared
+            consumer
                 .metrics
                 .events_retried
                 .with_label_values(&[label])
@@ -416,7 +444,7 @@ async fn settle(
     let (settled, result) = match forwarded_ok {
         Ok(()) => (delivery.ack(BasicAckOptions::default()).await, Ok(())),
         Err(e) => {
-            shared.metrics.forward_failures.inc();
+            consumer.metrics.forward_failures.inc();
             tracing::warn!(error = %e, event_type = label,
                 "could not hand the message over: it goes back to the queue and the connection is opened anew");
             tokio::time::sleep(FORWARD_FAILURE_DELAY).await;
@@ -436,7 +464,7 @@ async fn settle(
 /// Handles one delivery to the end: held while the database is unreachable (with `db_up` saying
 /// so, which stops the consumer taking more), then settled.
 async fn process(
-    shared: &Shared,
+    consumer: &Consumer,
     publisher: &Channel,
     topology: &Topology,
     delivery: Delivery,
@@ -445,17 +473,17 @@ async fn process(
 ) -> Result<(), ForwardFailed> {
     let seen = redelivery_of(&delivery);
     loop {
-        let (event_type, decision) = decide(shared, &delivery.data, seen).await;
+        let (event_type, decision) = decide(consumer, &delivery.data, seen).await;
         if decision == Decision::Unavailable {
             db_up.send_replace(false);
-            shared.metrics.consumer_waiting_for_database.set(1);
-            if !wait_for_database(shared, shutdown).await {
+            consumer.metrics.consumer_waiting_for_database.set(1);
+            if !wait_for_database(consumer, shutdown).await {
                 // Shutting down: back to the queue, untouched, for the next worker.
                 let _ = delivery.reject(BasicRejectOptions { requeue: true }).await;
                 return Ok(());
             }
             if !db_up.send_replace(true) {
-                shared.metrics.consumer_waiting_for_database.set(0);
+                consumer.metrics.consumer_waiting_for_database.set(0);
                 tracing::info!("PostgreSQL answers again: handling resumes");
             }
             continue;
@@ -465,7 +493,7 @@ async fn process(
             std::process::abort()
         });
         return settle(
-            shared,
+            consumer,
             publisher,
             topology,
             &delivery,
@@ -486,20 +514,20 @@ pub enum ConsumeError {
 
 /// Consumes until `shutdown`, reconnecting whenever the broker connection is lost. Returns an
 /// error only for what reconnecting cannot mend.
-pub async fn run(shared: Arc<Shared>, shutdown: CancellationToken) -> Result<(), ConsumeError> {
-    let topology = Topology::from_settings(&shared.settings);
+pub async fn run(consumer: Arc<Consumer>, shutdown: CancellationToken) -> Result<(), ConsumeError> {
+    let topology = &consumer.topology;
     let initial = Duration::from_millis(250);
     let mut wait = initial;
     while !shutdown.is_cancelled() {
-        match consume(&shared, &topology, &shutdown).await {
+        match consume(&consumer, topology, &shutdown).await {
             Ok(()) => break,
             Err(Lost::Fatal(e)) => {
-                shared.amqp_ready.store(false, Ordering::SeqCst);
+                consumer.amqp_ready.store(false, Ordering::SeqCst);
                 tracing::error!(error = %e, "cannot consume");
                 return Err(ConsumeError::Fatal(e));
             }
             Err(Lost::After { consumed, error }) => {
-                shared.amqp_ready.store(false, Ordering::SeqCst);
+                consumer.amqp_ready.store(false, Ordering::SeqCst);
                 if consumed {
                     // It worked for a while: the next failure starts the waits afresh.
                     wait = initial;
@@ -536,12 +564,12 @@ fn lost_before_consuming(error: impl Into<anyhow::Error>) -> Lost {
 
 /// One connection's life: returns Ok at shutdown, Err when the connection fails.
 async fn consume(
-    shared: &Arc<Shared>,
+    consumer: &Arc<Consumer>,
     topology: &Topology,
     shutdown: &CancellationToken,
 ) -> Result<(), Lost> {
     let connection = topology::connect(
-        shared.settings.amqp_url.expose_secret(),
+        consumer.amqp_url.expose_secret(),
         &format!("rpec-notify consumer {}", topology.queue),
     )
     .await
@@ -555,7 +583,7 @@ async fn consume(
             Err(e) => return Err(anyhow::Error::new(e).context("Failed to declare the topology")),
         }
         channel
-            .basic_qos(shared.settings.prefetch, BasicQosOptions::default())
+            .basic_qos(consumer.prefetch, BasicQosOptions::default())
             .await?;
         let publisher = connection.create_channel().await?;
         publisher
@@ -575,7 +603,7 @@ async fn consume(
         }
     };
     let tag = format!("rpec-notify-{}", uuid::Uuid::new_v4());
-    let mut consumer = channel
+    let mut deliveries = channel
         .basic_consume(
             &topology.queue,
             &tag,
@@ -584,7 +612,7 @@ async fn consume(
         )
         .await
         .map_err(lost_before_consuming)?;
-    shared.amqp_ready.store(true, Ordering::SeqCst);
+    consumer.amqp_ready.store(true, Ordering::SeqCst);
     tracing::info!(queue = %topology.queue, "consuming");
 
     let (db_up, mut db_state) = watch::channel(true);
@@ -598,7 +626,7 @@ async fn consume(
             _ = shutdown.cancelled() => break Ok(()),
             _ = depth_tick.tick() => {
                 match channel.queue_declare(&topology.dead_letter, passive(), FieldTable::default()).await {
-                    Ok(q) => shared.metrics.dead_letter_depth.set(q.message_count().into()),
+                    Ok(q) => consumer.metrics.dead_letter_depth.set(q.message_count().into()),
                     Err(e) => break Err(anyhow::Error::new(e).context("the dead-letter queue is gone")),
                 }
             }
@@ -614,16 +642,16 @@ async fn consume(
                     break Err(anyhow::Error::new(e).context("a delivery's task failed"));
                 }
             }
-            next = consumer.next(), if taking => match next {
+            next = deliveries.next(), if taking => match next {
                 Some(Ok(delivery)) => {
-                    let shared = shared.clone();
+                    let consumer = consumer.clone();
                     let publisher = publisher.clone();
                     let topology = topology.clone();
                     let db_up = db_up.clone();
                     let shutdown = shutdown.clone();
                     let forward_failed = forward_failed.clone();
                     in_hand.spawn(async move {
-                        let settled = process(&shared, &publisher, &topology, delivery, &db_up, &shutdown).await;
+                        let settled = process(&consumer, &publisher, &topology, delivery, &db_up, &shutdown).await;
                         if settled.is_err() {
                             forward_failed.notify_one();
                         }
@@ -634,13 +662,13 @@ async fn consume(
             },
         }
     };
-    shared.amqp_ready.store(false, Ordering::SeqCst);
+    consumer.amqp_ready.store(false, Ordering::SeqCst);
     // Stop new deliveries, then finish and settle what is in hand before closing the channel
     // (deliveries prefetched but not started are returned to the queue when it closes).
     let _ = channel
         .basic_cancel(&tag, BasicCancelOptions::default())
         .await;
-    let finished = tokio::time::timeout(shared.settings.shutdown_grace, async {
+    let finished = tokio::time::timeout(consumer.shutdown_grace, async {
         while in_hand.join_next().await.is_some() {}
     })
     .await;

@@ -2,9 +2,8 @@
 //! acknowledge it to the person who wrote, with the page's safety advice.
 
 use super::subscription::{self, Requested};
-use super::Failure;
+use super::{Failure, Handlers};
 use crate::config::Routing;
-use crate::context::Shared;
 use crate::domain::{ContactSubmitted, EmailAddress, Envelope, RegionId, Setting, Topic};
 use crate::outbox::job::{Acknowledgement, Enquiry};
 use crate::outbox::{enqueue, Job, NewEmail};
@@ -76,11 +75,11 @@ fn context(content: &impl serde::Serialize) -> Value {
 
 pub(super) async fn handle(
     tx: &mut PgConnection,
-    shared: &Shared,
+    handlers: &Handlers,
     envelope: &Envelope,
     c: &ContactSubmitted,
 ) -> Result<(), Failure> {
-    let regions = &shared.regions;
+    let regions = &handlers.regions;
     let routing = regions.route(c.region, c.area.as_deref());
     let region_name = routing.region().map(|r| regions.region(r).name.as_str());
 
@@ -105,7 +104,7 @@ pub(super) async fn handle(
     .bind(&c.area)
     .bind(&c.message)
     // Retention counts from when the enquiry reached us.
-    .bind(shared.clock.now())
+    .bind(handlers.clock.now())
     .execute(&mut *tx)
     .await?
     .rows_affected();
@@ -119,8 +118,15 @@ pub(super) async fn handle(
     // coordinators who triage it can follow up).
     let subscription = match (c.topic, routing.region()) {
         (Topic::Newsletter, Some(region)) => Some(
-            subscription::request(tx, shared, envelope.id, &c.email, Some(&c.name), &[region])
-                .await?,
+            subscription::request(
+                tx,
+                handlers,
+                envelope.id,
+                &c.email,
+                Some(&c.name),
+                &[region],
+            )
+            .await?,
         ),
         _ => None,
     };

@@ -1,10 +1,8 @@
 //! `person.erasure_requested`: every piece of personal data held for an address is deleted or
 //! anonymised, in one transaction, and an audit row records that it happened, with counts only.
 
-use super::Failure;
-use crate::context::Shared;
+use super::{Failure, Handlers};
 use crate::domain::{Envelope, ErasureRequested};
-use crate::mail::RelayUrl;
 use serde_json::{Map, Value};
 use sqlx::PgConnection;
 use std::path::Path;
@@ -62,9 +60,9 @@ pub const ERASURE: &[(&str, &str)] = &[
 
 /// The keyed hash an erasure leaves of `address` (lower-cased): HMAC-SHA256 with the signing
 /// key, so that the table cannot be searched for a guessed address without the key.
-fn address_key(shared: &Shared, address: &str) -> Vec<u8> {
+fn address_key(handlers: &Handlers, address: &str) -> Vec<u8> {
     use hmac::{Hmac, Mac};
-    let key = shared.links.signing_key();
+    let key = handlers.links.signing_key();
     let mut mac = Hmac::<sha2::Sha256>::new_from_slice(key).expect("HMAC takes any key length");
     mac.update(b"rpec-notify erased address\0");
     mac.update(address.to_lowercase().as_bytes());
@@ -76,7 +74,7 @@ fn address_key(shared: &Shared, address: &str) -> Vec<u8> {
 /// person's data back. If so, the erasure's audit row counts it, and the event is not applied.
 pub(super) async fn erased_before(
     tx: &mut PgConnection,
-    shared: &Shared,
+    handlers: &Handlers,
     envelope: &Envelope,
 ) -> sqlx::Result<bool> {
     let Some(address) = envelope.event.personal_address() else {
@@ -86,9 +84,9 @@ pub(super) async fn erased_before(
         "SELECT erasure_event FROM erased_addresses
          WHERE address_key = $1 AND requested_at >= $2 AND kept_until > $3",
     )
-    .bind(address_key(shared, address.as_str()))
+    .bind(address_key(handlers, address.as_str()))
     .bind(envelope.occurred_at)
-    .bind(shared.clock.now())
+    .bind(handlers.clock.now())
     .fetch_optional(&mut *tx)
     .await?;
     let Some(erasure) = erasure else {
@@ -156,7 +154,7 @@ fn header_addresses(raw: &[u8]) -> Vec<String> {
 
 pub(super) async fn handle(
     tx: &mut PgConnection,
-    shared: &Shared,
+    handlers: &Handlers,
     envelope: &Envelope,
     e: &ErasureRequested,
 ) -> Result<(), Failure> {
@@ -175,8 +173,8 @@ pub(super) async fn handle(
     }
     // The development relay's files hold whole emails: they go too (before the commit; if the
     // commit fails, the redelivered erasure finds nothing more to delete there).
-    if let Ok(RelayUrl::File(dir)) = RelayUrl::parse(shared.settings.mail.smtp_url()) {
-        let files = erase_mail_files(&dir, &address)
+    if let Some(dir) = &handlers.mail_dir {
+        let files = erase_mail_files(dir, &address)
             .map_err(|e| anyhow::Error::new(e).context("the mail directory"))?;
         counts.insert("mail_files".to_owned(), Value::from(files));
     }
@@ -196,12 +194,12 @@ pub(super) async fn handle(
          SET requested_at = greatest(erased_addresses.requested_at, excluded.requested_at),
              erasure_event = excluded.erasure_event, kept_until = excluded.kept_until",
     )
-    .bind(address_key(shared, &address))
+    .bind(address_key(handlers, &address))
     .bind(envelope.occurred_at)
     .bind(envelope.id)
     .bind(
-        shared.clock.now()
-            + chrono::Duration::from_std(shared.settings.dead_letter_ttl)
+        handlers.clock.now()
+            + chrono::Duration::from_std(handlers.dead_letter_ttl)
                 .unwrap_or(chrono::Duration::days(30)),
     )
     .execute(&mut *tx)

@@ -10,10 +10,39 @@ pub(crate) mod subscription;
 
 pub use erasure::ERASURE;
 
-use crate::context::Shared;
+use crate::clock::Clock;
+use crate::config::Regions;
 use crate::domain::event::ErrorCode;
 use crate::domain::{Envelope, Event};
+use crate::tokens::Links;
 use serde_json::Value;
+use sqlx::PgPool;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+/// What the handlers use, and nothing more: built by the composition root (`worker`) and held
+/// by the consumer.
+pub struct Handlers {
+    /// Each event is handled in one transaction of its own.
+    pub pool: PgPool,
+    /// Where an enquiry goes; the offsets of reminders and briefings; regions' names.
+    pub regions: Arc<Regions>,
+    /// "Now" for planning reminders and briefings, and for when data reached us (retention
+    /// counts from it).
+    pub clock: Clock,
+    /// Signs the links in confirmation emails; its signing key also keys the hashes that an
+    /// erasure leaves of an address.
+    pub links: Links,
+    /// The domain of the bulk From address, under which newsletters' `List-Id` is named.
+    pub bulk_domain: String,
+    /// Where the file relay (`file://`, development) writes its `.eml` files: an erasure
+    /// deletes those to or about the person. None with a real relay.
+    pub mail_dir: Option<PathBuf>,
+    /// How long a dead letter lives (`[retention] dead_letter_days`): an erased address's hash
+    /// is kept as long, since an event about it can come back that late.
+    pub dead_letter_ttl: Duration,
+}
 
 /// What handling an event came to.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -46,8 +75,8 @@ impl From<sqlx::Error> for Failure {
 }
 
 /// Applies an event exactly once: records its id and its effects in one transaction.
-pub async fn handle(shared: &Shared, envelope: &Envelope) -> Result<Handled, Failure> {
-    let mut tx = shared.pool.begin().await?;
+pub async fn handle(handlers: &Handlers, envelope: &Envelope) -> Result<Handled, Failure> {
+    let mut tx = handlers.pool.begin().await?;
     let first = sqlx::query(
         "INSERT INTO processed_events (event_id, event_type, occurred_at) VALUES ($1, $2, $3)
          ON CONFLICT (event_id) DO NOTHING",
@@ -84,30 +113,30 @@ pub async fn handle(shared: &Shared, envelope: &Envelope) -> Result<Handled, Fai
             )));
         }
     }
-    if erasure::erased_before(&mut tx, shared, envelope).await? {
+    if erasure::erased_before(&mut tx, handlers, envelope).await? {
         tx.commit().await?;
         return Ok(Handled::Done);
     }
     match &envelope.event {
-        Event::ContactSubmitted(c) => contact::handle(&mut tx, shared, envelope, c).await?,
+        Event::ContactSubmitted(c) => contact::handle(&mut tx, handlers, envelope, c).await?,
         Event::SessionScheduled(s) | Event::SessionUpdated(s) => {
-            session::scheduled_or_updated(&mut tx, shared, envelope, s).await?
+            session::scheduled_or_updated(&mut tx, handlers, envelope, s).await?
         }
-        Event::SessionCancelled(c) => session::cancelled(&mut tx, shared, envelope, c).await?,
+        Event::SessionCancelled(c) => session::cancelled(&mut tx, handlers, envelope, c).await?,
         Event::RegistrationCreated(r) => {
-            session::registration_created(&mut tx, shared, envelope, r).await?
+            session::registration_created(&mut tx, handlers, envelope, r).await?
         }
         Event::RegistrationCancelled(r) => {
-            session::registration_cancelled(&mut tx, shared, envelope, r).await?
+            session::registration_cancelled(&mut tx, handlers, envelope, r).await?
         }
         Event::SubscriptionRequested(r) => {
-            subscription::handle_requested(&mut tx, shared, envelope, r).await?
+            subscription::handle_requested(&mut tx, handlers, envelope, r).await?
         }
         Event::SubscriptionCancelled(c) => {
             subscription::handle_cancelled(&mut tx, envelope, c).await?
         }
-        Event::NewsletterPublished(n) => newsletter::handle(&mut tx, shared, envelope, n).await?,
-        Event::PersonErasureRequested(e) => erasure::handle(&mut tx, shared, envelope, e).await?,
+        Event::NewsletterPublished(n) => newsletter::handle(&mut tx, handlers, envelope, n).await?,
+        Event::PersonErasureRequested(e) => erasure::handle(&mut tx, handlers, envelope, e).await?,
     }
     tx.commit().await?;
     Ok(Handled::Done)

@@ -16,14 +16,11 @@
 //! it only for readers who have not had it (those confirmed since), as long as retention keeps
 //! the deliveries (`[retention] newsletter_delivery_days`); after that, to nobody.
 
-use super::Failure;
+use super::{Failure, Handlers};
 use crate::domain::{Envelope, NewsletterPublished, RegionId};
 use crate::mail::markdown;
 use crate::outbox::{enqueue_each, Audience, ForEach, NewEmails};
 use crate::state::reader::{list_id, NewsletterEmail, StoredSection};
-
-use crate::context::Shared;
-
 use serde_json::Value;
 use sqlx::PgConnection;
 
@@ -36,7 +33,7 @@ const BULK_PRIORITY: i16 = -10;
 
 pub(super) async fn handle(
     tx: &mut PgConnection,
-    shared: &Shared,
+    handlers: &Handlers,
     envelope: &Envelope,
     n: &NewsletterPublished,
 ) -> Result<(), Failure> {
@@ -97,7 +94,7 @@ pub(super) async fn handle(
         tracing::info!(event_id = %envelope.id, newsletter_id = %n.newsletter_id,
             "newsletter already published: queued only for subscribers who have not had it");
     }
-    let queued = fan_out(tx, shared, &n.newsletter_id, region, envelope).await?;
+    let queued = fan_out(tx, handlers, &n.newsletter_id, region, envelope).await?;
     tracing::info!(event_id = %envelope.id, newsletter_id = %n.newsletter_id,
         region = region.as_str(), queued, "newsletter queued");
     Ok(())
@@ -107,7 +104,7 @@ pub(super) async fn handle(
 /// had it; returns how many were queued.
 async fn fan_out(
     tx: &mut PgConnection,
-    shared: &Shared,
+    handlers: &Handlers,
     newsletter_id: &str,
     region: RegionId,
     envelope: &Envelope,
@@ -121,10 +118,7 @@ async fn fan_out(
             after: 0,
             limit: FAN_OUT_BATCH,
         },
-        headers: vec![(
-            "List-Id",
-            list_id(&shared.settings.mail.bulk_from.domain, region),
-        )],
+        headers: vec![("List-Id", list_id(&handlers.bulk_domain, region))],
         priority: BULK_PRIORITY,
         source_event: Some(envelope.id),
     };

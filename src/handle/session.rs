@@ -6,10 +6,9 @@
 //! sending (`send::compose::session`) from the session's current state, so a registrant never gets stale
 //! details, and nothing about a cancelled session or registration goes out.
 
-use super::Failure;
+use super::{Failure, Handlers};
 
 use crate::config::Offset;
-use crate::context::Shared;
 use crate::domain::event::ErrorCode;
 use crate::domain::{
     Envelope, RegionId, RegistrationCancelled, RegistrationCreated, SessionCancelled,
@@ -66,12 +65,12 @@ async fn plan(
 
 async fn plan_reminders(
     conn: &mut PgConnection,
-    shared: &Shared,
+    handlers: &Handlers,
     session: &SessionRow,
     registration_id: &str,
     now: DateTime<Utc>,
 ) -> sqlx::Result<()> {
-    let offsets = shared
+    let offsets = handlers
         .regions
         .for_session(session.region_id())
         .reminder_offsets
@@ -92,11 +91,11 @@ async fn plan_reminders(
 
 async fn plan_briefing(
     conn: &mut PgConnection,
-    shared: &Shared,
+    handlers: &Handlers,
     session: &SessionRow,
     now: DateTime<Utc>,
 ) -> sqlx::Result<()> {
-    let offset = shared
+    let offset = handlers
         .regions
         .for_session(session.region_id())
         .briefing_offset;
@@ -106,7 +105,7 @@ async fn plan_briefing(
 /// Throws away what was planned for a session and plans again against its current time.
 async fn replan(
     conn: &mut PgConnection,
-    shared: &Shared,
+    handlers: &Handlers,
     session: &SessionRow,
     now: DateTime<Utc>,
 ) -> sqlx::Result<()> {
@@ -114,7 +113,7 @@ async fn replan(
         .bind(&session.session_id)
         .execute(&mut *conn)
         .await?;
-    plan_briefing(conn, shared, session, now).await?;
+    plan_briefing(conn, handlers, session, now).await?;
     let registrations: Vec<(String,)> = sqlx::query_as(
         "SELECT registration_id FROM registrations WHERE session_id = $1 AND status = 'registered'",
     )
@@ -122,7 +121,7 @@ async fn replan(
     .fetch_all(&mut *conn)
     .await?;
     for (registration_id,) in registrations {
-        plan_reminders(conn, shared, session, &registration_id, now).await?;
+        plan_reminders(conn, handlers, session, &registration_id, now).await?;
     }
     Ok(())
 }
@@ -177,11 +176,11 @@ async fn email_registrants(
 /// whichever arrives first, and an older event than the last applied one changes nothing).
 pub(super) async fn scheduled_or_updated(
     conn: &mut PgConnection,
-    shared: &Shared,
+    handlers: &Handlers,
     envelope: &Envelope,
     s: &SessionDetails,
 ) -> Result<(), Failure> {
-    let now = shared.clock.now();
+    let now = handlers.clock.now();
     let Some(old) = load_session(conn, &s.session_id, true).await? else {
         sqlx::query(
             "INSERT INTO sessions (session_id, title, audience, region, starts_at, ends_at, registration_url,
@@ -204,7 +203,7 @@ pub(super) async fn scheduled_or_updated(
         let session = load_session(conn, &s.session_id, false)
             .await?
             .ok_or_else(|| anyhow::anyhow!("the session just stored is missing"))?;
-        plan_briefing(conn, shared, &session, now).await?;
+        plan_briefing(conn, handlers, &session, now).await?;
         tracing::info!(event_id = %envelope.id, session_id = %s.session_id, "session scheduled");
         return Ok(());
     };
@@ -242,7 +241,7 @@ pub(super) async fn scheduled_or_updated(
         let session = load_session(conn, &s.session_id, false)
             .await?
             .ok_or_else(|| anyhow::anyhow!("the session just updated is missing"))?;
-        replan(conn, shared, &session, now).await?;
+        replan(conn, handlers, &session, now).await?;
     }
     if moved {
         let previous = uk_time::range(old.starts_at, old.ends_at);
@@ -266,7 +265,7 @@ pub(super) async fn scheduled_or_updated(
 
 pub(super) async fn cancelled(
     conn: &mut PgConnection,
-    shared: &Shared,
+    handlers: &Handlers,
     envelope: &Envelope,
     c: &SessionCancelled,
 ) -> Result<(), Failure> {
@@ -286,7 +285,12 @@ pub(super) async fn cancelled(
     .bind(envelope.occurred_at)
     .execute(&mut *conn)
     .await?;
-    drop_pending(conn, Planned::OfSession(&c.session_id), shared.clock.now()).await?;
+    drop_pending(
+        conn,
+        Planned::OfSession(&c.session_id),
+        handlers.clock.now(),
+    )
+    .await?;
     let n = email_registrants(conn, envelope, &c.session_id, ForEach::SessionCancelled).await?;
     tracing::info!(event_id = %envelope.id, session_id = %c.session_id, registrants = n, "session cancelled");
     Ok(())
@@ -294,11 +298,11 @@ pub(super) async fn cancelled(
 
 pub(super) async fn registration_created(
     conn: &mut PgConnection,
-    shared: &Shared,
+    handlers: &Handlers,
     envelope: &Envelope,
     r: &RegistrationCreated,
 ) -> Result<(), Failure> {
-    let now = shared.clock.now();
+    let now = handlers.clock.now();
     let session = load_session(conn, &r.session_id, true)
         .await?
         .ok_or_else(|| unknown_session(&r.session_id))?;
@@ -331,7 +335,7 @@ pub(super) async fn registration_created(
     email.source_event = Some(envelope.id);
     enqueue(conn, &email).await?;
     if !session.is_cancelled() {
-        plan_reminders(conn, shared, &session, &r.registration_id, now).await?;
+        plan_reminders(conn, handlers, &session, &r.registration_id, now).await?;
     }
     tracing::info!(event_id = %envelope.id, registration_id = %r.registration_id, session_id = %r.session_id, "registration confirmed");
     Ok(())
@@ -339,11 +343,11 @@ pub(super) async fn registration_created(
 
 pub(super) async fn registration_cancelled(
     conn: &mut PgConnection,
-    shared: &Shared,
+    handlers: &Handlers,
     envelope: &Envelope,
     r: &RegistrationCancelled,
 ) -> Result<(), Failure> {
-    let now = shared.clock.now();
+    let now = handlers.clock.now();
     let status: Option<(String,)> =
         sqlx::query_as("SELECT status FROM registrations WHERE registration_id = $1 FOR UPDATE")
             .bind(&r.registration_id)

@@ -5,8 +5,7 @@
 //! The same [`request`] is used by a contact enquiry about the newsletter, in that enquiry's
 //! transaction.
 
-use super::Failure;
-use crate::context::Shared;
+use super::{Failure, Handlers};
 use crate::domain::{
     EmailAddress, Envelope, RegionId, SubscriptionCancelled, SubscriptionRequested,
 };
@@ -67,7 +66,7 @@ fn confirmation(
 /// - a confirmed one is left exactly as it is: asking again never un-confirms.
 pub(crate) async fn request(
     tx: &mut PgConnection,
-    shared: &Shared,
+    handlers: &Handlers,
     event_id: Uuid,
     email: &EmailAddress,
     name: Option<&str>,
@@ -154,8 +153,8 @@ pub(crate) async fn request(
     let links = pending
         .iter()
         .map(|&(id, region)| RegionLink {
-            region_name: shared.regions.region(region).name.clone(),
-            confirm_url: shared.links.link(Purpose::Confirm, id, now),
+            region_name: handlers.regions.region(region).name.clone(),
+            confirm_url: handlers.links.link(Purpose::Confirm, id, now),
         })
         .collect();
     let job = Job::SubscriptionConfirm(confirmation(name, links, now + CONFIRM_VALIDITY));
@@ -172,13 +171,13 @@ pub(crate) async fn request(
 
 pub(super) async fn handle_requested(
     tx: &mut PgConnection,
-    shared: &Shared,
+    handlers: &Handlers,
     envelope: &Envelope,
     r: &SubscriptionRequested,
 ) -> Result<(), Failure> {
     request(
         tx,
-        shared,
+        handlers,
         envelope.id,
         &r.email,
         r.name.as_deref(),

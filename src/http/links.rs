@@ -10,7 +10,7 @@
 //! a 400 page and changes nothing. Pages carry no personal data (not even the address), only the
 //! region's name, and are never cached or sent on as a referrer (the URL holds the token).
 
-use super::AppState;
+use super::PublicState;
 use crate::domain::RegionId;
 use crate::tokens::{Purpose, TokenError};
 use axum::extract::{RawQuery, State};
@@ -18,6 +18,7 @@ use axum::http::{header, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use serde::Serialize;
 use serde_json::Value;
+use std::sync::Arc;
 
 /// What every page may show. One shape for all of them, so that a template naming a field that
 /// a page does not use still renders (strict mode).
@@ -45,9 +46,9 @@ fn token_of(query: Option<&str>) -> String {
         .unwrap_or_default()
 }
 
-fn page(state: &AppState, status: StatusCode, name: &str, context: PageContext) -> Response {
+fn page(state: &PublicState, status: StatusCode, name: &str, context: PageContext) -> Response {
     let value = serde_json::to_value(&context).unwrap_or(Value::Null);
-    let mut response = match state.shared.templates.render_page(name, &value) {
+    let mut response = match state.templates.render_page(name, &value) {
         Ok(html) => (status, html).into_response(),
         Err(e) => {
             tracing::error!(error = %e, "a page could not be rendered");
@@ -85,7 +86,7 @@ fn page(state: &AppState, status: StatusCode, name: &str, context: PageContext) 
     response
 }
 
-fn refused(state: &AppState, purpose: Purpose, e: TokenError) -> Response {
+fn refused(state: &PublicState, purpose: Purpose, e: TokenError) -> Response {
     tracing::info!(reason = ?e, purpose = purpose.path(), "link refused");
     page(
         state,
@@ -99,7 +100,7 @@ fn refused(state: &AppState, purpose: Purpose, e: TokenError) -> Response {
     )
 }
 
-fn problem(state: &AppState, e: sqlx::Error) -> Response {
+fn problem(state: &PublicState, e: sqlx::Error) -> Response {
     tracing::warn!(error = %e, "a link page could not reach the database");
     page(
         state,
@@ -109,16 +110,16 @@ fn problem(state: &AppState, e: sqlx::Error) -> Response {
     )
 }
 
-fn region_name(state: &AppState, region: &str) -> Option<String> {
+fn region_name(state: &PublicState, region: &str) -> Option<String> {
     region
         .parse::<RegionId>()
         .ok()
-        .map(|r| state.shared.regions.region(r).name.clone())
+        .map(|r| state.regions.region(r).name.clone())
 }
 
 /// A 200 page about a subscription to `region`'s newsletter; `already` when the press found
 /// nothing left to do.
-fn region_page(state: &AppState, name: &str, region: Option<&str>, already: bool) -> Response {
+fn region_page(state: &PublicState, name: &str, region: Option<&str>, already: bool) -> Response {
     page(
         state,
         StatusCode::OK,
@@ -132,16 +133,16 @@ fn region_page(state: &AppState, name: &str, region: Option<&str>, already: bool
 }
 
 /// A subscription's region and status, or None when it no longer exists (erased).
-async fn subscription(state: &AppState, id: i64) -> sqlx::Result<Option<(String, String)>> {
+async fn subscription(state: &PublicState, id: i64) -> sqlx::Result<Option<(String, String)>> {
     sqlx::query_as("SELECT region, status FROM subscriptions WHERE id = $1")
         .bind(id)
-        .fetch_optional(&state.shared.pool)
+        .fetch_optional(&state.pool)
         .await
 }
 
 /// A genuine confirmation link whose subscription has ended (or been erased) since: it no
 /// longer confirms anything.
-fn no_longer_valid(state: &AppState) -> Response {
+fn no_longer_valid(state: &PublicState) -> Response {
     page(
         state,
         StatusCode::BAD_REQUEST,
@@ -151,11 +152,11 @@ fn no_longer_valid(state: &AppState) -> Response {
 }
 
 pub(super) async fn confirm_page(
-    State(state): State<AppState>,
+    State(state): State<Arc<PublicState>>,
     RawQuery(query): RawQuery,
 ) -> Response {
     let token = token_of(query.as_deref());
-    let id = match state.shared.links.check(&token, Purpose::Confirm) {
+    let id = match state.links.check(&token, Purpose::Confirm) {
         Ok(id) => id,
         Err(e) => return refused(&state, Purpose::Confirm, e),
     };
@@ -178,9 +179,12 @@ pub(super) async fn confirm_page(
     }
 }
 
-pub(super) async fn confirm(State(state): State<AppState>, RawQuery(query): RawQuery) -> Response {
+pub(super) async fn confirm(
+    State(state): State<Arc<PublicState>>,
+    RawQuery(query): RawQuery,
+) -> Response {
     let token = token_of(query.as_deref());
-    let id = match state.shared.links.check(&token, Purpose::Confirm) {
+    let id = match state.links.check(&token, Purpose::Confirm) {
         Ok(id) => id,
         Err(e) => return refused(&state, Purpose::Confirm, e),
     };
@@ -190,7 +194,7 @@ pub(super) async fn confirm(State(state): State<AppState>, RawQuery(query): RawQ
          RETURNING region",
     )
     .bind(id)
-    .fetch_optional(&state.shared.pool)
+    .fetch_optional(&state.pool)
     .await;
     match confirmed {
         Err(e) => problem(&state, e),
@@ -210,11 +214,11 @@ pub(super) async fn confirm(State(state): State<AppState>, RawQuery(query): RawQ
 }
 
 pub(super) async fn unsubscribe_page(
-    State(state): State<AppState>,
+    State(state): State<Arc<PublicState>>,
     RawQuery(query): RawQuery,
 ) -> Response {
     let token = token_of(query.as_deref());
-    let id = match state.shared.links.check(&token, Purpose::Unsubscribe) {
+    let id = match state.links.check(&token, Purpose::Unsubscribe) {
         Ok(id) => id,
         Err(e) => return refused(&state, Purpose::Unsubscribe, e),
     };
@@ -242,11 +246,11 @@ pub(super) async fn unsubscribe_page(
 /// Unsubscribes: the page's button and one-click unsubscribe alike. Answers 200 whenever the
 /// token is good, whether or not anything was left to end, as RFC 8058 senders expect.
 pub(super) async fn unsubscribe(
-    State(state): State<AppState>,
+    State(state): State<Arc<PublicState>>,
     RawQuery(query): RawQuery,
 ) -> Response {
     let token = token_of(query.as_deref());
-    let id = match state.shared.links.check(&token, Purpose::Unsubscribe) {
+    let id = match state.links.check(&token, Purpose::Unsubscribe) {
         Ok(id) => id,
         Err(e) => return refused(&state, Purpose::Unsubscribe, e),
     };
@@ -256,7 +260,7 @@ pub(super) async fn unsubscribe(
          RETURNING region",
     )
     .bind(id)
-    .fetch_optional(&state.shared.pool)
+    .fetch_optional(&state.pool)
     .await;
     match ended {
         Err(e) => problem(&state, e),

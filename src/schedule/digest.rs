@@ -8,8 +8,7 @@
 //! never fire one occurrence twice; after downtime, missed occurrences are caught up with one
 //! firing, not several.
 
-use super::plan;
-use crate::context::Shared;
+use super::{plan, Scheduler};
 use crate::domain::RegionId;
 use crate::outbox::{enqueue_each, Audience, ForEach, NewEmails};
 use crate::state::reader::list_id;
@@ -25,14 +24,14 @@ pub struct Fired {
     pub recipients: u64,
 }
 
-/// Fires every region whose schedule is due, as of `shared.clock`.
-pub async fn fire_due(shared: &Shared) -> anyhow::Result<Vec<Fired>> {
+/// Fires every region whose schedule is due, as of `scheduler.clock`.
+pub async fn fire_due(scheduler: &Scheduler) -> anyhow::Result<Vec<Fired>> {
     let mut fired = Vec::new();
-    for (region, config) in shared.regions.iter() {
+    for (region, config) in scheduler.regions.iter() {
         let Some((_, schedule)) = &config.digest_schedule else {
             continue;
         };
-        if let Some(f) = fire_region(shared, region, schedule).await? {
+        if let Some(f) = fire_region(scheduler, region, schedule).await? {
             fired.push(f);
         }
     }
@@ -40,20 +39,20 @@ pub async fn fire_due(shared: &Shared) -> anyhow::Result<Vec<Fired>> {
 }
 
 async fn fire_region(
-    shared: &Shared,
+    scheduler: &Scheduler,
     region: RegionId,
     schedule: &cron::Schedule,
 ) -> anyhow::Result<Option<Fired>> {
-    let now = shared.clock.now();
+    let now = scheduler.clock.now();
     // Committed on its own: a round with nothing to fire rolls its transaction back.
     sqlx::query(
         "INSERT INTO digest_state (region, last_fire_at) VALUES ($1, $2) ON CONFLICT DO NOTHING",
     )
     .bind(region.as_str())
     .bind(now)
-    .execute(&shared.pool)
+    .execute(&scheduler.pool)
     .await?;
-    let mut tx = shared.pool.begin().await?;
+    let mut tx = scheduler.pool.begin().await?;
     let state: Option<(DateTime<Utc>,)> = sqlx::query_as(
         "SELECT last_fire_at FROM digest_state WHERE region = $1 FOR UPDATE SKIP LOCKED",
     )
@@ -93,20 +92,17 @@ async fn fire_region(
     if !sessions.is_empty() {
         let views: Vec<SessionView> = sessions
             .iter()
-            .map(|s| SessionView::new(&shared.regions, s))
+            .map(|s| SessionView::new(&scheduler.regions, s))
             .collect();
         // Set-based: one row per confirmed, not suppressed subscriber; name and unsubscribe
         // link are completed at send time (`send::compose::digest`).
         let emails = NewEmails {
             job: ForEach::Digest {
-                region_name: shared.regions.region(region).name.clone(),
+                region_name: scheduler.regions.region(region).name.clone(),
                 sessions: views,
             },
             to: Audience::Readers(region),
-            headers: vec![(
-                "List-Id",
-                list_id(&shared.settings.mail.bulk_from.domain, region),
-            )],
+            headers: vec![("List-Id", list_id(&scheduler.bulk_domain, region))],
             priority: -10,
             source_event: None,
         };

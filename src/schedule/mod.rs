@@ -11,12 +11,32 @@
 pub mod digest;
 pub mod plan;
 
-use crate::context::Shared;
+use crate::clock::Clock;
+use crate::config::Regions;
+use crate::metrics::Metrics;
 use crate::outbox::job::{Briefing, Reminder};
 use crate::outbox::{enqueue, Job, NewEmail};
 use chrono::{DateTime, Utc};
+use sqlx::PgPool;
 use std::sync::Arc;
+use std::time::Duration;
 use tokio_util::sync::CancellationToken;
+
+/// What the scheduler uses, and nothing more: built by the composition root (`worker`).
+pub struct Scheduler {
+    /// Due rows are claimed and handed to the outbox in one transaction.
+    pub pool: PgPool,
+    /// Briefings' coordinators, digest schedules, regions' names.
+    pub regions: Arc<Regions>,
+    /// What is due is due by this clock.
+    pub clock: Clock,
+    /// Counts its rounds (`rpec_scheduler_rounds_total`), so that a stuck loop shows.
+    pub metrics: Arc<Metrics>,
+    /// The domain of the bulk From address, under which digests' `List-Id` is named.
+    pub bulk_domain: String,
+    /// `[schedule] poll_interval_ms`: the wait between two rounds.
+    pub poll_interval: Duration,
+}
 
 /// Rows handed over per transaction.
 const BATCH: i64 = 200;
@@ -43,11 +63,11 @@ pub struct Round {
     pub dropped: usize,
 }
 
-/// Hands every due reminder and briefing to the outbox, as of `shared.clock`.
-pub async fn hand_over_due(shared: &Shared) -> anyhow::Result<Round> {
+/// Hands every due reminder and briefing to the outbox, as of `scheduler.clock`.
+pub async fn hand_over_due(scheduler: &Scheduler) -> anyhow::Result<Round> {
     let mut total = Round::default();
     loop {
-        let round = hand_over_batch(shared).await?;
+        let round = hand_over_batch(scheduler).await?;
         total.queued += round.queued;
         total.dropped += round.dropped;
         if ((round.queued + round.dropped) as i64) < BATCH {
@@ -56,9 +76,9 @@ pub async fn hand_over_due(shared: &Shared) -> anyhow::Result<Round> {
     }
 }
 
-async fn hand_over_batch(shared: &Shared) -> anyhow::Result<Round> {
-    let now = shared.clock.now();
-    let mut tx = shared.pool.begin().await?;
+async fn hand_over_batch(scheduler: &Scheduler) -> anyhow::Result<Round> {
+    let now = scheduler.clock.now();
+    let mut tx = scheduler.pool.begin().await?;
     let due: Vec<Due> = sqlx::query_as(
         "SELECT e.id, e.kind, e.session_id, e.registration_id, e.offset_label, e.due_at,
                 s.status AS session_status, s.starts_at, s.region,
@@ -95,7 +115,7 @@ async fn hand_over_batch(shared: &Shared) -> anyhow::Result<Round> {
                 tracing::info!(scheduled_id = d.id, kind = %d.kind, session_id = %d.session_id, reason, "dropped");
                 None
             }
-            None => Some(enqueue(&mut tx, &email_for(shared, &d)?).await?),
+            None => Some(enqueue(&mut tx, &email_for(scheduler, &d)?).await?),
         };
         sqlx::query("UPDATE scheduled_emails SET status = $2, outbox_id = $3, handled_at = $4 WHERE id = $1")
             .bind(d.id)
@@ -124,7 +144,7 @@ fn offset_length(label: &str) -> chrono::Duration {
     }
 }
 
-fn email_for(shared: &Shared, d: &Due) -> anyhow::Result<NewEmail> {
+fn email_for(scheduler: &Scheduler, d: &Due) -> anyhow::Result<NewEmail> {
     if d.kind == "reminder" {
         let email = d
             .email
@@ -149,7 +169,7 @@ fn email_for(shared: &Shared, d: &Due) -> anyhow::Result<NewEmail> {
         Ok(e)
     } else {
         let region = d.region.as_deref().and_then(|r| r.parse().ok());
-        let coordinators = shared.regions.for_session(region).coordinators.clone();
+        let coordinators = scheduler.regions.for_session(region).coordinators.clone();
         let briefing = Briefing {
             session_id: d.session_id.clone(),
         };
@@ -161,9 +181,9 @@ fn email_for(shared: &Shared, d: &Due) -> anyhow::Result<NewEmail> {
 }
 
 /// Runs rounds until `stop`.
-pub async fn run(shared: Arc<Shared>, stop: CancellationToken) {
+pub async fn run(scheduler: Scheduler, stop: CancellationToken) {
     loop {
-        match hand_over_due(&shared).await {
+        match hand_over_due(&scheduler).await {
             Ok(Round {
                 queued: 0,
                 dropped: 0,
@@ -175,13 +195,13 @@ pub async fn run(shared: Arc<Shared>, stop: CancellationToken) {
             ),
             Err(e) => tracing::warn!(error = %format!("{e:#}"), "scheduler round failed"),
         }
-        if let Err(e) = digest::fire_due(&shared).await {
+        if let Err(e) = digest::fire_due(&scheduler).await {
             tracing::warn!(error = %format!("{e:#}"), "digest round failed");
         }
-        shared.metrics.scheduler_rounds.inc();
+        scheduler.metrics.scheduler_rounds.inc();
         tokio::select! {
             _ = stop.cancelled() => break,
-            _ = tokio::time::sleep(shared.settings.schedule_poll_interval) => {}
+            _ = tokio::time::sleep(scheduler.poll_interval) => {}
         }
     }
     tracing::info!("scheduler stopped");

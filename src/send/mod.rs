@@ -14,13 +14,17 @@
 pub mod compose;
 pub mod prepare;
 
-use crate::context::Shared;
+use crate::clock::Clock;
+use crate::config::{MailSettings, Regions};
 use crate::db;
-use crate::mail::{message, Relay, SendError};
+use crate::mail::{message, Relay, SendError, Shells, Templates};
+use crate::metrics::Metrics;
 use crate::outbox::job::{Reminder, Undeliverable, UndeliverableEnquiry};
 use crate::outbox::{self, Claimed, Counted, Job, Mark, Marked, Outcome, NOTIFY_CHANNEL};
+use crate::tokens::Links;
 use prepare::{prepare, Prepared, UnreadableJob};
 use sqlx::postgres::PgListener;
+use sqlx::PgPool;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -122,22 +126,41 @@ struct Done {
     recorded: Option<oneshot::Sender<()>>,
 }
 
+/// What the sender uses, and nothing more: built by the composition root (`worker`).
+pub struct Mailer {
+    /// `[mail]`: how many rows to hold and send at once, the lease, the time-outs and retries,
+    /// the From addresses.
+    pub settings: MailSettings,
+    /// Rows are claimed, read and recorded through it.
+    pub pool: PgPool,
+    pub templates: Arc<Templates>,
+    /// Bulk emails rendered once, filled in for each reader.
+    pub shells: Shells,
+    /// Regions' names, and the triage mailbox that an undeliverable enquiry goes to.
+    pub regions: Arc<Regions>,
+    /// Signs each reader's unsubscribe link.
+    pub links: Links,
+    pub metrics: Arc<Metrics>,
+    /// "Now" for whether a session has started, and for reminders' lateness.
+    pub clock: Clock,
+}
+
 /// Runs the pipeline until `shutdown`: claimed rows not yet started then go back, sends in
 /// flight finish, and their outcomes are recorded before it returns.
-pub async fn run(shared: Arc<Shared>, relay: Relay, shutdown: CancellationToken) {
-    let capacity = (shared.settings.mail.send_batch_size.max(1) as usize).max(1);
+pub async fn run(mailer: Arc<Mailer>, relay: Relay, shutdown: CancellationToken) {
+    let capacity = (mailer.settings.send_batch_size.max(1) as usize).max(1);
     let held = Arc::new(Held::default());
     let (work_tx, work_rx) = mpsc::channel::<Work>(capacity);
     let (done_tx, done_rx) = mpsc::unbounded_channel::<Done>();
-    let recorder = tokio::spawn(record_all(shared.clone(), done_rx, held.clone()));
+    let recorder = tokio::spawn(record_all(mailer.clone(), done_rx, held.clone()));
     let senders = tokio::spawn(send_all(
-        shared.clone(),
+        mailer.clone(),
         relay,
         work_rx,
         done_tx,
         shutdown.clone(),
     ));
-    claim_all(&shared, work_tx, &held, capacity, &shutdown).await;
+    claim_all(&mailer, work_tx, &held, capacity, &shutdown).await;
     let _ = senders.await;
     let _ = recorder.await;
     tracing::info!("sender stopped");
@@ -146,7 +169,7 @@ pub async fn run(shared: Arc<Shared>, relay: Relay, shutdown: CancellationToken)
 /// The claimer (see the module's notes). Ends at `shutdown`, dropping `work` so that the
 /// senders end once they have taken what it holds.
 async fn claim_all(
-    shared: &Shared,
+    mailer: &Mailer,
     work: mpsc::Sender<Work>,
     held: &Held,
     capacity: usize,
@@ -169,8 +192,8 @@ async fn claim_all(
             held.at_most(capacity - refill_at(capacity), shutdown).await;
             continue;
         }
-        let lease_ends = Instant::now() + shared.settings.mail.send_lease;
-        match outbox::claim(&shared.pool, room as i64, shared.settings.mail.send_lease).await {
+        let lease_ends = Instant::now() + mailer.settings.send_lease;
+        match outbox::claim(&mailer.pool, room as i64, mailer.settings.send_lease).await {
             Ok(rows) => {
                 failed_rounds = 0;
                 let n = rows.len();
@@ -192,11 +215,11 @@ async fn claim_all(
                 tracing::warn!(error = %e, failed_rounds, "could not claim emails from the outbox");
             }
         }
-        shared.metrics.sender_rounds.inc();
+        mailer.metrics.sender_rounds.inc();
         if listener.is_none() && failed_rounds == 0 {
-            listener = connect_listener(shared).await;
+            listener = connect_listener(mailer).await;
         }
-        let poll = shared.settings.mail.send_poll_interval;
+        let poll = mailer.settings.send_poll_interval;
         let wait = if failed_rounds == 0 {
             poll
         } else {
@@ -231,7 +254,7 @@ fn refill_at(capacity: usize) -> usize {
 /// dies leaves at most one accepted-but-unrecorded email per slot (the duplicate window); it
 /// prepares the next one meanwhile.
 async fn send_all(
-    shared: Arc<Shared>,
+    mailer: Arc<Mailer>,
     relay: Relay,
     work: mpsc::Receiver<Work>,
     done: mpsc::UnboundedSender<Done>,
@@ -239,9 +262,9 @@ async fn send_all(
 ) {
     let work = Arc::new(tokio::sync::Mutex::new(work));
     let mut slots = tokio::task::JoinSet::new();
-    for _ in 0..shared.settings.mail.send_concurrency.max(1) {
-        let (shared, relay, work, done, shutdown) = (
-            shared.clone(),
+    for _ in 0..mailer.settings.send_concurrency.max(1) {
+        let (mailer, relay, work, done, shutdown) = (
+            mailer.clone(),
             relay.clone(),
             work.clone(),
             done.clone(),
@@ -258,13 +281,13 @@ async fn send_all(
                 // worker, instead of waiting out its lease; the sends already in flight finish.
                 // So does a row whose lease no longer has room for a whole send and its
                 // recording.
-                let room = shared.settings.mail.send_timeout + RECORDING_MARGIN;
+                let room = mailer.settings.send_timeout + RECORDING_MARGIN;
                 let (record, recorded) =
                     if shutdown.is_cancelled() || Instant::now() + room >= lease_ends {
                         (Record::Release, None)
                     } else {
                         let (tx, rx) = oneshot::channel();
-                        let record = send_one(&shared, &relay, &row, last.take()).await;
+                        let record = send_one(&mailer, &relay, &row, last.take()).await;
                         last = Some(rx);
                         (record, Some(tx))
                     };
@@ -284,12 +307,12 @@ async fn send_all(
 /// slot has one, resolves once the slot's last outcome is recorded: the relay gets this email
 /// only after that.
 async fn send_one(
-    shared: &Shared,
+    mailer: &Mailer,
     relay: &Relay,
     row: &Claimed,
     previous: Option<oneshot::Receiver<()>>,
 ) -> Record {
-    let s = &shared.settings.mail;
+    let s = &mailer.settings;
     let from = if row.stream == "bulk" {
         &s.bulk_from
     } else {
@@ -298,7 +321,7 @@ async fn send_one(
     // Whether the relay itself refused the message for good (a 5xx), as opposed to a message
     // that could not be built: only the first says something about the address.
     let mut refused_by_relay = false;
-    let result = match prepare(shared, row).await {
+    let result = match prepare(mailer, row).await {
         // A job that does not parse never will: keep the row, say why.
         Err(e) if e.is::<UnreadableJob>() => {
             Err(SendError::Permanent(format!("not sendable: {e}")))
@@ -323,7 +346,7 @@ async fn send_one(
                     } else {
                         None
                     };
-                    shared
+                    mailer
                         .templates
                         .render(&row.template, &context)
                         .and_then(|rendered| {
@@ -366,7 +389,7 @@ async fn send_one(
     match result {
         Ok(()) => Record::Sent {
             at: chrono::Utc::now(),
-            by_clock: shared.clock.now(),
+            by_clock: mailer.clock.now(),
         },
         // However long the relay (or PostgreSQL) stays away, no email fails for it: the try is
         // given back, and the wait grows with the row's own deferrals.
@@ -386,7 +409,7 @@ async fn send_one(
         }
         Err(e) => Record::Failed {
             suppress: refused_by_relay && row.stream == "bulk",
-            triage: undeliverable_copy(shared, row, e.text()),
+            triage: undeliverable_copy(mailer, row, e.text()),
             summary: e.log_summary(),
             error: e.text().to_owned(),
         },
@@ -397,7 +420,7 @@ async fn send_one(
 /// RECORDS_IN_FLIGHT batches are written at once (each on its own connection), so an outcome
 /// that comes while a batch is being written is written at once too, not after it: a slot
 /// waits for one statement, not for one and a half.
-async fn record_all(shared: Arc<Shared>, mut done: mpsc::UnboundedReceiver<Done>, held: Arc<Held>) {
+async fn record_all(mailer: Arc<Mailer>, mut done: mpsc::UnboundedReceiver<Done>, held: Arc<Held>) {
     let mut writing = tokio::task::JoinSet::new();
     loop {
         if writing.len() >= RECORDS_IN_FLIGHT {
@@ -419,10 +442,10 @@ async fn record_all(shared: Arc<Shared>, mut done: mpsc::UnboundedReceiver<Done>
                 Err(_) => break,
             }
         }
-        let (shared, held) = (shared.clone(), held.clone());
+        let (mailer, held) = (mailer.clone(), held.clone());
         writing.spawn(async move {
             let n = batch.len();
-            record_batch(&shared, batch).await;
+            record_batch(&mailer, batch).await;
             held.done(n);
         });
     }
@@ -431,7 +454,7 @@ async fn record_all(shared: Arc<Shared>, mut done: mpsc::UnboundedReceiver<Done>
 
 /// Records one batch: rows given back, plain outcomes in one statement, failures each in
 /// their own transaction; then logs and counts what was recorded.
-async fn record_batch(shared: &Shared, batch: Vec<Done>) {
+async fn record_batch(mailer: &Mailer, batch: Vec<Done>) {
     let (mut marks, mut failures, mut releases) = (Vec::new(), Vec::new(), Vec::new());
     for d in batch {
         match d.record {
@@ -445,26 +468,26 @@ async fn record_batch(shared: &Shared, batch: Vec<Done>) {
             .iter()
             .map(|d| (d.row.id, d.row.claim_token))
             .collect();
-        if let Err(e) = outbox::release(&shared.pool, &claims).await {
+        if let Err(e) = outbox::release(&mailer.pool, &claims).await {
             // They stay claimed until their lease runs out, and are then claimed again.
             tracing::warn!(error = %e, emails = claims.len(), "could not give back claimed emails");
         }
     }
     if !marks.is_empty() {
-        let recorded: std::collections::HashSet<i64> = with_retry(shared, &marks, record_marks)
+        let recorded: std::collections::HashSet<i64> = with_retry(mailer, &marks, record_marks)
             .await
             .into_iter()
             .collect();
         // The slots go on first; logging and counting can wait that long.
         marks.iter_mut().for_each(answer);
         for d in &marks {
-            report(shared, d, recorded.contains(&d.row.id));
+            report(mailer, d, recorded.contains(&d.row.id));
         }
     }
     for mut d in failures {
-        let recorded = with_retry(shared, std::slice::from_ref(&d), record_failure).await;
+        let recorded = with_retry(mailer, std::slice::from_ref(&d), record_failure).await;
         answer(&mut d);
-        report(shared, &d, recorded.contains(&d.row.id));
+        report(mailer, &d, recorded.contains(&d.row.id));
     }
 }
 
@@ -480,9 +503,9 @@ fn answer(d: &mut Done) {
 /// earlier would let the lease run out and a sent email be sent again. After a try that was lost
 /// with its connection (and may have committed all the same), rows finished under their claim
 /// count as recorded. Trying on past a lease is harmless: every write is fenced by its claim.
-async fn with_retry<'a, F, Fut>(shared: &'a Shared, batch: &'a [Done], write: F) -> Vec<i64>
+async fn with_retry<'a, F, Fut>(mailer: &'a Mailer, batch: &'a [Done], write: F) -> Vec<i64>
 where
-    F: Fn(&'a Shared, &'a [Done]) -> Fut,
+    F: Fn(&'a Mailer, &'a [Done]) -> Fut,
     Fut: std::future::Future<Output = sqlx::Result<Vec<i64>>>,
 {
     let lease_ends = batch
@@ -493,14 +516,14 @@ where
     let mut wait = Duration::from_millis(100);
     let mut tried = false;
     loop {
-        match tokio::time::timeout_at(lease_ends.into(), write(shared, batch)).await {
+        match tokio::time::timeout_at(lease_ends.into(), write(mailer, batch)).await {
             Ok(Ok(mut ids)) => {
                 if tried && ids.len() < batch.len() {
                     let claims: Vec<(i64, Uuid)> = batch
                         .iter()
                         .map(|d| (d.row.id, d.row.claim_token))
                         .collect();
-                    if let Ok(mine) = outbox::finished_under(&shared.pool, &claims).await {
+                    if let Ok(mine) = outbox::finished_under(&mailer.pool, &claims).await {
                         ids.extend(mine);
                     }
                 }
@@ -532,7 +555,7 @@ where
     }
 }
 
-async fn record_marks(shared: &Shared, batch: &[Done]) -> sqlx::Result<Vec<i64>> {
+async fn record_marks(mailer: &Mailer, batch: &[Done]) -> sqlx::Result<Vec<i64>> {
     let marks: Vec<Marked> = batch
         .iter()
         .filter_map(|d| {
@@ -559,12 +582,12 @@ async fn record_marks(shared: &Shared, batch: &[Done]) -> sqlx::Result<Vec<i64>>
             })
         })
         .collect();
-    outbox::record(&shared.pool, &marks).await
+    outbox::record(&mailer.pool, &marks).await
 }
 
 /// One transaction: the failure, the suppression it implies and the triage copy are recorded
 /// together or not at all (a stale claim records none of them).
-async fn record_failure(shared: &Shared, batch: &[Done]) -> sqlx::Result<Vec<i64>> {
+async fn record_failure(mailer: &Mailer, batch: &[Done]) -> sqlx::Result<Vec<i64>> {
     let mut ids = Vec::new();
     for d in batch {
         let Record::Failed {
@@ -577,7 +600,7 @@ async fn record_failure(shared: &Shared, batch: &[Done]) -> sqlx::Result<Vec<i64
             continue;
         };
         let row = &d.row;
-        let mut tx = shared.pool.begin().await?;
+        let mut tx = mailer.pool.begin().await?;
         if !outbox::mark_failed(&mut *tx, row.id, row.claim_token, error).await? {
             tx.rollback().await?;
             continue;
@@ -596,17 +619,17 @@ async fn record_failure(shared: &Shared, batch: &[Done]) -> sqlx::Result<Vec<i64
 }
 
 /// Logs (ids only) and counts a recorded outcome; a stale one is counted as such.
-fn report(shared: &Shared, d: &Done, recorded: bool) {
+fn report(mailer: &Mailer, d: &Done, recorded: bool) {
     let row = &d.row;
     if !recorded {
-        stale(shared, row);
+        stale(mailer, row);
         return;
     }
     let outcome = match &d.record {
         Record::Sent { by_clock, .. } => {
             tracing::info!(outbox_id = row.id, kind = %row.kind, attempts = row.attempts, "email sent");
             if let Ok(Job::SessionReminder(reminder)) = row.job.get() {
-                observe_reminder_lateness(shared, reminder, *by_clock);
+                observe_reminder_lateness(mailer, reminder, *by_clock);
             }
             Outcome::Sent
         }
@@ -648,16 +671,16 @@ fn report(shared: &Shared, d: &Done, recorded: bool) {
         }
         Record::Release => return,
     };
-    shared.metrics.email_outcome(&row.kind, outcome);
+    mailer.metrics.email_outcome(&row.kind, outcome);
 }
 
 /// A claim whose outcome matched nothing: counted and logged (ids only), otherwise ignored.
-fn stale(shared: &Shared, row: &Claimed) {
+fn stale(mailer: &Mailer, row: &Claimed) {
     tracing::warn!(
         outbox_id = row.id,
         "outcome not recorded: the lease ran out and the email was claimed again"
     );
-    shared.metrics.stale_outcomes.inc();
+    mailer.metrics.stale_outcomes.inc();
 }
 
 /// For a coordinators' copy of an enquiry that failed for good: the triage mailbox and the
@@ -665,14 +688,14 @@ fn stale(shared: &Shared, row: &Claimed) {
 /// for other kinds (the triage copy itself included: if that fails too it stays failed, and the
 /// failed-and-unresolved gauge shows it), and when the copy went to the triage mailbox already.
 fn undeliverable_copy(
-    shared: &Shared,
+    mailer: &Mailer,
     row: &Claimed,
     reason: &str,
 ) -> Option<(Vec<String>, Box<Job>)> {
     let Ok(Job::Enquiry(enquiry)) = row.job.get() else {
         return None;
     };
-    let triage: Vec<String> = shared
+    let triage: Vec<String> = mailer
         .regions
         .triage
         .iter()
@@ -704,13 +727,13 @@ fn undeliverable_copy(
 /// When the relay accepted a session reminder (`accepted_at`, the worker's clock), against
 /// when it was due. Rows queued before the due time was kept in the job are skipped.
 fn observe_reminder_lateness(
-    shared: &Shared,
+    mailer: &Mailer,
     reminder: &Reminder,
     accepted_at: chrono::DateTime<chrono::Utc>,
 ) {
     if let Some(due) = reminder.due_at {
         let late = (accepted_at - due).to_std().unwrap_or_default();
-        shared.metrics.reminder_lateness.observe(late.as_secs_f64());
+        mailer.metrics.reminder_lateness.observe(late.as_secs_f64());
     }
 }
 
@@ -735,9 +758,9 @@ async fn suppress_recipients(
     .rows_affected())
 }
 
-async fn connect_listener(shared: &Shared) -> Option<PgListener> {
+async fn connect_listener(mailer: &Mailer) -> Option<PgListener> {
     let attempt = async {
-        let mut l = PgListener::connect_with(&shared.pool).await?;
+        let mut l = PgListener::connect_with(&mailer.pool).await?;
         l.listen(NOTIFY_CHANNEL).await?;
         Ok::<_, sqlx::Error>(l)
     };

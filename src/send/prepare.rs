@@ -1,8 +1,8 @@
 //! The last look before an email is sent: the row's job, composed from the current state
 //! (`compose`). A row whose job does not parse fails for good ([`UnreadableJob`]).
 
-use crate::context::Shared;
 use crate::outbox::{Attachment, Claimed};
+use crate::send::Mailer;
 use serde_json::Value;
 
 pub use crate::outbox::job::UnreadableJob;
@@ -27,7 +27,7 @@ pub enum Prepared {
 
 /// Decides, just before sending, whether and with what a row is sent. An error is a passing
 /// failure (the row is retried), but for an [`UnreadableJob`], which never gets better.
-pub async fn prepare(shared: &Shared, row: &Claimed) -> anyhow::Result<Prepared> {
+pub async fn prepare(mailer: &Mailer, row: &Claimed) -> anyhow::Result<Prepared> {
     let job = row.job.get().map_err(|e| anyhow::Error::new(e.clone()))?;
-    super::compose::compose(shared, row, job).await
+    super::compose::compose(mailer, row, job).await
 }

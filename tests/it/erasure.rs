@@ -361,14 +361,12 @@ async fn the_hash_an_erasure_leaves_goes_once_no_dead_letter_can_bring_the_perso
             .unwrap();
         n
     };
-    let shared = rpec_notify::context::Shared::load(app.settings.clone(), app.clock.clone())
-        .await
-        .unwrap();
+    let sweeper = app.sweeper().await;
     app.set_time("2025-04-01T10:00:00Z"); // 29 days on: a dead letter may still be replayed
-    rpec_notify::worker::sweep_once(&shared).await.unwrap();
+    rpec_notify::retention::sweep_once(&sweeper).await.unwrap();
     assert_eq!(hashes().await, 1);
     app.set_time("2025-04-03T10:00:01Z"); // past the 30 days dead letters live
-    let swept = rpec_notify::worker::sweep_once(&shared).await.unwrap();
+    let swept = rpec_notify::retention::sweep_once(&sweeper).await.unwrap();
     assert_eq!(swept.erased_addresses, 1);
     assert_eq!(hashes().await, 0);
     app.stop().await;

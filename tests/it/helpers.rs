@@ -11,6 +11,7 @@ use lapin::{BasicProperties, Channel, Connection};
 use rpec_notify::clock::Clock;
 use rpec_notify::config::Settings;
 use rpec_notify::consume::topology::{self, Topology};
+use rpec_notify::retention::Sweeper;
 use serde_json::Value;
 use sqlx::{Connection as _, PgConnection, PgPool};
 use std::collections::HashMap;
@@ -707,6 +708,18 @@ fn header_string(headers: &FieldTable, name: &str) -> String {
 }
 
 impl TestApp {
+    /// The retention sweep with the worker's settings and clock, on a pool of its own (as the
+    /// worker's is), for tests that sweep when they choose.
+    pub async fn sweeper(&self) -> Sweeper {
+        Sweeper {
+            pool: rpec_notify::db::connect(&self.settings)
+                .await
+                .expect("a pool for the sweep"),
+            clock: self.clock.clone(),
+            retention: self.settings.retention,
+        }
+    }
+
     /// Publishes raw bytes with routing key `key`, persistent, confirmed.
     pub async fn publish_raw(&self, key: &str, body: &[u8]) {
         let props = BasicProperties::default().with_delivery_mode(2);

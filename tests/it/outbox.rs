@@ -4,9 +4,8 @@
 //! row kept until an operator resolves it.
 
 use crate::helpers::*;
-use rpec_notify::context::Shared;
 use rpec_notify::outbox::{self, Counted};
-use rpec_notify::worker::sweep_once;
+use rpec_notify::retention::sweep_once;
 use serde_json::json;
 use std::collections::HashSet;
 use std::time::Duration;
@@ -355,11 +354,9 @@ async fn an_enquiry_its_region_refuses_goes_to_triage_once_and_its_failure_outli
     );
 
     // Past the outbox retention: the sent emails go, the unresolved failure stays...
-    let shared = Shared::load(app.settings.clone(), app.clock.clone())
-        .await
-        .unwrap();
+    let sweeper = app.sweeper().await;
     app.clock.set(now + chrono::Duration::days(31));
-    assert_eq!(sweep_once(&shared).await.unwrap().emails, 2);
+    assert_eq!(sweep_once(&sweeper).await.unwrap().emails, 2);
     let left = rows(&app).await;
     assert_eq!(left.len(), 1);
     assert_eq!((left[0].0, left[0].2.as_str()), (enquiry_id, "failed"));
@@ -374,9 +371,9 @@ async fn an_enquiry_its_region_refuses_goes_to_triage_once_and_its_failure_outli
             .await,
         0.0
     );
-    assert_eq!(sweep_once(&shared).await.unwrap().emails, 1);
+    assert_eq!(sweep_once(&sweeper).await.unwrap().emails, 1);
     assert!(rows(&app).await.is_empty());
-    shared.pool.close().await;
+    sweeper.pool.close().await;
     app.stop().await;
 }
 

@@ -3,8 +3,7 @@
 use crate::helpers::*;
 use crate::newsletter::{add_confirmed, newsletter, simple_sections, subscribe};
 use chrono::{DateTime, Duration, Utc};
-use rpec_notify::context::Shared;
-use rpec_notify::worker::{sweep_once, Swept};
+use rpec_notify::retention::{sweep_once, Swept};
 use serde_json::json;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -33,17 +32,15 @@ async fn enquiries_registrations_and_sent_emails_are_cleared_after_their_retenti
     app.handled(3).await;
     app.mails(3).await;
     app.all_sent().await;
-    let shared = Shared::load(app.settings.clone(), app.clock.clone())
-        .await
-        .unwrap();
+    let sweeper = app.sweeper().await;
 
     // Within every retention period: nothing goes.
     app.clock.set(now + Duration::days(29));
-    assert_eq!(sweep_once(&shared).await.unwrap(), Swept::default());
+    assert_eq!(sweep_once(&sweeper).await.unwrap(), Swept::default());
 
     // 30 days after sending and after the session ended: emails and registrations go.
     app.clock.set(now + Duration::days(33));
-    let swept = sweep_once(&shared).await.unwrap();
+    let swept = sweep_once(&sweeper).await.unwrap();
     assert_eq!(
         (swept.enquiries, swept.registrations, swept.emails),
         (0, 1, 3)
@@ -57,14 +54,14 @@ async fn enquiries_registrations_and_sent_emails_are_cleared_after_their_retenti
 
     // 90 days after it arrived: the enquiry is anonymised; its id and routing stay.
     app.clock.set(now + Duration::days(91));
-    assert_eq!(sweep_once(&shared).await.unwrap().enquiries, 1);
+    assert_eq!(sweep_once(&sweeper).await.unwrap().enquiries, 1);
     let row: (String, Option<String>, Option<String>, Option<String>) =
         sqlx::query_as("SELECT region, name, email, message FROM enquiries")
             .fetch_one(&app.pool)
             .await
             .unwrap();
     assert_eq!(row, ("london".to_string(), None, None, None));
-    shared.pool.close().await;
+    sweeper.pool.close().await;
     app.stop().await;
 }
 
@@ -349,9 +346,7 @@ async fn every_place_of_personal_data_is_emptied_at_the_end_of_its_period() {
     assert_eq!(rows[0].times.len(), 7);
     assert_eq!(rows[2].times.len(), 2);
 
-    let shared = Shared::load(app.settings.clone(), app.clock.clone())
-        .await
-        .unwrap();
+    let sweeper = app.sweeper().await;
     let check = |now: DateTime<Utc>| {
         let (places, rows) = (&places, &rows);
         async move {
@@ -390,7 +385,7 @@ async fn every_place_of_personal_data_is_emptied_at_the_end_of_its_period() {
         .await
         .unwrap();
     assert_eq!(n, 3);
-    let first = sweep_once(&shared).await.unwrap();
+    let first = sweep_once(&sweeper).await.unwrap();
     assert_eq!(
         first,
         Swept {
@@ -419,7 +414,7 @@ async fn every_place_of_personal_data_is_emptied_at_the_end_of_its_period() {
     moments.dedup();
     for now in moments {
         app.clock.set(now);
-        add(&mut total, sweep_once(&shared).await.unwrap());
+        add(&mut total, sweep_once(&sweeper).await.unwrap());
         check(now).await;
     }
     assert_eq!(
@@ -446,7 +441,7 @@ async fn every_place_of_personal_data_is_emptied_at_the_end_of_its_period() {
         .execute(pool)
         .await
         .unwrap();
-    assert_eq!(sweep_once(&shared).await.unwrap().emails, 1);
+    assert_eq!(sweep_once(&sweeper).await.unwrap().emails, 1);
     assert_eq!(tables_holding(pool, BOUNCED.0).await, ["subscriptions"]);
 
     // The newsletter's deliveries are gone: published again, it goes to nobody, not even to a
@@ -478,7 +473,7 @@ async fn every_place_of_personal_data_is_emptied_at_the_end_of_its_period() {
         ]
     );
     assert!(app.mails_starting("Prevent update ret-nl").len() == 4);
-    shared.pool.close().await;
+    sweeper.pool.close().await;
     app.stop().await;
 }
 
@@ -523,10 +518,8 @@ async fn a_large_sweep_runs_in_short_batches_and_keeps_what_has_not_expired() {
     }
 
     app.clock.set(now);
-    let shared = Shared::load(app.settings.clone(), app.clock.clone())
-        .await
-        .unwrap();
-    let swept = sweep_once(&shared).await.unwrap();
+    let sweeper = app.sweeper().await;
+    let swept = sweep_once(&sweeper).await.unwrap();
     assert_eq!(swept.pending_subscriptions, 5_000);
     let statements: Vec<(i64, i64)> = sqlx::query_as("SELECT n, tx FROM test_deletes")
         .fetch_all(pool)
@@ -548,6 +541,6 @@ async fn a_large_sweep_runs_in_short_batches_and_keeps_what_has_not_expired() {
             .await
             .unwrap();
     assert_eq!(left, 100, "links that still work keep their subscription");
-    shared.pool.close().await;
+    sweeper.pool.close().await;
     app.stop().await;
 }

@@ -1,9 +1,9 @@
 //! A digest's copy for one reader, completed just before it is sent.
 
-use crate::context::Shared;
 use crate::outbox::job::DigestCopy;
 use crate::outbox::Claimed;
 use crate::send::prepare::Prepared;
+use crate::send::Mailer;
 use crate::state::reader::{bulk_skip_reason, unsubscribe_link};
 use serde_json::json;
 
@@ -11,7 +11,7 @@ use serde_json::json;
 /// reader's current name and their own unsubscribe link; skipped if they left, or were
 /// suppressed, since the firing.
 pub async fn complete(
-    shared: &Shared,
+    mailer: &Mailer,
     row: &Claimed,
     copy: &DigestCopy,
 ) -> anyhow::Result<Prepared> {
@@ -22,7 +22,7 @@ pub async fn complete(
     let mut context = serde_json::to_value(copy)?;
     context["count"] = json!(copy.sessions.len());
     context["name"] = json!(row.reader_name);
-    context["unsubscribe_url"] = json!(unsubscribe_link(&shared.links, copy.subscription_id));
+    context["unsubscribe_url"] = json!(unsubscribe_link(&mailer.links, copy.subscription_id));
     Ok(Prepared::Send {
         context,
         attachments: Vec::new(),

@@ -8,33 +8,33 @@ pub mod digest;
 pub mod newsletter;
 pub mod session;
 
-use crate::context::Shared;
 use crate::outbox::{Attachment, Claimed, Job};
 use crate::send::prepare::Prepared;
+use crate::send::Mailer;
 use serde::Serialize;
 use session::Email;
 
 /// What `row` (whose job is `job`) is sent with, or why it is not sent now. An error is a
 /// passing failure (the row is retried).
-pub async fn compose(shared: &Shared, row: &Claimed, job: &Job) -> anyhow::Result<Prepared> {
+pub async fn compose(mailer: &Mailer, row: &Claimed, job: &Job) -> anyhow::Result<Prepared> {
     match job {
         Job::Enquiry(enquiry) => as_queued(row, enquiry),
         Job::EnquiryAck(ack) => as_queued(row, ack),
         Job::EnquiryUndeliverable(copy) => as_queued(row, copy),
         Job::SubscriptionConfirm(confirmation) => as_queued(row, confirmation),
         Job::RegistrationConfirmation(r) => {
-            session::registrant(shared, Email::Confirmation(r)).await
+            session::registrant(mailer, Email::Confirmation(r)).await
         }
         Job::SessionReminder(reminder) => {
-            session::registrant(shared, Email::Reminder(reminder)).await
+            session::registrant(mailer, Email::Reminder(reminder)).await
         }
-        Job::SessionMoved(moved) => session::registrant(shared, Email::Moved(moved)).await,
-        Job::JoiningLinkChanged(r) => session::registrant(shared, Email::JoiningLink(r)).await,
-        Job::SessionCancelled(r) => session::registrant(shared, Email::Cancelled(r)).await,
-        Job::CoordinatorBriefing(briefing) => session::briefing(shared, briefing).await,
+        Job::SessionMoved(moved) => session::registrant(mailer, Email::Moved(moved)).await,
+        Job::JoiningLinkChanged(r) => session::registrant(mailer, Email::JoiningLink(r)).await,
+        Job::SessionCancelled(r) => session::registrant(mailer, Email::Cancelled(r)).await,
+        Job::CoordinatorBriefing(briefing) => session::briefing(mailer, briefing).await,
         // The reader's name and unsubscribe link; skipped if they left since the fan-out.
-        Job::Newsletter(copy) => newsletter::complete(shared, row, copy).await,
-        Job::Digest(copy) => digest::complete(shared, row, copy).await,
+        Job::Newsletter(copy) => newsletter::complete(mailer, row, copy).await,
+        Job::Digest(copy) => digest::complete(mailer, row, copy).await,
     }
 }
 

@@ -1,11 +1,11 @@
 //! A newsletter's copy for one reader, completed just before it is sent.
 
-use crate::context::Shared;
 use crate::domain::RegionId;
 use crate::mail::Shell;
 use crate::outbox::job::NewsletterCopy;
 use crate::outbox::Claimed;
 use crate::send::prepare::Prepared;
+use crate::send::Mailer;
 use crate::state::reader::{bulk_skip_reason, unsubscribe_link, NewsletterEmail};
 use anyhow::Context;
 use serde_json::Value;
@@ -14,7 +14,7 @@ use serde_json::Value;
 /// name and a fresh unsubscribe link; or skips it if the reader has unsubscribed, been
 /// suppressed or erased since the fan-out.
 pub async fn complete(
-    shared: &Shared,
+    mailer: &Mailer,
     row: &Claimed,
     copy: &NewsletterCopy,
 ) -> anyhow::Result<Prepared> {
@@ -31,11 +31,11 @@ pub async fn complete(
         return Ok(Prepared::Skip(why.into()));
     }
     let name = row.reader_name.clone();
-    let unsubscribe_url = unsubscribe_link(&shared.links, subscription_id);
+    let unsubscribe_url = unsubscribe_link(&mailer.links, subscription_id);
     // Rendered once per newsletter (with and without a name): each reader's copy only fills in
     // their name and their own link. The newsletter itself is read only to make its shell.
     let key = format!("newsletter {newsletter_id} {}", name.is_some());
-    if let Some(shell) = shared.shells.get(&key) {
+    if let Some(shell) = mailer.shells.get(&key) {
         return reader_copy(&shell, name.as_deref(), unsubscribe_url);
     }
     type Row = (String, Option<String>, Value, Option<String>, String);
@@ -44,7 +44,7 @@ pub async fn complete(
          WHERE newsletter_id = $1",
     )
     .bind(newsletter_id)
-    .fetch_optional(&shared.pool)
+    .fetch_optional(&mailer.pool)
     .await?;
     let Some((subject, preheader, sections, web_url, region)) = found else {
         return Ok(Prepared::Skip("the newsletter is no longer held".into()));
@@ -52,11 +52,11 @@ pub async fn complete(
     let region: RegionId = region
         .parse()
         .map_err(|e: String| anyhow::anyhow!("stored region: {e}"))?;
-    let shell = shared.shells.get_or_make(&key, || {
+    let shell = mailer.shells.get_or_make(&key, || {
         let email = NewsletterEmail {
             subject: subject.clone(),
             preheader: preheader.clone(),
-            region_name: shared.regions.region(region).name.clone(),
+            region_name: mailer.regions.region(region).name.clone(),
             name: name.as_ref().map(|_| String::new()),
             sections: serde_json::from_value(sections.clone()).map_err(|e| e.to_string())?,
             web_url: web_url.clone(),
@@ -69,7 +69,7 @@ pub async fn complete(
         } else {
             &["unsubscribe_url"]
         };
-        shared.templates.shell("newsletter", &context, holes)
+        mailer.templates.shell("newsletter", &context, holes)
     });
     match shell {
         Ok(Some(shell)) => reader_copy(&shell, name.as_deref(), unsubscribe_url),
@@ -79,7 +79,7 @@ pub async fn complete(
             let email = NewsletterEmail {
                 subject,
                 preheader,
-                region_name: shared.regions.region(region).name.clone(),
+                region_name: mailer.regions.region(region).name.clone(),
                 name,
                 sections: serde_json::from_value(sections).context("stored sections")?,
                 web_url,

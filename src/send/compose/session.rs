@@ -4,9 +4,9 @@
 //! goes out.
 
 use crate::calendar::{self, CalendarSession, Method};
-use crate::context::Shared;
 use crate::outbox::job::{Briefing, Moved, Registrant, Reminder};
 use crate::send::prepare::Prepared;
+use crate::send::Mailer;
 use crate::state::session::{load_session, offset_phrase, SessionView};
 use serde_json::{json, Value};
 
@@ -58,18 +58,18 @@ fn skip(why: &str) -> anyhow::Result<Prepared> {
 
 /// Completes a coordinators' briefing: the session's registrants as they are now; skipped if
 /// the session was cancelled or has started.
-pub async fn briefing(shared: &Shared, briefing: &Briefing) -> anyhow::Result<Prepared> {
-    let mut conn = shared.pool.acquire().await?;
+pub async fn briefing(mailer: &Mailer, briefing: &Briefing) -> anyhow::Result<Prepared> {
+    let mut conn = mailer.pool.acquire().await?;
     let Some(session) = load_session(&mut conn, &briefing.session_id, false).await? else {
         return skip("the session is gone");
     };
     if session.is_cancelled() {
         return skip("the session was cancelled");
     }
-    if session.starts_at <= shared.clock.now() {
+    if session.starts_at <= mailer.clock.now() {
         return skip("the session has started");
     }
-    let view = SessionView::new(&shared.regions, &session);
+    let view = SessionView::new(&mailer.regions, &session);
     let registrants: Vec<(Option<String>, Option<String>)> = sqlx::query_as(
         "SELECT name, email FROM registrations
          WHERE session_id = $1 AND status = 'registered' AND email IS NOT NULL ORDER BY lower(name), registration_id",
@@ -90,14 +90,14 @@ pub async fn briefing(shared: &Shared, briefing: &Briefing) -> anyhow::Result<Pr
 /// Completes an email to a registrant from the session and the registration as they are now;
 /// skipped if either is gone or cancelled (a cancellation goes only for a cancelled session),
 /// and a reminder also if the session has started or moved since it was planned.
-pub async fn registrant(shared: &Shared, email: Email<'_>) -> anyhow::Result<Prepared> {
+pub async fn registrant(mailer: &Mailer, email: Email<'_>) -> anyhow::Result<Prepared> {
     let (registration_id, session_id) = email.ids();
-    let mut conn = shared.pool.acquire().await?;
+    let mut conn = mailer.pool.acquire().await?;
     let Some(session) = load_session(&mut conn, session_id, false).await? else {
         return skip("the session is gone");
     };
-    let now = shared.clock.now();
-    let view = SessionView::new(&shared.regions, &session);
+    let now = mailer.clock.now();
+    let view = SessionView::new(&mailer.regions, &session);
 
     let registrant: Option<RegistrantRow> =
         sqlx::query_as("SELECT name, email, status FROM registrations WHERE registration_id = $1")
@@ -160,13 +160,7 @@ pub async fn registrant(shared: &Shared, email: Email<'_>) -> anyhow::Result<Pre
                 sequence: session.sequence.max(0) as u32,
             },
             method,
-            shared
-                .settings
-                .mail
-                .transactional_from
-                .mailbox
-                .email
-                .as_ref(),
+            mailer.settings.transactional_from.mailbox.email.as_ref(),
             &address,
             now,
         );

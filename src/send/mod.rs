@@ -226,10 +226,10 @@ fn refill_at(capacity: usize) -> usize {
     (capacity / 2).max(1)
 }
 
-/// The senders: `mail.concurrency` slots, each taking rows in the order claimed. A slot hands
-/// an email to the relay only once the outcome of its last one is recorded, so a worker that
+/// The senders: `mail.concurrency` slots, each taking rows in the order claimed. A slot lets
+/// the relay take an email only once the outcome of its last one is recorded, so a worker that
 /// dies leaves at most one accepted-but-unrecorded email per slot (the duplicate window); it
-/// prepares the next one meanwhile.
+/// prepares the next one meanwhile, and sends all of it but its final "." (`Relay::send_after`).
 async fn send_all(
     shared: Arc<Shared>,
     relay: Relay,
@@ -281,8 +281,8 @@ async fn send_all(
 }
 
 /// Prepares, renders and sends one row; what is to be recorded for it. `previous`, when the
-/// slot has one, resolves once the slot's last outcome is recorded: the relay gets this email
-/// only after that.
+/// slot has one, resolves once the slot's last outcome is recorded: the relay gets this email's
+/// final "." only after that.
 async fn send_one(
     shared: &Shared,
     relay: &Relay,
@@ -352,11 +352,15 @@ async fn send_one(
                 // A template or address that does not work now never will: keep the row, say why.
                 Err(e) => Err(SendError::Permanent(format!("not sendable: {e}"))),
                 Ok(m) => {
-                    if let Some(previous) = previous {
-                        // Dropped unanswered only if the recorder gave up: go on either way.
-                        let _ = previous.await;
-                    }
-                    let sent = relay.send(m, s.send_timeout).await;
+                    // The relay may take it once the slot's last outcome is recorded (dropped
+                    // unanswered only if the recorder gave up: go on either way); all of it
+                    // but its final "." goes meanwhile.
+                    let recorded = async move {
+                        if let Some(previous) = previous {
+                            let _ = previous.await;
+                        }
+                    };
+                    let sent = relay.send_after(m, s.send_timeout, recorded).await;
                     refused_by_relay = matches!(sent, Err(SendError::Permanent(_)));
                     sent
                 }

@@ -106,10 +106,12 @@ pub async fn enqueue(conn: &mut PgConnection, email: &NewEmail) -> sqlx::Result<
 
 /// Every kind of email the worker writes to the outbox. Metrics label by kind only from this
 /// list (anything else is "unknown"), so a bad row cannot grow the number of series.
-pub const KINDS: [&str; 12] = [
+pub const KINDS: [&str; 14] = [
     "enquiry",
     "enquiry_ack",
     "enquiry_undeliverable",
+    "enquiry_reminder",
+    "enquiry_escalation",
     "registration_confirmation",
     "session_reminder",
     "session_moved",

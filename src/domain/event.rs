@@ -30,6 +30,9 @@ pub enum ErrorCode {
     InvalidPayload,
     TooLarge,
     UnknownSession,
+    /// A claim for an enquiry not yet known (events can arrive out of order): waited for like
+    /// an unknown session, then dead-lettered.
+    UnknownEnquiry,
     /// A passing failure that did not pass within the retry budget.
     RetriesExhausted,
     /// Handling crashed (a bug in the worker, not a fault of the event): it was not applied.
@@ -45,6 +48,7 @@ impl ErrorCode {
             ErrorCode::InvalidPayload => "invalid_payload",
             ErrorCode::TooLarge => "too_large",
             ErrorCode::UnknownSession => "unknown_session",
+            ErrorCode::UnknownEnquiry => "unknown_enquiry",
             ErrorCode::RetriesExhausted => "retries_exhausted",
             ErrorCode::HandlerFailed => "handler_failed",
         }
@@ -95,10 +99,11 @@ pub enum EventType {
     SubscriptionCancelled,
     NewsletterPublished,
     PersonErasureRequested,
+    EnquiryClaimed,
 }
 
 impl EventType {
-    pub const ALL: [EventType; 10] = [
+    pub const ALL: [EventType; 11] = [
         EventType::ContactSubmitted,
         EventType::SessionScheduled,
         EventType::SessionUpdated,
@@ -109,6 +114,7 @@ impl EventType {
         EventType::SubscriptionCancelled,
         EventType::NewsletterPublished,
         EventType::PersonErasureRequested,
+        EventType::EnquiryClaimed,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -123,6 +129,7 @@ impl EventType {
             EventType::SubscriptionCancelled => "subscription.cancelled",
             EventType::NewsletterPublished => "newsletter.published",
             EventType::PersonErasureRequested => "person.erasure_requested",
+            EventType::EnquiryClaimed => "enquiry.claimed",
         }
     }
 
@@ -145,7 +152,9 @@ impl Event {
             | Event::RegistrationCancelled(_)
             | Event::SubscriptionCancelled(_)
             | Event::NewsletterPublished(_)
-            | Event::PersonErasureRequested(_) => None,
+            | Event::PersonErasureRequested(_)
+            // The claimer is a coordinator, not the person an erasure is about.
+            | Event::EnquiryClaimed(_) => None,
         }
     }
 }
@@ -170,6 +179,7 @@ pub enum Event {
     SubscriptionCancelled(SubscriptionCancelled),
     NewsletterPublished(NewsletterPublished),
     PersonErasureRequested(ErasureRequested),
+    EnquiryClaimed(EnquiryClaimed),
 }
 
 impl Envelope {
@@ -254,6 +264,11 @@ impl Envelope {
                 EventType::PersonErasureRequested => {
                     Event::PersonErasureRequested(ErasureRequested::parse(&data)?)
                 }
+                EventType::EnquiryClaimed => Event::EnquiryClaimed(EnquiryClaimed {
+                    enquiry_id: data.required_str("enquiry_id", MAX_NAME)?,
+                    by: data.email("by")?,
+                    note: data.optional_text("note", MAX_BODY)?,
+                }),
             };
             Ok(Envelope {
                 id,
@@ -310,6 +325,11 @@ impl Setting {
             .iter()
             .find(|e| e.1 == self)
             .map_or("Other", |e| e.2)
+    }
+
+    /// The setting with this id (as stored), if any.
+    pub fn parse(s: &str) -> Option<Setting> {
+        Self::ALL.iter().find(|e| e.0 == s).map(|e| e.1)
     }
 }
 
@@ -383,6 +403,16 @@ impl Topic {
 
     pub fn is_urgent(self) -> bool {
         self == Topic::ComplexCase
+    }
+
+    /// The topic with this id (as the contract and the database write it), if any.
+    pub fn parse(s: &str) -> Option<Topic> {
+        Self::ALL.iter().find(|e| e.0 == s).map(|e| e.1)
+    }
+
+    /// Every topic id, in the page's order.
+    pub fn ids() -> impl Iterator<Item = &'static str> {
+        Self::ALL.iter().map(|e| e.0)
     }
 }
 
@@ -486,6 +516,16 @@ pub struct RegistrationCreated {
 #[derive(Debug, Clone)]
 pub struct RegistrationCancelled {
     pub registration_id: String,
+}
+
+/// `enquiry.claimed`: a website or case system that records claims itself says who took an
+/// enquiry, as a coordinator's claim link does.
+#[derive(Debug, Clone)]
+pub struct EnquiryClaimed {
+    pub enquiry_id: String,
+    /// The mailbox (or person) who will answer it.
+    pub by: EmailAddress,
+    pub note: Option<String>,
 }
 
 /// A JSON object being read field by field; `prefix` makes errors name the full path.

@@ -3,39 +3,18 @@
 
 use super::subscription::{self, Requested};
 use super::Failure;
-use crate::config::Routing;
+use crate::config::{Regions, Routing};
 use crate::context::Shared;
 use crate::domain::{ContactSubmitted, EmailAddress, Envelope, RegionId, Setting, Topic};
 use crate::outbox::{enqueue, NewEmail};
+use crate::state::enquiry::{
+    new_copy, routing_note, urgent_headers, CoordinatorView, URGENT_PRIORITY,
+};
 use crate::uk_time;
 use chrono::{DateTime, Utc};
 use serde::Serialize;
 use serde_json::Value;
 use sqlx::PgConnection;
-
-/// Urgent enquiries are sent before anything else waiting.
-const URGENT_PRIORITY: i16 = 10;
-
-/// The coordinators' copy: every field of the enquiry.
-#[derive(Serialize)]
-struct CoordinatorEmail<'a> {
-    enquiry_id: &'a str,
-    urgent: bool,
-    received: String,
-    topic: &'static str,
-    topic_label: &'static str,
-    setting_label: &'static str,
-    name: &'a str,
-    email: &'a EmailAddress,
-    organisation: &'a str,
-    phone: Option<&'a str>,
-    area: Option<&'a str>,
-    message: &'a str,
-    /// The region that answers, or None for triage.
-    region_name: Option<&'a str>,
-    /// Why it came here, in a sentence.
-    routing_note: String,
-}
 
 /// The acknowledgement to the person who wrote.
 #[derive(Serialize)]
@@ -46,6 +25,8 @@ struct Acknowledgement<'a> {
     urgent: bool,
     /// The region that will answer, or None when the national team passes it on.
     region_name: Option<&'a str>,
+    /// When they can expect to hear from a coordinator, in UK time: the claim deadline.
+    expect_reply_by: Option<String>,
     /// A newsletter enquiry with a region: a subscription to that region's newsletter was asked
     /// for. The next two say how it stands.
     newsletter: bool,
@@ -55,44 +36,30 @@ struct Acknowledgement<'a> {
     newsletter_recent: bool,
 }
 
-fn routing_note(routing: Routing, region_name: Option<&str>, area: Option<&str>) -> String {
-    match (routing, region_name) {
-        (Routing::Region(_), Some(name)) => format!("The enquirer chose the {name} region."),
-        (Routing::Area(_), Some(name)) => format!(
-            "The area the enquirer gave ({}) is in the {name} region.",
-            area.unwrap_or_default()
-        ),
-        _ => match area {
-            Some(a) => format!(
-                "The area the enquirer gave ({a}) matches no region: please pass this enquiry to the right coordinator."
-            ),
-            None => "The enquirer gave no region or area: please pass this enquiry to the right coordinator.".into(),
-        },
-    }
-}
-
 fn contexts(
     shared_region_name: Option<&str>,
     routing: Routing,
     c: &ContactSubmitted,
     received: DateTime<Utc>,
+    claim_by: Option<DateTime<Utc>>,
     subscription: Option<Requested>,
 ) -> (Value, Value) {
-    let coordinator = CoordinatorEmail {
-        enquiry_id: &c.enquiry_id,
+    let coordinator = CoordinatorView {
+        enquiry_id: c.enquiry_id.clone(),
         urgent: c.topic.is_urgent(),
         received: uk_time::date_time(received),
         topic: c.topic.as_str(),
         topic_label: c.topic.label(),
         setting_label: c.setting.label(),
-        name: &c.name,
-        email: &c.email,
-        organisation: &c.organisation,
-        phone: c.phone.as_deref(),
-        area: c.area.as_deref(),
-        message: &c.message,
-        region_name: shared_region_name,
+        name: c.name.clone(),
+        email: c.email.as_str().to_owned(),
+        organisation: c.organisation.clone(),
+        phone: c.phone.clone(),
+        area: c.area.clone(),
+        message: c.message.clone(),
+        region_name: shared_region_name.map(str::to_owned),
         routing_note: routing_note(routing, shared_region_name, c.area.as_deref()),
+        claim_by: claim_by.map(uk_time::date_time),
     };
     let ack = Acknowledgement {
         enquiry_id: &c.enquiry_id,
@@ -100,6 +67,7 @@ fn contexts(
         topic_label: c.topic.label(),
         urgent: c.topic.is_urgent(),
         region_name: shared_region_name,
+        expect_reply_by: claim_by.map(uk_time::date_time),
         newsletter: subscription.is_some(),
         newsletter_confirmed: subscription == Some(Requested::AlreadyConfirmed),
         newsletter_recent: subscription == Some(Requested::RecentlySent),
@@ -108,6 +76,20 @@ fn contexts(
         serde_json::to_value(coordinator).unwrap_or_default(),
         serde_json::to_value(ack).unwrap_or_default(),
     )
+}
+
+/// The first deadline and the second notice for an enquiry received at `received`: working
+/// time by the region's (or triage's) rules for its topic.
+pub(crate) fn deadlines(
+    regions: &Regions,
+    region: Option<RegionId>,
+    topic: Topic,
+    received: DateTime<Utc>,
+) -> (DateTime<Utc>, DateTime<Utc>) {
+    let rules = regions.claims(region);
+    let wt = &regions.working_time;
+    let first = wt.add_offset(received, rules.deadline(topic));
+    (first, wt.add_offset(first, rules.second_notice))
 }
 
 pub(super) async fn handle(
@@ -119,12 +101,17 @@ pub(super) async fn handle(
     let regions = &shared.regions;
     let routing = regions.route(c.region, c.area.as_deref());
     let region_name = routing.region().map(|r| regions.region(r).name.as_str());
+    let now = shared.clock.now();
+    // The deadlines count from the enquiry's arrival, as its retention does (by the worker's
+    // clock, not the publisher's `occurred_at`, which another machine's clock wrote).
+    let (claim_by, second_notice) = deadlines(regions, routing.region(), c.topic, now);
 
     // The enquiry id is the website's: a second event for the same enquiry changes nothing.
     let inserted = sqlx::query(
         "INSERT INTO enquiries (enquiry_id, event_id, region, routed_by, topic, setting, urgent,
-                                name, email, organisation, phone, area, message, received_at)
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14)
+                                name, email, organisation, phone, area, message, received_at,
+                                claim_deadline_at, second_notice_at)
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16)
          ON CONFLICT (enquiry_id) DO NOTHING",
     )
     .bind(&c.enquiry_id)
@@ -141,7 +128,9 @@ pub(super) async fn handle(
     .bind(&c.area)
     .bind(&c.message)
     // Retention counts from when the enquiry reached us.
-    .bind(shared.clock.now())
+    .bind(now)
+    .bind(claim_by)
+    .bind(second_notice)
     .execute(&mut *tx)
     .await?
     .rows_affected();
@@ -160,23 +149,35 @@ pub(super) async fn handle(
         ),
         _ => None,
     };
-    let (coordinator_ctx, ack_ctx) =
-        contexts(region_name, routing, c, envelope.occurred_at, subscription);
+    let (coordinator_ctx, ack_ctx) = contexts(
+        region_name,
+        routing,
+        c,
+        envelope.occurred_at,
+        Some(claim_by),
+        subscription,
+    );
     let mailboxes = regions.mailboxes(routing).to_vec();
 
-    let mut to_coordinators = NewEmail::transactional(
-        "enquiry",
-        "enquiry_coordinator",
-        mailboxes.clone(),
-        coordinator_ctx,
-    );
-    to_coordinators.reply_to = Some(c.email.clone());
-    to_coordinators.source_event = Some(envelope.id);
-    if c.topic.is_urgent() {
-        to_coordinators.priority = URGENT_PRIORITY;
-        to_coordinators.headers = vec![("Importance", "high".into()), ("X-Priority", "1".into())];
+    // Each mailbox gets its own copy, with its own claim link: a claim records who took it.
+    for mailbox in &mailboxes {
+        let copy_id = new_copy(tx, &c.enquiry_id, mailbox.as_str(), "enquiry", now).await?;
+        let mut context = coordinator_ctx.clone();
+        context["copy_id"] = copy_id.into();
+        let mut to_coordinator = NewEmail::transactional(
+            "enquiry",
+            "enquiry_coordinator",
+            vec![mailbox.clone()],
+            context,
+        );
+        to_coordinator.reply_to = Some(c.email.clone());
+        to_coordinator.source_event = Some(envelope.id);
+        if c.topic.is_urgent() {
+            to_coordinator.priority = URGENT_PRIORITY;
+            to_coordinator.headers = urgent_headers();
+        }
+        enqueue(tx, &to_coordinator).await?;
     }
-    enqueue(tx, &to_coordinators).await?;
 
     let mut ack =
         NewEmail::transactional("enquiry_ack", "enquiry_ack", vec![c.email.clone()], ack_ctx);
@@ -223,8 +224,19 @@ pub(super) fn samples() -> Vec<(&'static str, Value)> {
         .map(|t| t.with_timezone(&Utc))
         .unwrap_or_default();
     let north_west = Routing::Area(RegionId::NorthWest);
-    let (c1, a1) = contexts(Some("North-West"), north_west, &full, received, None);
-    let (c2, a2) = contexts(None, Routing::Triage, &sparse, received, None);
+    let claim_by = Some(received + chrono::Duration::hours(2));
+    let (mut c1, a1) = contexts(
+        Some("North-West"),
+        north_west,
+        &full,
+        received,
+        claim_by,
+        None,
+    );
+    let (mut c2, a2) = contexts(None, Routing::Triage, &sparse, received, None, None);
+    // The claim link is added at send time (send::compose::enquiry).
+    c1["claim_url"] = "http://127.0.0.1:8080/enquiries/claim?token=AQMAAAAAAAAAKgAAAABnCmOg".into();
+    c2["claim_url"] = Value::Null;
     // The triage copy of a coordinators' copy that could not be delivered (send).
     let undeliverable = |mut c: Value| {
         c["undeliverable"] = serde_json::json!({
@@ -233,7 +245,19 @@ pub(super) fn samples() -> Vec<(&'static str, Value)> {
         });
         c
     };
+    // Reminders and escalations: the coordinators' view plus what compose adds at send time.
+    let waiting = |mut c: Value, level: i64| {
+        c["waited"] = "2 working hours".into();
+        c["waiting_since"] = "Thursday 3 October 2024, 11:15am".into();
+        c["level"] = level.into();
+        c["second"] = (level == 2).into();
+        c
+    };
     let mut samples = vec![
+        ("enquiry_reminder", waiting(c1.clone(), 1)),
+        ("enquiry_escalation", waiting(c1.clone(), 1)),
+        ("enquiry_escalation", waiting(c1.clone(), 2)),
+        ("enquiry_escalation", waiting(c2.clone(), 1)),
         ("enquiry_undeliverable", undeliverable(c1.clone())),
         ("enquiry_undeliverable", undeliverable(c2.clone())),
         ("enquiry_coordinator", c1),
@@ -251,6 +275,7 @@ pub(super) fn samples() -> Vec<(&'static str, Value)> {
             north_west,
             &sparse,
             received,
+            claim_by,
             Some(outcome),
         );
         samples.push(("enquiry_ack", ack));

@@ -568,6 +568,13 @@ fn report(shared: &Shared, d: &Done, recorded: bool) {
             if row.kind == "session_reminder" {
                 observe_reminder_lateness(shared, row, *by_clock);
             }
+            if row.kind == "enquiry_escalation" {
+                let level = match row.context.get("level").and_then(Value::as_i64) {
+                    Some(2) => "2",
+                    _ => "1",
+                };
+                shared.metrics.escalations.with_label_values(&[level]).inc();
+            }
             Outcome::Sent
         }
         Record::Retry { wait, counted, .. } => {

@@ -32,6 +32,9 @@ pub async fn prepare(shared: &Shared, row: &Claimed) -> anyhow::Result<Prepared>
     if let Some(p) = super::compose::session::prepare(shared, row).await? {
         return Ok(p);
     }
+    if let Some(p) = super::compose::enquiry::prepare(shared, row).await? {
+        return Ok(p);
+    }
     if row.kind == "digest" {
         return super::compose::digest::prepare(shared, row).await;
     }

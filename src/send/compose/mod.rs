@@ -2,5 +2,6 @@
 //! email whose content or fate can change after it was queued.
 
 pub mod digest;
+pub mod enquiry;
 pub mod newsletter;
 pub mod session;

@@ -756,6 +756,32 @@ impl<'a> Fields<'a> {
 
 #[cfg(test)]
 mod tests {
+
+    #[test]
+    fn the_example_enquiry_claimed_parses_and_a_bad_claimer_is_named() {
+        let body = std::fs::read(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/examples/events/enquiry-claimed.json"
+        ))
+        .unwrap();
+        let e = Envelope::parse(&body, 262_144).unwrap();
+        assert_eq!(e.event_type.as_str(), "enquiry.claimed");
+        let Event::EnquiryClaimed(c) = e.event else {
+            panic!("not a claim")
+        };
+        assert_eq!(c.enquiry_id, "enq-2024-000187");
+        assert_eq!(c.by.as_str(), "rpec.north-west@example.org");
+        assert!(c.note.is_some());
+        let bad = String::from_utf8(body).unwrap().replace(
+            "rpec.north-west@example.org",
+            "North-West <rpec@example.org>",
+        );
+        let err = Envelope::parse(bad.as_bytes(), 262_144).unwrap_err();
+        assert_eq!(err.code, ErrorCode::InvalidPayload);
+        assert!(err.detail.starts_with("data.by:"), "{}", err.detail);
+        assert_eq!(ErrorCode::UnknownEnquiry.as_str(), "unknown_enquiry");
+    }
+
     use super::*;
     use proptest::prelude::*;
     use serde_json::json;

@@ -19,7 +19,10 @@
 #     Debian's python3-dkim and python3-nacl) and cargo-deny (built once from crates.io with
 #     `cargo install --locked`, which takes a few minutes), for the licence, ban and source checks,
 #     and Postfix's smtp-sink (scripts/postfix-tools.sh, unpacked under var/postfix), which the
-#     SMTP client's test sends to.
+#     SMTP client's test sends to; and what the event contract's tests (tests/it/schema.rs)
+#     check the schemas with: python-jsonschema and PyYAML (Debian's python3-jsonschema and
+#     python3-yaml) and the AsyncAPI 3.0.0 specification's JSON Schema, from the npm package
+#     @asyncapi/specs (unpacked under var/asyncapi-specs).
 set -euo pipefail
 # Services are started with setsid, in a session of their own, so that they outlive the shell
 # (or test runner) that happened to start them.
@@ -356,6 +359,51 @@ ensure_cargo_deny() {
     say "installed cargo-deny"
 }
 
+# The event contract's validators: a python3 that imports jsonschema (with draft 2020-12) and
+# yaml, looked for in the same order as dkim_python (tests/it/schema.rs does the same).
+schema_python() {
+    local py
+    for py in python3 /usr/bin/python3; do
+        if have "$py" && "$py" -c 'import yaml; from jsonschema import Draft202012Validator' >/dev/null 2>&1; then
+            echo "$py"
+            return 0
+        fi
+    done
+    return 1
+}
+ensure_schema_validator() {
+    schema_python >/dev/null && return 0
+    if have apt-get; then
+        apt_install python3-jsonschema python3-yaml
+    else
+        python3 -m pip install --quiet 'jsonschema>=4' pyyaml || die "pip could not install jsonschema and pyyaml"
+        say "installed jsonschema and pyyaml (pip)"
+    fi
+    schema_python >/dev/null || die "python3-jsonschema and python3-yaml were installed, but neither python3 nor /usr/bin/python3 can import them"
+}
+
+# The AsyncAPI specification's own JSON Schema, from its npm package at a fixed version (npm
+# checks the tarball against the registry's integrity hash). Only the one file is kept.
+readonly ASYNCAPI_SPECS_VERSION="6.11.1"
+ensure_asyncapi_spec() {
+    local dir
+    dir="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)/var/asyncapi-specs"
+    local want="$dir/$ASYNCAPI_SPECS_VERSION/3.0.0-without-\$id.json"
+    [ -s "$want" ] && return 0
+    have npm || apt_install npm
+    local tmp
+    tmp="$(mktemp -d)"
+    if ! (cd "$tmp" && npm pack --silent "@asyncapi/specs@$ASYNCAPI_SPECS_VERSION" >/dev/null 2>&1); then
+        rm -rf "$tmp"
+        die "npm pack @asyncapi/specs@$ASYNCAPI_SPECS_VERSION failed"
+    fi
+    tar -xzf "$tmp"/asyncapi-specs-*.tgz -C "$tmp" 'package/schemas/3.0.0-without-$id.json'
+    mkdir -p "$(dirname "$want")"
+    mv "$tmp/package/schemas/3.0.0-without-\$id.json" "$want"
+    rm -rf "$tmp"
+    say "unpacked the AsyncAPI 3.0.0 JSON Schema from @asyncapi/specs $ASYNCAPI_SPECS_VERSION into $dir"
+}
+
 # Postfix's smtp-sink and smtp-source, unpacked under var/postfix (the script says so on stderr
 # when it unpacks them; its stdout, the directory, is not wanted here).
 ensure_postfix_tools() {
@@ -374,4 +422,6 @@ if [ "$with_test_tools" -eq 1 ]; then
     ensure_dkim_verifier
     ensure_cargo_deny
     ensure_postfix_tools
+    ensure_schema_validator
+    ensure_asyncapi_spec
 fi

@@ -10,6 +10,11 @@ use std::str::FromStr;
 pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");
 
 /// A pool whose every statement has a time limit.
+///
+/// A connection is not pinged before each use (sqlx's default): that ping is a second round
+/// trip for every statement, and a connection PostgreSQL has dropped fails its next statement
+/// as unreachable all the same, which every caller already retries (and sqlx then discards the
+/// connection).
 pub async fn connect(settings: &Settings) -> anyhow::Result<PgPool> {
     let url = settings.database_url.expose_secret();
     if url.is_empty() {
@@ -23,6 +28,7 @@ pub async fn connect(settings: &Settings) -> anyhow::Result<PgPool> {
     PgPoolOptions::new()
         .max_connections(settings.db_max_connections)
         .acquire_timeout(settings.db_acquire_timeout)
+        .test_before_acquire(false)
         .connect_with(options)
         .await
         .context("Failed to connect to PostgreSQL")

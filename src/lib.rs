@@ -43,6 +43,8 @@
 //! - [`worker`]: the composition root (nothing imports it): wires everything together for
 //!   `rpec-notify run` and shuts it down cleanly.
 //! - [`publish`]: `rpec-notify publish`, with publisher confirms.
+//! - [`validate`]: `rpec-notify validate`: each event of a file judged by the consumer's own
+//!   first judgement ([`consume::admit`]), without publishing.
 //! - [`admin`]: operator tools: `outbox status|list|retry` and `dead-letters list|replay|purge`,
 //!   with one exit-code table and reports that hold ids, codes and counts, never personal data.
 
@@ -68,6 +70,7 @@ pub mod state;
 pub mod telemetry;
 pub mod tokens;
 pub mod uk_time;
+pub mod validate;
 pub mod worker;
 pub mod working_time;
 

@@ -32,6 +32,17 @@ enum Command {
         #[arg(required = true)]
         files: Vec<PathBuf>,
     },
+    /// Say of each event in each file (one event or a JSON array each, as `publish` reads them)
+    /// whether the worker would take it, and if not the x-rpec-error code and detail its dead
+    /// letter would carry. Publishes nothing. Exit codes: 0 every event is valid, 1 some are
+    /// not, 2 a file cannot be read or the settings do not load.
+    Validate {
+        #[arg(required = true)]
+        files: Vec<PathBuf>,
+        /// Print one JSON document instead of a line per event.
+        #[arg(long)]
+        json: bool,
+    },
     /// Print the next weekly digest times of each region, in UK time.
     Schedule {
         /// Only this region (an id such as north-west).
@@ -214,6 +225,7 @@ async fn main() -> ExitCode {
                 Err(e) => fail(e),
             }
         }
+        Command::Validate { files, json } => validate(&files, json),
         Command::Preview {
             template,
             data,
@@ -331,6 +343,25 @@ async fn dead_letters(command: DeadLetterCommand, json: bool) -> ExitCode {
         } => admin::dead_letters::purge_about(url, &topology, &address).await,
     };
     admin_exit(result, json)
+}
+
+fn validate(files: &[PathBuf], json: bool) -> ExitCode {
+    // The settings give the body limit the worker would apply (`[amqp] max_body_bytes`).
+    let settings = match settings() {
+        Ok(s) => s,
+        Err(code) => return code,
+    };
+    let mut verdicts = Vec::new();
+    for file in files {
+        match rpec_notify::validate::judge_file(file, settings.max_body_bytes) {
+            Ok(v) => verdicts.extend(v),
+            Err(e) => {
+                eprintln!("error: {}: cannot be read: {e}", file.display());
+                return ExitCode::from(admin::EXIT_USAGE);
+            }
+        }
+    }
+    admin_exit(Ok(rpec_notify::validate::report(&verdicts)), json)
 }
 
 fn check() -> ExitCode {

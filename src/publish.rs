@@ -10,16 +10,28 @@ use lapin::BasicProperties;
 use serde_json::Value;
 use std::path::Path;
 
-/// Reads the events in a file, each re-serialised on its own.
-pub fn read_events(path: &Path) -> anyhow::Result<Vec<(String, Vec<u8>)>> {
-    let text = std::fs::read_to_string(path)
-        .with_context(|| format!("{}: cannot be read", path.display()))?;
-    let value: Value = serde_json::from_str(&text)
-        .with_context(|| format!("{}: not valid JSON", path.display()))?;
-    let events = match value {
+/// The events of a file's contents: the JSON value itself, or each item of a top-level array.
+/// `publish` sends each as a message of its own and `validate` judges exactly those, so both
+/// read files with this one function.
+pub fn events_in(bytes: &[u8]) -> Result<Vec<Value>, serde_json::Error> {
+    Ok(match serde_json::from_slice(bytes)? {
         Value::Array(items) => items,
         other => vec![other],
-    };
+    })
+}
+
+/// The message body `publish` sends for one event of a file: the event re-serialised on its
+/// own, compactly (its size is what the worker's `max_body_bytes` limit sees).
+pub fn body_of(event: &Value) -> Vec<u8> {
+    event.to_string().into_bytes()
+}
+
+/// Reads the events in a file, each re-serialised on its own.
+pub fn read_events(path: &Path) -> anyhow::Result<Vec<(String, Vec<u8>)>> {
+    let bytes =
+        std::fs::read(path).with_context(|| format!("{}: cannot be read", path.display()))?;
+    let events =
+        events_in(&bytes).with_context(|| format!("{}: not valid JSON", path.display()))?;
     events
         .into_iter()
         .enumerate()
@@ -27,7 +39,7 @@ pub fn read_events(path: &Path) -> anyhow::Result<Vec<(String, Vec<u8>)>> {
             let Some(event_type) = event.get("type").and_then(Value::as_str) else {
                 bail!("{}: event {} has no \"type\"", path.display(), i + 1);
             };
-            Ok((event_type.to_owned(), serde_json::to_vec(&event)?))
+            Ok((event_type.to_owned(), body_of(&event)))
         })
         .collect()
 }

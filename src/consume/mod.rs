@@ -26,7 +26,7 @@ pub mod topology;
 
 use crate::context::Shared;
 use crate::domain::event::ErrorCode;
-use crate::domain::{Envelope, EventType};
+use crate::domain::{Envelope, EventType, ParseError};
 use crate::handle::{self, Failure, Handled};
 use anyhow::Context;
 use futures_util::{FutureExt, StreamExt};
@@ -171,17 +171,29 @@ async fn wait_for_database(shared: &Shared, shutdown: &CancellationToken) -> boo
     }
 }
 
+/// The first judgement of a message body, before any handler or the database sees it: the
+/// parsed envelope, or what its dead letter carries (`x-rpec-error` is the code, and
+/// `x-rpec-error-detail` the detail, already bounded). The consumer and `rpec-notify validate`
+/// both judge with this one function, so that what `validate` reports is what the dead-letter
+/// queue would hold.
+pub fn admit(body: &[u8], max_body_bytes: usize) -> Result<Envelope, ParseError> {
+    Envelope::parse(body, max_body_bytes).map_err(|mut e| {
+        e.detail = bounded(e.detail);
+        e
+    })
+}
+
 /// Parses and handles one message body.
 pub async fn decide(shared: &Shared, body: &[u8], seen: Redelivery) -> (Option<String>, Decision) {
     let attempt = seen.attempt;
-    let envelope = match Envelope::parse(body, shared.settings.max_body_bytes) {
+    let envelope = match admit(body, shared.settings.max_body_bytes) {
         Ok(e) => e,
         Err(e) => {
             return (
                 e.event_type,
                 Decision::DeadLetter {
                     code: e.code,
-                    detail: bounded(e.detail),
+                    detail: e.detail,
                 },
             );
         }

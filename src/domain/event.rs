@@ -40,6 +40,18 @@ pub enum ErrorCode {
 }
 
 impl ErrorCode {
+    /// Every code, for the contract's documents and their tests.
+    pub const ALL: [ErrorCode; 8] = [
+        ErrorCode::MalformedJson,
+        ErrorCode::UnknownType,
+        ErrorCode::UnsupportedVersion,
+        ErrorCode::InvalidPayload,
+        ErrorCode::TooLarge,
+        ErrorCode::UnknownSession,
+        ErrorCode::RetriesExhausted,
+        ErrorCode::HandlerFailed,
+    ];
+
     pub fn as_str(self) -> &'static str {
         match self {
             ErrorCode::MalformedJson => "malformed_json",

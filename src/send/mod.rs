@@ -37,6 +37,9 @@ const ROUND_BACKOFF_MAX: Duration = Duration::from_secs(30);
 /// Outcomes written in one statement at most.
 const RECORD_BATCH_MAX: usize = 512;
 
+/// Batches of outcomes written at once at most.
+const RECORDS_IN_FLIGHT: usize = 4;
+
 /// Time a row's lease must still have, besides the send itself, for it to be started.
 const RECORDING_MARGIN: Duration = Duration::from_secs(crate::config::RECORDING_MARGIN_SECS);
 
@@ -157,9 +160,13 @@ async fn claim_all(
         if shutdown.is_cancelled() {
             break;
         }
-        let room = capacity.saturating_sub(held.now());
-        if room == 0 {
-            held.at_most(capacity - 1, shutdown).await;
+        // Claims are made in large bites: a pipeline that is still more than half full is
+        // refilled only when it falls to half, so one statement claims many rows and the
+        // database spends its time on the sends' records, not on claims of a few rows each.
+        let held_now = held.now();
+        let room = capacity.saturating_sub(held_now);
+        if held_now > 0 && room < refill_at(capacity) {
+            held.at_most(capacity - refill_at(capacity), shutdown).await;
             continue;
         }
         let lease_ends = Instant::now() + shared.settings.send_lease;
@@ -211,6 +218,12 @@ async fn claim_all(
             _ = tokio::time::sleep(wait) => {}
         }
     }
+}
+
+/// How much room the pipeline must have before the claimer claims again: half of it (at
+/// least one row).
+fn refill_at(capacity: usize) -> usize {
+    (capacity / 2).max(1)
 }
 
 /// The senders: `mail.concurrency` slots, each taking rows in the order claimed. A slot hands
@@ -376,10 +389,25 @@ async fn send_one(
     }
 }
 
-/// The recorder: writes what has come, as one batch, until the senders are gone.
+/// The recorder: writes what has come, as one batch, until the senders are gone. Up to
+/// RECORDS_IN_FLIGHT batches are written at once (each on its own connection), so an outcome
+/// that comes while a batch is being written is written at once too, not after it: a slot
+/// waits for one statement, not for one and a half.
 async fn record_all(shared: Arc<Shared>, mut done: mpsc::UnboundedReceiver<Done>, held: Arc<Held>) {
-    let mut batch = Vec::with_capacity(RECORD_BATCH_MAX);
-    while let Some(first) = done.recv().await {
+    let mut writing = tokio::task::JoinSet::new();
+    loop {
+        if writing.len() >= RECORDS_IN_FLIGHT {
+            // Outcomes gather meanwhile, for a larger next batch.
+            writing.join_next().await;
+            continue;
+        }
+        let first = tokio::select! {
+            biased;
+            Some(_) = writing.join_next(), if !writing.is_empty() => continue,
+            first = done.recv() => first,
+        };
+        let Some(first) = first else { break };
+        let mut batch = Vec::with_capacity(RECORD_BATCH_MAX);
         batch.push(first);
         while batch.len() < RECORD_BATCH_MAX {
             match done.try_recv() {
@@ -387,10 +415,14 @@ async fn record_all(shared: Arc<Shared>, mut done: mpsc::UnboundedReceiver<Done>
                 Err(_) => break,
             }
         }
-        let n = batch.len();
-        record_batch(&shared, std::mem::take(&mut batch)).await;
-        held.done(n);
+        let (shared, held) = (shared.clone(), held.clone());
+        writing.spawn(async move {
+            let n = batch.len();
+            record_batch(&shared, batch).await;
+            held.done(n);
+        });
     }
+    while writing.join_next().await.is_some() {}
 }
 
 /// Records one batch: rows given back, plain outcomes in one statement, failures each in
@@ -415,22 +447,26 @@ async fn record_batch(shared: &Shared, batch: Vec<Done>) {
         }
     }
     if !marks.is_empty() {
-        let recorded = with_retry(shared, &marks, record_marks).await;
+        let recorded: std::collections::HashSet<i64> = with_retry(shared, &marks, record_marks)
+            .await
+            .into_iter()
+            .collect();
+        // The slots go on first; logging and counting can wait that long.
+        marks.iter_mut().for_each(answer);
         for d in &marks {
             report(shared, d, recorded.contains(&d.row.id));
         }
     }
-    for d in failures {
+    for mut d in failures {
         let recorded = with_retry(shared, std::slice::from_ref(&d), record_failure).await;
+        answer(&mut d);
         report(shared, &d, recorded.contains(&d.row.id));
-        answer(d);
     }
-    marks.into_iter().for_each(answer);
 }
 
 /// Tells the slot that sent `d` that its outcome is written.
-fn answer(d: Done) {
-    if let Some(tx) = d.recorded {
+fn answer(d: &mut Done) {
+    if let Some(tx) = d.recorded.take() {
         let _ = tx.send(());
     }
 }

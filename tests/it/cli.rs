@@ -1,4 +1,4 @@
-//! The command line: `check` and `preview`.
+//! The command line: `check`, `preview` and `validate`.
 
 use crate::helpers::manifest_dir;
 use std::path::Path;
@@ -287,4 +287,147 @@ fn check_reports_an_unreadable_or_unusable_dkim_key_by_name_without_showing_it()
             assert!(!all.contains(shown), "the key is shown: {all}");
         }
     }
+}
+
+fn validate(args: &[&str]) -> Output {
+    binary()
+        .arg("validate")
+        .args(args)
+        .current_dir(manifest_dir())
+        .env("RPEC_CONFIG_DIR", manifest_dir().join("config"))
+        .output()
+        .unwrap()
+}
+
+/// Every example is valid, each event of an array on its own line; nothing is published (no
+/// broker is named, and none is needed).
+#[test]
+fn validate_accepts_every_example_event_by_event() {
+    let mut files: Vec<String> = std::fs::read_dir(manifest_dir().join("examples/events"))
+        .unwrap()
+        .map(|e| {
+            format!(
+                "examples/events/{}",
+                e.unwrap().file_name().to_string_lossy()
+            )
+        })
+        .collect();
+    files.sort();
+    let args: Vec<&str> = files.iter().map(String::as_str).collect();
+    let out = validate(&args);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{stdout}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(stdout.contains(
+        "examples/events/contact-complex-case.json: valid (contact.submitted \
+         3b0c8a52-8f43-4a8e-9d0e-5c1f2f6b7a01)\n"
+    ));
+    assert!(stdout.contains(
+        "examples/events/sessions-2024-2025.json: event 2: valid (session.scheduled \
+         3a1378a4-4774-5e14-8583-b443fdec9ba5)\n"
+    ));
+    let sessions = stdout
+        .lines()
+        .filter(|l| l.starts_with("examples/events/sessions-2024-2025.json: event "))
+        .count();
+    let in_file: Vec<serde_json::Value> = serde_json::from_slice(
+        &std::fs::read(manifest_dir().join("examples/events/sessions-2024-2025.json")).unwrap(),
+    )
+    .unwrap();
+    assert_eq!(sessions, in_file.len());
+    assert!(stdout.ends_with(&format!(
+        "{} valid, 0 invalid\n",
+        stdout.lines().count() - 1
+    )));
+}
+
+/// An invalid event is reported with the code and detail its dead letter would carry, and the
+/// exit code is 1; the other files are still judged. `--json` gives the same as one document.
+#[test]
+fn validate_reports_the_dead_letter_code_and_detail_and_exits_1() {
+    let dir = tempfile::tempdir().unwrap();
+    let not_json = dir.path().join("not-json.json");
+    std::fs::write(&not_json, "{\"id\": oops").unwrap();
+    let mut events: Vec<serde_json::Value> = serde_json::from_slice(
+        &std::fs::read(manifest_dir().join("examples/events/sessions-2024-2025.json")).unwrap(),
+    )
+    .unwrap();
+    events.truncate(3);
+    events[1]["data"]["ends_at"] = events[1]["data"]["starts_at"].clone();
+    let array = dir.path().join("sessions.json");
+    std::fs::write(&array, serde_json::to_vec(&events).unwrap()).unwrap();
+    let bad_address =
+        "tests/fixtures/invalid-events/contact.submitted--data.email--display-name.json";
+    let args = [
+        bad_address,
+        "examples/events/erasure-requested.json",
+        not_json.to_str().unwrap(),
+        array.to_str().unwrap(),
+    ];
+    let out = validate(&args);
+    assert_eq!(out.status.code(), Some(1));
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let lines: Vec<&str> = stdout.lines().collect();
+    assert_eq!(
+        lines[0],
+        format!("{bad_address}: invalid_payload: data.email: not an email address")
+    );
+    assert!(lines[1].starts_with("examples/events/erasure-requested.json: valid ("));
+    assert!(
+        lines[2].starts_with(&format!(
+            "{}: malformed_json: not valid JSON: ",
+            not_json.display()
+        )),
+        "{}",
+        lines[2]
+    );
+    assert!(lines[3].starts_with(&format!("{}: event 1: valid (", array.display())));
+    assert_eq!(
+        lines[4],
+        format!(
+            "{}: event 2: invalid_payload: data.ends_at: must be after data.starts_at",
+            array.display()
+        )
+    );
+    assert!(lines[5].starts_with(&format!("{}: event 3: valid (", array.display())));
+    assert_eq!(lines[6], "3 valid, 3 invalid");
+    // Nothing of the refused values is shown.
+    assert!(!stdout.contains("Sam Okafor"), "{stdout}");
+
+    let mut json_args = vec!["--json"];
+    json_args.extend(args);
+    let out = validate(&json_args);
+    assert_eq!(out.status.code(), Some(1));
+    let doc: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(
+        (doc["valid"].as_u64(), doc["invalid"].as_u64()),
+        (Some(3), Some(3))
+    );
+    assert_eq!(
+        doc["events"][0],
+        serde_json::json!({"file": bad_address, "position": null, "valid": false,
+            "code": "invalid_payload", "detail": "data.email: not an email address"})
+    );
+    assert_eq!(doc["events"][4]["position"], 2);
+    assert_eq!(doc["events"][3]["type"], "session.scheduled");
+}
+
+/// A file that cannot be read is a usage error (2), as are settings that do not load.
+#[test]
+fn validate_exits_2_for_a_missing_file_or_broken_settings() {
+    let out = validate(&["examples/events/no-such-event.json"]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr)
+        .contains("examples/events/no-such-event.json: cannot be read"));
+    let out = binary()
+        .args(["validate", "examples/events/erasure-requested.json"])
+        .current_dir(manifest_dir())
+        .env("RPEC_CONFIG_DIR", "/nonexistent/rpec-config")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
 }

@@ -22,6 +22,7 @@ mod outbox;
 mod proxy;
 mod reliability;
 mod retention;
+mod schema;
 mod sessions;
 mod smtp_client;
 mod web;

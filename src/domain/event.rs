@@ -41,13 +41,14 @@ pub enum ErrorCode {
 
 impl ErrorCode {
     /// Every code, for the contract's documents and their tests.
-    pub const ALL: [ErrorCode; 8] = [
+    pub const ALL: [ErrorCode; 9] = [
         ErrorCode::MalformedJson,
         ErrorCode::UnknownType,
         ErrorCode::UnsupportedVersion,
         ErrorCode::InvalidPayload,
         ErrorCode::TooLarge,
         ErrorCode::UnknownSession,
+        ErrorCode::UnknownEnquiry,
         ErrorCode::RetriesExhausted,
         ErrorCode::HandlerFailed,
     ];

@@ -1,7 +1,7 @@
 //! HTTP, on two listeners:
 //!
-//! - public (`RPEC_HTTP_ADDR`): the pages behind the links in newsletter emails ([`links`]:
-//!   confirming a subscription, unsubscribing);
+//! - public (`RPEC_HTTP_ADDR`): the pages behind the links in emails ([`links`]: confirming a
+//!   subscription, unsubscribing, claiming an enquiry);
 //! - admin (`RPEC_ADMIN_ADDR`, loopback by default): `/healthz` (alive), `/readyz` (PostgreSQL,
 //!   RabbitMQ and the relay reachable; it names what failed, never the raw error), `/metrics`
 //!   (Prometheus text format).
@@ -51,6 +51,10 @@ pub fn public_router(shared: Arc<Shared>, relay: Relay) -> Router {
         .route(
             "/unsubscribe",
             get(links::unsubscribe_page).post(links::unsubscribe),
+        )
+        .route(
+            "/enquiries/claim",
+            get(links::claim_page).post(links::claim),
         )
         .with_state(AppState { shared, relay })
 }
@@ -195,6 +199,11 @@ async fn metrics(State(state): State<AppState>) -> impl IntoResponse {
         tokio::time::timeout(CHECK_TIMEOUT, outbox::oldest_waiting_secs(pool)).await
     {
         m.outbox_oldest_waiting.set(secs);
+    }
+    if let Ok(Ok(counts)) =
+        tokio::time::timeout(CHECK_TIMEOUT, crate::state::enquiry::open_counts(pool)).await
+    {
+        m.set_open_unclaimed(&counts);
     }
     (
         [(

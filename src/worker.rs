@@ -53,6 +53,12 @@ pub async fn run_with_clock(
     clock: Clock,
 ) -> anyhow::Result<()> {
     let shared = Arc::new(Shared::load(settings, clock).await?);
+    if let Some(warning) = shared
+        .regions
+        .bank_holidays_warning(shared.clock.now().date_naive())
+    {
+        tracing::warn!("{warning}");
+    }
     db::migrate(&shared.pool).await?;
     let s = &shared.settings;
     let relay = Relay::new(

@@ -2,6 +2,7 @@
 //! event and writes its rows and its outgoing mail; `handle` wraps them in the de-duplication
 //! and the commit.
 
+mod claim;
 mod contact;
 mod erasure;
 pub(crate) mod newsletter;
@@ -108,6 +109,7 @@ pub async fn handle(shared: &Shared, envelope: &Envelope) -> Result<Handled, Fai
         }
         Event::NewsletterPublished(n) => newsletter::handle(&mut tx, shared, envelope, n).await?,
         Event::PersonErasureRequested(e) => erasure::handle(&mut tx, shared, envelope, e).await?,
+        Event::EnquiryClaimed(c) => claim::handle(&mut tx, shared, envelope, c).await?,
     }
     tx.commit().await?;
     Ok(Handled::Done)

@@ -25,10 +25,12 @@ use std::fmt;
 /// order of the enum. Metrics label by kind only from this list (anything else is "unknown"),
 /// so a bad row cannot grow the number of series. A test checks that it holds every tag and
 /// nothing else.
-pub const KINDS: [&str; 12] = [
+pub const KINDS: [&str; 14] = [
     "enquiry",
     "enquiry_ack",
     "enquiry_undeliverable",
+    "enquiry_reminder",
+    "enquiry_escalation",
     "registration_confirmation",
     "session_reminder",
     "session_moved",
@@ -50,6 +52,12 @@ pub enum Job {
     EnquiryAck(Acknowledgement),
     /// The coordinators' copy that could not be delivered, passed to the triage mailbox.
     EnquiryUndeliverable(UndeliverableEnquiry),
+    /// An unclaimed enquiry at its first deadline, to one of its region's coordinators, with
+    /// their own claim link.
+    EnquiryReminder(Enquiry),
+    /// An unclaimed enquiry at a deadline, to the national coordinators (and at the first, the
+    /// triage mailbox): "UNCLAIMED: ...".
+    EnquiryEscalation(Escalation),
     /// A registration's confirmation, with the session's calendar file.
     RegistrationConfirmation(Registrant),
     /// A reminder at one of the region's offsets before the session.
@@ -77,6 +85,8 @@ impl Job {
             Job::Enquiry(_) => "enquiry",
             Job::EnquiryAck(_) => "enquiry_ack",
             Job::EnquiryUndeliverable(_) => "enquiry_undeliverable",
+            Job::EnquiryReminder(_) => "enquiry_reminder",
+            Job::EnquiryEscalation(_) => "enquiry_escalation",
             Job::RegistrationConfirmation(_) => "registration_confirmation",
             Job::SessionReminder(_) => "session_reminder",
             Job::SessionMoved(_) => "session_moved",
@@ -96,6 +106,8 @@ impl Job {
             Job::Digest(_) => "weekly_digest",
             Job::EnquiryAck(_)
             | Job::EnquiryUndeliverable(_)
+            | Job::EnquiryReminder(_)
+            | Job::EnquiryEscalation(_)
             | Job::RegistrationConfirmation(_)
             | Job::SessionReminder(_)
             | Job::SessionMoved(_)
@@ -114,6 +126,8 @@ impl Job {
             Job::Enquiry(_)
             | Job::EnquiryAck(_)
             | Job::EnquiryUndeliverable(_)
+            | Job::EnquiryReminder(_)
+            | Job::EnquiryEscalation(_)
             | Job::RegistrationConfirmation(_)
             | Job::SessionReminder(_)
             | Job::SessionMoved(_)
@@ -191,6 +205,37 @@ pub struct Enquiry {
     pub region_name: Option<String>,
     /// Why it came here, in a sentence.
     pub routing_note: String,
+    /// When it must be claimed by, in UK time ("Monday 31 March 2025, 9:30am"); None for
+    /// enquiries from before claiming.
+    #[serde(default)]
+    pub claim_by: Option<String>,
+    /// The copy this email is (`enquiry_copies`), whose id its claim link signs; None for
+    /// copies without a link (queued before claiming, or the triage copy of a failed one).
+    #[serde(default)]
+    pub copy_id: Option<i64>,
+}
+
+impl From<crate::state::enquiry::CoordinatorView> for Enquiry {
+    fn from(v: crate::state::enquiry::CoordinatorView) -> Enquiry {
+        Enquiry {
+            enquiry_id: v.enquiry_id,
+            urgent: v.urgent,
+            received: v.received,
+            topic: v.topic.to_owned(),
+            topic_label: v.topic_label.to_owned(),
+            setting_label: v.setting_label.to_owned(),
+            name: v.name,
+            email: v.email,
+            organisation: v.organisation,
+            phone: v.phone,
+            area: v.area,
+            message: v.message,
+            region_name: v.region_name,
+            routing_note: v.routing_note,
+            claim_by: v.claim_by,
+            copy_id: None,
+        }
+    }
 }
 
 impl fmt::Debug for Enquiry {
@@ -210,6 +255,10 @@ pub struct Acknowledgement {
     pub urgent: bool,
     /// The region that will answer, or None when the national team passes it on.
     pub region_name: Option<String>,
+    /// When they can expect to hear from a coordinator, in UK time: the claim deadline (None
+    /// for acknowledgements queued before claiming).
+    #[serde(default)]
+    pub expect_reply_by: Option<String>,
     /// A newsletter enquiry with a region: a subscription to that region's newsletter was asked
     /// for. The next two say how it stands (absent from rows older than newsletters: false).
     #[serde(default)]
@@ -226,6 +275,26 @@ impl fmt::Debug for Acknowledgement {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Acknowledgement")
             .field("enquiry_id", &self.enquiry_id)
+            .finish_non_exhaustive()
+    }
+}
+
+/// An escalation of an unclaimed enquiry: the enquiry, and which notice this is.
+#[derive(Clone, PartialEq, Serialize, Deserialize)]
+pub struct Escalation {
+    #[serde(flatten)]
+    pub enquiry: Enquiry,
+    /// 1 at the first deadline, 2 at the second.
+    pub level: i16,
+    /// Whether this is the second notice (level 2), for the templates.
+    pub second: bool,
+}
+
+impl fmt::Debug for Escalation {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Escalation")
+            .field("enquiry", &self.enquiry)
+            .field("level", &self.level)
             .finish_non_exhaustive()
     }
 }
@@ -514,6 +583,8 @@ pub(crate) mod tests {
             region_name: Some("North-West".into()),
             routing_note: "The area the enquirer gave (Cumbria) is in the North-West region."
                 .into(),
+            claim_by: Some("Thursday 3 October 2024, 1:15pm".into()),
+            copy_id: Some(7),
         }
     }
 
@@ -535,9 +606,16 @@ pub(crate) mod tests {
                 topic_label: "Training".into(),
                 urgent: false,
                 region_name: None,
+                expect_reply_by: Some("Monday 7 October 2024, 11:15am".into()),
                 newsletter: true,
                 newsletter_confirmed: false,
                 newsletter_recent: true,
+            }),
+            Job::EnquiryReminder(enquiry()),
+            Job::EnquiryEscalation(Escalation {
+                enquiry: enquiry(),
+                level: 2,
+                second: true,
             }),
             Job::EnquiryUndeliverable(UndeliverableEnquiry {
                 enquiry: enquiry(),
@@ -594,15 +672,17 @@ pub(crate) mod tests {
             Job::Enquiry(_) => 0,
             Job::EnquiryAck(_) => 1,
             Job::EnquiryUndeliverable(_) => 2,
-            Job::RegistrationConfirmation(_) => 3,
-            Job::SessionReminder(_) => 4,
-            Job::SessionMoved(_) => 5,
-            Job::JoiningLinkChanged(_) => 6,
-            Job::SessionCancelled(_) => 7,
-            Job::CoordinatorBriefing(_) => 8,
-            Job::SubscriptionConfirm(_) => 9,
-            Job::Newsletter(_) => 10,
-            Job::Digest(_) => 11,
+            Job::EnquiryReminder(_) => 3,
+            Job::EnquiryEscalation(_) => 4,
+            Job::RegistrationConfirmation(_) => 5,
+            Job::SessionReminder(_) => 6,
+            Job::SessionMoved(_) => 7,
+            Job::JoiningLinkChanged(_) => 8,
+            Job::SessionCancelled(_) => 9,
+            Job::CoordinatorBriefing(_) => 10,
+            Job::SubscriptionConfirm(_) => 11,
+            Job::Newsletter(_) => 12,
+            Job::Digest(_) => 13,
         }
     }
 

@@ -17,7 +17,7 @@ pub mod prepare;
 use crate::context::Shared;
 use crate::db;
 use crate::mail::{message, Relay, SendError};
-use crate::outbox::job::{Reminder, Undeliverable, UndeliverableEnquiry};
+use crate::outbox::job::{Enquiry, Reminder, Undeliverable, UndeliverableEnquiry};
 use crate::outbox::{self, Claimed, Counted, Job, Mark, Marked, Outcome, NOTIFY_CHANNEL};
 use prepare::{prepare, Prepared, UnreadableJob};
 use sqlx::postgres::PgListener;
@@ -612,6 +612,10 @@ fn report(shared: &Shared, d: &Done, recorded: bool) {
             if let Ok(Job::SessionReminder(reminder)) = row.job.get() {
                 observe_reminder_lateness(shared, reminder, *by_clock);
             }
+            if let Ok(Job::EnquiryEscalation(escalation)) = row.job.get() {
+                let level = if escalation.level >= 2 { "2" } else { "1" };
+                shared.metrics.escalations.with_label_values(&[level]).inc();
+            }
             Outcome::Sent
         }
         Record::Retry { wait, counted, .. } => {
@@ -696,7 +700,11 @@ fn undeliverable_copy(
     }
     let region_name = enquiry.region_name.as_deref().unwrap_or("triage");
     let copy = Job::EnquiryUndeliverable(UndeliverableEnquiry {
-        enquiry: enquiry.clone(),
+        // Without the failed copy's claim link, which named the mailbox that failed.
+        enquiry: Enquiry {
+            copy_id: None,
+            ..enquiry.clone()
+        },
         undeliverable: Undeliverable {
             region_name: region_name.to_owned(),
             reason: reason.to_owned(),

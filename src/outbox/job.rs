@@ -611,18 +611,18 @@ pub(crate) mod tests {
                 newsletter_confirmed: false,
                 newsletter_recent: true,
             }),
-            Job::EnquiryReminder(enquiry()),
-            Job::EnquiryEscalation(Escalation {
-                enquiry: enquiry(),
-                level: 2,
-                second: true,
-            }),
             Job::EnquiryUndeliverable(UndeliverableEnquiry {
                 enquiry: enquiry(),
                 undeliverable: Undeliverable {
                     region_name: "North-West".into(),
                     reason: "permanent error (550): no such mailbox".into(),
                 },
+            }),
+            Job::EnquiryReminder(enquiry()),
+            Job::EnquiryEscalation(Escalation {
+                enquiry: enquiry(),
+                level: 2,
+                second: true,
             }),
             Job::RegistrationConfirmation(registrant()),
             Job::SessionReminder(Reminder {

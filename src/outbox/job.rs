@@ -184,67 +184,7 @@ impl From<Value> for StoredJob {
 // What each kind holds. Debug of anything that holds personal data (names, addresses, enquiry
 // text) shows ids only: Debug output ends up in logs.
 
-/// The coordinators' copy of an enquiry: every field, as the enquirer sent it.
-#[derive(Clone, PartialEq, Serialize, Deserialize)]
-pub struct Enquiry {
-    pub enquiry_id: String,
-    pub urgent: bool,
-    /// When it was received, as the page writes times ("Thursday 3 October 2024, 11:15am").
-    pub received: String,
-    pub topic: String,
-    pub topic_label: String,
-    pub setting_label: String,
-    pub name: String,
-    /// The enquirer's address (the row's `about` lists it, for erasure).
-    pub email: String,
-    pub organisation: String,
-    pub phone: Option<String>,
-    pub area: Option<String>,
-    pub message: String,
-    /// The region that answers, or None for triage.
-    pub region_name: Option<String>,
-    /// Why it came here, in a sentence.
-    pub routing_note: String,
-    /// When it must be claimed by, in UK time ("Monday 31 March 2025, 9:30am"); None for
-    /// enquiries from before claiming.
-    #[serde(default)]
-    pub claim_by: Option<String>,
-    /// The copy this email is (`enquiry_copies`), whose id its claim link signs; None for
-    /// copies without a link (queued before claiming, or the triage copy of a failed one).
-    #[serde(default)]
-    pub copy_id: Option<i64>,
-}
-
-impl From<crate::state::enquiry::CoordinatorView> for Enquiry {
-    fn from(v: crate::state::enquiry::CoordinatorView) -> Enquiry {
-        Enquiry {
-            enquiry_id: v.enquiry_id,
-            urgent: v.urgent,
-            received: v.received,
-            topic: v.topic.to_owned(),
-            topic_label: v.topic_label.to_owned(),
-            setting_label: v.setting_label.to_owned(),
-            name: v.name,
-            email: v.email,
-            organisation: v.organisation,
-            phone: v.phone,
-            area: v.area,
-            message: v.message,
-            region_name: v.region_name,
-            routing_note: v.routing_note,
-            claim_by: v.claim_by,
-            copy_id: None,
-        }
-    }
-}
-
-impl fmt::Debug for Enquiry {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("Enquiry")
-            .field("enquiry_id", &self.enquiry_id)
-            .finish_non_exhaustive()
-    }
-}
+pub use crate::state::enquiry::Enquiry;
 
 /// The acknowledgement to the person who wrote.
 #[derive(Clone, PartialEq, Serialize, Deserialize)]

@@ -60,7 +60,7 @@ async fn hand_over_batch(shared: &Shared) -> anyhow::Result<usize> {
         let e = &d.enquiry;
         match e.view(&shared.regions) {
             Some(view) => {
-                queue(&mut tx, shared, e, level, Enquiry::from(view), now).await?;
+                queue(&mut tx, shared, e, level, view, now).await?;
                 tracing::info!(enquiry_id = %e.enquiry_id, level, "unclaimed enquiry escalated");
             }
             // Nothing left to show (erased meanwhile): the level is raised all the same.

@@ -6,20 +6,25 @@ use crate::config::{Regions, Routing};
 use crate::domain::{RegionId, Setting, Topic};
 use crate::uk_time;
 use chrono::{DateTime, Utc};
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use sqlx::PgConnection;
+use std::fmt;
 
-/// What the coordinators' copy of an enquiry (and its reminders and escalations) shows: every
-/// field. Values are escaped by the templates.
-#[derive(Debug, Clone, Serialize)]
-pub struct CoordinatorView {
+/// An enquiry as the coordinators' emails show it (their copy, its reminders and
+/// escalations, the triage copy of one that failed): every field, as the enquirer sent it.
+/// Values are escaped by the templates. It is also what those emails' jobs hold
+/// (`outbox::job`).
+#[derive(Clone, PartialEq, Serialize, Deserialize)]
+pub struct Enquiry {
     pub enquiry_id: String,
     pub urgent: bool,
+    /// When it was received, as the page writes times ("Thursday 3 October 2024, 11:15am").
     pub received: String,
-    pub topic: &'static str,
-    pub topic_label: &'static str,
-    pub setting_label: &'static str,
+    pub topic: String,
+    pub topic_label: String,
+    pub setting_label: String,
     pub name: String,
+    /// The enquirer's address (the row's `about` lists it, for erasure).
     pub email: String,
     pub organisation: String,
     pub phone: Option<String>,
@@ -31,7 +36,20 @@ pub struct CoordinatorView {
     pub routing_note: String,
     /// When it must be claimed by, in UK time ("Monday 31 March 2025, 9:30am"); None for
     /// enquiries from before claiming.
+    #[serde(default)]
     pub claim_by: Option<String>,
+    /// The copy this email is (`enquiry_copies`), whose id its claim link signs; None for
+    /// copies without a link (queued before claiming, or the triage copy of a failed one).
+    #[serde(default)]
+    pub copy_id: Option<i64>,
+}
+
+impl fmt::Debug for Enquiry {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Enquiry")
+            .field("enquiry_id", &self.enquiry_id)
+            .finish_non_exhaustive()
+    }
 }
 
 /// Urgent enquiries (and their escalations) are sent before anything else waiting.
@@ -120,20 +138,20 @@ impl StoredEnquiry {
 
     /// The coordinators' view, or None once the enquiry holds no personal data any more
     /// (erased or anonymised): there is nothing left to show.
-    pub fn view(&self, regions: &Regions) -> Option<CoordinatorView> {
+    pub fn view(&self, regions: &Regions) -> Option<Enquiry> {
         if self.anonymised_at.is_some() {
             return None;
         }
         let topic = Topic::parse(&self.topic).unwrap_or(Topic::Other);
         let setting = Setting::parse(&self.setting).unwrap_or(Setting::Other);
         let region_name = self.region_id().map(|r| regions.region(r).name.clone());
-        Some(CoordinatorView {
+        Some(Enquiry {
             enquiry_id: self.enquiry_id.clone(),
             urgent: self.urgent,
             received: uk_time::date_time(self.received_at),
-            topic: topic.as_str(),
-            topic_label: topic.label(),
-            setting_label: setting.label(),
+            topic: topic.as_str().to_owned(),
+            topic_label: topic.label().to_owned(),
+            setting_label: setting.label().to_owned(),
             name: self.name.clone()?,
             email: self.email.clone()?,
             organisation: self.organisation.clone().unwrap_or_default(),
@@ -147,6 +165,7 @@ impl StoredEnquiry {
             ),
             region_name,
             claim_by: self.claim_deadline_at.map(uk_time::date_time),
+            copy_id: None,
         })
     }
 }

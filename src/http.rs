@@ -1,7 +1,7 @@
 //! HTTP, on two listeners:
 //!
-//! - public (`RPEC_HTTP_ADDR`): the pages behind the links in newsletter emails ([`links`]:
-//!   confirming a subscription, unsubscribing);
+//! - public (`RPEC_HTTP_ADDR`): the pages behind the links in emails ([`links`]: confirming a
+//!   subscription, unsubscribing, claiming an enquiry);
 //! - admin (`RPEC_ADMIN_ADDR`, loopback by default): `/healthz` (alive), `/readyz` (PostgreSQL,
 //!   RabbitMQ and the relay reachable; it names what failed, never the raw error), `/metrics`
 //!   (Prometheus text format).
@@ -14,6 +14,7 @@ mod links;
 
 pub use links::page_samples;
 
+use crate::clock::Clock;
 use crate::config::{HttpLimits, Regions};
 use crate::mail::{Relay, Templates};
 use crate::metrics::Metrics;
@@ -39,7 +40,7 @@ const CHECK_TIMEOUT: Duration = Duration::from_secs(3);
 
 /// What the public pages use, and nothing more: built by the composition root (`worker`).
 pub struct PublicState {
-    /// Subscriptions, confirmed and ended here.
+    /// Subscriptions, confirmed and ended here; enquiries, claimed here.
     pub pool: PgPool,
     /// The pages' templates.
     pub templates: Arc<Templates>,
@@ -47,6 +48,10 @@ pub struct PublicState {
     pub regions: Arc<Regions>,
     /// Checks the tokens in the links.
     pub links: Links,
+    /// When a claim is made.
+    pub clock: Clock,
+    /// A claim by link is timed (`rpec_enquiry_time_to_claim_seconds`).
+    pub metrics: Arc<Metrics>,
 }
 
 /// What the admin listener uses, and nothing more: built by the composition root (`worker`).
@@ -70,6 +75,10 @@ pub fn public_router(state: PublicState) -> Router {
         .route(
             "/unsubscribe",
             get(links::unsubscribe_page).post(links::unsubscribe),
+        )
+        .route(
+            "/enquiries/claim",
+            get(links::claim_page).post(links::claim),
         )
         .with_state(Arc::new(state))
 }
@@ -212,6 +221,11 @@ async fn metrics(State(state): State<Arc<AdminState>>) -> impl IntoResponse {
         tokio::time::timeout(CHECK_TIMEOUT, outbox::oldest_waiting_secs(pool)).await
     {
         m.outbox_oldest_waiting.set(secs);
+    }
+    if let Ok(Ok(counts)) =
+        tokio::time::timeout(CHECK_TIMEOUT, crate::state::enquiry::open_counts(pool)).await
+    {
+        m.set_open_unclaimed(&counts);
     }
     (
         [(

@@ -38,6 +38,8 @@
 //!   due to the outbox.
 //! - [`calendar`]: `.ics` files for sessions.
 //! - [`clock`]: the worker's "now" (the system clock, or a manual one in tests).
+//! - [`config::working_time`]: Monday to Friday working hours in UK time minus bank holidays, in which
+//!   the deadlines for claiming an enquiry are counted.
 //! - [`http`]: health, readiness, Prometheus metrics, and the confirm and unsubscribe pages.
 //! - [`retention`]: the sweep that ends every kind of personal data at the end of its period,
 //!   in short batches.

@@ -83,6 +83,26 @@ enum Command {
         #[command(subcommand)]
         command: DeadLetterCommand,
     },
+    /// Enquiries and their claims. Exit codes: 0 done, 2 usage or configuration, 3 PostgreSQL
+    /// cannot be reached.
+    Enquiries {
+        /// Print one JSON document instead of a table.
+        #[arg(long, global = true)]
+        json: bool,
+        #[command(subcommand)]
+        command: EnquiriesCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum EnquiriesCommand {
+    /// Enquiries nobody has claimed yet: reference, topic, region, age in working hours and
+    /// deadline (UK time), oldest deadline first. No names, addresses or text.
+    Open {
+        /// Only this region (an id such as north-west).
+        #[arg(long)]
+        region: Option<String>,
+    },
 }
 
 #[derive(Subcommand)]
@@ -214,6 +234,7 @@ async fn main() -> ExitCode {
         Command::Schedule { region, count } => schedule(region.as_deref(), count),
         Command::Outbox { json, command } => outbox(command, json).await,
         Command::DeadLetters { json, command } => dead_letters(command, json).await,
+        Command::Enquiries { json, command } => enquiries(command, json).await,
     }
 }
 
@@ -265,6 +286,31 @@ async fn outbox(command: OutboxCommand, json: bool) -> ExitCode {
                 admin::outbox::retry(&pool, &selection).await
             }
         };
+        pool.close().await;
+        report
+    };
+    admin_exit(result.await, json)
+}
+
+async fn enquiries(command: EnquiriesCommand, json: bool) -> ExitCode {
+    let settings = match settings() {
+        Ok(s) => s,
+        Err(code) => return code,
+    };
+    let EnquiriesCommand::Open { region } = command;
+    let result = async {
+        let region = match region
+            .as_deref()
+            .map(str::parse::<rpec_notify::domain::RegionId>)
+        {
+            None => None,
+            Some(Ok(r)) => Some(r),
+            Some(Err(e)) => return Err(admin::AdminError::Config(format!("--region: {e}"))),
+        };
+        let regions = Regions::load(&settings.regions_path())
+            .map_err(|p| admin::AdminError::Config(rpec_notify::config::Problems(p).to_string()))?;
+        let pool = admin::connect_database(&settings).await?;
+        let report = admin::enquiries::open(&pool, &regions, region, chrono::Utc::now()).await;
         pool.close().await;
         report
     };
@@ -350,6 +396,12 @@ fn check() -> ExitCode {
     if let Some(t) = &templates {
         problems.extend(t.check_samples(&templates_dir, &handle::samples()));
         problems.extend(t.check_pages(&templates_dir, &rpec_notify::http::page_samples()));
+    }
+    if let Some(warning) = regions
+        .as_ref()
+        .and_then(|r| r.bank_holidays_warning(chrono::Utc::now().date_naive()))
+    {
+        eprintln!("warning: {warning}");
     }
     if problems.is_empty() {
         let n = regions.map_or(0, |r| r.iter().count());

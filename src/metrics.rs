@@ -2,8 +2,8 @@
 
 use crate::outbox::{Outcome, KINDS};
 use prometheus::{
-    Encoder, Gauge, Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, IntGaugeVec,
-    Opts, Registry, TextEncoder,
+    Encoder, Gauge, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge,
+    IntGaugeVec, Opts, Registry, TextEncoder,
 };
 
 /// The `kind` label for an outbox kind: one of the known kinds, else "unknown", so that the
@@ -47,6 +47,28 @@ pub struct Metrics {
     pub scheduler_rounds: IntCounter,
     /// Completed sender rounds (one claim of due outbox rows, sent and recorded).
     pub sender_rounds: IntCounter,
+    /// From an enquiry's arrival to its claim (wall-clock seconds), by region and topic.
+    pub time_to_claim: HistogramVec,
+    /// Enquiries not yet claimed, by region and topic (set at each scrape).
+    pub open_unclaimed: IntGaugeVec,
+    /// Escalation emails sent, by level (1: national and triage, 2: the second notice).
+    pub escalations: IntCounterVec,
+}
+
+/// The `region` label for an enquiry's region: a region id, or "triage"; anything else (a bad
+/// row) is "unknown", so the number of series stays bounded.
+pub fn region_label(region: Option<&str>) -> &'static str {
+    match region {
+        None => "triage",
+        Some(r) => r
+            .parse::<crate::domain::RegionId>()
+            .map_or("unknown", crate::domain::RegionId::as_str),
+    }
+}
+
+/// The `topic` label: a topic id, else "unknown".
+pub fn topic_label(topic: &str) -> &'static str {
+    crate::domain::Topic::parse(topic).map_or("unknown", crate::domain::Topic::as_str)
 }
 
 fn register<T: prometheus::core::Collector + Clone + 'static>(registry: &Registry, m: T) -> T {
@@ -204,6 +226,39 @@ impl Metrics {
                 )
                 .expect("a valid metric"),
             ),
+            time_to_claim: register(
+                &registry,
+                HistogramVec::new(
+                    HistogramOpts::new(
+                        "rpec_enquiry_time_to_claim_seconds",
+                        "From an enquiry's arrival to its claim by a coordinator (link or enquiry.claimed), by region and topic",
+                    )
+                    // Minutes for urgent cases, days for the rest.
+                    .buckets(vec![
+                        300.0, 900.0, 1800.0, 3600.0, 7200.0, 14400.0, 28800.0, 86400.0,
+                        172800.0, 259200.0, 604800.0,
+                    ]),
+                    &["region", "topic"],
+                )
+                .expect("a valid metric"),
+            ),
+            open_unclaimed: register(
+                &registry,
+                IntGaugeVec::new(
+                    Opts::new(
+                        "rpec_enquiries_open_unclaimed",
+                        "Enquiries nobody has claimed yet, by region and topic",
+                    ),
+                    &["region", "topic"],
+                )
+                .expect("a valid metric"),
+            ),
+            escalations: counter(
+                &registry,
+                "rpec_enquiry_escalations_total",
+                "Escalation emails about unclaimed enquiries sent, by level (1: national and triage; 2: the second notice)",
+                &["level"],
+            ),
             consumer_waiting_for_database: gauge(
                 &registry,
                 "rpec_consumer_waiting_for_database",
@@ -240,6 +295,29 @@ impl Metrics {
         }
     }
 
+    /// Records how long an enquiry waited to be claimed.
+    pub fn observe_time_to_claim(
+        &self,
+        region: Option<&str>,
+        topic: &str,
+        waited: chrono::Duration,
+    ) {
+        self.time_to_claim
+            .with_label_values(&[region_label(region), topic_label(topic)])
+            .observe(waited.num_milliseconds().max(0) as f64 / 1000.0);
+    }
+
+    /// Sets the open-unclaimed gauge from `counts` (region or None for triage, topic, count):
+    /// series not in `counts` go to 0 rather than vanish.
+    pub fn set_open_unclaimed(&self, counts: &[(Option<String>, String, i64)]) {
+        self.open_unclaimed.reset();
+        for (region, topic, n) in counts {
+            self.open_unclaimed
+                .with_label_values(&[region_label(region.as_deref()), topic_label(topic)])
+                .add(*n);
+        }
+    }
+
     /// The text exposition format.
     pub fn render(&self) -> String {
         let mut out = Vec::new();
@@ -257,6 +335,37 @@ impl Default for Metrics {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn enquiry_labels_come_only_from_regions_and_topics() {
+        let m = Metrics::new();
+        m.observe_time_to_claim(
+            Some("london"),
+            "complex-case",
+            chrono::Duration::minutes(10),
+        );
+        m.observe_time_to_claim(Some("x@y.org"), "<script>", chrono::Duration::minutes(10));
+        m.set_open_unclaimed(&[
+            (None, "training".into(), 2),
+            (Some("nowhere".into()), "bogus".into(), 1),
+        ]);
+        let text = m.render();
+        assert!(text.contains("rpec_enquiry_time_to_claim_seconds_count{region=\"london\",topic=\"complex-case\"} 1"), "{text}");
+        assert!(
+            text.contains(
+                "rpec_enquiry_time_to_claim_seconds_count{region=\"unknown\",topic=\"unknown\"} 1"
+            ),
+            "{text}"
+        );
+        assert!(
+            text.contains("rpec_enquiries_open_unclaimed{region=\"triage\",topic=\"training\"} 2"),
+            "{text}"
+        );
+        assert!(
+            !text.contains("x@y.org") && !text.contains("script"),
+            "{text}"
+        );
+    }
 
     #[test]
     fn kind_labels_come_only_from_the_known_kinds() {

@@ -86,7 +86,7 @@ macro_rules! delete_batch {
 
 const ENQUIRIES: &str = "WITH done AS (
     UPDATE enquiries SET name = NULL, email = NULL, organisation = NULL, phone = NULL,
-           area = NULL, message = NULL, anonymised_at = $1
+           area = NULL, message = NULL, claim_note = NULL, anonymised_at = $1
     WHERE ctid = ANY(ARRAY(
               SELECT ctid FROM enquiries
               WHERE anonymised_at IS NULL AND received_at < $1 - make_interval(days => $2)

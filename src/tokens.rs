@@ -1,4 +1,5 @@
-//! Signed links: the tokens in `/subscriptions/confirm?token=` and `/unsubscribe?token=`.
+//! Signed links: the tokens in `/subscriptions/confirm?token=`, `/unsubscribe?token=` and
+//! `/enquiries/claim?token=` (where the id is that of a copy of an enquiry, not a subscription).
 //!
 //! A token is the URL-safe base64 (no padding) of
 //!
@@ -34,12 +35,17 @@ pub const CONFIRM_VALIDITY: Duration = Duration::days(7);
 /// How long an unsubscribe link works. Long, because people unsubscribe from old newsletters
 /// too; it is renewed with every newsletter sent.
 pub const UNSUBSCRIBE_VALIDITY: Duration = Duration::days(400);
+/// How long a claim link in a coordinator's copy of an enquiry works: long past any deadline,
+/// well within the enquiry's retention.
+pub const CLAIM_VALIDITY: Duration = Duration::days(30);
 
 /// What a link is for.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Purpose {
     Confirm,
     Unsubscribe,
+    /// "I will answer this": claiming an enquiry, from one coordinator's copy.
+    Claim,
 }
 
 impl Purpose {
@@ -47,6 +53,7 @@ impl Purpose {
         match self {
             Purpose::Confirm => 1,
             Purpose::Unsubscribe => 2,
+            Purpose::Claim => 3,
         }
     }
 
@@ -55,6 +62,7 @@ impl Purpose {
         match self {
             Purpose::Confirm => "/subscriptions/confirm",
             Purpose::Unsubscribe => "/unsubscribe",
+            Purpose::Claim => "/enquiries/claim",
         }
     }
 
@@ -62,13 +70,14 @@ impl Purpose {
         match self {
             Purpose::Confirm => CONFIRM_VALIDITY,
             Purpose::Unsubscribe => UNSUBSCRIBE_VALIDITY,
+            Purpose::Claim => CLAIM_VALIDITY,
         }
     }
 }
 
 /// What signed links need, and nothing more of the settings: where the pages are and the keys.
-/// The handlers (confirmation links), the sender (unsubscribe links) and the pages (checking
-/// tokens) each hold one.
+/// The handlers (confirmation links), the sender (unsubscribe and claim links) and the pages
+/// (checking tokens) each hold one.
 #[derive(Debug, Clone)]
 pub struct Links {
     /// `[http] public_url`, without a trailing slash: links point at the pages there.
@@ -93,8 +102,9 @@ impl Links {
             .map_or(&[][..], |k| k.expose_secret().as_bytes())
     }
 
-    /// The link to put in an email: `{public url}/subscriptions/confirm?token=...` or
-    /// `{public url}/unsubscribe?token=...`, valid from `now` for the purpose's validity.
+    /// The link to put in an email: `{public url}/subscriptions/confirm?token=...`,
+    /// `{public url}/unsubscribe?token=...` or `{public url}/enquiries/claim?token=...`, valid
+    /// from `now` for the purpose's validity.
     pub fn link(&self, purpose: Purpose, subscription_id: i64, now: DateTime<Utc>) -> String {
         let token = sign(
             self.signing_key(),
@@ -252,6 +262,7 @@ mod tests {
         for (purpose, validity) in [
             (Purpose::Confirm, SEVEN_DAYS),
             (Purpose::Unsubscribe, FOUR_HUNDRED_DAYS),
+            (Purpose::Claim, Duration::hours(30 * 24)),
         ] {
             let url = links.link(purpose, 9, now());
             let prefix = format!("https://rpec.example.org{}?token=", purpose.path());
@@ -373,6 +384,26 @@ mod tests {
     fn links_lead_to_the_contracts_pages() {
         assert_eq!(Purpose::Confirm.path(), "/subscriptions/confirm");
         assert_eq!(Purpose::Unsubscribe.path(), "/unsubscribe");
+        assert_eq!(Purpose::Claim.path(), "/enquiries/claim");
+    }
+
+    /// A claim link is not a confirmation or unsubscribe link for the same number, nor the
+    /// other way round.
+    #[test]
+    fn a_claim_link_works_for_claiming_only() {
+        let t = sign(SECRET, Purpose::Claim, 5, now() + Duration::days(1));
+        assert_eq!(verify(SECRET, &t, Purpose::Claim, now()), Ok(5));
+        for other in [Purpose::Confirm, Purpose::Unsubscribe] {
+            assert_eq!(
+                verify(SECRET, &t, other, now()),
+                Err(TokenError::WrongPurpose)
+            );
+            let u = sign(SECRET, other, 5, now() + Duration::days(1));
+            assert_eq!(
+                verify(SECRET, &u, Purpose::Claim, now()),
+                Err(TokenError::WrongPurpose)
+            );
+        }
     }
 
     /// A real token is 67 characters; anything past 128 is refused before decoding, and one of

@@ -34,6 +34,20 @@ pub fn range(start: DateTime<Utc>, end: DateTime<Utc>) -> String {
     }
 }
 
+/// The instant of a UK wall-clock time: the first of two, or the next valid one after a gap.
+pub fn london_instant(local: chrono::NaiveDateTime) -> DateTime<Utc> {
+    let mut probe = local;
+    // London's gaps are one hour; step by minutes so any gap length would still resolve.
+    for _ in 0..=180 {
+        match London.from_local_datetime(&probe) {
+            chrono::LocalResult::Single(t) => return t.with_timezone(&Utc),
+            chrono::LocalResult::Ambiguous(first, _) => return first.with_timezone(&Utc),
+            chrono::LocalResult::None => probe += chrono::Duration::minutes(1),
+        }
+    }
+    Utc.from_utc_datetime(&local)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

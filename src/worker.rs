@@ -65,6 +65,9 @@ pub async fn run_with_clock(
     let templates =
         Arc::new(Templates::load(&settings.templates_dir, &settings.public_url).map_err(Problems)?);
     let pool = db::connect(&settings).await?;
+    if let Some(warning) = regions.bank_holidays_warning(clock.now().date_naive()) {
+        tracing::warn!("{warning}");
+    }
     db::migrate(&pool).await?;
     let mail = &settings.mail;
     let relay = Relay::new(
@@ -99,6 +102,7 @@ pub async fn run_with_clock(
                 _ => None,
             },
             dead_letter_ttl: settings.dead_letter_ttl,
+            metrics: metrics.clone(),
         },
         metrics: metrics.clone(),
         amqp_ready: amqp_ready.clone(),
@@ -123,7 +127,7 @@ pub async fn run_with_clock(
     };
     let sweeper = Sweeper {
         pool: pool.clone(),
-        clock,
+        clock: clock.clone(),
         retention: settings.retention,
     };
     let pages = PublicState {
@@ -131,6 +135,8 @@ pub async fn run_with_clock(
         templates,
         regions,
         links,
+        clock,
+        metrics: metrics.clone(),
     };
     let monitoring = AdminState {
         pool: pool.clone(),

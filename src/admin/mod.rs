@@ -1,5 +1,5 @@
-//! Operator tools: `rpec-notify outbox status|list|retry` and `rpec-notify dead-letters
-//! list|replay|purge`.
+//! Operator tools: `rpec-notify outbox status|list|retry`, `rpec-notify dead-letters
+//! list|replay|purge` and `rpec-notify enquiries open`.
 //!
 //! Every command returns a [`Report`] (text for people, JSON for scripts) or an [`AdminError`],
 //! and the command line turns them into one exit-code table:
@@ -16,6 +16,7 @@
 //! can quote an address) are never printed.
 
 pub mod dead_letters;
+pub mod enquiries;
 pub mod outbox;
 
 use crate::config::Settings;

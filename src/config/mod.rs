@@ -3,8 +3,12 @@
 
 mod regions;
 mod settings;
+pub mod working_time;
 
-pub use regions::{normalise_area, Offset, RegionConfig, Regions, Routing};
+pub use regions::{
+    normalise_area, parse_bank_holidays, ClaimRules, Offset, RegionConfig, Regions, Routing,
+    BANK_HOLIDAYS_FILE,
+};
 pub use settings::{
     HttpLimits, MailSettings, Profile, RetentionSettings, RetryPolicy, Settings,
     RECORDING_MARGIN_SECS,

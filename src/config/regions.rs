@@ -1,11 +1,12 @@
 //! `regions.toml`: the eight regions, their areas and coordinators, the national and triage
 //! mailboxes, and the reminder, briefing and digest timings.
 
+use super::working_time::WorkingTime;
 use super::Problem;
-use crate::domain::{EmailAddress, RegionId};
-use chrono::Duration;
+use crate::domain::{EmailAddress, RegionId, Topic};
+use chrono::{Duration, NaiveDate, NaiveTime};
 use serde::Deserialize;
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::path::Path;
 use std::str::FromStr;
 
@@ -56,6 +57,45 @@ pub struct RegionConfig {
     pub briefing_offset: Offset,
     /// The digest's cron expression as written, and parsed (None for `[national]`).
     pub digest_schedule: Option<(String, cron::Schedule)>,
+    /// How long its enquiries may stay unclaimed (`[national]`: the defaults, unused).
+    pub claims: ClaimRules,
+}
+
+/// How long an enquiry may stay unclaimed before it is escalated, in working time.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ClaimRules {
+    /// Per topic id; topics not listed take `other`.
+    pub per_topic: BTreeMap<String, Offset>,
+    /// Every other topic (`"*"`).
+    pub other: Offset,
+    /// After the first deadline, how much more working time passes before the national
+    /// coordinators get a second notice.
+    pub second_notice: Offset,
+}
+
+impl Default for ClaimRules {
+    /// The defaults: complex cases 2 working hours, everything else 3 working days, a
+    /// second notice one working day later.
+    fn default() -> Self {
+        ClaimRules {
+            per_topic: BTreeMap::from([(
+                Topic::ComplexCase.as_str().to_owned(),
+                Offset::Exact(Duration::hours(2)),
+            )]),
+            other: Offset::Days(3),
+            second_notice: Offset::Days(1),
+        }
+    }
+}
+
+impl ClaimRules {
+    /// The first deadline for an enquiry on `topic`.
+    pub fn deadline(&self, topic: Topic) -> Offset {
+        self.per_topic
+            .get(topic.as_str())
+            .copied()
+            .unwrap_or(self.other)
+    }
 }
 
 /// Where an enquiry goes.
@@ -89,6 +129,10 @@ impl Routing {
 #[derive(Debug, Clone)]
 pub struct Regions {
     pub triage: Vec<EmailAddress>,
+    /// When working time passes (claim deadlines are counted in it).
+    pub working_time: WorkingTime,
+    /// The claim deadlines of enquiries that no region takes (triage).
+    pub default_claims: ClaimRules,
     pub national: RegionConfig,
     regions: BTreeMap<RegionId, RegionConfig>,
     /// Normalised area or alias -> region.
@@ -98,6 +142,8 @@ pub struct Regions {
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct RawFile {
+    #[serde(default)]
+    working_time: RawWorkingTime,
     defaults: RawDefaults,
     national: RawRegion,
     regions: BTreeMap<String, RawRegion>,
@@ -110,6 +156,117 @@ struct RawDefaults {
     briefing_offset: String,
     digest_schedule: String,
     triage: Vec<String>,
+    /// Added with claiming: absent means the built-in defaults.
+    claim_deadlines: Option<BTreeMap<String, String>>,
+    second_notice: Option<String>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawWorkingTime {
+    opens: String,
+    closes: String,
+    /// A file in the same directory.
+    bank_holidays: String,
+}
+
+impl Default for RawWorkingTime {
+    fn default() -> Self {
+        RawWorkingTime {
+            opens: "08:00".into(),
+            closes: "18:00".into(),
+            bank_holidays: BANK_HOLIDAYS_FILE.into(),
+        }
+    }
+}
+
+/// The bank holiday file's name, unless `[working_time] bank_holidays` names another.
+pub const BANK_HOLIDAYS_FILE: &str = "bank-holidays.toml";
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+struct RawBankHolidays {
+    england_and_wales: Vec<String>,
+}
+
+/// Reads a bank holiday file (`england-and-wales = ["2024-01-01", ...]`).
+pub fn parse_bank_holidays(text: &str, file: &str) -> Result<BTreeSet<NaiveDate>, Vec<Problem>> {
+    let raw: RawBankHolidays = toml::from_str(text)
+        .map_err(|e| vec![Problem::new(file, e.to_string().trim().replace('\n', " "))])?;
+    let mut problems = Vec::new();
+    let mut days = BTreeSet::new();
+    for d in &raw.england_and_wales {
+        match NaiveDate::parse_from_str(d.trim(), "%Y-%m-%d") {
+            Ok(day) => {
+                days.insert(day);
+            }
+            Err(_) => problems.push(Problem::new(
+                format!("{file}: england-and-wales"),
+                format!("{d:?} is not a date (YYYY-MM-DD)"),
+            )),
+        }
+    }
+    if days.is_empty() && problems.is_empty() {
+        problems.push(Problem::new(
+            format!("{file}: england-and-wales"),
+            "lists no bank holidays",
+        ));
+    }
+    if problems.is_empty() {
+        Ok(days)
+    } else {
+        Err(problems)
+    }
+}
+
+fn parse_clock(s: &str, place: &str, problems: &mut Vec<Problem>) -> Option<NaiveTime> {
+    NaiveTime::parse_from_str(s.trim(), "%H:%M")
+        .map_err(|_| {
+            problems.push(Problem::new(
+                place,
+                format!("{s:?} is not a time of day (HH:MM, e.g. \"08:00\")"),
+            ))
+        })
+        .ok()
+}
+
+/// Reads a table of claim deadlines laid over `base`, key by key ("*" for other topics).
+fn parse_claims(
+    base: &ClaimRules,
+    deadlines: Option<&BTreeMap<String, String>>,
+    second_notice: Option<&String>,
+    place: &str,
+    problems: &mut Vec<Problem>,
+) -> ClaimRules {
+    let mut rules = base.clone();
+    for (topic, value) in deadlines.into_iter().flatten() {
+        let at = format!("{place}.claim_deadlines.{topic}");
+        let offset = match value.parse::<Offset>() {
+            Ok(o) => o,
+            Err(e) => {
+                problems.push(Problem::new(at, e));
+                continue;
+            }
+        };
+        if topic == "*" {
+            rules.other = offset;
+        } else if Topic::parse(topic).is_some() {
+            rules.per_topic.insert(topic.clone(), offset);
+        } else {
+            let topics: Vec<&str> = Topic::ids().collect();
+            problems.push(Problem::new(
+                at,
+                format!("not a topic: one of {} or \"*\"", topics.join(", ")),
+            ));
+        }
+    }
+    if let Some(s) = second_notice {
+        match s.parse() {
+            Ok(o) => rules.second_notice = o,
+            Err(e) => problems.push(Problem::new(format!("{place}.second_notice"), e)),
+        }
+    }
+    rules
 }
 
 #[derive(Deserialize)]
@@ -124,6 +281,8 @@ struct RawRegion {
     reminder_offsets: Option<Vec<String>>,
     briefing_offset: Option<String>,
     digest_schedule: Option<String>,
+    claim_deadlines: Option<BTreeMap<String, String>>,
+    second_notice: Option<String>,
 }
 
 /// The form in which areas are compared: lower case, "&" read as "and", punctuation and extra
@@ -194,13 +353,42 @@ pub fn parse_schedule(expr: &str) -> Result<cron::Schedule, String> {
 }
 
 impl Regions {
+    /// Reads `regions.toml` and the bank holiday file beside it.
     pub fn load(path: &Path) -> Result<Regions, Vec<Problem>> {
         let file = path.display().to_string();
         let text = std::fs::read_to_string(path)
             .map_err(|e| vec![Problem::new(&file, format!("cannot be read: {e}"))])?;
-        Self::parse(&text, &file)
+        let parsed = Self::parse(&text, &file);
+        let holidays_name = toml::from_str::<RawFile>(&text)
+            .map(|raw| raw.working_time.bank_holidays)
+            .unwrap_or_else(|_| BANK_HOLIDAYS_FILE.into());
+        let holidays_path = path
+            .parent()
+            .unwrap_or_else(|| Path::new("."))
+            .join(&holidays_name);
+        let holidays_file = holidays_path.display().to_string();
+        let holidays = std::fs::read_to_string(&holidays_path)
+            .map_err(|e| vec![Problem::new(&holidays_file, format!("cannot be read: {e}"))])
+            .and_then(|t| parse_bank_holidays(&t, &holidays_file));
+        match (parsed, holidays) {
+            (Ok(mut regions), Ok(days)) => {
+                regions.working_time = WorkingTime::new(
+                    regions.working_time.opens,
+                    regions.working_time.closes,
+                    days,
+                );
+                Ok(regions)
+            }
+            (Ok(_), Err(p)) => Err(p),
+            (Err(mut p), Err(q)) => {
+                p.extend(q);
+                Err(p)
+            }
+            (Err(p), Ok(_)) => Err(p),
+        }
     }
 
+    /// Parses `regions.toml` alone: working time then has no bank holidays (`load` reads them).
     pub fn parse(text: &str, file: &str) -> Result<Regions, Vec<Problem>> {
         let raw: RawFile = toml::from_str(text)
             .map_err(|e| vec![Problem::new(file, e.to_string().trim().replace('\n', " "))])?;
@@ -222,6 +410,34 @@ impl Regions {
             problems.push(Problem::new(at("defaults.digest_schedule"), e));
         }
         let triage = parse_addresses(&raw.defaults.triage, &at("defaults.triage"), &mut problems);
+        let opens = parse_clock(
+            &raw.working_time.opens,
+            &at("working_time.opens"),
+            &mut problems,
+        );
+        let closes = parse_clock(
+            &raw.working_time.closes,
+            &at("working_time.closes"),
+            &mut problems,
+        );
+        let working_time = match (opens, closes) {
+            (Some(o), Some(c)) if o < c => WorkingTime::new(o, c, BTreeSet::new()),
+            (Some(_), Some(_)) => {
+                problems.push(Problem::new(
+                    at("working_time.closes"),
+                    "must be later than working_time.opens",
+                ));
+                WorkingTime::standard(BTreeSet::new())
+            }
+            _ => WorkingTime::standard(BTreeSet::new()),
+        };
+        let default_claims = parse_claims(
+            &ClaimRules::default(),
+            raw.defaults.claim_deadlines.as_ref(),
+            raw.defaults.second_notice.as_ref(),
+            &at("defaults"),
+            &mut problems,
+        );
 
         let build = |key: &str, r: &RawRegion, with_digest: bool, problems: &mut Vec<Problem>| {
             let reminder_offsets = match &r.reminder_offsets {
@@ -266,6 +482,19 @@ impl Regions {
                     "must not be empty",
                 ));
             }
+            if !with_digest && (r.claim_deadlines.is_some() || r.second_notice.is_some()) {
+                problems.push(Problem::new(
+                    at(&format!("{key}.claim_deadlines")),
+                    "enquiries go to regions (or triage, under [defaults]); [national] has no deadlines of its own",
+                ));
+            }
+            let claims = parse_claims(
+                &default_claims,
+                r.claim_deadlines.as_ref(),
+                r.second_notice.as_ref(),
+                &at(key),
+                problems,
+            );
             RegionConfig {
                 name: r.name.trim().to_owned(),
                 coordinators: parse_addresses(
@@ -276,6 +505,7 @@ impl Regions {
                 reminder_offsets,
                 briefing_offset,
                 digest_schedule,
+                claims,
             }
         };
 
@@ -350,6 +580,8 @@ impl Regions {
         }
         Ok(Regions {
             triage,
+            working_time,
+            default_claims,
             national,
             regions,
             areas: areas.into_iter().map(|(k, (id, _))| (k, id)).collect(),
@@ -386,6 +618,27 @@ impl Regions {
         match area.and_then(|a| self.find_area(a)) {
             Some(r) => Routing::Area(r),
             None => Routing::Triage,
+        }
+    }
+
+    /// A warning when the bank holiday list ends within 90 days of `today` (or lists none):
+    /// after its end every weekday counts as a working day.
+    pub fn bank_holidays_warning(&self, today: NaiveDate) -> Option<String> {
+        let horizon = today + Duration::days(90);
+        match self.working_time.holidays_end() {
+            Some(end) if end >= horizon => None,
+            Some(end) => Some(format!(
+                "the bank holiday list ({BANK_HOLIDAYS_FILE}) ends on {end}: add the next year's dates from https://www.gov.uk/bank-holidays, or claim deadlines will count bank holidays as working days"
+            )),
+            None => Some(format!("the bank holiday list ({BANK_HOLIDAYS_FILE}) is empty")),
+        }
+    }
+
+    /// The claim deadlines for an enquiry routed to `region` (None: triage).
+    pub fn claims(&self, region: Option<RegionId>) -> &ClaimRules {
+        match region {
+            Some(r) => &self.region(r).claims,
+            None => &self.default_claims,
         }
     }
 
@@ -476,6 +729,108 @@ mod tests {
         assert_eq!(
             r.mailboxes(Routing::Triage)[0].as_str(),
             "prevent.triage@example.org"
+        );
+    }
+
+    fn loaded() -> Regions {
+        shipped()
+    }
+
+    #[test]
+    fn claim_deadlines_default_to_two_working_hours_for_complex_cases_and_three_days_else() {
+        let r = loaded();
+        let rules = r.claims(Some(RegionId::London));
+        assert_eq!(
+            rules.deadline(Topic::ComplexCase),
+            Offset::Exact(Duration::hours(2))
+        );
+        assert_eq!(rules.deadline(Topic::Training), Offset::Days(3));
+        assert_eq!(rules.second_notice, Offset::Days(1));
+        assert_eq!(
+            r.claims(None).deadline(Topic::ComplexCase),
+            Offset::Exact(Duration::hours(2))
+        );
+        assert_eq!(
+            r.working_time.opens,
+            NaiveTime::from_hms_opt(8, 0, 0).unwrap()
+        );
+        assert_eq!(
+            r.working_time.closes,
+            NaiveTime::from_hms_opt(18, 0, 0).unwrap()
+        );
+        let today = NaiveDate::from_ymd_opt(2027, 10, 1).unwrap();
+        assert!(r
+            .bank_holidays_warning(today)
+            .is_some_and(|w| w.contains("2027-12-28")));
+        assert_eq!(
+            r.bank_holidays_warning(NaiveDate::from_ymd_opt(2027, 9, 29).unwrap()),
+            None
+        );
+    }
+
+    #[test]
+    fn a_region_overrides_claim_deadlines_key_by_key() {
+        let text = shipped_text().replacen(
+            "[regions.london]\n",
+            "[regions.london]\nclaim_deadlines = { \"*\" = \"1d\", \"training\" = \"30m\" }\nsecond_notice = \"4h\"\n",
+            1,
+        );
+        let r = Regions::parse(&text, "regions.toml").unwrap();
+        let london = r.claims(Some(RegionId::London));
+        assert_eq!(
+            london.deadline(Topic::Training),
+            Offset::Exact(Duration::minutes(30))
+        );
+        assert_eq!(london.deadline(Topic::LocalRisk), Offset::Days(1));
+        // Not named in London's table: the defaults' value.
+        assert_eq!(
+            london.deadline(Topic::ComplexCase),
+            Offset::Exact(Duration::hours(2))
+        );
+        assert_eq!(london.second_notice, Offset::Exact(Duration::hours(4)));
+        assert_eq!(
+            r.claims(Some(RegionId::NorthWest))
+                .deadline(Topic::Training),
+            Offset::Days(3)
+        );
+    }
+
+    #[test]
+    fn bad_working_time_and_deadlines_are_reported_with_their_place() {
+        let text = shipped_text()
+            .replacen("opens = \"08:00\"", "opens = \"8am\"", 1)
+            .replacen(
+                "\"complex-case\" = \"2h\"",
+                "\"complex-cases\" = \"2h\", \"training\" = \"soon\"",
+                1,
+            );
+        let all = Regions::parse(&text, "regions.toml")
+            .unwrap_err()
+            .iter()
+            .map(|p| p.to_string())
+            .collect::<Vec<_>>()
+            .join("\n");
+        assert!(
+            all.contains("working_time.opens: \"8am\" is not a time of day"),
+            "{all}"
+        );
+        assert!(
+            all.contains("defaults.claim_deadlines.complex-cases: not a topic"),
+            "{all}"
+        );
+        assert!(
+            all.contains("defaults.claim_deadlines.training: \"soon\" is not an offset"),
+            "{all}"
+        );
+        let late = shipped_text().replacen("closes = \"18:00\"", "closes = \"07:00\"", 1);
+        assert!(Regions::parse(&late, "regions.toml").is_err());
+        let holidays =
+            parse_bank_holidays("england-and-wales = [\"2024-02-30\"]", "b.toml").unwrap_err();
+        assert!(
+            holidays[0]
+                .to_string()
+                .contains("\"2024-02-30\" is not a date"),
+            "{holidays:?}"
         );
     }
 

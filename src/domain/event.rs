@@ -30,6 +30,9 @@ pub enum ErrorCode {
     InvalidPayload,
     TooLarge,
     UnknownSession,
+    /// A claim for an enquiry not yet known (events can arrive out of order): waited for like
+    /// an unknown session, then dead-lettered.
+    UnknownEnquiry,
     /// A passing failure that did not pass within the retry budget.
     RetriesExhausted,
     /// Handling crashed (a bug in the worker, not a fault of the event): it was not applied.
@@ -38,13 +41,14 @@ pub enum ErrorCode {
 
 impl ErrorCode {
     /// Every code, for the contract's documents and their tests.
-    pub const ALL: [ErrorCode; 8] = [
+    pub const ALL: [ErrorCode; 9] = [
         ErrorCode::MalformedJson,
         ErrorCode::UnknownType,
         ErrorCode::UnsupportedVersion,
         ErrorCode::InvalidPayload,
         ErrorCode::TooLarge,
         ErrorCode::UnknownSession,
+        ErrorCode::UnknownEnquiry,
         ErrorCode::RetriesExhausted,
         ErrorCode::HandlerFailed,
     ];
@@ -57,6 +61,7 @@ impl ErrorCode {
             ErrorCode::InvalidPayload => "invalid_payload",
             ErrorCode::TooLarge => "too_large",
             ErrorCode::UnknownSession => "unknown_session",
+            ErrorCode::UnknownEnquiry => "unknown_enquiry",
             ErrorCode::RetriesExhausted => "retries_exhausted",
             ErrorCode::HandlerFailed => "handler_failed",
         }
@@ -107,10 +112,11 @@ pub enum EventType {
     SubscriptionCancelled,
     NewsletterPublished,
     PersonErasureRequested,
+    EnquiryClaimed,
 }
 
 impl EventType {
-    pub const ALL: [EventType; 10] = [
+    pub const ALL: [EventType; 11] = [
         EventType::ContactSubmitted,
         EventType::SessionScheduled,
         EventType::SessionUpdated,
@@ -121,6 +127,7 @@ impl EventType {
         EventType::SubscriptionCancelled,
         EventType::NewsletterPublished,
         EventType::PersonErasureRequested,
+        EventType::EnquiryClaimed,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -135,6 +142,7 @@ impl EventType {
             EventType::SubscriptionCancelled => "subscription.cancelled",
             EventType::NewsletterPublished => "newsletter.published",
             EventType::PersonErasureRequested => "person.erasure_requested",
+            EventType::EnquiryClaimed => "enquiry.claimed",
         }
     }
 
@@ -157,7 +165,9 @@ impl Event {
             | Event::RegistrationCancelled(_)
             | Event::SubscriptionCancelled(_)
             | Event::NewsletterPublished(_)
-            | Event::PersonErasureRequested(_) => None,
+            | Event::PersonErasureRequested(_)
+            // The claimer is a coordinator, not the person an erasure is about.
+            | Event::EnquiryClaimed(_) => None,
         }
     }
 }
@@ -182,6 +192,7 @@ pub enum Event {
     SubscriptionCancelled(SubscriptionCancelled),
     NewsletterPublished(NewsletterPublished),
     PersonErasureRequested(ErasureRequested),
+    EnquiryClaimed(EnquiryClaimed),
 }
 
 impl Envelope {
@@ -266,6 +277,11 @@ impl Envelope {
                 EventType::PersonErasureRequested => {
                     Event::PersonErasureRequested(ErasureRequested::parse(&data)?)
                 }
+                EventType::EnquiryClaimed => Event::EnquiryClaimed(EnquiryClaimed {
+                    enquiry_id: data.required_str("enquiry_id", MAX_NAME)?,
+                    by: data.email("by")?,
+                    note: data.optional_text("note", MAX_BODY)?,
+                }),
             };
             Ok(Envelope {
                 id,
@@ -322,6 +338,11 @@ impl Setting {
             .iter()
             .find(|e| e.1 == self)
             .map_or("Other", |e| e.2)
+    }
+
+    /// The setting with this id (as stored), if any.
+    pub fn parse(s: &str) -> Option<Setting> {
+        Self::ALL.iter().find(|e| e.0 == s).map(|e| e.1)
     }
 }
 
@@ -395,6 +416,16 @@ impl Topic {
 
     pub fn is_urgent(self) -> bool {
         self == Topic::ComplexCase
+    }
+
+    /// The topic with this id (as the contract and the database write it), if any.
+    pub fn parse(s: &str) -> Option<Topic> {
+        Self::ALL.iter().find(|e| e.0 == s).map(|e| e.1)
+    }
+
+    /// Every topic id, in the page's order.
+    pub fn ids() -> impl Iterator<Item = &'static str> {
+        Self::ALL.iter().map(|e| e.0)
     }
 }
 
@@ -498,6 +529,16 @@ pub struct RegistrationCreated {
 #[derive(Debug, Clone)]
 pub struct RegistrationCancelled {
     pub registration_id: String,
+}
+
+/// `enquiry.claimed`: a website or case system that records claims itself says who took an
+/// enquiry, as a coordinator's claim link does.
+#[derive(Debug, Clone)]
+pub struct EnquiryClaimed {
+    pub enquiry_id: String,
+    /// The mailbox (or person) who will answer it.
+    pub by: EmailAddress,
+    pub note: Option<String>,
 }
 
 /// A JSON object being read field by field; `prefix` makes errors name the full path.
@@ -728,6 +769,32 @@ impl<'a> Fields<'a> {
 
 #[cfg(test)]
 mod tests {
+
+    #[test]
+    fn the_example_enquiry_claimed_parses_and_a_bad_claimer_is_named() {
+        let body = std::fs::read(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/examples/events/enquiry-claimed.json"
+        ))
+        .unwrap();
+        let e = Envelope::parse(&body, 262_144).unwrap();
+        assert_eq!(e.event_type.as_str(), "enquiry.claimed");
+        let Event::EnquiryClaimed(c) = e.event else {
+            panic!("not a claim")
+        };
+        assert_eq!(c.enquiry_id, "enq-2024-000187");
+        assert_eq!(c.by.as_str(), "rpec.north-west@example.org");
+        assert!(c.note.is_some());
+        let bad = String::from_utf8(body).unwrap().replace(
+            "rpec.north-west@example.org",
+            "North-West <rpec@example.org>",
+        );
+        let err = Envelope::parse(bad.as_bytes(), 262_144).unwrap_err();
+        assert_eq!(err.code, ErrorCode::InvalidPayload);
+        assert!(err.detail.starts_with("data.by:"), "{}", err.detail);
+        assert_eq!(ErrorCode::UnknownEnquiry.as_str(), "unknown_enquiry");
+    }
+
     use super::*;
     use proptest::prelude::*;
     use serde_json::json;

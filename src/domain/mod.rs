@@ -10,8 +10,8 @@ pub mod url;
 
 pub use email::EmailAddress;
 pub use event::{
-    ContactSubmitted, Envelope, Event, EventType, ParseError, RegistrationCancelled,
-    RegistrationCreated, SessionCancelled, SessionDetails, Setting, Topic,
+    ContactSubmitted, EnquiryClaimed, Envelope, Event, EventType, ParseError,
+    RegistrationCancelled, RegistrationCreated, SessionCancelled, SessionDetails, Setting, Topic,
 };
 pub use newsletter::{
     ErasureRequested, NewsletterPublished, Section, SubscriptionCancelled, SubscriptionRequested,

@@ -3,40 +3,23 @@
 
 use super::subscription::{self, Requested};
 use super::{Failure, Handlers};
-use crate::config::Routing;
+use crate::config::{Regions, Routing};
 use crate::domain::{ContactSubmitted, EmailAddress, Envelope, RegionId, Setting, Topic};
 use crate::outbox::job::{Acknowledgement, Enquiry};
 use crate::outbox::{enqueue, Job, NewEmail};
+use crate::state::enquiry::{new_copy, routing_note, urgent_headers, URGENT_PRIORITY};
 use crate::uk_time;
 use chrono::{DateTime, Utc};
 use serde_json::Value;
 use sqlx::PgConnection;
 
-/// Urgent enquiries are sent before anything else waiting.
-const URGENT_PRIORITY: i16 = 10;
-
-fn routing_note(routing: Routing, region_name: Option<&str>, area: Option<&str>) -> String {
-    match (routing, region_name) {
-        (Routing::Region(_), Some(name)) => format!("The enquirer chose the {name} region."),
-        (Routing::Area(_), Some(name)) => format!(
-            "The area the enquirer gave ({}) is in the {name} region.",
-            area.unwrap_or_default()
-        ),
-        _ => match area {
-            Some(a) => format!(
-                "The area the enquirer gave ({a}) matches no region: please pass this enquiry to the right coordinator."
-            ),
-            None => "The enquirer gave no region or area: please pass this enquiry to the right coordinator.".into(),
-        },
-    }
-}
-
-/// The coordinators' copy and the acknowledgement.
+/// The coordinators' copy (with no copy id yet) and the acknowledgement.
 fn jobs(
     shared_region_name: Option<&str>,
     routing: Routing,
     c: &ContactSubmitted,
     received: DateTime<Utc>,
+    claim_by: Option<DateTime<Utc>>,
     subscription: Option<Requested>,
 ) -> (Enquiry, Acknowledgement) {
     let coordinator = Enquiry {
@@ -54,6 +37,8 @@ fn jobs(
         message: c.message.clone(),
         region_name: shared_region_name.map(str::to_owned),
         routing_note: routing_note(routing, shared_region_name, c.area.as_deref()),
+        claim_by: claim_by.map(uk_time::date_time),
+        copy_id: None,
     };
     let ack = Acknowledgement {
         enquiry_id: c.enquiry_id.clone(),
@@ -61,6 +46,7 @@ fn jobs(
         topic_label: c.topic.label().to_owned(),
         urgent: c.topic.is_urgent(),
         region_name: shared_region_name.map(str::to_owned),
+        expect_reply_by: claim_by.map(uk_time::date_time),
         newsletter: subscription.is_some(),
         newsletter_confirmed: subscription == Some(Requested::AlreadyConfirmed),
         newsletter_recent: subscription == Some(Requested::RecentlySent),
@@ -73,6 +59,20 @@ fn context(content: &impl serde::Serialize) -> Value {
     serde_json::to_value(content).unwrap_or_default()
 }
 
+/// The first deadline and the second notice for an enquiry received at `received`: working
+/// time by the region's (or triage's) rules for its topic.
+pub(crate) fn deadlines(
+    regions: &Regions,
+    region: Option<RegionId>,
+    topic: Topic,
+    received: DateTime<Utc>,
+) -> (DateTime<Utc>, DateTime<Utc>) {
+    let rules = regions.claims(region);
+    let wt = &regions.working_time;
+    let first = wt.add_offset(received, rules.deadline(topic));
+    (first, wt.add_offset(first, rules.second_notice))
+}
+
 pub(super) async fn handle(
     tx: &mut PgConnection,
     handlers: &Handlers,
@@ -82,12 +82,17 @@ pub(super) async fn handle(
     let regions = &handlers.regions;
     let routing = regions.route(c.region, c.area.as_deref());
     let region_name = routing.region().map(|r| regions.region(r).name.as_str());
+    let now = handlers.clock.now();
+    // The deadlines count from the enquiry's arrival, as its retention does (by the worker's
+    // clock, not the publisher's `occurred_at`, which another machine's clock wrote).
+    let (claim_by, second_notice) = deadlines(regions, routing.region(), c.topic, now);
 
     // The enquiry id is the website's: a second event for the same enquiry changes nothing.
     let inserted = sqlx::query(
         "INSERT INTO enquiries (enquiry_id, event_id, region, routed_by, topic, setting, urgent,
-                                name, email, organisation, phone, area, message, received_at)
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14)
+                                name, email, organisation, phone, area, message, received_at,
+                                claim_deadline_at, second_notice_at)
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16)
          ON CONFLICT (enquiry_id) DO NOTHING",
     )
     .bind(&c.enquiry_id)
@@ -104,7 +109,9 @@ pub(super) async fn handle(
     .bind(&c.area)
     .bind(&c.message)
     // Retention counts from when the enquiry reached us.
-    .bind(handlers.clock.now())
+    .bind(now)
+    .bind(claim_by)
+    .bind(second_notice)
     .execute(&mut *tx)
     .await?
     .rows_affected();
@@ -130,18 +137,32 @@ pub(super) async fn handle(
         ),
         _ => None,
     };
-    let (coordinator_copy, ack_copy) =
-        jobs(region_name, routing, c, envelope.occurred_at, subscription);
+    let (coordinator_copy, ack_copy) = jobs(
+        region_name,
+        routing,
+        c,
+        envelope.occurred_at,
+        Some(claim_by),
+        subscription,
+    );
     let mailboxes = regions.mailboxes(routing).to_vec();
 
-    let mut to_coordinators = NewEmail::new(Job::Enquiry(coordinator_copy), mailboxes.clone());
-    to_coordinators.reply_to = Some(c.email.clone());
-    to_coordinators.source_event = Some(envelope.id);
-    if c.topic.is_urgent() {
-        to_coordinators.priority = URGENT_PRIORITY;
-        to_coordinators.headers = vec![("Importance", "high".into()), ("X-Priority", "1".into())];
+    // Each mailbox gets its own copy, with its own claim link: a claim records who took it.
+    for mailbox in &mailboxes {
+        let copy_id = new_copy(tx, &c.enquiry_id, mailbox.as_str(), "enquiry", now).await?;
+        let copy = Enquiry {
+            copy_id: Some(copy_id),
+            ..coordinator_copy.clone()
+        };
+        let mut to_coordinator = NewEmail::new(Job::Enquiry(copy), vec![mailbox.clone()]);
+        to_coordinator.reply_to = Some(c.email.clone());
+        to_coordinator.source_event = Some(envelope.id);
+        if c.topic.is_urgent() {
+            to_coordinator.priority = URGENT_PRIORITY;
+            to_coordinator.headers = urgent_headers();
+        }
+        enqueue(tx, &to_coordinator).await?;
     }
-    enqueue(tx, &to_coordinators).await?;
 
     let mut ack = NewEmail::new(Job::EnquiryAck(ack_copy), vec![c.email.clone()]);
     // A reply to the acknowledgement reaches the people who will answer.
@@ -187,9 +208,20 @@ pub(super) fn samples() -> Vec<(&'static str, Value)> {
         .map(|t| t.with_timezone(&Utc))
         .unwrap_or_default();
     let north_west = Routing::Area(RegionId::NorthWest);
-    let (c1, a1) = jobs(Some("North-West"), north_west, &full, received, None);
-    let (c2, a2) = jobs(None, Routing::Triage, &sparse, received, None);
-    let (c1, a1, c2, a2) = (context(&c1), context(&a1), context(&c2), context(&a2));
+    let claim_by = Some(received + chrono::Duration::hours(2));
+    let (c1, a1) = jobs(
+        Some("North-West"),
+        north_west,
+        &full,
+        received,
+        claim_by,
+        None,
+    );
+    let (c2, a2) = jobs(None, Routing::Triage, &sparse, received, None, None);
+    let (mut c1, a1, mut c2, a2) = (context(&c1), context(&a1), context(&c2), context(&a2));
+    // The claim link is added at send time (send::compose::enquiry).
+    c1["claim_url"] = "http://127.0.0.1:8080/enquiries/claim?token=AQMAAAAAAAAAKgAAAABnCmOg".into();
+    c2["claim_url"] = Value::Null;
     // The triage copy of a coordinators' copy that could not be delivered (send).
     let undeliverable = |mut c: Value| {
         c["undeliverable"] = serde_json::json!({
@@ -198,7 +230,19 @@ pub(super) fn samples() -> Vec<(&'static str, Value)> {
         });
         c
     };
+    // Reminders and escalations: the coordinators' view plus what compose adds at send time.
+    let waiting = |mut c: Value, level: i64| {
+        c["waited"] = "2 working hours".into();
+        c["waiting_since"] = "Thursday 3 October 2024, 11:15am".into();
+        c["level"] = level.into();
+        c["second"] = (level == 2).into();
+        c
+    };
     let mut samples = vec![
+        ("enquiry_reminder", waiting(c1.clone(), 1)),
+        ("enquiry_escalation", waiting(c1.clone(), 1)),
+        ("enquiry_escalation", waiting(c1.clone(), 2)),
+        ("enquiry_escalation", waiting(c2.clone(), 1)),
         ("enquiry_undeliverable", undeliverable(c1.clone())),
         ("enquiry_undeliverable", undeliverable(c2.clone())),
         ("enquiry_coordinator", c1),
@@ -216,6 +260,7 @@ pub(super) fn samples() -> Vec<(&'static str, Value)> {
             north_west,
             &sparse,
             received,
+            claim_by,
             Some(outcome),
         );
         samples.push(("enquiry_ack", context(&ack)));

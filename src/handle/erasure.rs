@@ -30,13 +30,27 @@ pub const ERASURE: &[(&str, &str)] = &[
         "DELETE FROM subscriptions WHERE lower(email) = $1",
     ),
     ("suppressions", "DELETE FROM suppressions WHERE email = $1"),
-    // The enquiry itself stays (region, topic, dates: the coordinators' statistics); every
-    // personal field goes, as the retention sweep does.
+    // The enquiry itself stays (region, topic, dates, and who claimed it when: the
+    // coordinators' statistics); every personal field goes, as the retention sweep does,
+    // including a case system's note with its claim. Its escalations are outbox rows about
+    // them ("emails" below), and are not sent once it is anonymised.
     (
         "enquiries",
         "UPDATE enquiries SET name = NULL, email = NULL, organisation = NULL, phone = NULL,
-                area = NULL, message = NULL, anonymised_at = now()
+                area = NULL, message = NULL, claim_note = NULL, anonymised_at = now()
          WHERE lower(email) = $1",
+    ),
+    // An address that claimed enquiries (a coordinator's, or a case system's `by`): the claims
+    // stay, with their times, without it.
+    (
+        "claims",
+        "UPDATE enquiries SET claimed_by = NULL WHERE lower(claimed_by) = $1",
+    ),
+    (
+        "enquiry_copies",
+        "UPDATE enquiry_copies SET mailbox = NULL
+         WHERE lower(mailbox) = $1
+            OR $1 = ANY(SELECT lower(trim(m)) FROM unnest(string_to_array(mailbox, ',')) AS m)",
     ),
     // Their registrations: reminders not yet due are dropped, and the registration keeps its
     // id and session (the session's numbers) but no name or address; nothing more is sent.

@@ -2,6 +2,7 @@
 //! event and writes its rows and its outgoing mail; `handle` wraps them in the de-duplication
 //! and the commit.
 
+mod claim;
 mod contact;
 mod erasure;
 pub(crate) mod newsletter;
@@ -14,6 +15,7 @@ use crate::clock::Clock;
 use crate::config::Regions;
 use crate::domain::event::ErrorCode;
 use crate::domain::{Envelope, Event};
+use crate::metrics::Metrics;
 use crate::tokens::Links;
 use serde_json::Value;
 use sqlx::PgPool;
@@ -42,6 +44,8 @@ pub struct Handlers {
     /// How long a dead letter lives (`[retention] dead_letter_days`): an erased address's hash
     /// is kept as long, since an event about it can come back that late.
     pub dead_letter_ttl: Duration,
+    /// A claim by event is timed (`rpec_enquiry_time_to_claim_seconds`).
+    pub metrics: Arc<Metrics>,
 }
 
 /// What handling an event came to.
@@ -137,6 +141,7 @@ pub async fn handle(handlers: &Handlers, envelope: &Envelope) -> Result<Handled,
         }
         Event::NewsletterPublished(n) => newsletter::handle(&mut tx, handlers, envelope, n).await?,
         Event::PersonErasureRequested(e) => erasure::handle(&mut tx, handlers, envelope, e).await?,
+        Event::EnquiryClaimed(c) => claim::handle(&mut tx, handlers, envelope, c).await?,
     }
     tx.commit().await?;
     Ok(Handled::Done)

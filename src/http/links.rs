@@ -1,10 +1,13 @@
-//! The pages behind the links in newsletter emails:
+//! The pages behind the links in emails:
 //!
 //! - `GET /subscriptions/confirm?token=` shows a button; its `POST` confirms the subscription.
 //! - `GET /unsubscribe?token=` shows a button; `POST /unsubscribe?token=` unsubscribes. Mail
 //!   clients' one-click unsubscribe (RFC 8058) is the same POST, with the body
 //!   `List-Unsubscribe=One-Click` and no cookies: the token is the only credential, so the body
 //!   is not read at all and any POST with a good token unsubscribes.
+//! - `GET /enquiries/claim?token=` (from one coordinator's copy of an enquiry) shows the
+//!   enquiry's reference and a button; its `POST` claims the enquiry for that copy's mailbox,
+//!   unless someone has it already (the first claim wins), and says who has it and since when.
 //!
 //! GET never changes anything: mail scanners open links. A forged, altered or expired token gets
 //! a 400 page and changes nothing. Pages carry no personal data (not even the address), only the
@@ -12,6 +15,7 @@
 
 use super::PublicState;
 use crate::domain::RegionId;
+use crate::state::enquiry::{self, Claimed, Holder, Via};
 use crate::tokens::{Purpose, TokenError};
 use axum::extract::{RawQuery, State};
 use axum::http::{header, HeaderValue, StatusCode};
@@ -34,6 +38,16 @@ struct PageContext {
     expired: bool,
     /// The link was an unsubscribe link (the wording of an expired one differs).
     unsubscribe: bool,
+    /// The link was a claim link (likewise).
+    claim: bool,
+    /// The enquiry's reference (claim pages).
+    enquiry_id: Option<String>,
+    /// The mailbox that has claimed the enquiry (a coordinator's, never the enquirer's), and
+    /// since when in UK time.
+    holder: Option<String>,
+    held_since: Option<String>,
+    /// The holder is the mailbox this link was sent to.
+    mine: bool,
 }
 
 fn token_of(query: Option<&str>) -> String {
@@ -95,6 +109,7 @@ fn refused(state: &PublicState, purpose: Purpose, e: TokenError) -> Response {
         PageContext {
             expired: e == TokenError::Expired,
             unsubscribe: purpose == Purpose::Unsubscribe,
+            claim: purpose == Purpose::Claim,
             ..PageContext::default()
         },
     )
@@ -283,6 +298,149 @@ pub(super) async fn unsubscribe(
     }
 }
 
+/// The copy a claim link was made for: its enquiry and mailbox, and who holds the enquiry.
+#[derive(sqlx::FromRow)]
+struct Copy {
+    enquiry_id: String,
+    mailbox: Option<String>,
+    claimed_by: Option<String>,
+    claimed_at: Option<chrono::DateTime<chrono::Utc>>,
+}
+
+async fn copy(state: &PublicState, id: i64) -> sqlx::Result<Option<Copy>> {
+    sqlx::query_as(
+        "SELECT c.enquiry_id, c.mailbox, e.claimed_by, e.claimed_at
+         FROM enquiry_copies c JOIN enquiries e ON e.enquiry_id = c.enquiry_id
+         WHERE c.id = $1",
+    )
+    .bind(id)
+    .fetch_optional(&state.pool)
+    .await
+}
+
+/// The page saying who has an enquiry: just now by this link (`already` false), or before.
+fn claimed_page(
+    state: &PublicState,
+    enquiry_id: String,
+    mailbox: Option<&str>,
+    holder: Holder,
+    already: bool,
+) -> Response {
+    let mine =
+        matches!((mailbox, holder.by.as_deref()), (Some(m), Some(h)) if m.eq_ignore_ascii_case(h));
+    page(
+        state,
+        StatusCode::OK,
+        "claimed",
+        PageContext {
+            enquiry_id: Some(enquiry_id),
+            held_since: Some(crate::uk_time::date_time(holder.at)),
+            holder: holder.by,
+            mine,
+            already,
+            ..PageContext::default()
+        },
+    )
+}
+
+pub(super) async fn claim_page(
+    State(state): State<Arc<PublicState>>,
+    RawQuery(query): RawQuery,
+) -> Response {
+    let token = token_of(query.as_deref());
+    let id = match state.links.check(&token, Purpose::Claim) {
+        Ok(id) => id,
+        Err(e) => return refused(&state, Purpose::Claim, e),
+    };
+    match copy(&state, id).await {
+        Err(e) => problem(&state, e),
+        Ok(None) => no_longer_valid(&state),
+        Ok(Some(c)) => match c.claimed_at {
+            Some(at) => claimed_page(
+                &state,
+                c.enquiry_id,
+                c.mailbox.as_deref(),
+                Holder {
+                    by: c.claimed_by,
+                    at,
+                },
+                true,
+            ),
+            None => page(
+                &state,
+                StatusCode::OK,
+                "claim",
+                PageContext {
+                    enquiry_id: Some(c.enquiry_id),
+                    action: Some(format!("{}?token={token}", Purpose::Claim.path())),
+                    ..PageContext::default()
+                },
+            ),
+        },
+    }
+}
+
+/// Claims the enquiry for the mailbox the link was sent to; the first claim wins.
+pub(super) async fn claim(
+    State(state): State<Arc<PublicState>>,
+    RawQuery(query): RawQuery,
+) -> Response {
+    let token = token_of(query.as_deref());
+    let id = match state.links.check(&token, Purpose::Claim) {
+        Ok(id) => id,
+        Err(e) => return refused(&state, Purpose::Claim, e),
+    };
+    let found = match copy(&state, id).await {
+        Err(e) => return problem(&state, e),
+        Ok(None) => return no_longer_valid(&state),
+        Ok(Some(c)) => c,
+    };
+    let now = state.clock.now();
+    let result = async {
+        let mut conn = state.pool.acquire().await?;
+        enquiry::claim(
+            &mut conn,
+            &found.enquiry_id,
+            found.mailbox.as_deref(),
+            Via::Link,
+            None,
+            now,
+        )
+        .await
+    };
+    match result.await {
+        Err(e) => problem(&state, e),
+        Ok(Claimed::Now {
+            region,
+            topic,
+            received_at,
+        }) => {
+            state
+                .metrics
+                .observe_time_to_claim(region.as_deref(), &topic, now - received_at);
+            tracing::info!(enquiry_id = %found.enquiry_id, copy_id = id, "enquiry claimed (link)");
+            claimed_page(
+                &state,
+                found.enquiry_id,
+                found.mailbox.as_deref(),
+                Holder {
+                    by: found.mailbox.clone(),
+                    at: now,
+                },
+                false,
+            )
+        }
+        Ok(Claimed::Already(holder)) => claimed_page(
+            &state,
+            found.enquiry_id,
+            found.mailbox.as_deref(),
+            holder,
+            true,
+        ),
+        Ok(Claimed::Unknown) => no_longer_valid(&state),
+    }
+}
+
 /// Every page with sample contexts, for `rpec-notify check`.
 pub fn page_samples() -> Vec<(&'static str, Value)> {
     let region = || Some("North-West".to_string());
@@ -351,6 +509,51 @@ pub fn page_samples() -> Vec<(&'static str, Value)> {
             },
         ),
         ("problem", PageContext::default()),
+        (
+            "claim",
+            PageContext {
+                enquiry_id: Some("enq-2024-000187".into()),
+                action: Some("/enquiries/claim?token=AQMAAAAAAAAAKgAAAABnCmOg".into()),
+                ..PageContext::default()
+            },
+        ),
+        (
+            "claimed",
+            PageContext {
+                enquiry_id: Some("enq-2024-000187".into()),
+                holder: Some("rpec.north-west@example.org".into()),
+                held_since: Some("Thursday 3 October 2024, 11:15am".into()),
+                mine: true,
+                ..PageContext::default()
+            },
+        ),
+        (
+            "claimed",
+            PageContext {
+                enquiry_id: Some("enq-2024-000187".into()),
+                holder: Some("rpec.north-west@example.org".into()),
+                held_since: Some("Thursday 3 October 2024, 11:15am".into()),
+                already: true,
+                ..PageContext::default()
+            },
+        ),
+        (
+            "claimed",
+            PageContext {
+                enquiry_id: Some("enq-2024-000187".into()),
+                held_since: Some("Thursday 3 October 2024, 11:15am".into()),
+                already: true,
+                ..PageContext::default()
+            },
+        ),
+        (
+            "invalid",
+            PageContext {
+                expired: true,
+                claim: true,
+                ..PageContext::default()
+            },
+        ),
     ];
     samples
         .into_iter()

@@ -72,6 +72,12 @@ impl RelayUrl {
     }
 }
 
+/// How long a message may wait for its final "." before it is withdrawn: a second, or a
+/// quarter of the send's time if that is less, so that a hold never eats the send's time.
+fn hold_patience(timeout: Duration) -> Duration {
+    (timeout / 4).min(Duration::from_secs(1))
+}
+
 /// Why a send failed, which decides whether it is tried again and whether the try counts.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum SendError {
@@ -174,6 +180,50 @@ impl Relay {
         let to: Vec<String> = envelope.to().iter().map(|a| a.to_string()).collect();
         self.send_raw(from, &to, &message.formatted(), timeout)
             .await
+    }
+
+    /// Sends `message`, but lets the relay take it only once `gate` resolves: see
+    /// [`Relay::send_raw_after`].
+    pub async fn send_after(
+        &self,
+        message: Message,
+        timeout: Duration,
+        gate: impl std::future::Future<Output = ()> + Send,
+    ) -> Result<(), SendError> {
+        let envelope = message.envelope();
+        let from = envelope.from().map_or("", |a| a.as_ref());
+        let to: Vec<String> = envelope.to().iter().map(|a| a.to_string()).collect();
+        self.send_raw_after(from, &to, &message.formatted(), timeout, gate)
+            .await
+    }
+
+    /// [`Relay::send_raw`], but the relay may take the message only once `gate` resolves:
+    /// everything but its final "." goes meanwhile (for a second at most; after that it is
+    /// withdrawn and sent whole once `gate` resolves). A sender that must not have two emails
+    /// accepted and unrecorded at once thus waits for the last one's record only for the
+    /// final "." of the next. The file relay waits for `gate`, then writes.
+    pub async fn send_raw_after(
+        &self,
+        from: &str,
+        to: &[String],
+        bytes: &[u8],
+        timeout: Duration,
+        gate: impl std::future::Future<Output = ()> + Send,
+    ) -> Result<(), SendError> {
+        let mut gate = std::pin::pin!(gate);
+        match &self.0 {
+            Kind::Smtp(client) => {
+                let envelope = envelope(from, to)?;
+                let to: Vec<&str> = envelope.to().iter().map(|a| a.as_ref()).collect();
+                let from = envelope.from().map_or("", |a| a.as_ref());
+                let hold = smtp::Hold::new(gate.as_mut(), hold_patience(timeout));
+                client.send_after(from, &to, bytes, timeout, hold).await
+            }
+            Kind::File(..) => {
+                gate.await;
+                self.send_raw(from, to, bytes, timeout).await
+            }
+        }
     }
 
     /// Sends a message already formatted (lettre's `Message::formatted`), with its envelope:

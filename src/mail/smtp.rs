@@ -15,6 +15,7 @@ mod endpoint;
 mod reply;
 mod tls;
 
+pub(crate) use conn::Hold;
 pub(crate) use endpoint::{Endpoint, Security};
 
 use crate::mail::SendError;
@@ -145,6 +146,22 @@ impl Client {
         message: &[u8],
         timeout: Duration,
     ) -> Result<(), SendError> {
+        self.send_after(from, to, message, timeout, Hold::none())
+            .await
+    }
+
+    /// [`Client::send`], but the relay is given the message's final "." only once `hold` is
+    /// lifted: the rest of it goes meanwhile. When the hold outlasts its patience, the
+    /// message is withdrawn (its connection closed before its end, so the relay throws it
+    /// away) and, once the hold is lifted, sent again from the start, within `timeout` again.
+    pub async fn send_after(
+        &self,
+        from: &str,
+        to: &[&str],
+        message: &[u8],
+        timeout: Duration,
+        mut hold: Hold<'_>,
+    ) -> Result<(), SendError> {
         for address in std::iter::once(&from).chain(to) {
             if address
                 .chars()
@@ -169,10 +186,23 @@ impl Client {
             eight_bit: !message.is_ascii(),
             utf8_addresses: !from.is_ascii() || to.iter().any(|a| !a.is_ascii()),
         };
+        match self.timed_send(&m, timeout, &mut hold).await {
+            Sent::Done(result) => result,
+            Sent::Withdrawn => {
+                hold.lifted().await;
+                match self.timed_send(&m, timeout, &mut hold).await {
+                    Sent::Done(result) => result,
+                    Sent::Withdrawn => unreachable!("a lifted hold withdraws nothing"),
+                }
+            }
+        }
+    }
+
+    async fn timed_send(&self, m: &Message<'_>, timeout: Duration, hold: &mut Hold<'_>) -> Sent {
         let phase = AtomicU8::new(Phase::Waiting as u8);
-        match tokio::time::timeout(timeout, self.try_send(&m, &phase)).await {
-            Ok(result) => result,
-            Err(_) => Err(match phase.load(Ordering::SeqCst) {
+        match tokio::time::timeout(timeout, self.try_send(m, &phase, hold)).await {
+            Ok(sent) => sent,
+            Err(_) => Sent::Done(Err(match phase.load(Ordering::SeqCst) {
                 p if p == Phase::Waiting as u8 => SendError::Unreachable(format!(
                     "Connection error: no connection to the relay came free within {}",
                     seconds(timeout)
@@ -185,38 +215,50 @@ impl Client {
                     "no answer from the relay within {}s",
                     timeout.as_secs()
                 )),
-            }),
+            })),
         }
     }
 
-    async fn try_send(&self, m: &Message<'_>, phase: &AtomicU8) -> Result<(), SendError> {
+    async fn try_send(&self, m: &Message<'_>, phase: &AtomicU8, hold: &mut Hold<'_>) -> Sent {
         let shared = &self.shared;
-        let _slot = shared.slots.acquire().await.map_err(|_| {
-            SendError::Unreachable("Connection error: the relay client is closed".into())
-        })?;
+        let Ok(_slot) = shared.slots.acquire().await else {
+            return Sent::Done(Err(SendError::Unreachable(
+                "Connection error: the relay client is closed".into(),
+            )));
+        };
         let (mut conn, mut pooled) = match self.idle_connection() {
             Some(conn) => (conn, true),
             None => {
                 phase.store(Phase::Connecting as u8, Ordering::SeqCst);
-                (Conn::open(&shared.config, phase).await?, false)
+                match Conn::open(&shared.config, phase).await {
+                    Ok(conn) => (conn, false),
+                    Err(e) => return Sent::Done(Err(e)),
+                }
             }
         };
         phase.store(Phase::Session as u8, Ordering::SeqCst);
         loop {
-            let outcome = conn.transaction(m).await;
+            let outcome = conn.transaction(m, hold).await;
             if outcome.stale && pooled {
                 // The relay had closed it while it waited: nothing of this message went.
                 tracing::debug!("a pooled SMTP connection had been closed: sending on a new one");
                 drop(conn);
                 phase.store(Phase::Connecting as u8, Ordering::SeqCst);
-                conn = Conn::open(&shared.config, phase).await?;
+                conn = match Conn::open(&shared.config, phase).await {
+                    Ok(conn) => conn,
+                    Err(e) => return Sent::Done(Err(e)),
+                };
                 pooled = false;
                 continue;
+            }
+            if outcome.withdrawn {
+                // Closed with the message unended: the relay discards what it has of it.
+                return Sent::Withdrawn;
             }
             if outcome.reusable {
                 self.park(conn);
             }
-            return outcome.result;
+            return Sent::Done(outcome.result);
         }
     }
 
@@ -277,6 +319,13 @@ impl Client {
             Err(_) => Err("the relay did not answer in time".into()),
         }
     }
+}
+
+/// How one try at a message ended.
+enum Sent {
+    Done(Result<(), SendError>),
+    /// Written but for its end, and withdrawn: the hold outlasted its patience.
+    Withdrawn,
 }
 
 /// The relay's reply code in a failure's text, when the failure was a reply.

@@ -25,10 +25,12 @@ use std::fmt;
 /// order of the enum. Metrics label by kind only from this list (anything else is "unknown"),
 /// so a bad row cannot grow the number of series. A test checks that it holds every tag and
 /// nothing else.
-pub const KINDS: [&str; 12] = [
+pub const KINDS: [&str; 14] = [
     "enquiry",
     "enquiry_ack",
     "enquiry_undeliverable",
+    "enquiry_reminder",
+    "enquiry_escalation",
     "registration_confirmation",
     "session_reminder",
     "session_moved",
@@ -50,6 +52,12 @@ pub enum Job {
     EnquiryAck(Acknowledgement),
     /// The coordinators' copy that could not be delivered, passed to the triage mailbox.
     EnquiryUndeliverable(UndeliverableEnquiry),
+    /// An unclaimed enquiry at its first deadline, to one of its region's coordinators, with
+    /// their own claim link.
+    EnquiryReminder(Enquiry),
+    /// An unclaimed enquiry at a deadline, to the national coordinators (and at the first, the
+    /// triage mailbox): "UNCLAIMED: ...".
+    EnquiryEscalation(Escalation),
     /// A registration's confirmation, with the session's calendar file.
     RegistrationConfirmation(Registrant),
     /// A reminder at one of the region's offsets before the session.
@@ -77,6 +85,8 @@ impl Job {
             Job::Enquiry(_) => "enquiry",
             Job::EnquiryAck(_) => "enquiry_ack",
             Job::EnquiryUndeliverable(_) => "enquiry_undeliverable",
+            Job::EnquiryReminder(_) => "enquiry_reminder",
+            Job::EnquiryEscalation(_) => "enquiry_escalation",
             Job::RegistrationConfirmation(_) => "registration_confirmation",
             Job::SessionReminder(_) => "session_reminder",
             Job::SessionMoved(_) => "session_moved",
@@ -96,6 +106,8 @@ impl Job {
             Job::Digest(_) => "weekly_digest",
             Job::EnquiryAck(_)
             | Job::EnquiryUndeliverable(_)
+            | Job::EnquiryReminder(_)
+            | Job::EnquiryEscalation(_)
             | Job::RegistrationConfirmation(_)
             | Job::SessionReminder(_)
             | Job::SessionMoved(_)
@@ -114,6 +126,8 @@ impl Job {
             Job::Enquiry(_)
             | Job::EnquiryAck(_)
             | Job::EnquiryUndeliverable(_)
+            | Job::EnquiryReminder(_)
+            | Job::EnquiryEscalation(_)
             | Job::RegistrationConfirmation(_)
             | Job::SessionReminder(_)
             | Job::SessionMoved(_)
@@ -170,36 +184,7 @@ impl From<Value> for StoredJob {
 // What each kind holds. Debug of anything that holds personal data (names, addresses, enquiry
 // text) shows ids only: Debug output ends up in logs.
 
-/// The coordinators' copy of an enquiry: every field, as the enquirer sent it.
-#[derive(Clone, PartialEq, Serialize, Deserialize)]
-pub struct Enquiry {
-    pub enquiry_id: String,
-    pub urgent: bool,
-    /// When it was received, as the page writes times ("Thursday 3 October 2024, 11:15am").
-    pub received: String,
-    pub topic: String,
-    pub topic_label: String,
-    pub setting_label: String,
-    pub name: String,
-    /// The enquirer's address (the row's `about` lists it, for erasure).
-    pub email: String,
-    pub organisation: String,
-    pub phone: Option<String>,
-    pub area: Option<String>,
-    pub message: String,
-    /// The region that answers, or None for triage.
-    pub region_name: Option<String>,
-    /// Why it came here, in a sentence.
-    pub routing_note: String,
-}
-
-impl fmt::Debug for Enquiry {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("Enquiry")
-            .field("enquiry_id", &self.enquiry_id)
-            .finish_non_exhaustive()
-    }
-}
+pub use crate::state::enquiry::Enquiry;
 
 /// The acknowledgement to the person who wrote.
 #[derive(Clone, PartialEq, Serialize, Deserialize)]
@@ -210,6 +195,10 @@ pub struct Acknowledgement {
     pub urgent: bool,
     /// The region that will answer, or None when the national team passes it on.
     pub region_name: Option<String>,
+    /// When they can expect to hear from a coordinator, in UK time: the claim deadline (None
+    /// for acknowledgements queued before claiming).
+    #[serde(default)]
+    pub expect_reply_by: Option<String>,
     /// A newsletter enquiry with a region: a subscription to that region's newsletter was asked
     /// for. The next two say how it stands (absent from rows older than newsletters: false).
     #[serde(default)]
@@ -226,6 +215,26 @@ impl fmt::Debug for Acknowledgement {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Acknowledgement")
             .field("enquiry_id", &self.enquiry_id)
+            .finish_non_exhaustive()
+    }
+}
+
+/// An escalation of an unclaimed enquiry: the enquiry, and which notice this is.
+#[derive(Clone, PartialEq, Serialize, Deserialize)]
+pub struct Escalation {
+    #[serde(flatten)]
+    pub enquiry: Enquiry,
+    /// 1 at the first deadline, 2 at the second.
+    pub level: i16,
+    /// Whether this is the second notice (level 2), for the templates.
+    pub second: bool,
+}
+
+impl fmt::Debug for Escalation {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Escalation")
+            .field("enquiry", &self.enquiry)
+            .field("level", &self.level)
             .finish_non_exhaustive()
     }
 }
@@ -514,6 +523,8 @@ pub(crate) mod tests {
             region_name: Some("North-West".into()),
             routing_note: "The area the enquirer gave (Cumbria) is in the North-West region."
                 .into(),
+            claim_by: Some("Thursday 3 October 2024, 1:15pm".into()),
+            copy_id: Some(7),
         }
     }
 
@@ -535,6 +546,7 @@ pub(crate) mod tests {
                 topic_label: "Training".into(),
                 urgent: false,
                 region_name: None,
+                expect_reply_by: Some("Monday 7 October 2024, 11:15am".into()),
                 newsletter: true,
                 newsletter_confirmed: false,
                 newsletter_recent: true,
@@ -545,6 +557,12 @@ pub(crate) mod tests {
                     region_name: "North-West".into(),
                     reason: "permanent error (550): no such mailbox".into(),
                 },
+            }),
+            Job::EnquiryReminder(enquiry()),
+            Job::EnquiryEscalation(Escalation {
+                enquiry: enquiry(),
+                level: 2,
+                second: true,
             }),
             Job::RegistrationConfirmation(registrant()),
             Job::SessionReminder(Reminder {
@@ -594,15 +612,17 @@ pub(crate) mod tests {
             Job::Enquiry(_) => 0,
             Job::EnquiryAck(_) => 1,
             Job::EnquiryUndeliverable(_) => 2,
-            Job::RegistrationConfirmation(_) => 3,
-            Job::SessionReminder(_) => 4,
-            Job::SessionMoved(_) => 5,
-            Job::JoiningLinkChanged(_) => 6,
-            Job::SessionCancelled(_) => 7,
-            Job::CoordinatorBriefing(_) => 8,
-            Job::SubscriptionConfirm(_) => 9,
-            Job::Newsletter(_) => 10,
-            Job::Digest(_) => 11,
+            Job::EnquiryReminder(_) => 3,
+            Job::EnquiryEscalation(_) => 4,
+            Job::RegistrationConfirmation(_) => 5,
+            Job::SessionReminder(_) => 6,
+            Job::SessionMoved(_) => 7,
+            Job::JoiningLinkChanged(_) => 8,
+            Job::SessionCancelled(_) => 9,
+            Job::CoordinatorBriefing(_) => 10,
+            Job::SubscriptionConfirm(_) => 11,
+            Job::Newsletter(_) => 12,
+            Job::Digest(_) => 13,
         }
     }
 

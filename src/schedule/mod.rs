@@ -1,5 +1,6 @@
 //! The scheduler: hands due reminders and coordinator briefings to the outbox (and, in
-//! `digest`, fires each region's weekly digest). It only enqueues; the sender sends.
+//! `digest`, fires each region's weekly digest; in `escalation`, escalates enquiries nobody
+//! claimed in time). It only enqueues; the sender sends.
 //!
 //! Due rows are claimed with `FOR UPDATE SKIP LOCKED` and handed over in the same transaction:
 //! the row lock is the lease, so two workers never take one row, and a worker that dies mid-way
@@ -9,6 +10,7 @@
 //! days late would only mislead: the later reminders cover it).
 
 pub mod digest;
+pub mod escalation;
 pub mod plan;
 
 use crate::clock::Clock;
@@ -194,6 +196,11 @@ pub async fn run(scheduler: Scheduler, stop: CancellationToken) {
                 "scheduled emails handed over"
             ),
             Err(e) => tracing::warn!(error = %format!("{e:#}"), "scheduler round failed"),
+        }
+        match escalation::hand_over_due(&scheduler).await {
+            Ok(0) => {}
+            Ok(n) => tracing::info!(escalations = n, "unclaimed enquiries escalated"),
+            Err(e) => tracing::warn!(error = %format!("{e:#}"), "escalation round failed"),
         }
         if let Err(e) = digest::fire_due(&scheduler).await {
             tracing::warn!(error = %format!("{e:#}"), "digest round failed");

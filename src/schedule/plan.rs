@@ -6,22 +6,10 @@
 //! autumn) is taken the first time.
 
 use crate::config::Offset;
-use chrono::{DateTime, Duration, NaiveDateTime, TimeZone, Utc};
+use chrono::{DateTime, Duration, TimeZone, Utc};
 use chrono_tz::Europe::London;
 
-/// The instant of a UK wall-clock time: the first of two, or the next valid one after a gap.
-pub fn london_instant(local: NaiveDateTime) -> DateTime<Utc> {
-    let mut probe = local;
-    // London's gaps are one hour; step by minutes so any gap length would still resolve.
-    for _ in 0..=180 {
-        match London.from_local_datetime(&probe) {
-            chrono::LocalResult::Single(t) => return t.with_timezone(&Utc),
-            chrono::LocalResult::Ambiguous(first, _) => return first.with_timezone(&Utc),
-            chrono::LocalResult::None => probe += Duration::minutes(1),
-        }
-    }
-    Utc.from_utc_datetime(&local)
-}
+pub use crate::uk_time::london_instant;
 
 /// When something `offset` before `start` is due.
 pub fn due_at(start: DateTime<Utc>, offset: Offset) -> DateTime<Utc> {
@@ -95,10 +83,10 @@ mod tests {
     fn a_skipped_wall_clock_time_moves_forward_and_a_repeated_one_is_taken_first() {
         // 01:30 on 30 March 2025 does not exist in London: the clocks jump from 01:00 GMT to
         // 02:00 BST, which is the next valid instant.
-        let gap = NaiveDateTime::from_str("2025-03-30T01:30:00").unwrap();
+        let gap = chrono::NaiveDateTime::from_str("2025-03-30T01:30:00").unwrap();
         assert_eq!(london_instant(gap), utc("2025-03-30T01:00:00Z"));
         // 01:30 on 27 October 2024 happens twice: BST first (00:30 UTC).
-        let twice = NaiveDateTime::from_str("2024-10-27T01:30:00").unwrap();
+        let twice = chrono::NaiveDateTime::from_str("2024-10-27T01:30:00").unwrap();
         assert_eq!(london_instant(twice), utc("2024-10-27T00:30:00Z"));
     }
 

@@ -19,7 +19,7 @@ use crate::config::{MailSettings, Regions};
 use crate::db;
 use crate::mail::{message, Relay, SendError, Shells, Templates};
 use crate::metrics::Metrics;
-use crate::outbox::job::{Reminder, Undeliverable, UndeliverableEnquiry};
+use crate::outbox::job::{Enquiry, Reminder, Undeliverable, UndeliverableEnquiry};
 use crate::outbox::{self, Claimed, Counted, Job, Mark, Marked, Outcome, NOTIFY_CHANNEL};
 use crate::tokens::Links;
 use prepare::{prepare, Prepared, UnreadableJob};
@@ -136,12 +136,14 @@ pub struct Mailer {
     pub templates: Arc<Templates>,
     /// Bulk emails rendered once, filled in for each reader.
     pub shells: Shells,
-    /// Regions' names, and the triage mailbox that an undeliverable enquiry goes to.
+    /// Regions' names, the triage mailbox that an undeliverable enquiry goes to, and the
+    /// working time in which an unclaimed enquiry's wait is told.
     pub regions: Arc<Regions>,
-    /// Signs each reader's unsubscribe link.
+    /// Signs each reader's unsubscribe link and each coordinator's claim link.
     pub links: Links,
     pub metrics: Arc<Metrics>,
-    /// "Now" for whether a session has started, and for reminders' lateness.
+    /// "Now" for whether a session has started, for reminders' lateness and for how long an
+    /// unclaimed enquiry has waited.
     pub clock: Clock,
 }
 
@@ -249,10 +251,10 @@ fn refill_at(capacity: usize) -> usize {
     (capacity / 2).max(1)
 }
 
-/// The senders: `mail.concurrency` slots, each taking rows in the order claimed. A slot hands
-/// an email to the relay only once the outcome of its last one is recorded, so a worker that
+/// The senders: `mail.concurrency` slots, each taking rows in the order claimed. A slot lets
+/// the relay take an email only once the outcome of its last one is recorded, so a worker that
 /// dies leaves at most one accepted-but-unrecorded email per slot (the duplicate window); it
-/// prepares the next one meanwhile.
+/// prepares the next one meanwhile, and sends all of it but its final "." (`Relay::send_after`).
 async fn send_all(
     mailer: Arc<Mailer>,
     relay: Relay,
@@ -304,8 +306,8 @@ async fn send_all(
 }
 
 /// Prepares, renders and sends one row; what is to be recorded for it. `previous`, when the
-/// slot has one, resolves once the slot's last outcome is recorded: the relay gets this email
-/// only after that.
+/// slot has one, resolves once the slot's last outcome is recorded: the relay gets this email's
+/// final "." only after that.
 async fn send_one(
     mailer: &Mailer,
     relay: &Relay,
@@ -375,11 +377,15 @@ async fn send_one(
                 // A template or address that does not work now never will: keep the row, say why.
                 Err(e) => Err(SendError::Permanent(format!("not sendable: {e}"))),
                 Ok(m) => {
-                    if let Some(previous) = previous {
-                        // Dropped unanswered only if the recorder gave up: go on either way.
-                        let _ = previous.await;
-                    }
-                    let sent = relay.send(m, s.send_timeout).await;
+                    // The relay may take it once the slot's last outcome is recorded (dropped
+                    // unanswered only if the recorder gave up: go on either way); all of it
+                    // but its final "." goes meanwhile.
+                    let recorded = async move {
+                        if let Some(previous) = previous {
+                            let _ = previous.await;
+                        }
+                    };
+                    let sent = relay.send_after(m, s.send_timeout, recorded).await;
                     refused_by_relay = matches!(sent, Err(SendError::Permanent(_)));
                     sent
                 }
@@ -631,6 +637,10 @@ fn report(mailer: &Mailer, d: &Done, recorded: bool) {
             if let Ok(Job::SessionReminder(reminder)) = row.job.get() {
                 observe_reminder_lateness(mailer, reminder, *by_clock);
             }
+            if let Ok(Job::EnquiryEscalation(escalation)) = row.job.get() {
+                let level = if escalation.level >= 2 { "2" } else { "1" };
+                mailer.metrics.escalations.with_label_values(&[level]).inc();
+            }
             Outcome::Sent
         }
         Record::Retry { wait, counted, .. } => {
@@ -715,7 +725,11 @@ fn undeliverable_copy(
     }
     let region_name = enquiry.region_name.as_deref().unwrap_or("triage");
     let copy = Job::EnquiryUndeliverable(UndeliverableEnquiry {
-        enquiry: enquiry.clone(),
+        // Without the failed copy's claim link, which named the mailbox that failed.
+        enquiry: Enquiry {
+            copy_id: None,
+            ..enquiry.clone()
+        },
         undeliverable: Undeliverable {
             region_name: region_name.to_owned(),
             reason: reason.to_owned(),

@@ -119,7 +119,7 @@ impl Deployment {
         // the checkout's config/ (a dev.toml) changes them; RPEC_BENCH_WORKER_TOML names a file
         // laid over them as the dev profile, to try other settings.
         let config_dir = tempfile::tempdir()?;
-        for f in ["rpec.toml", "regions.toml"] {
+        for f in ["rpec.toml", "regions.toml", "bank-holidays.toml"] {
             std::fs::copy(
                 manifest_dir().join("config").join(f),
                 config_dir.path().join(f),

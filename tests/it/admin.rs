@@ -458,7 +458,7 @@ fn closed_port() -> u16 {
 #[test]
 fn exit_codes_say_whether_the_fault_is_the_configuration_or_a_dependency() {
     let config = tempfile::tempdir().unwrap();
-    for f in ["rpec.toml", "regions.toml"] {
+    for f in ["rpec.toml", "regions.toml", "bank-holidays.toml"] {
         std::fs::copy(manifest_dir().join("config").join(f), config.path().join(f)).unwrap();
     }
     // A short acquire time-out, so an unreachable database is reported quickly.

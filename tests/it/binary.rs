@@ -67,7 +67,7 @@ impl Deployment {
         ];
         let config_dir = profile_toml.map(|toml| {
             let dir = tempfile::tempdir().unwrap();
-            for f in ["rpec.toml", "regions.toml"] {
+            for f in ["rpec.toml", "regions.toml", "bank-holidays.toml"] {
                 std::fs::copy(manifest_dir().join("config").join(f), dir.path().join(f)).unwrap();
             }
             std::fs::write(dir.path().join("dev.toml"), toml).unwrap();

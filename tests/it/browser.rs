@@ -314,3 +314,64 @@ async fn a_reader_confirms_and_unsubscribes_in_a_real_browser() {
     drop(driver);
     app.stop().await;
 }
+
+/// A coordinator claims an enquiry from the link in their copy, in a real browser, before its
+/// deadline: no escalation or reminder is ever sent.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_coordinator_claims_an_enquiry_in_a_real_browser_and_it_is_never_escalated() {
+    use crate::claims::{assert_not_escalated, complex_case, enquiry_id, NORTH_WEST};
+    let app = spawn_app_with(Options::at("2025-03-25T10:00:00Z")).await;
+    let event = complex_case();
+    let id = enquiry_id(&event);
+    app.publish(&event).await;
+    let mails = app.mails(2).await;
+    let copy = mails
+        .iter()
+        .find(|m| m.envelope_to == [NORTH_WEST])
+        .expect("the coordinator's copy");
+    let claim = link_to(&copy.text(), "/enquiries/claim");
+    let claimed_by = || async {
+        sqlx::query_scalar::<_, Option<String>>(
+            "SELECT claimed_by FROM enquiries WHERE enquiry_id = $1",
+        )
+        .bind(&id)
+        .fetch_one(&app.pool)
+        .await
+        .unwrap()
+    };
+
+    let driver = Chromedriver::start().await;
+    let profile = tempfile::tempdir().unwrap();
+    let browser = driver.session(profile.path()).await;
+    browser.open(&claim).await;
+    assert!(browser.title().await.starts_with("Claim this enquiry"));
+    assert_eq!(
+        browser.text_of("h1").await,
+        format!("Will you answer enquiry {id}?")
+    );
+    assert_eq!(claimed_by().await, None, "opening the page changes nothing");
+    // An hour before the deadline.
+    app.set_time("2025-03-25T11:00:00Z");
+    browser.click("form button[type=submit]").await;
+    browser
+        .wait_for_heading(&format!("You have claimed enquiry {id}"))
+        .await;
+    assert!(browser
+        .text_of("main")
+        .await
+        .contains("taken by rpec.north-west@example.org on Tuesday 25 March 2025, 11:00am"));
+    assert_eq!(claimed_by().await.as_deref(), Some(NORTH_WEST));
+    // Opened again: who has it.
+    browser.open(&claim).await;
+    assert_eq!(
+        browser.text_of("h1").await,
+        format!("Enquiry {id} is already claimed")
+    );
+    browser.close().await;
+    drop(driver);
+
+    // Past the first deadline and the second notice.
+    app.set_time("2025-03-27T12:00:00Z");
+    assert_not_escalated(&app, &id).await;
+    app.stop().await;
+}

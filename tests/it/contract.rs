@@ -594,7 +594,7 @@ async fn migrate_on_its_own_applies_every_migration_once() {
 /// and extra environment `env`; returns (success, the problems it listed, one a line).
 fn check_with(edit: impl Fn(String) -> String, env: &[(&str, &str)]) -> (bool, String) {
     let dir = tempfile::tempdir().unwrap();
-    for f in ["rpec.toml", "regions.toml"] {
+    for f in ["rpec.toml", "regions.toml", "bank-holidays.toml"] {
         std::fs::copy(manifest_dir().join("config").join(f), dir.path().join(f)).unwrap();
     }
     let path = dir.path().join("rpec.toml");

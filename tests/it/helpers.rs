@@ -482,7 +482,7 @@ pub async fn spawn_app_with(options: Options) -> TestApp {
     };
 
     let config_dir = tempfile::tempdir().unwrap();
-    for f in ["rpec.toml", "regions.toml"] {
+    for f in ["rpec.toml", "regions.toml", "bank-holidays.toml"] {
         std::fs::copy(
             manifest_dir().join("config").join(f),
             config_dir.path().join(f),

@@ -4,6 +4,7 @@
 mod admin;
 mod binary;
 mod browser;
+mod claims;
 mod cli;
 mod contact;
 mod contract;

@@ -283,11 +283,11 @@ async fn an_enquiry_its_region_refuses_goes_to_triage_once_and_its_failure_outli
         ..Options::at(&now.to_rfc3339())
     })
     .await;
-    app.publish(&contact_event(json!({
+    let event = contact_event(json!({
         "region": "north-west", "topic": "complex-case",
         "name": "Sam <b>Okafor</b>", "message": "<script>alert(1)</script> please help"
-    })))
-    .await;
+    }));
+    app.publish(&event).await;
     let settled = eventually(Duration::from_secs(20), "the outcomes", || async {
         let rows = rows(&app).await;
         (rows.len() == 3 && rows.iter().all(|r| r.2 == "sent" || r.2 == "failed")).then_some(rows)
@@ -352,6 +352,14 @@ async fn an_enquiry_its_region_refuses_goes_to_triage_once_and_its_failure_outli
             .await,
         1.0
     );
+
+    // Triage takes it (so the month below escalates nothing: this test is about the failure).
+    let claim = simple_event(
+        "enquiry.claimed",
+        json!({"enquiry_id": event["data"]["enquiry_id"], "by": "prevent.triage@example.org"}),
+    );
+    app.publish(&claim).await;
+    app.processed(claim["id"].as_str().unwrap()).await;
 
     // Past the outbox retention: the sent emails go, the unresolved failure stays...
     let sweeper = app.sweeper().await;

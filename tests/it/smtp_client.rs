@@ -644,6 +644,91 @@ async fn no_reply_after_the_final_dot_is_transient_and_the_message_is_not_sent_a
     let _ = server.await.unwrap();
 }
 
+/// Sends BODY from the test's sender to `to` once `gate` resolves (`Relay::send_raw_after`).
+async fn send_after(
+    relay: &Relay,
+    to: &[&str],
+    gate: impl std::future::Future<Output = ()> + Send,
+) -> Result<(), SendError> {
+    let to: Vec<String> = to.iter().map(|s| s.to_string()).collect();
+    relay
+        .send_raw_after("rpec@example.org", &to, BODY, Duration::from_secs(2), gate)
+        .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_held_message_goes_all_but_its_final_dot_until_the_hold_is_lifted() {
+    let script = Script::start().await;
+    let relay = script.relay(1);
+    let (lift, lifted) = tokio::sync::oneshot::channel::<()>();
+    let server = tokio::spawn(async move {
+        let mut peer = script.accept().await;
+        peer.hello(&["PIPELINING"]).await;
+        peer.group(1).await;
+        peer.send("250 Ok\r\n250 Ok\r\n354 go on\r\n").await;
+        // The content comes at once, without its end.
+        let content = peer.until("hello\r\n").await;
+        assert!(content.starts_with("Subject: x\r\n"), "{content:?}");
+        let mut b = [0; 64];
+        assert!(
+            tokio::time::timeout(Duration::from_millis(300), peer.stream.read(&mut b))
+                .await
+                .is_err(),
+            "nothing more before the hold is lifted"
+        );
+        lift.send(()).unwrap();
+        assert_eq!(peer.line().await, ".\r\n");
+        peer.send("250 Ok: queued\r\n").await;
+        (script, peer)
+    });
+    let gate = async {
+        let _ = lifted.await;
+    };
+    send_after(&relay, &["kim@school.example.org"], gate)
+        .await
+        .unwrap();
+    let _ = server.await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hold_that_outlasts_its_patience_withdraws_the_message_and_sends_it_once_after() {
+    let script = Script::start().await;
+    // 2 s for a send: a hold is waited for half a second before the message is withdrawn.
+    let relay = script.relay(1);
+    let (lift, lifted) = tokio::sync::oneshot::channel::<()>();
+    let server = tokio::spawn(async move {
+        let mut first = script.accept().await;
+        first.hello(&["PIPELINING"]).await;
+        first.group(1).await;
+        first.send("250 Ok\r\n250 Ok\r\n354 go on\r\n").await;
+        first.until("hello\r\n").await;
+        // Closed unended: a relay throws such a message away.
+        assert!(first.closed().await, "the unended message is withdrawn");
+        assert!(
+            script
+                .no_connection_within(Duration::from_millis(500))
+                .await,
+            "nothing goes again before the hold is lifted"
+        );
+        lift.send(()).unwrap();
+        let mut second = script.accept().await;
+        second.hello(&["PIPELINING"]).await;
+        second.group(1).await;
+        second.send("250 Ok\r\n250 Ok\r\n354 go on\r\n").await;
+        let whole = second.until("\r\n.\r\n").await;
+        assert!(whole.starts_with("Subject: x\r\n"), "{whole:?}");
+        second.send("250 Ok: queued\r\n").await;
+        (script, second)
+    });
+    let gate = async {
+        let _ = lifted.await;
+    };
+    send_after(&relay, &["kim@school.example.org"], gate)
+        .await
+        .unwrap();
+    let _ = server.await.unwrap();
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_pooled_connection_the_relay_closed_while_idle_is_replaced_unseen() {
     let script = Script::start().await;

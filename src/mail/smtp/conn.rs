@@ -70,6 +70,10 @@ pub(super) struct Outcome {
     /// content was written, so the relay cannot have taken it, and it may go again on a new
     /// connection.
     pub stale: bool,
+    /// Its content was written but for the final ".", and the hold was not lifted in time:
+    /// the connection is to be closed unended, which makes the relay throw the message away
+    /// (RFC 5321 4.1.1.4), and the message sent again once the hold is lifted.
+    pub withdrawn: bool,
 }
 
 impl Outcome {
@@ -78,6 +82,76 @@ impl Outcome {
             result,
             reusable,
             stale: false,
+            withdrawn: false,
+        }
+    }
+}
+
+/// The end of a message's content (after its last line's CRLF).
+const END: &[u8] = b".\r\n";
+
+/// What a message's final "." waits for: until it is lifted, the relay may be given all of the
+/// message but its end, so it cannot take it yet (how a sender keeps the relay from taking an
+/// email before the outcome of the last one is recorded, without waiting to start it). Waited
+/// for `patience` at most.
+pub(crate) struct Hold<'g> {
+    gate: Option<std::pin::Pin<&'g mut (dyn Future<Output = ()> + Send)>>,
+    patience: Duration,
+}
+
+impl<'g> Hold<'g> {
+    /// Nothing to wait for.
+    pub fn none() -> Hold<'static> {
+        Hold {
+            gate: None,
+            patience: Duration::ZERO,
+        }
+    }
+
+    pub fn new(
+        gate: std::pin::Pin<&'g mut (dyn Future<Output = ()> + Send)>,
+        patience: Duration,
+    ) -> Hold<'g> {
+        Hold {
+            gate: Some(gate),
+            patience,
+        }
+    }
+
+    /// Whether it is lifted already (it is looked at, not waited for).
+    pub fn is_lifted(&mut self) -> bool {
+        let Some(gate) = self.gate.as_mut() else {
+            return true;
+        };
+        let waker = std::task::Waker::noop();
+        let mut cx = std::task::Context::from_waker(waker);
+        if gate.as_mut().poll(&mut cx).is_ready() {
+            self.gate = None;
+            return true;
+        }
+        false
+    }
+
+    /// Waits for it to be lifted, `patience` at most: whether it was.
+    async fn wait(&mut self) -> bool {
+        let Some(gate) = self.gate.as_mut() else {
+            return true;
+        };
+        if tokio::time::timeout(self.patience, gate.as_mut())
+            .await
+            .is_ok()
+        {
+            self.gate = None;
+            return true;
+        }
+        false
+    }
+
+    /// Waits for it to be lifted, however long that takes.
+    pub async fn lifted(&mut self) {
+        if let Some(gate) = self.gate.as_mut() {
+            gate.as_mut().await;
+            self.gate = None;
         }
     }
 }
@@ -331,7 +405,9 @@ impl Conn {
     /// and their replies are read after, every one of them, in order; without it, one command
     /// at a time. The content and its final "." go in one write. A refusal leaves the
     /// connection usable after RSET; a broken session, a stall or a 421 leaves it to be closed.
-    pub async fn transaction(&mut self, m: &Message<'_>) -> Outcome {
+    ///
+    /// The final "." waits for `hold` (see [`Hold`]).
+    pub async fn transaction(&mut self, m: &Message<'_>, hold: &mut Hold<'_>) -> Outcome {
         let mut mail = format!("MAIL FROM:<{}>", m.from);
         if self.ext.size {
             mail.push_str(&format!(" SIZE={}", m.size));
@@ -364,13 +440,13 @@ impl Conn {
         }
         mail.push_str("\r\n");
         if self.ext.pipelining {
-            self.pipelined(&mail, m).await
+            self.pipelined(&mail, m, hold).await
         } else {
-            self.lock_step(&mail, m).await
+            self.lock_step(&mail, m, hold).await
         }
     }
 
-    async fn pipelined(&mut self, mail: &str, m: &Message<'_>) -> Outcome {
+    async fn pipelined(&mut self, mail: &str, m: &Message<'_>, hold: &mut Hold<'_>) -> Outcome {
         let mut group = String::with_capacity(mail.len() + 40 * m.to.len() + 6);
         group.push_str(mail);
         for to in m.to {
@@ -418,7 +494,7 @@ impl Conn {
             Err(b) => return Outcome::done(Err(self.broken(b, "DATA")), false),
         };
         match (refused, data.code) {
-            (None, 354) => self.content(m.payload).await,
+            (None, 354) => self.content(m.payload, hold).await,
             (None, _) if data.is_refusal() => self.refused(&data).await,
             (None, _) => self.out_of_step(&data, "DATA"),
             (Some(refusal), 354) if accepted > 0 => {
@@ -441,7 +517,7 @@ impl Conn {
         }
     }
 
-    async fn lock_step(&mut self, mail: &str, m: &Message<'_>) -> Outcome {
+    async fn lock_step(&mut self, mail: &str, m: &Message<'_>, hold: &mut Hold<'_>) -> Outcome {
         let r = match self.command_broken(mail).await {
             Ok(r) if r.code == 421 => return self.closing_before_any_reply(r),
             Ok(r) => r,
@@ -467,7 +543,7 @@ impl Conn {
             }
         }
         match self.command_broken("DATA\r\n").await {
-            Ok(r) if r.code == 354 => self.content(m.payload).await,
+            Ok(r) if r.code == 354 => self.content(m.payload, hold).await,
             Ok(r) if r.code == 421 => Outcome::done(Err(r.error()), false),
             Ok(r) if r.is_refusal() => self.refused(&r).await,
             Ok(r) => self.out_of_step(&r, "DATA"),
@@ -480,8 +556,32 @@ impl Conn {
     /// a while (RFC 5321 4.5.3.2 gives it ten minutes): it is waited for as long as the whole
     /// send may take, not just one reply's time, since giving up early is how a message the
     /// relay then takes would be sent twice.
-    async fn content(&mut self, payload: &[u8]) -> Outcome {
-        if let Err(b) = self.write(payload).await {
+    ///
+    /// While `hold` is not yet lifted, everything but the final "." is written first, and the
+    /// "." only once it is: the relay cannot take the message before then.
+    async fn content(&mut self, payload: &[u8], hold: &mut Hold<'_>) -> Outcome {
+        let written = if hold.is_lifted() {
+            self.write(payload).await
+        } else {
+            let (body, end) = payload.split_at(payload.len() - END.len());
+            debug_assert_eq!(end, END);
+            match self.write(body).await {
+                Err(b) => Err(b),
+                Ok(()) if !hold.wait().await => {
+                    return Outcome {
+                        result: Err(SendError::Transient(
+                            "internal client error: the message was withdrawn before its end"
+                                .into(),
+                        )),
+                        reusable: false,
+                        stale: false,
+                        withdrawn: true,
+                    };
+                }
+                Ok(()) => self.write(end).await,
+            }
+        };
+        if let Err(b) = written {
             return Outcome::done(Err(self.broken(b, "the message's content")), false);
         }
         match self.read_reply_untimed().await {
@@ -524,6 +624,7 @@ impl Conn {
 
     fn broken_before_any_reply(&self, b: Broken, what: &str) -> Outcome {
         Outcome {
+            withdrawn: false,
             stale: b.is_dead(),
             result: Err(self.broken(b, what)),
             reusable: false,
@@ -532,6 +633,7 @@ impl Conn {
 
     fn closing_before_any_reply(&self, reply: Reply) -> Outcome {
         Outcome {
+            withdrawn: false,
             result: Err(reply.error()),
             reusable: false,
             stale: true,

@@ -5,6 +5,7 @@
 //! for a cancelled session, a newsletter to a reader who left are skipped).
 
 pub mod digest;
+pub mod enquiry;
 pub mod newsletter;
 pub mod session;
 
@@ -18,9 +19,13 @@ use session::Email;
 /// passing failure (the row is retried).
 pub async fn compose(mailer: &Mailer, row: &Claimed, job: &Job) -> anyhow::Result<Prepared> {
     match job {
-        Job::Enquiry(enquiry) => as_queued(row, enquiry),
+        Job::Enquiry(e) => enquiry::copy(mailer, row, e, e),
         Job::EnquiryAck(ack) => as_queued(row, ack),
-        Job::EnquiryUndeliverable(copy) => as_queued(row, copy),
+        Job::EnquiryUndeliverable(copy) => enquiry::copy(mailer, row, &copy.enquiry, copy),
+        Job::EnquiryReminder(e) => enquiry::waiting(mailer, row, e, e).await,
+        Job::EnquiryEscalation(escalation) => {
+            enquiry::waiting(mailer, row, &escalation.enquiry, escalation).await
+        }
         Job::SubscriptionConfirm(confirmation) => as_queued(row, confirmation),
         Job::RegistrationConfirmation(r) => {
             session::registrant(mailer, Email::Confirmation(r)).await

@@ -33,6 +33,14 @@ pub struct Metrics {
     pub forward_failures: IntCounter,
     /// 1 while the consumer holds its deliveries because PostgreSQL cannot be reached.
     pub consumer_waiting_for_database: IntGauge,
+    /// Event handling time, by type.
+    pub event_handling: HistogramVec,
+    /// Send time, by kind.
+    pub email_send: HistogramVec,
+    /// From an event's emails queued to each accepted, by kind.
+    pub event_to_email: HistogramVec,
+    /// The name of every metric registered.
+    names: Vec<String>,
     /// Outcomes a claim could not record because its lease had run out and the row had been
     /// claimed again: a sign that the lease is too short for the work.
     pub stale_outcomes: IntCounter,
@@ -71,18 +79,48 @@ pub fn topic_label(topic: &str) -> &'static str {
     crate::domain::Topic::parse(topic).map_or("unknown", crate::domain::Topic::as_str)
 }
 
-fn register<T: prometheus::core::Collector + Clone + 'static>(registry: &Registry, m: T) -> T {
+/// The registry being filled, and the names of what is registered in it (its families with no
+/// series yet do not show in what it gathers).
+struct Registering {
+    registry: Registry,
+    names: std::cell::RefCell<Vec<String>>,
+}
+
+fn register<T: prometheus::core::Collector + Clone + 'static>(registry: &Registering, m: T) -> T {
     registry
+        .names
+        .borrow_mut()
+        .extend(m.desc().iter().map(|d| d.fq_name.clone()));
+    registry
+        .registry
         .register(Box::new(m.clone()))
         .expect("registered once");
     m
 }
 
-fn gauge(registry: &Registry, name: &str, help: &str) -> IntGauge {
+/// A histogram by `labels` with these `buckets`.
+fn histogram(
+    registry: &Registering,
+    name: &str,
+    help: &str,
+    labels: &[&str],
+    buckets: &[f64],
+) -> HistogramVec {
+    register(
+        registry,
+        HistogramVec::new(
+            HistogramOpts::new(name, help).buckets(buckets.to_vec()),
+            labels,
+        )
+        .expect("a valid metric"),
+    )
+}
+
+fn gauge(registry: &Registering, name: &str, help: &str) -> IntGauge {
     register(registry, IntGauge::new(name, help).expect("a valid metric"))
 }
 
-fn counter(registry: &Registry, name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
+fn counter(registry: &Registering, name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
     register(
         registry,
         IntCounterVec::new(Opts::new(name, help), labels).expect("a valid metric"),
@@ -91,7 +129,10 @@ fn counter(registry: &Registry, name: &str, help: &str, labels: &[&str]) -> IntC
 
 impl Metrics {
     pub fn new() -> Metrics {
-        let registry = Registry::new();
+        let registry = Registering {
+            registry: Registry::new(),
+            names: Default::default(),
+        };
         let outbox_depth = gauge(
             &registry,
             "rpec_outbox_depth",
@@ -264,8 +305,35 @@ impl Metrics {
                 "rpec_consumer_waiting_for_database",
                 "1 while the consumer holds its deliveries (no attempt counted) until PostgreSQL answers",
             ),
-            registry,
+            event_handling: histogram(
+                &registry,
+                "rpec_event_handling_seconds",
+                "From an event's delivery to its settling (acknowledged, retried or dead-lettered), by type",
+                &["type"],
+                &[0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0],
+            ),
+            email_send: histogram(
+                &registry,
+                "rpec_email_send_seconds",
+                "From a sender slot starting an email (composing it included) to the relay's verdict, by kind",
+                &["kind"],
+                &[0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0],
+            ),
+            event_to_email: histogram(
+                &registry,
+                "rpec_event_to_email_seconds",
+                "From an event's emails being queued (the commit of its handling) to the relay accepting each, by kind",
+                &["kind"],
+                &[0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0, 900.0, 3600.0],
+            ),
+            names: registry.names.take(),
+            registry: registry.registry,
         }
+    }
+
+    /// The name of every metric this exports (whether it has a series yet or not).
+    pub fn names(&self) -> &[String] {
+        &self.names
     }
 
     pub fn email_outcome(&self, kind: &str, outcome: Outcome) {
@@ -365,6 +433,75 @@ mod tests {
             !text.contains("x@y.org") && !text.contains("script"),
             "{text}"
         );
+    }
+
+    #[test]
+    fn every_expression_of_the_dashboard_names_a_metric_the_worker_exports() {
+        let dashboard: serde_json::Value =
+            serde_json::from_str(include_str!("../deploy/grafana/rpec-notify.json"))
+                .expect("the dashboard is JSON");
+        let mut exprs = Vec::new();
+        fn walk(v: &serde_json::Value, out: &mut Vec<String>) {
+            match v {
+                serde_json::Value::Object(m) => {
+                    for (k, v) in m {
+                        match (k.as_str(), v) {
+                            ("expr" | "definition", serde_json::Value::String(e)) => {
+                                out.push(e.clone())
+                            }
+                            ("query", serde_json::Value::String(e)) if e.contains("rpec_") => {
+                                out.push(e.clone())
+                            }
+                            _ => walk(v, out),
+                        }
+                    }
+                }
+                serde_json::Value::Array(a) => a.iter().for_each(|v| walk(v, out)),
+                _ => {}
+            }
+        }
+        walk(&dashboard, &mut exprs);
+        let panels = dashboard["panels"].as_array().expect("panels");
+        assert!(panels.len() >= 10, "{} panels", panels.len());
+        assert!(
+            panels
+                .iter()
+                .all(|p| p["targets"].as_array().is_some_and(|t| !t.is_empty())),
+            "every panel has a query"
+        );
+        let m = Metrics::new();
+        let exported: std::collections::BTreeSet<&str> =
+            m.names().iter().map(String::as_str).collect();
+        let mut named = std::collections::BTreeSet::new();
+        for expr in &exprs {
+            let mut rest = expr.as_str();
+            while let Some(at) = rest.find("rpec_") {
+                let tail = &rest[at..];
+                let end = tail
+                    .find(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
+                    .unwrap_or(tail.len());
+                let name = &tail[..end];
+                // A histogram's series.
+                let base = ["_bucket", "_sum", "_count"]
+                    .iter()
+                    .find_map(|s| name.strip_suffix(s).filter(|b| exported.contains(b)))
+                    .unwrap_or(name);
+                assert!(
+                    exported.contains(base),
+                    "the dashboard's {expr:?} names {name}, which the worker does not export"
+                );
+                named.insert(base.to_owned());
+                rest = &tail[end..];
+            }
+        }
+        // The latency histograms are on it.
+        for h in [
+            "rpec_event_handling_seconds",
+            "rpec_email_send_seconds",
+            "rpec_event_to_email_seconds",
+        ] {
+            assert!(named.contains(h), "{h} is not on the dashboard");
+        }
     }
 
     #[test]

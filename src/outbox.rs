@@ -272,6 +272,8 @@ pub struct Claimed {
     pub attachments: Value,
     pub message_uuid: Uuid,
     pub source_event: Option<Uuid>,
+    /// When it was queued.
+    pub created_at: chrono::DateTime<chrono::Utc>,
     pub attempts: i32,
     /// Tries put back because the relay or the database could not be reached (not attempts).
     pub deferrals: i32,
@@ -320,7 +322,7 @@ pub async fn claim(pool: &PgPool, limit: i64, lease: Duration) -> sqlx::Result<V
              FROM due WHERE o.id = due.id
              RETURNING o.id, o.kind, o.template, o.stream, o.recipients, o.reply_to, o.job,
                        o.headers, o.attachments, o.message_uuid, o.source_event, o.attempts,
-                       o.deferrals, o.claim_token, o.priority, o.next_attempt_at
+                       o.deferrals, o.claim_token, o.priority, o.next_attempt_at, o.created_at
          )
          SELECT c.*, s.status AS reader_status, s.name AS reader_name,
                 coalesce(EXISTS (SELECT 1 FROM suppressions x WHERE x.email = lower(s.email)),

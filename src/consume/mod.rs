@@ -472,6 +472,7 @@ async fn process(
     shutdown: &CancellationToken,
 ) -> Result<(), ForwardFailed> {
     let seen = redelivery_of(&delivery);
+    let started = std::time::Instant::now();
     loop {
         let (event_type, decision) = decide(consumer, &delivery.data, seen).await;
         if decision == Decision::Unavailable {
@@ -492,7 +493,7 @@ async fn process(
         fail::fail_point!("consume::after_commit", |_| -> Result<(), ForwardFailed> {
             std::process::abort()
         });
-        return settle(
+        let settled = settle(
             consumer,
             publisher,
             topology,
@@ -501,6 +502,12 @@ async fn process(
             decision,
         )
         .await;
+        consumer
+            .metrics
+            .event_handling
+            .with_label_values(&[type_label(event_type.as_deref())])
+            .observe(started.elapsed().as_secs_f64());
+        return settled;
     }
 }
 

@@ -18,6 +18,7 @@ use crate::clock::Clock;
 use crate::config::{MailSettings, Regions};
 use crate::db;
 use crate::mail::{message, Relay, SendError, Shells, Templates};
+use crate::metrics::kind_label;
 use crate::metrics::Metrics;
 use crate::outbox::job::{Enquiry, Reminder, Undeliverable, UndeliverableEnquiry};
 use crate::outbox::{self, Claimed, Counted, Job, Mark, Marked, Outcome, NOTIFY_CHANNEL};
@@ -289,7 +290,15 @@ async fn send_all(
                         (Record::Release, None)
                     } else {
                         let (tx, rx) = oneshot::channel();
+                        let started = Instant::now();
                         let record = send_one(&mailer, &relay, &row, last.take()).await;
+                        if !matches!(record, Record::Cancelled(_)) {
+                            mailer
+                                .metrics
+                                .email_send
+                                .with_label_values(&[kind_label(&row.kind)])
+                                .observe(started.elapsed().as_secs_f64());
+                        }
                         last = Some(rx);
                         (record, Some(tx))
                     };
@@ -632,8 +641,16 @@ fn report(mailer: &Mailer, d: &Done, recorded: bool) {
         return;
     }
     let outcome = match &d.record {
-        Record::Sent { by_clock, .. } => {
+        Record::Sent { at, by_clock } => {
             tracing::info!(outbox_id = row.id, kind = %row.kind, attempts = row.attempts, "email sent");
+            if row.source_event.is_some() {
+                let waited = (*at - row.created_at).to_std().unwrap_or_default();
+                mailer
+                    .metrics
+                    .event_to_email
+                    .with_label_values(&[kind_label(&row.kind)])
+                    .observe(waited.as_secs_f64());
+            }
             if let Ok(Job::SessionReminder(reminder)) = row.job.get() {
                 observe_reminder_lateness(mailer, reminder, *by_clock);
             }

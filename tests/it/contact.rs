@@ -184,6 +184,27 @@ async fn a_complex_case_is_urgent_and_its_acknowledgement_carries_the_safety_adv
         content_type.starts_with("multipart/alternative"),
         "{content_type}"
     );
+    // The latency histograms saw it: its handling, both sends, and both from the event on.
+    app.all_sent().await;
+    let handled = "rpec_event_handling_seconds_count{type=\"contact.submitted\"}";
+    let n = eventually(Duration::from_secs(10), handled, || async {
+        let n = app.metric(handled).await;
+        (n > 0.0).then_some(n)
+    })
+    .await;
+    assert_eq!(n, 1.0, "{handled}");
+    for kind in ["enquiry", "enquiry_ack"] {
+        for histogram in ["rpec_email_send_seconds", "rpec_event_to_email_seconds"] {
+            // Observed when the outcome is reported, just after it is recorded.
+            let series = format!("{histogram}_count{{kind=\"{kind}\"}}");
+            let n = eventually(Duration::from_secs(10), &series, || async {
+                let n = app.metric(&series).await;
+                (n > 0.0).then_some(n)
+            })
+            .await;
+            assert_eq!(n, 1.0, "{series}");
+        }
+    }
     app.stop().await;
 }
 

@@ -45,6 +45,8 @@
 //! - [`worker`]: the composition root (nothing imports it): wires everything together for
 //!   `rpec-notify run` and shuts it down cleanly.
 //! - [`publish`]: `rpec-notify publish`, with publisher confirms.
+//! - [`example`]: `rpec-notify example --future`: example events dated from now, whose
+//!   reminder and briefing are due within minutes.
 //! - [`validate`]: `rpec-notify validate`: each event of a file judged by the consumer's own
 //!   first judgement ([`consume::admit`]), without publishing.
 //! - [`admin`]: operator tools: `outbox status|list|retry` and `dead-letters list|replay|purge`,
@@ -58,6 +60,7 @@ pub mod consume;
 pub mod context;
 pub mod db;
 pub mod domain;
+pub mod example;
 pub mod handle;
 pub mod http;
 pub mod mail;

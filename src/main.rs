@@ -10,6 +10,7 @@ use rpec_notify::config::{Problem, Regions, Settings};
 use rpec_notify::consume::Topology;
 use rpec_notify::mail::Templates;
 use rpec_notify::{admin, db, handle, publish, telemetry};
+use std::io::Write;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
@@ -562,9 +563,13 @@ fn preview(
                 dir.join("body.html")
             }
             None => {
-                println!(
+                // Not println!: a reader that stops early (`| head`) is not a failure.
+                let _ = writeln!(
+                    std::io::stdout(),
                     "Subject: {}\n\n----- text -----\n{}\n----- html -----\n{}",
-                    r.subject, r.text, r.html
+                    r.subject,
+                    r.text,
+                    r.html
                 );
                 let file =
                     std::env::temp_dir().join(format!("rpec-notify-preview-{template}.html"));
@@ -630,12 +635,10 @@ fn completions(shell: CompletionShell) -> ExitCode {
         CompletionShell::Zsh => clap_complete::Shell::Zsh,
         CompletionShell::Fish => clap_complete::Shell::Fish,
     };
-    clap_complete::generate(
-        shell,
-        &mut Cli::command(),
-        "rpec-notify",
-        &mut std::io::stdout(),
-    );
+    let mut script = Vec::new();
+    clap_complete::generate(shell, &mut Cli::command(), "rpec-notify", &mut script);
+    // A reader that stops early (`| head`) is not a failure.
+    let _ = std::io::stdout().write_all(&script);
     ExitCode::SUCCESS
 }
 

@@ -49,6 +49,8 @@
 //!   [`schedule::Scheduler`], [`retention::Sweeper`], [`http::PublicState`],
 //!   [`http::AdminState`]), and shuts them down cleanly.
 //! - [`publish`]: `rpec-notify publish`, with publisher confirms.
+//! - [`example`]: `rpec-notify example --future`: example events dated from now, whose
+//!   reminder and briefing are due within minutes.
 //! - [`validate`]: `rpec-notify validate`: each event of a file judged by the consumer's own
 //!   first judgement ([`consume::admit`]), without publishing.
 //! - [`admin`]: operator tools: `outbox status|list|retry` and `dead-letters list|replay|purge`,
@@ -61,6 +63,7 @@ pub mod config;
 pub mod consume;
 pub mod db;
 pub mod domain;
+pub mod example;
 pub mod handle;
 pub mod http;
 pub mod mail;

@@ -1,10 +1,16 @@
-//! The `rpec-notify` command line: parses the command and hands over to the library.
+//! The `rpec-notify` command line: parses the command and hands over to the library. Every
+//! command follows one exit-code table (`cli::exit`).
 
-use clap::{Parser, Subcommand};
+mod cli;
+
+use clap::{CommandFactory, Parser, Subcommand};
+use cli::exit::{self, fail};
+use cli::help;
 use rpec_notify::config::{Problem, Regions, Settings};
 use rpec_notify::consume::Topology;
 use rpec_notify::mail::Templates;
 use rpec_notify::{admin, db, handle, publish, telemetry};
+use std::io::Write;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
@@ -12,7 +18,8 @@ use std::process::ExitCode;
 #[command(
     name = "rpec-notify",
     version,
-    about = "Turns RPEC website events into email"
+    about = "Turns RPEC website events into email",
+    after_help = exit::TABLE
 )]
 struct Cli {
     #[command(subcommand)]
@@ -22,20 +29,25 @@ struct Cli {
 #[derive(Subcommand)]
 enum Command {
     /// Apply pending migrations, then consume, schedule, send and serve HTTP until SIGTERM/SIGINT.
+    #[command(after_help = help::RUN, after_long_help = help::with_table(help::RUN))]
     Run,
     /// Apply pending database migrations and exit.
+    #[command(after_help = help::MIGRATE, after_long_help = help::with_table(help::MIGRATE))]
     Migrate,
     /// Check the settings, regions.toml and every template; report every problem.
+    #[command(after_help = help::CHECK, after_long_help = help::with_table(help::CHECK))]
     Check,
     /// Publish event files (one event or a JSON array each), with publisher confirms.
+    #[command(after_help = help::PUBLISH, after_long_help = help::with_table(help::PUBLISH))]
     Publish {
         #[arg(required = true)]
         files: Vec<PathBuf>,
     },
     /// Say of each event in each file (one event or a JSON array each, as `publish` reads them)
     /// whether the worker would take it, and if not the x-rpec-error code and detail its dead
-    /// letter would carry. Publishes nothing. Exit codes: 0 every event is valid, 1 some are
-    /// not, 2 a file cannot be read or the settings do not load.
+    /// letter would carry. Publishes nothing. Exits 0 when every event is valid, 1 when some
+    /// are not, 2 when a file cannot be read or the settings do not load.
+    #[command(after_help = help::VALIDATE, after_long_help = help::with_table(help::VALIDATE))]
     Validate {
         #[arg(required = true)]
         files: Vec<PathBuf>,
@@ -43,7 +55,25 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Write example events dated from now: a session in the north-west whose registrant's
+    /// reminder and coordinators' briefing are due within minutes, its registration (a
+    /// confirmation at once), a contact enquiry, a newsletter subscription and a newsletter.
+    #[command(after_help = help::EXAMPLE, after_long_help = help::with_table(help::EXAMPLE))]
+    Example {
+        /// Events dated relative to now (the only kind of example set).
+        #[arg(long, required = true)]
+        future: bool,
+        /// Where to write the files (1-session-scheduled.json, ...).
+        #[arg(long, default_value = "var/example")]
+        out: PathBuf,
+        /// Minutes from now until the briefing and the first reminder are due: publish the set
+        /// before then (an offset already past when the registration arrives is skipped).
+        #[arg(long, default_value_t = 3, value_name = "MINUTES",
+              value_parser = clap::value_parser!(u32).range(1..=1440))]
+        lead: u32,
+    },
     /// Print the next weekly digest times of each region, in UK time.
+    #[command(after_help = help::SCHEDULE, after_long_help = help::with_table(help::SCHEDULE))]
     Schedule {
         /// Only this region (an id such as north-west).
         #[arg(long)]
@@ -52,19 +82,50 @@ enum Command {
         #[arg(long, default_value_t = 5)]
         count: usize,
     },
-    /// Render an email from a template and a JSON context, without sending it.
+    /// Render an email's subject, text and HTML without sending it: from one of the sample
+    /// contexts that `check` renders (the first, unless --sample says which), or from a JSON
+    /// context file.
+    #[command(after_help = help::PREVIEW, after_long_help = help::with_table(help::PREVIEW))]
     Preview {
         /// The email's name: a directory under templates/ (e.g. enquiry_ack).
         template: String,
-        /// A JSON file with the context.
-        #[arg(long)]
-        data: PathBuf,
+        /// Which of the email's sample contexts, from 1 (an unknown one lists how many there are).
+        #[arg(long, value_name = "N", conflicts_with = "data")]
+        sample: Option<usize>,
+        /// A JSON file with the context, instead of a sample.
+        #[arg(long, value_name = "FILE")]
+        data: Option<PathBuf>,
         /// Write subject.txt, body.txt and body.html here instead of printing them.
-        #[arg(long)]
+        #[arg(long, value_name = "DIR")]
         out: Option<PathBuf>,
+        /// Open the HTML with xdg-open (skipped, with a message, where there is none).
+        #[arg(long)]
+        open: bool,
     },
-    /// Look at the outbox and put failed emails back. Exit codes: 0 done, 1 an id was not a
-    /// failed email, 2 usage or configuration, 3 PostgreSQL cannot be reached.
+    /// Send one sample email (as `preview` renders it) to one address through the configured
+    /// relay (RPEC_SMTP_URL), from the transactional From address, DKIM-signed if it has a key.
+    /// Exits 0 sent, 1 the relay refused it, 2 usage or configuration, 3 the relay cannot be
+    /// reached.
+    #[command(
+        name = "send-test",
+        after_help = help::SEND_TEST,
+        after_long_help = help::with_table(help::SEND_TEST)
+    )]
+    SendTest {
+        /// The email's name: a directory under templates/ (e.g. enquiry_ack).
+        template: String,
+        /// Which of the email's sample contexts, from 1.
+        #[arg(long, value_name = "N", default_value_t = 1)]
+        sample: usize,
+        /// The one address to send it to.
+        #[arg(long, value_name = "ADDR")]
+        to: String,
+    },
+    /// Print a shell completion script for bash, zsh or fish.
+    #[command(after_help = help::COMPLETIONS, after_long_help = help::with_table(help::COMPLETIONS))]
+    Completions { shell: CompletionShell },
+    /// Look at the outbox and put failed emails back.
+    #[command(after_help = help::OUTBOX, after_long_help = help::with_table(help::OUTBOX))]
     Outbox {
         /// Print one JSON document instead of a table.
         #[arg(long, global = true)]
@@ -72,10 +133,12 @@ enum Command {
         #[command(subcommand)]
         command: OutboxCommand,
     },
-    /// Look at, replay or delete the dead-letter queue (<queue>.dead-letter). Exit codes: 0 done,
-    /// 1 an id was not found or a message was not taken back, 2 usage or configuration, 3
-    /// RabbitMQ cannot be reached.
-    #[command(name = "dead-letters")]
+    /// Look at, replay or delete the dead-letter queue (<queue>.dead-letter).
+    #[command(
+        name = "dead-letters",
+        after_help = help::DEAD_LETTERS,
+        after_long_help = help::with_table(help::DEAD_LETTERS)
+    )]
     DeadLetters {
         /// Print one JSON document instead of a table.
         #[arg(long, global = true)]
@@ -83,8 +146,8 @@ enum Command {
         #[command(subcommand)]
         command: DeadLetterCommand,
     },
-    /// Enquiries and their claims. Exit codes: 0 done, 2 usage or configuration, 3 PostgreSQL
-    /// cannot be reached.
+    /// Enquiries and their claims.
+    #[command(after_help = help::ENQUIRIES, after_long_help = help::with_table(help::ENQUIRIES))]
     Enquiries {
         /// Print one JSON document instead of a table.
         #[arg(long, global = true)]
@@ -98,6 +161,7 @@ enum Command {
 enum EnquiriesCommand {
     /// Enquiries nobody has claimed yet: reference, topic, region, age in working hours and
     /// deadline (UK time), oldest deadline first. No names, addresses or text.
+    #[command(after_help = help::ENQUIRIES_OPEN, after_long_help = help::with_table(help::ENQUIRIES_OPEN))]
     Open {
         /// Only this region (an id such as north-west).
         #[arg(long)]
@@ -108,8 +172,10 @@ enum EnquiriesCommand {
 #[derive(Subcommand)]
 enum OutboxCommand {
     /// Counts by status and kind, and the age of the oldest email waiting to be sent.
+    #[command(after_help = help::OUTBOX_STATUS, after_long_help = help::with_table(help::OUTBOX_STATUS))]
     Status,
     /// Emails of one status, oldest first: id, kind, attempts, age and why they failed (a code).
+    #[command(after_help = help::OUTBOX_LIST, after_long_help = help::with_table(help::OUTBOX_LIST))]
     List {
         #[arg(long, default_value = "failed", value_parser = admin::outbox::STATUSES)]
         status: String,
@@ -121,6 +187,7 @@ enum OutboxCommand {
         limit: u32,
     },
     /// Put failed emails back to be sent now, with a fresh attempt count.
+    #[command(after_help = help::OUTBOX_RETRY, after_long_help = help::with_table(help::OUTBOX_RETRY))]
     Retry {
         /// Outbox ids (from `outbox list`).
         #[arg(required_unless_present = "all_failed", conflicts_with = "all_failed")]
@@ -134,8 +201,10 @@ enum OutboxCommand {
 #[derive(Subcommand)]
 enum DeadLetterCommand {
     /// Every dead letter: id, type, error code and age. Nothing is taken off the queue.
+    #[command(after_help = help::DEAD_LETTERS_LIST, after_long_help = help::with_table(help::DEAD_LETTERS_LIST))]
     List,
     /// Publish dead letters again to the events exchange, then take them off the queue.
+    #[command(after_help = help::DEAD_LETTERS_REPLAY, after_long_help = help::with_table(help::DEAD_LETTERS_REPLAY))]
     Replay {
         /// Dead-letter ids (from `dead-letters list`).
         #[arg(required_unless_present = "all", conflicts_with = "all")]
@@ -145,6 +214,7 @@ enum DeadLetterCommand {
         all: bool,
     },
     /// Delete every dead letter, or with --email only those about one person (erasure).
+    #[command(after_help = help::DEAD_LETTERS_PURGE, after_long_help = help::with_table(help::DEAD_LETTERS_PURGE))]
     Purge {
         /// Only the dead letters whose event carries this address (`data.email`).
         #[arg(long, value_name = "ADDR")]
@@ -152,16 +222,34 @@ enum DeadLetterCommand {
     },
 }
 
+/// The shells `completions` writes for.
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum CompletionShell {
+    Bash,
+    Zsh,
+    Fish,
+}
+
 fn settings() -> Result<Settings, ExitCode> {
     Settings::load().map_err(|problems| {
         eprintln!("{}", rpec_notify::config::Problems(problems));
-        ExitCode::from(2)
+        ExitCode::from(exit::EXIT_USAGE)
     })
 }
 
-fn fail(e: anyhow::Error) -> ExitCode {
-    eprintln!("error: {e:#}");
-    ExitCode::FAILURE
+/// The settings, with a `DATABASE_URL` that is at least a PostgreSQL URL (exit 2 otherwise):
+/// for the commands that connect to it.
+fn settings_with_database() -> Result<Settings, ExitCode> {
+    use secrecy::ExposeSecret;
+    let settings = settings()?;
+    let url = settings.database_url.expose_secret();
+    if url.is_empty() {
+        return Err(exit::usage("DATABASE_URL is required (a postgres:// URL)"));
+    }
+    if <sqlx::postgres::PgConnectOptions as std::str::FromStr>::from_str(url).is_err() {
+        return Err(exit::usage("DATABASE_URL is not a valid PostgreSQL URL"));
+    }
+    Ok(settings)
 }
 
 #[tokio::main]
@@ -174,7 +262,7 @@ async fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
         Command::Run => {
-            let settings = match settings() {
+            let settings = match settings_with_database() {
                 Ok(s) => s,
                 Err(code) => return code,
             };
@@ -193,7 +281,7 @@ async fn main() -> ExitCode {
                 Err(code) => return code,
             };
             let result = async {
-                let pool = db::connect(&settings).await?;
+                let pool = admin::connect_database(&settings).await?;
                 db::migrate(&pool).await
             };
             match result.await {
@@ -210,6 +298,12 @@ async fn main() -> ExitCode {
                 Ok(s) => s,
                 Err(code) => return code,
             };
+            // An unreadable file is the caller's to fix (2), found before the broker is asked.
+            for file in &files {
+                if let Err(e) = publish::read_events(file) {
+                    return exit::usage(format!("{e:#}"));
+                }
+            }
             use secrecy::ExposeSecret;
             match publish::publish(
                 settings.amqp_url.expose_secret(),
@@ -228,10 +322,23 @@ async fn main() -> ExitCode {
         Command::Validate { files, json } => validate(&files, json),
         Command::Preview {
             template,
+            sample,
             data,
             out,
-        } => preview(&template, &data, out.as_deref()),
+            open,
+        } => preview(&template, sample, data.as_deref(), out.as_deref(), open),
+        Command::Completions { shell } => completions(shell),
+        Command::SendTest {
+            template,
+            sample,
+            to,
+        } => cli::send_test::send_test(&template, sample, &to).await,
         Command::Schedule { region, count } => schedule(region.as_deref(), count),
+        Command::Example {
+            future: _,
+            out,
+            lead,
+        } => example(&out, lead),
         Command::Outbox { json, command } => outbox(command, json).await,
         Command::DeadLetters { json, command } => dead_letters(command, json).await,
         Command::Enquiries { json, command } => enquiries(command, json).await,
@@ -408,12 +515,22 @@ fn check() -> ExitCode {
         println!("configuration OK: {n} regions, every email template and page renders");
         ExitCode::SUCCESS
     } else {
+        // What `check` is asked to find: problems found (1), even in the settings.
         eprint!("{}", rpec_notify::config::Problems(problems));
-        ExitCode::FAILURE
+        ExitCode::from(exit::EXIT_PROBLEMS)
     }
 }
 
-fn preview(template: &str, data: &std::path::Path, out: Option<&std::path::Path>) -> ExitCode {
+/// Renders one email. Every failure here is the caller's to fix (2): an unknown email or
+/// sample, a context file that cannot be read or does not fit the template, an output
+/// directory that cannot be written.
+fn preview(
+    template: &str,
+    sample: Option<usize>,
+    data: Option<&std::path::Path>,
+    out: Option<&std::path::Path>,
+    open: bool,
+) -> ExitCode {
     let result = (|| -> anyhow::Result<()> {
         let (templates_dir, public_url) = match Settings::load() {
             Ok(s) => (s.templates_dir, s.public_url),
@@ -421,11 +538,19 @@ fn preview(template: &str, data: &std::path::Path, out: Option<&std::path::Path>
         };
         let templates =
             Templates::load(&templates_dir, &public_url).map_err(rpec_notify::config::Problems)?;
-        let context: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(data)?)?;
+        let context: serde_json::Value = match data {
+            Some(file) => {
+                let text = std::fs::read_to_string(file)
+                    .map_err(|e| anyhow::anyhow!("{}: cannot be read: {e}", file.display()))?;
+                serde_json::from_str(&text)
+                    .map_err(|e| anyhow::anyhow!("{}: not JSON: {e}", file.display()))?
+            }
+            None => sample_context(template, sample.unwrap_or(1))?,
+        };
         let r = templates
             .render(template, &context)
             .map_err(anyhow::Error::msg)?;
-        match out {
+        let html_file = match out {
             Some(dir) => {
                 std::fs::create_dir_all(dir)?;
                 std::fs::write(dir.join("subject.txt"), &r.subject)?;
@@ -435,36 +560,140 @@ fn preview(template: &str, data: &std::path::Path, out: Option<&std::path::Path>
                     "wrote subject.txt, body.txt and body.html to {}",
                     dir.display()
                 );
+                dir.join("body.html")
             }
-            None => println!(
-                "Subject: {}\n\n----- text -----\n{}\n----- html -----\n{}",
-                r.subject, r.text, r.html
-            ),
+            None => {
+                // Not println!: a reader that stops early (`| head`) is not a failure.
+                let _ = writeln!(
+                    std::io::stdout(),
+                    "Subject: {}\n\n----- text -----\n{}\n----- html -----\n{}",
+                    r.subject,
+                    r.text,
+                    r.html
+                );
+                let file =
+                    std::env::temp_dir().join(format!("rpec-notify-preview-{template}.html"));
+                if open {
+                    std::fs::write(&file, &r.html)?;
+                }
+                file
+            }
+        };
+        if open {
+            open_in_browser(&html_file);
         }
         Ok(())
     })();
     match result {
         Ok(()) => ExitCode::SUCCESS,
-        Err(e) => fail(e),
+        Err(e) => exit::usage(format!("{e:#}")),
     }
 }
 
-fn schedule(only: Option<&str>, count: usize) -> ExitCode {
-    let dir = std::env::var("RPEC_CONFIG_DIR")
+/// The `n`th (from 1) of the sample contexts `check` renders `template` with.
+fn sample_context(template: &str, n: usize) -> anyhow::Result<serde_json::Value> {
+    let samples: Vec<serde_json::Value> = handle::samples()
+        .into_iter()
+        .filter(|(name, _)| *name == template)
+        .map(|(_, context)| context)
+        .collect();
+    if samples.is_empty() {
+        let mut names: Vec<&str> = handle::samples().iter().map(|(n, _)| *n).collect();
+        names.sort_unstable();
+        names.dedup();
+        anyhow::bail!("{template:?}: no such email (emails: {})", names.join(", "));
+    }
+    let count = samples.len();
+    samples
+        .into_iter()
+        .nth(n.wrapping_sub(1))
+        .ok_or_else(|| anyhow::anyhow!("{template} has {count} sample(s): --sample 1 to {count}"))
+}
+
+/// Opens a file with xdg-open where there is one; says so and carries on where there is not.
+fn open_in_browser(file: &std::path::Path) {
+    let found = std::env::var_os("PATH")
+        .is_some_and(|path| std::env::split_paths(&path).any(|dir| dir.join("xdg-open").is_file()));
+    if !found {
+        eprintln!(
+            "xdg-open not found: not opened; the HTML is in {}",
+            file.display()
+        );
+        return;
+    }
+    match std::process::Command::new("xdg-open").arg(file).status() {
+        Ok(status) if status.success() => eprintln!("opened {}", file.display()),
+        Ok(status) => eprintln!("xdg-open {}: {status}", file.display()),
+        Err(e) => eprintln!("xdg-open {}: {e}", file.display()),
+    }
+}
+
+/// Writes the completion script for `shell` to stdout.
+fn completions(shell: CompletionShell) -> ExitCode {
+    let shell = match shell {
+        CompletionShell::Bash => clap_complete::Shell::Bash,
+        CompletionShell::Zsh => clap_complete::Shell::Zsh,
+        CompletionShell::Fish => clap_complete::Shell::Fish,
+    };
+    let mut script = Vec::new();
+    clap_complete::generate(shell, &mut Cli::command(), "rpec-notify", &mut script);
+    // A reader that stops early (`| head`) is not a failure.
+    let _ = std::io::stdout().write_all(&script);
+    ExitCode::SUCCESS
+}
+
+/// `RPEC_CONFIG_DIR`, for the commands that need only `regions.toml` (not the whole settings).
+fn config_dir() -> PathBuf {
+    std::env::var("RPEC_CONFIG_DIR")
         .ok()
         .filter(|v| !v.is_empty())
-        .unwrap_or_else(|| "config".into());
-    let regions = match Regions::load(&PathBuf::from(dir).join("regions.toml")) {
+        .unwrap_or_else(|| "config".into())
+        .into()
+}
+
+fn example(out: &std::path::Path, lead: u32) -> ExitCode {
+    let regions = match Regions::load(&config_dir().join("regions.toml")) {
         Ok(r) => r,
         Err(p) => {
             eprint!("{}", rpec_notify::config::Problems(p));
-            return ExitCode::FAILURE;
+            return ExitCode::from(admin::EXIT_USAGE);
+        }
+    };
+    let now = chrono::Utc::now();
+    let set = rpec_notify::example::future(&regions, now, chrono::Duration::minutes(lead.into()));
+    let written = (|| -> std::io::Result<()> {
+        std::fs::create_dir_all(out)?;
+        for (name, event) in &set.files {
+            let mut text = serde_json::to_string_pretty(event).map_err(std::io::Error::other)?;
+            text.push('\n');
+            std::fs::write(out.join(name), text)?;
+        }
+        Ok(())
+    })();
+    if let Err(e) = written {
+        eprintln!("error: {}: {e}", out.display());
+        return ExitCode::from(admin::EXIT_USAGE);
+    }
+    println!("wrote {} events to {}", set.files.len(), out.display());
+    print!("{}", set.describe(now));
+    println!(
+        "publish them within {lead} min, with `make run` going:\n  rpec-notify publish {}/[1-4]-*.json",
+        out.display()
+    );
+    ExitCode::SUCCESS
+}
+
+fn schedule(only: Option<&str>, count: usize) -> ExitCode {
+    let regions = match Regions::load(&config_dir().join("regions.toml")) {
+        Ok(r) => r,
+        Err(p) => {
+            eprint!("{}", rpec_notify::config::Problems(p));
+            return ExitCode::from(exit::EXIT_USAGE);
         }
     };
     if let Some(id) = only {
         if let Err(e) = id.parse::<rpec_notify::domain::RegionId>() {
-            eprintln!("error: --region {id}: {e}");
-            return ExitCode::from(2);
+            return exit::usage(format!("--region {id}: {e}"));
         }
     }
     let now = chrono::Utc::now();

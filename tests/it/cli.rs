@@ -431,3 +431,350 @@ fn validate_exits_2_for_a_missing_file_or_broken_settings() {
         .unwrap();
     assert_eq!(out.status.code(), Some(2));
 }
+
+// ---------------------------------------------------------------------------------------------
+// One exit-code table: 0 done, 1 problems found, 2 usage or configuration, 3 a dependency
+// cannot be reached.
+
+/// A port on loopback that nothing listens on (bound, then let go).
+fn closed_port() -> u16 {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    listener.local_addr().unwrap().port()
+}
+
+fn code(out: &Output) -> Option<i32> {
+    out.status.code()
+}
+
+fn show(out: &Output) -> String {
+    format!(
+        "status {:?}\nstdout: {}\nstderr: {}",
+        out.status,
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    )
+}
+
+#[test]
+fn every_command_follows_the_exit_code_table() {
+    let config = copy_of_config();
+    let config_dir = config.path().join("config");
+    let templates_dir = config.path().join("templates");
+    let unreachable_db = format!("postgres://postgres@127.0.0.1:{}/rpec", closed_port());
+    let unreachable_broker = format!("amqp://guest:guest@127.0.0.1:{}/%2f", closed_port());
+    let with_config = |args: &[&str]| {
+        let mut c = binary();
+        c.current_dir(manifest_dir())
+            .args(args)
+            .env("RPEC_CONFIG_DIR", &config_dir)
+            .env("RPEC_TEMPLATES_DIR", &templates_dir)
+            .env("RPEC_DATABASE__ACQUIRE_TIMEOUT_SECS", "1")
+            .env("DATABASE_URL", &unreachable_db)
+            .env("RPEC_AMQP_URL", &unreachable_broker)
+            // Free ports: `run` binds its listeners before it connects.
+            .env("RPEC_HTTP_ADDR", format!("127.0.0.1:{}", closed_port()))
+            .env("RPEC_ADMIN_ADDR", format!("127.0.0.1:{}", closed_port()));
+        c
+    };
+
+    // 3: PostgreSQL or RabbitMQ cannot be reached.
+    for args in [
+        &["migrate"][..],
+        &["run"],
+        &["outbox", "status"],
+        &["enquiries", "open"],
+    ] {
+        let out = with_config(args).output().unwrap();
+        assert_eq!(code(&out), Some(3), "{args:?}: {}", show(&out));
+    }
+    let example = manifest_dir().join("examples/events/contact-complex-case.json");
+    let out = with_config(&["publish"]).arg(&example).output().unwrap();
+    assert_eq!(code(&out), Some(3), "publish: {}", show(&out));
+    let out = with_config(&["dead-letters", "list"]).output().unwrap();
+    assert_eq!(code(&out), Some(3), "dead-letters: {}", show(&out));
+
+    // 2: usage and configuration.
+    let out = with_config(&["publish", "no-such-file.json"])
+        .output()
+        .unwrap();
+    assert_eq!(code(&out), Some(2), "{}", show(&out));
+    let out = with_config(&["no-such-command"]).output().unwrap();
+    assert_eq!(code(&out), Some(2), "{}", show(&out));
+    let out = with_config(&["migrate"])
+        .env("DATABASE_URL", "not a url")
+        .output()
+        .unwrap();
+    assert_eq!(code(&out), Some(2), "{}", show(&out));
+    let out = with_config(&["preview", "no_such_email"]).output().unwrap();
+    assert_eq!(code(&out), Some(2), "{}", show(&out));
+
+    // 1: problems found (validate; check below, once the configuration is broken).
+    let invalid = config.path().join("invalid.json");
+    std::fs::write(
+        &invalid,
+        r#"{"id": "1b5c8a52-8f43-4a8e-9d0e-5c1f2f6b7a01", "type": "contact.submitted", "version": 1, "occurred_at": "2024-10-03T10:15:00Z", "data": {}}"#,
+    )
+    .unwrap();
+    let out = with_config(&["validate"]).arg(&invalid).output().unwrap();
+    assert_eq!(code(&out), Some(1), "{}", show(&out));
+
+    // 0.
+    let out = with_config(&["validate"]).arg(&example).output().unwrap();
+    assert_eq!(code(&out), Some(0), "{}", show(&out));
+    let out = with_config(&["schedule", "--count", "1"]).output().unwrap();
+    assert_eq!(code(&out), Some(0), "{}", show(&out));
+
+    // A broken regions.toml: the worker and the commands that need it say 2, check says 1.
+    std::fs::write(
+        config_dir.join("regions.toml"),
+        "[defaults]\nnot = \"this\"\n",
+    )
+    .unwrap();
+    for args in [
+        &["run"][..],
+        &["schedule"],
+        &["enquiries", "open"],
+        &["example", "--future"],
+    ] {
+        let out = with_config(args).output().unwrap();
+        assert_eq!(code(&out), Some(2), "{args:?}: {}", show(&out));
+        assert!(
+            String::from_utf8_lossy(&out.stderr).contains("regions.toml"),
+            "{args:?}: {}",
+            show(&out)
+        );
+    }
+    let out = with_config(&["check"]).output().unwrap();
+    assert_eq!(code(&out), Some(1), "{}", show(&out));
+    // Settings that do not load (production without its secrets): 2.
+    let out = with_config(&["run"])
+        .env("RPEC_PROFILE", "production")
+        .env_remove("RPEC_TOKEN_SECRET")
+        .output()
+        .unwrap();
+    assert_eq!(code(&out), Some(2), "{}", show(&out));
+}
+
+// ---------------------------------------------------------------------------------------------
+// --help and completions.
+
+/// Every subcommand, as `--help` lists them (`help` aside).
+fn subcommands() -> Vec<String> {
+    let out = binary().arg("--help").output().unwrap();
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    let commands = text
+        .split("Commands:")
+        .nth(1)
+        .expect("a Commands: section")
+        .split("\n\n")
+        .next()
+        .unwrap()
+        .lines()
+        .filter_map(|l| l.split_whitespace().next())
+        .filter(|c| *c != "help")
+        .map(str::to_owned)
+        .collect::<Vec<_>>();
+    assert!(commands.len() >= 12, "{commands:?}");
+    commands
+}
+
+#[test]
+fn help_shows_the_exit_codes_and_every_command_has_examples() {
+    let out = binary().arg("--help").output().unwrap();
+    let top = String::from_utf8_lossy(&out.stdout);
+    for row in [
+        "Exit codes",
+        "  1  done, problems found",
+        "  3  a dependency cannot be reached",
+    ] {
+        assert!(top.contains(row), "{row}: {top}");
+    }
+    let mut nested = vec![
+        vec!["outbox", "status"],
+        vec!["outbox", "list"],
+        vec!["outbox", "retry"],
+        vec!["dead-letters", "list"],
+        vec!["dead-letters", "replay"],
+        vec!["dead-letters", "purge"],
+        vec!["enquiries", "open"],
+    ];
+    nested.extend(subcommands().into_iter().map(|c| vec![c.leak() as &str]));
+    for command in nested {
+        let out = binary().args(&command).arg("--help").output().unwrap();
+        let text = String::from_utf8_lossy(&out.stdout);
+        assert_eq!(code(&out), Some(0), "{command:?}");
+        let examples = text.split("Examples:\n").nth(1).unwrap_or_default();
+        assert!(
+            examples
+                .lines()
+                .next()
+                .is_some_and(|l| l.contains("rpec-notify ")),
+            "{command:?}: {text}"
+        );
+        assert!(text.contains("Exit codes"), "{command:?}: {text}");
+    }
+}
+
+#[test]
+fn completions_for_bash_zsh_and_fish_name_every_command() {
+    let commands = subcommands();
+    for shell in ["bash", "zsh", "fish"] {
+        let out = binary().args(["completions", shell]).output().unwrap();
+        assert_eq!(code(&out), Some(0), "{shell}: {}", show(&out));
+        let script = String::from_utf8_lossy(&out.stdout);
+        for command in &commands {
+            assert!(script.contains(command.as_str()), "{shell}: no {command}");
+        }
+    }
+    let out = binary().args(["completions", "bash"]).output().unwrap();
+    let script = String::from_utf8_lossy(&out.stdout);
+    assert!(script.contains("complete -F"), "{script}");
+    let out = binary().args(["completions", "tcsh"]).output().unwrap();
+    assert_eq!(code(&out), Some(2));
+}
+
+// ---------------------------------------------------------------------------------------------
+// preview with the samples check renders.
+
+fn preview(args: &[&str]) -> std::process::Command {
+    let mut c = binary();
+    c.current_dir(manifest_dir())
+        .arg("preview")
+        .args(args)
+        .env_remove("RPEC_CONFIG_DIR")
+        .env_remove("RPEC_TEMPLATES_DIR");
+    c
+}
+
+#[test]
+fn preview_without_data_renders_a_sample() {
+    let out = preview(&["enquiry_ack"]).output().unwrap();
+    assert_eq!(code(&out), Some(0), "{}", show(&out));
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        text.starts_with("Subject: We have received your enquiry"),
+        "{text}"
+    );
+    assert!(text.contains("----- text -----") && text.contains("----- html -----"));
+    assert!(text.contains("<html"), "{text}");
+
+    // Another sample of the same email differs; one it does not have is a usage error.
+    let first = preview(&["session_reminder"]).output().unwrap();
+    let second = preview(&["session_reminder", "--sample", "2"])
+        .output()
+        .unwrap();
+    assert_eq!(code(&second), Some(0), "{}", show(&second));
+    assert_ne!(first.stdout, second.stdout);
+    let out = preview(&["session_reminder", "--sample", "99"])
+        .output()
+        .unwrap();
+    assert_eq!(code(&out), Some(2), "{}", show(&out));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("sample(s)"));
+    let out = preview(&["enquiry_ack", "--sample", "1", "--data", "x.json"])
+        .output()
+        .unwrap();
+    assert_eq!(code(&out), Some(2), "--sample and --data together");
+
+    // Every email has one: the newsletter, to a directory.
+    let dir = tempfile::tempdir().unwrap();
+    let out = preview(&["newsletter", "--out"])
+        .arg(dir.path())
+        .output()
+        .unwrap();
+    assert_eq!(code(&out), Some(0), "{}", show(&out));
+    for f in ["subject.txt", "body.txt", "body.html"] {
+        assert!(!std::fs::read_to_string(dir.path().join(f))
+            .unwrap()
+            .is_empty());
+    }
+}
+
+#[test]
+fn preview_open_uses_xdg_open_when_there_is_one() {
+    use std::os::unix::fs::PermissionsExt;
+    let bin = tempfile::tempdir().unwrap();
+    let opened = bin.path().join("opened");
+    let script = bin.path().join("xdg-open");
+    std::fs::write(
+        &script,
+        format!("#!/bin/sh\necho \"$1\" > '{}'\n", opened.display()),
+    )
+    .unwrap();
+    std::fs::set_permissions(&script, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let out_dir = bin.path().join("out");
+    let out = preview(&["registration_confirmation", "--open", "--out"])
+        .arg(&out_dir)
+        .env("PATH", format!("{}:/usr/bin:/bin", bin.path().display()))
+        .output()
+        .unwrap();
+    assert_eq!(code(&out), Some(0), "{}", show(&out));
+    let path = std::fs::read_to_string(&opened).unwrap();
+    assert_eq!(path.trim(), out_dir.join("body.html").display().to_string());
+
+    // Without one: a message, the preview all the same, exit 0.
+    let empty = tempfile::tempdir().unwrap();
+    let out = preview(&["registration_confirmation", "--open"])
+        .env("PATH", empty.path())
+        .output()
+        .unwrap();
+    assert_eq!(code(&out), Some(0), "{}", show(&out));
+    assert!(String::from_utf8_lossy(&out.stdout).starts_with("Subject: You are registered"));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("xdg-open not found"),
+        "{}",
+        show(&out)
+    );
+}
+
+// ---------------------------------------------------------------------------------------------
+// send-test: one sample through the configured relay.
+
+#[test]
+fn send_test_sends_one_sample_through_the_relay() {
+    let smtp = crate::helpers::SmtpServer::start_new();
+    let send_test = |args: &[&str], relay: &str| {
+        binary()
+            .current_dir(manifest_dir())
+            .arg("send-test")
+            .args(args)
+            .env_remove("RPEC_CONFIG_DIR")
+            .env_remove("RPEC_TEMPLATES_DIR")
+            .env("RPEC_SMTP_URL", relay)
+            .output()
+            .unwrap()
+    };
+    let out = send_test(
+        &["enquiry_ack", "--to", "relay-check@example.org"],
+        &smtp.url(),
+    );
+    assert_eq!(code(&out), Some(0), "{}", show(&out));
+    let received = smtp.received();
+    assert_eq!(received.len(), 1);
+    assert!(received[0]
+        .subject()
+        .starts_with("We have received your enquiry"));
+    assert!(received[0]
+        .raw_headers()
+        .contains("relay-check@example.org"));
+
+    let out = send_test(
+        &[
+            "session_reminder",
+            "--sample",
+            "2",
+            "--to",
+            "relay-check@example.org",
+        ],
+        &smtp.url(),
+    );
+    assert_eq!(code(&out), Some(0), "{}", show(&out));
+    assert_eq!(smtp.received().len(), 2);
+
+    // Not an address: 2; nobody listening: 3.
+    let out = send_test(&["enquiry_ack", "--to", "nobody"], &smtp.url());
+    assert_eq!(code(&out), Some(2), "{}", show(&out));
+    let closed = format!("smtp://127.0.0.1:{}", closed_port());
+    let out = send_test(&["enquiry_ack", "--to", "relay-check@example.org"], &closed);
+    assert_eq!(code(&out), Some(3), "{}", show(&out));
+    assert_eq!(smtp.received().len(), 2);
+}

@@ -13,6 +13,7 @@ mod delivery;
 mod digest;
 mod dkim;
 mod erasure;
+mod example;
 mod fan_out;
 mod helpers;
 mod hostile;

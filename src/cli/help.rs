@@ -1,0 +1,112 @@
+//! The examples at the end of each command's `--help` (clap's `after_help`).
+
+pub const RUN: &str = "\
+Examples:
+  DATABASE_URL=postgres://postgres@127.0.0.1:5432/rpec rpec-notify run
+  RPEC_CONFIG_DIR=/etc/rpec-notify RPEC_PROFILE=production rpec-notify run";
+
+pub const MIGRATE: &str = "\
+Examples:
+  DATABASE_URL=postgres://postgres@127.0.0.1:5432/rpec rpec-notify migrate";
+
+pub const CHECK: &str = "\
+Examples:
+  rpec-notify check
+  RPEC_CONFIG_DIR=/etc/rpec-notify RPEC_TEMPLATES_DIR=/usr/share/rpec-notify/templates rpec-notify check
+
+Exits 1 when it finds a problem (each is printed with its place), 0 otherwise.";
+
+pub const PUBLISH: &str = "\
+Examples:
+  rpec-notify publish examples/events/contact-complex-case.json
+  rpec-notify publish var/example/[1-4]-*.json";
+
+pub const VALIDATE: &str = "\
+Examples:
+  rpec-notify validate examples/events/*.json
+  rpec-notify validate --json incoming.json";
+
+pub const EXAMPLE: &str = "\
+Examples:
+  rpec-notify example --future                 # writes var/example/1-session-scheduled.json, ...
+  rpec-notify example --future --lead 10 --out /tmp/rpec-example
+  rpec-notify publish var/example/[1-4]-*.json  # with `make run` going, within --lead minutes";
+
+pub const SCHEDULE: &str = "\
+Examples:
+  rpec-notify schedule
+  rpec-notify schedule --region north-west --count 10";
+
+pub const PREVIEW: &str = "\
+Examples:
+  rpec-notify preview enquiry_ack                           # its first sample, to stdout
+  rpec-notify preview session_reminder --sample 2           # another of its samples
+  rpec-notify preview newsletter --data context.json --out /tmp/newsletter
+  rpec-notify preview registration_confirmation --open      # the HTML in a browser";
+
+pub const SEND_TEST: &str = "\
+Examples:
+  rpec-notify send-test enquiry_ack --to me@example.org
+  RPEC_SMTP_URL=smtp://relay.example.org:587?tls=required rpec-notify send-test newsletter --to me@example.org
+  rpec-notify send-test session_reminder --sample 2 --to me@example.org";
+
+pub const COMPLETIONS: &str = "\
+Examples:
+  rpec-notify completions bash > /etc/bash_completion.d/rpec-notify
+  rpec-notify completions zsh > \"${fpath[1]}/_rpec-notify\"
+  rpec-notify completions fish > ~/.config/fish/completions/rpec-notify.fish";
+
+pub const OUTBOX: &str = "\
+Examples:
+  rpec-notify outbox status
+  rpec-notify outbox list --status failed --kind enquiry --json
+  rpec-notify outbox retry 812 813
+  rpec-notify outbox retry --all-failed";
+
+pub const OUTBOX_STATUS: &str = "\
+Examples:
+  rpec-notify outbox status
+  rpec-notify outbox status --json";
+
+pub const OUTBOX_LIST: &str = "\
+Examples:
+  rpec-notify outbox list
+  rpec-notify outbox list --status pending --kind newsletter --limit 10";
+
+pub const OUTBOX_RETRY: &str = "\
+Examples:
+  rpec-notify outbox retry 812 813
+  rpec-notify outbox retry --all-failed";
+
+pub const DEAD_LETTERS: &str = "\
+Examples:
+  rpec-notify dead-letters list
+  rpec-notify dead-letters replay 5d2e7f10-1c2b-4d3e-8f4a-6b7c8d9e0f01
+  rpec-notify dead-letters purge --email jo.bloggs@school.example.org";
+
+pub const DEAD_LETTERS_LIST: &str = "\
+Examples:
+  rpec-notify dead-letters list
+  rpec-notify dead-letters list --json";
+
+pub const DEAD_LETTERS_REPLAY: &str = "\
+Examples:
+  rpec-notify dead-letters replay 5d2e7f10-1c2b-4d3e-8f4a-6b7c8d9e0f01
+  rpec-notify dead-letters replay --all";
+
+pub const DEAD_LETTERS_PURGE: &str = "\
+Examples:
+  rpec-notify dead-letters purge
+  rpec-notify dead-letters purge --email jo.bloggs@school.example.org";
+
+pub const ENQUIRIES: &str = "\
+Examples:
+  rpec-notify enquiries open
+  rpec-notify enquiries open --region north-west --json";
+
+pub const ENQUIRIES_OPEN: &str = ENQUIRIES;
+
+/// A command's examples, then the exit-code table (its `--help`; `-h` shows the examples only).
+pub fn with_table(examples: &str) -> String {
+    format!("{examples}\n\n{}", super::exit::TABLE)
+}

@@ -1,0 +1,6 @@
+//! The command line's own parts, beside the commands in `main.rs`: the exit-code table and
+//! the examples each command's `--help` shows, and `send-test`.
+
+pub mod exit;
+pub mod help;
+pub mod send_test;

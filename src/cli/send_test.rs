@@ -38,20 +38,26 @@ pub async fn send_test(template: &str, sample: usize, to: &str) -> ExitCode {
         auto_submitted: true,
         headers: &headers,
     };
-    let email = match message::build(&draft, &settings.transactional_from, &rendered, &[], None) {
+    let email = match message::build(
+        &draft,
+        &settings.mail.transactional_from,
+        &rendered,
+        &[],
+        None,
+    ) {
         Ok(m) => m,
         Err(e) => return exit::usage(format!("the message: {e}")),
     };
     let relay = match Relay::new(
-        settings.smtp_url(),
+        settings.mail.smtp_url(),
         1,
-        settings.send_timeout,
-        settings.smtp_ca_file.as_deref(),
+        settings.mail.send_timeout,
+        settings.mail.smtp_ca_file.as_deref(),
     ) {
         Ok(r) => r,
         Err(e) => return exit::usage(format!("RPEC_SMTP_URL: {e:#}")),
     };
-    match relay.send(email, settings.send_timeout).await {
+    match relay.send(email, settings.mail.send_timeout).await {
         Ok(()) => {
             println!("sent {template} (sample {sample}) to {to}");
             ExitCode::SUCCESS

@@ -232,6 +232,10 @@ impl Templates {
                 "name": "Regional Prevent education coordinators",
                 "organisation": "Department for Education",
                 "public_url": public_url,
+                // The page's "coordinator contact form", which pages link to. The website is
+                // what RPEC_PUBLIC_URL names (the worker's pages are served under it), and no
+                // setting names the form itself, so the link is the site's home page.
+                "contact_form_url": public_url,
             }),
         })
     }

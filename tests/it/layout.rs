@@ -290,3 +290,159 @@ async fn every_email_and_page_fits_at_320_and_800_pixels_wide() {
         failures.join("\n")
     );
 }
+
+fn templates() -> Templates {
+    Templates::load(
+        &manifest_dir().join("templates"),
+        "https://rpec.example.org",
+    )
+    .expect("the templates load")
+}
+
+/// What the layout promises every client, in every email's HTML.
+#[test]
+fn every_email_is_laid_out_on_tables_for_every_client() {
+    let templates = templates();
+    for (name, context) in rpec_notify::handle::samples() {
+        let html = templates.render(name, &context).unwrap().html;
+        for mark in [
+            "<html lang=\"en-GB\"",
+            "<meta name=\"color-scheme\" content=\"light dark\">",
+            "<meta name=\"supported-color-schemes\" content=\"light dark\">",
+            "<!--[if (gte mso 9)|(IE)]><table role=\"presentation\" width=\"580\"",
+            "<!--[if (gte mso 9)|(IE)]></td></tr></table><![endif]-->",
+            "@media (prefers-color-scheme: dark)",
+            "@media only screen and (max-width: 480px)",
+        ] {
+            assert!(html.contains(mark), "{name}: no {mark}");
+        }
+        // The content table: full width up to 580px (css-inline orders its attributes).
+        let container = html
+            .split("<table ")
+            .find(|t| t.starts_with("class=\"container\""))
+            .and_then(|t| t.split('>').next())
+            .unwrap_or_else(|| panic!("{name}: no content table"));
+        for attribute in [
+            "role=\"presentation\"",
+            "width=\"100%\"",
+            "max-width: 580px",
+        ] {
+            assert!(container.contains(attribute), "{name}: {container}");
+        }
+        // Data tables are not presentation, and their headers are header cells.
+        assert!(
+            !html.contains("<td><strong>"),
+            "{name}: a header in a data cell"
+        );
+        for box_class in ["inset", "warning", "urgent", "message"] {
+            assert!(
+                !html.contains(&format!("<div class=\"{box_class}")),
+                "{name}: a {box_class} box in a div, not a table"
+            );
+        }
+    }
+    let briefing = rpec_notify::handle::samples()
+        .into_iter()
+        .find(|(n, c)| *n == "coordinator_briefing" && c["count"] == 1)
+        .unwrap();
+    let html = templates.render(briefing.0, &briefing.1).unwrap().html;
+    assert!(html.contains(">Email</th>"), "{html}");
+    assert!(html.contains("<th scope=\"col\""), "{html}");
+}
+
+#[test]
+fn the_acknowledgement_says_when_to_expect_a_reply_urgent_or_not() {
+    let templates = templates();
+    let acks: Vec<_> = rpec_notify::handle::samples()
+        .into_iter()
+        .filter(|(n, _)| *n == "enquiry_ack")
+        .map(|(n, c)| (c.clone(), templates.render(n, &c).unwrap()))
+        .collect();
+    let urgent = acks
+        .iter()
+        .find(|(c, _)| c["urgent"] == true && c["expect_reply_by"].is_string())
+        .expect("an urgent sample with a deadline");
+    let by = urgent.0["expect_reply_by"].as_str().unwrap();
+    for part in [&urgent.1.text, &urgent.1.html] {
+        assert!(part.contains("Enquiries about complex cases are dealt with first."));
+        assert!(part.contains(&format!("A coordinator should contact you by {by}.")));
+        assert!(part.contains("do not wait for a reply: call 999 now"));
+    }
+    let other = acks
+        .iter()
+        .find(|(c, _)| c["urgent"] == false && c["expect_reply_by"].is_string())
+        .expect("another sample with a deadline");
+    let by = other.0["expect_reply_by"].as_str().unwrap();
+    for part in [&other.1.text, &other.1.html] {
+        assert!(part.contains(&format!("You should hear from a coordinator by {by}.")));
+        assert!(part.contains("Monday to Friday, except on bank holidays"));
+        assert!(!part.contains("dealt with first"));
+    }
+    // Queued before claiming: no deadline, no promise.
+    let old = acks
+        .iter()
+        .find(|(c, _)| c["expect_reply_by"].is_null())
+        .expect("a sample without a deadline");
+    assert!(!old.1.text.contains("hear from a coordinator by"));
+}
+
+#[test]
+fn the_digest_greets_as_the_newsletter_does_and_says_what_unsubscribing_stops() {
+    let templates = templates();
+    for (name, context) in rpec_notify::handle::samples() {
+        if !matches!(name, "weekly_digest" | "newsletter") {
+            continue;
+        }
+        let r = templates.render(name, &context).unwrap();
+        let greeting = match context["name"].as_str() {
+            Some(n) => format!("Dear {n},"),
+            None => "Hello,".to_owned(),
+        };
+        assert!(r.text.contains(&greeting), "{name}: {}", r.text);
+        assert!(r.html.contains(&format!(">{greeting}</p>")), "{name}");
+        assert!(!r.text.contains("subscriber,"), "{name}");
+    }
+    let (name, context) = rpec_notify::handle::samples()
+        .into_iter()
+        .find(|(n, _)| *n == "weekly_digest")
+        .unwrap();
+    let r = templates.render(name, &context).unwrap();
+    assert!(r.text.contains(
+        "To unsubscribe from the North-West newsletter and these emails, open this link: http"
+    ));
+    assert!(r
+        .html
+        .contains(">Unsubscribe from the North-West newsletter and these emails</a>"));
+}
+
+#[test]
+fn the_unsubscribe_pages_say_what_the_button_will_do_and_then_that_it_did() {
+    let templates = templates();
+    let page = |name: &str, already: bool| {
+        let (_, context) = rpec_notify::http::page_samples()
+            .into_iter()
+            .find(|(n, c)| *n == name && c["already"] == already && c["region_name"].is_string())
+            .unwrap_or_else(|| panic!("no {name} sample"));
+        templates.render_page(name, &context).unwrap()
+    };
+    let before = page("unsubscribe", false);
+    assert!(before.contains("If you unsubscribe, you will stop receiving the North-West regional Prevent newsletter by email, and the weekly emails about new training sessions in North-West."), "{before}");
+    assert!(!before.contains("You will no longer receive"), "{before}");
+    let after = page("unsubscribed", false);
+    assert!(after.contains("You have been unsubscribed from the North-West regional Prevent newsletter. You will no longer receive it, or the weekly emails about new training sessions in North-West."), "{after}");
+    // The contact form is a link, to the public site.
+    assert!(
+        after.contains("<a href=\"https://rpec.example.org\">coordinator contact form</a>"),
+        "{after}"
+    );
+    for (name, context) in rpec_notify::http::page_samples() {
+        let html = templates.render_page(name, &context).unwrap();
+        assert!(html.contains("<html lang=\"en-GB\">"), "{name}");
+        if html.contains("contact form") {
+            assert!(
+                html.contains("coordinator contact form</a>"),
+                "{name}: {html}"
+            );
+        }
+    }
+}

@@ -279,6 +279,36 @@ async fn every_email_and_page_fits_at_320_and_800_pixels_wide() {
             std::fs::write(dir.join(format!("{name}-{width}.png")), png).unwrap();
         }
     }
+    // Dark mode, for the emails (the pages are GOV.UK's light pages): the kept style block
+    // turns the content dark and its text light; a screenshot of each at 800 pixels.
+    browser
+        .devtools(
+            "Emulation.setEmulatedMedia",
+            json!({"features": [{"name": "prefers-color-scheme", "value": "dark"}]}),
+        )
+        .await;
+    for (name, path) in files.iter().filter(|(n, _)| !n.starts_with("page-")) {
+        browser.open(&format!("file://{}", path.display())).await;
+        let colours = browser
+            .execute(
+                "const s = getComputedStyle(document.querySelector('td.content'));
+                 return [s.color, s.backgroundColor];",
+            )
+            .await;
+        if colours != json!(["rgb(243, 242, 241)", "rgb(29, 30, 31)"]) {
+            failures.push(format!("{name} in dark mode: content colours {colours}"));
+        }
+        let shot = browser
+            .devtools(
+                "Page.captureScreenshot",
+                json!({"format": "png", "captureBeyondViewport": true}),
+            )
+            .await;
+        let png = base64::engine::general_purpose::STANDARD
+            .decode(shot["data"].as_str().unwrap_or_default())
+            .unwrap_or_else(|e| panic!("{name}: the screenshot: {e}"));
+        std::fs::write(dir.join(format!("{name}-800-dark.png")), png).unwrap();
+    }
     browser.close().await;
     drop(driver);
     assert!(

@@ -371,6 +371,16 @@ fn every_email_is_laid_out_on_tables_for_every_client() {
             );
         }
     }
+    // An enquiry's lines are broken with <br>, which Outlook keeps (it drops pre-wrap).
+    let (name, context) = rpec_notify::handle::samples()
+        .into_iter()
+        .find(|(n, _)| *n == "enquiry_coordinator")
+        .unwrap();
+    let html = templates.render(name, &context).unwrap().html;
+    assert!(
+        html.contains("We would like advice on a learner.<br>The DSL has spoken to the family."),
+        "{html}"
+    );
     let briefing = rpec_notify::handle::samples()
         .into_iter()
         .find(|(n, c)| *n == "coordinator_briefing" && c["count"] == 1)

@@ -191,9 +191,11 @@ impl Templates {
         files.sort();
         let mut html = Handlebars::new();
         html.set_strict_mode(true);
+        html.register_helper("lines", Box::new(html_lines));
         let mut text = Handlebars::new();
         text.set_strict_mode(true);
         text.register_escape_fn(handlebars::no_escape);
+        text.register_helper("lines", Box::new(text_lines));
         let mut problems = Vec::new();
         for file in files {
             let name = file
@@ -232,6 +234,10 @@ impl Templates {
                 "name": "Regional Prevent education coordinators",
                 "organisation": "Department for Education",
                 "public_url": public_url,
+                // The page's "coordinator contact form", which pages link to. The website is
+                // what RPEC_PUBLIC_URL names (the worker's pages are served under it), and no
+                // setting names the form itself, so the link is the site's home page.
+                "contact_form_url": public_url,
             }),
         })
     }
@@ -365,6 +371,44 @@ impl Templates {
             .collect();
         names.sort();
         names
+    }
+}
+
+/// `{{lines value}}` in HTML: the value escaped, each line break a `<br>`. Outlook on Windows
+/// ignores `white-space: pre-wrap`, and an enquiry's paragraphs would run together.
+fn html_lines(
+    h: &handlebars::Helper<'_>,
+    _: &Handlebars<'_>,
+    _: &handlebars::Context,
+    _: &mut handlebars::RenderContext<'_, '_>,
+    out: &mut dyn handlebars::Output,
+) -> handlebars::HelperResult {
+    let lines: Vec<String> = lines_param(h)?
+        .split('\n')
+        .map(|line| handlebars::html_escape(line.trim_end_matches('\r')))
+        .collect();
+    out.write(&lines.join("<br>"))?;
+    Ok(())
+}
+
+/// `{{lines value}}` in plain text: the value as it is.
+fn text_lines(
+    h: &handlebars::Helper<'_>,
+    _: &Handlebars<'_>,
+    _: &handlebars::Context,
+    _: &mut handlebars::RenderContext<'_, '_>,
+    out: &mut dyn handlebars::Output,
+) -> handlebars::HelperResult {
+    out.write(lines_param(h)?)?;
+    Ok(())
+}
+
+/// The value `lines` was given; strict as the templates are: a missing one is an error (null
+/// is nothing).
+fn lines_param<'a>(h: &'a handlebars::Helper<'_>) -> Result<&'a str, handlebars::RenderError> {
+    match h.param(0) {
+        Some(p) if !p.is_value_missing() => Ok(p.value().as_str().unwrap_or_default()),
+        _ => Err(handlebars::RenderErrorReason::ParamNotFoundForIndex("lines", 0).into()),
     }
 }
 
@@ -505,6 +549,24 @@ mod tests {
         assert_eq!(made.get(), 1 + SHELLS_KEPT);
         shells.get_or_make("a", make).unwrap();
         assert_eq!(made.get(), 2 + SHELLS_KEPT, "the oldest was let go");
+    }
+
+    #[test]
+    fn lines_are_escaped_and_broken_in_html_and_kept_in_text() {
+        let dir = sample_dir();
+        write(dir.path(), "note/subject.hbs", "Note");
+        write(dir.path(), "note/text.hbs", "{{lines body}}");
+        write(dir.path(), "note/html.hbs", "<p>{{lines body}}</p>");
+        let t = Templates::load(dir.path(), "http://x").unwrap();
+        let body = "First <b>line</b>\r\nSecond & last\n";
+        let r = t.render("note", &json!({ "body": body })).unwrap();
+        assert_eq!(
+            r.html,
+            "<html><head></head><body><p>First &lt;b&gt;line&lt;/b&gt;<br>Second &amp; last<br></p></body></html>"
+        );
+        assert_eq!(r.text, "First <b>line</b>\nSecond & last\n");
+        // Strict: a missing value is still an error.
+        assert!(t.render("note", &json!({})).is_err());
     }
 
     #[test]

@@ -23,7 +23,7 @@ fn on_path(program: &str) -> Option<std::path::PathBuf> {
 }
 
 /// chromedriver on a free local port; stopped when dropped.
-struct Chromedriver {
+pub(crate) struct Chromedriver {
     child: Child,
     port: u16,
     base: String,
@@ -56,7 +56,7 @@ fn blocking_get(port: u16, path: &str) -> std::io::Result<()> {
 }
 
 impl Chromedriver {
-    async fn start() -> Chromedriver {
+    pub(crate) async fn start() -> Chromedriver {
         let program = on_path("chromedriver")
             .expect("chromedriver is not installed: run scripts/setup.sh --with-chromium");
         let port = std::net::TcpListener::bind("127.0.0.1:0")
@@ -107,7 +107,7 @@ impl Chromedriver {
     }
 
     /// A headless Chromium with a fresh profile, no network but this machine's.
-    async fn session(&self, profile: &std::path::Path) -> Browser<'_> {
+    pub(crate) async fn session(&self, profile: &std::path::Path) -> Browser<'_> {
         let chromium = on_path("chromium")
             .or_else(|| on_path("chromium-browser"))
             .expect("chromium is not installed: run scripts/setup.sh --with-chromium");
@@ -139,7 +139,7 @@ impl Chromedriver {
     }
 }
 
-struct Browser<'a> {
+pub(crate) struct Browser<'a> {
     driver: &'a Chromedriver,
     id: String,
 }
@@ -151,9 +151,29 @@ impl Browser<'_> {
             .await
     }
 
-    async fn open(&self, url: &str) {
+    pub(crate) async fn open(&self, url: &str) {
         self.call(reqwest::Method::POST, "/url", Some(json!({"url": url})))
             .await;
+    }
+
+    /// Runs `script` (a function body) in the page and returns what it returns.
+    pub(crate) async fn execute(&self, script: &str) -> Value {
+        self.call(
+            reqwest::Method::POST,
+            "/execute/sync",
+            Some(json!({"script": script, "args": []})),
+        )
+        .await
+    }
+
+    /// A Chrome DevTools Protocol command, through chromedriver.
+    pub(crate) async fn devtools(&self, cmd: &str, params: Value) -> Value {
+        self.call(
+            reqwest::Method::POST,
+            "/goog/cdp/execute",
+            Some(json!({"cmd": cmd, "params": params})),
+        )
+        .await
     }
 
     async fn title(&self) -> String {
@@ -237,7 +257,7 @@ impl Browser<'_> {
         text["value"].as_str().map(str::to_owned)
     }
 
-    async fn close(self) {
+    pub(crate) async fn close(self) {
         self.call(reqwest::Method::DELETE, "", None).await;
     }
 }

@@ -74,7 +74,7 @@ async fn a_complex_case_on_friday_afternoon_escalates_on_monday_morning_across_t
     let ack = to(&mails, "s.okafor@school.example.org");
     assert!(
         ack.text()
-            .contains("You should hear from a coordinator by Monday 31 March 2025, 9:30am."),
+            .contains("A coordinator should contact you by Monday 31 March 2025, 9:30am."),
         "{}",
         ack.text()
     );

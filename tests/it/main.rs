@@ -18,6 +18,7 @@ mod fan_out;
 mod helpers;
 mod hostile;
 mod jobs;
+mod layout;
 mod newsletter;
 mod ops;
 mod outbox;

@@ -21,6 +21,13 @@ async fn metrics_and_readiness_are_on_the_admin_listener_only() {
             .status()
             .as_u16()
     };
+    // Ready comes a moment after healthy: once the consumer consumes and the relay answers.
+    eventually(
+        Duration::from_secs(20),
+        "the worker to be ready",
+        || async { (on(app.admin, "/readyz").await == 200).then_some(()) },
+    )
+    .await;
     for path in ["/metrics", "/readyz", "/healthz"] {
         assert_eq!(on(app.http, path).await, 404, "{path} is not public");
         assert_eq!(

@@ -955,7 +955,16 @@ impl Settings {
         };
         let (figment, profile, config_dir) = layers(&var, &env)?;
         let raw: RawSettings = figment.extract_lossy().map_err(figment_problems)?;
-        Self::from_raw(raw, profile, config_dir, &var, file_problems)
+        // A problem with a value names the layer it came from: a file, or the variable; a
+        // default (or a whole table) is named after rpec.toml, where it would be changed.
+        let base = config_dir.join("rpec.toml").display().to_string();
+        let place_of = |key: &str| match figment.find_metadata(key).and_then(|m| m.source.as_ref())
+        {
+            Some(figment::Source::File(path)) => path.display().to_string(),
+            Some(figment::Source::Custom(name)) => name.clone(),
+            _ => base.clone(),
+        };
+        Self::from_raw(raw, profile, config_dir, &var, &place_of, file_problems)
     }
 
     fn from_raw(
@@ -963,10 +972,10 @@ impl Settings {
         profile: Profile,
         config_dir: PathBuf,
         var: &dyn Fn(&str) -> Option<String>,
+        place_of: &dyn Fn(&str) -> String,
         mut problems: Vec<Problem>,
     ) -> Result<Settings, Vec<Problem>> {
-        let file = config_dir.join("rpec.toml").display().to_string();
-        let at = |key: &str| format!("{file}: {key}");
+        let at = |key: &str| format!("{}: {key}", place_of(key));
 
         if let Some(message) = lease_problem(&raw.mail) {
             problems.push(Problem::new(at("mail.lease_secs"), message));
@@ -1403,6 +1412,19 @@ mod tests {
             dir.path().join("production.toml").display()
         );
         assert!(problems.iter().any(|p| p.place == place), "{problems:?}");
+        // So does a value of the right type that breaks a rule.
+        std::fs::write(
+            dir.path().join("production.toml"),
+            "[mail]\nconcurrency = 0\n",
+        )
+        .unwrap();
+        let problems = Settings::load_from(&e).unwrap_err();
+        assert!(
+            problems
+                .iter()
+                .any(|p| p.place == place && p.message == "must be greater than 0"),
+            "{problems:?}"
+        );
         // A syntax error names the line.
         std::fs::write(
             dir.path().join("production.toml"),

@@ -736,7 +736,19 @@ pub fn keys() -> Vec<String> {
 struct EnvVar {
     name: String,
     key: String,
-    value: String,
+    value: figment::value::Value,
+}
+
+/// A variable's text as the value its key holds: a number or a boolean where the default is
+/// one (and the text reads as one), otherwise the text itself, so that `RPEC_AMQP__QUEUE=10`
+/// is the queue "10" and `RPEC_MAIL__CONCURRENCY=many` a type error naming the variable.
+fn typed(key: &str, text: &str, defaults: &figment::value::Value) -> figment::value::Value {
+    use figment::value::Value;
+    let parsed: Value = text.parse().unwrap_or_else(|e| match e {});
+    match (defaults.find_ref(key), &parsed) {
+        (Some(Value::Num(..)), Value::Num(..)) | (Some(Value::Bool(..)), Value::Bool(..)) => parsed,
+        _ => Value::from(text.to_owned()),
+    }
 }
 
 impl figment::Provider for EnvVar {
@@ -748,7 +760,7 @@ impl figment::Provider for EnvVar {
     fn data(
         &self,
     ) -> Result<figment::value::Map<figment::Profile, figment::value::Dict>, figment::Error> {
-        let value = figment::util::nest(&self.key, self.value.clone().into());
+        let value = figment::util::nest(&self.key, self.value.clone());
         let dict = value.into_dict().unwrap_or_default();
         Ok(figment::Profile::Default.collect(dict))
     }
@@ -820,13 +832,15 @@ fn layers(
         .filter(|k| k.starts_with("RPEC_") && k.contains("__"))
         .collect();
     names.sort();
+    let defaults =
+        figment::value::Value::serialize(RawSettings::default()).expect("the defaults serialize");
     for name in names {
-        let Some(value) = var(name) else { continue };
+        let Some(text) = var(name) else { continue };
         let key = name["RPEC_".len()..].to_lowercase().replace("__", ".");
         figment = figment.merge(EnvVar {
             name: name.clone(),
+            value: typed(&key, &text, &defaults),
             key,
-            value,
         });
     }
     Ok((figment, profile, config_dir))
@@ -873,9 +887,7 @@ impl Settings {
                 .filter(|v| !v.is_empty())
         };
         let (figment, _, _) = layers(&var, &env)?;
-        figment
-            .extract_lossy::<RawSettings>()
-            .map_err(figment_problems)?;
+        figment.extract::<RawSettings>().map_err(figment_problems)?;
         let mut rows = Vec::new();
         for key in keys() {
             let alias = match key.as_str() {
@@ -954,7 +966,7 @@ impl Settings {
                 .filter(|v| !v.is_empty())
         };
         let (figment, profile, config_dir) = layers(&var, &env)?;
-        let raw: RawSettings = figment.extract_lossy().map_err(figment_problems)?;
+        let raw: RawSettings = figment.extract().map_err(figment_problems)?;
         // A problem with a value names the layer it came from: a file, or the variable; a
         // default (or a whole table) is named after rpec.toml, where it would be changed.
         let base = config_dir.join("rpec.toml").display().to_string();

@@ -775,6 +775,19 @@ fn source_name(metadata: Option<&figment::Metadata>) -> String {
     }
 }
 
+/// The line of `key` in the TOML file at `path`, where the file says (the layers keep no
+/// positions, so the file is read again for them).
+fn line_of(path: &Path, key: &[String]) -> Option<usize> {
+    let text = std::fs::read_to_string(path).ok()?;
+    let doc = toml_edit::ImDocument::parse(text.as_str()).ok()?;
+    let mut item = doc.as_item();
+    for k in key {
+        item = item.get(k.as_str())?;
+    }
+    let start = item.span()?.start;
+    Some(text[..start].matches('\n').count() + 1)
+}
+
 fn figment_problems(e: figment::Error) -> Vec<Problem> {
     e.into_iter()
         .map(|e| {
@@ -784,7 +797,15 @@ fn figment_problems(e: figment::Error) -> Vec<Problem> {
             } else {
                 format!("{source}: {}", e.path.join("."))
             };
-            Problem::new(place, e.kind.to_string())
+            let line = match e.metadata.as_ref().and_then(|m| m.source.as_ref()) {
+                Some(figment::Source::File(path)) => line_of(path, &e.path),
+                _ => None,
+            };
+            let message = match line {
+                Some(line) => format!("{} (line {line})", e.kind),
+                None => e.kind.to_string(),
+            };
+            Problem::new(place, message)
         })
         .collect()
 }
@@ -1423,7 +1444,12 @@ mod tests {
             "{}: mail.concurrency",
             dir.path().join("production.toml").display()
         );
-        assert!(problems.iter().any(|p| p.place == place), "{problems:?}");
+        assert!(
+            problems
+                .iter()
+                .any(|p| p.place == place && p.message.ends_with("(line 2)")),
+            "{problems:?}"
+        );
         // So does a value of the right type that breaks a rule.
         std::fs::write(
             dir.path().join("production.toml"),

@@ -22,6 +22,10 @@ use std::process::ExitCode;
     after_help = exit::TABLE
 )]
 struct Cli {
+    /// Where rpec.toml, the profile file, regions.toml and the rest live (as RPEC_CONFIG_DIR,
+    /// which it overrides; default ./config).
+    #[arg(long, global = true, value_name = "DIR")]
+    config_dir: Option<PathBuf>,
     #[command(subcommand)]
     command: Command,
 }
@@ -146,6 +150,12 @@ enum Command {
         #[command(subcommand)]
         command: DeadLetterCommand,
     },
+    /// The effective settings.
+    #[command(after_help = help::CONFIG, after_long_help = help::with_table(help::CONFIG))]
+    Config {
+        #[command(subcommand)]
+        command: ConfigCommand,
+    },
     /// Enquiries and their claims.
     #[command(after_help = help::ENQUIRIES, after_long_help = help::with_table(help::ENQUIRIES))]
     Enquiries {
@@ -154,6 +164,18 @@ enum Command {
         json: bool,
         #[command(subcommand)]
         command: EnquiriesCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum ConfigCommand {
+    /// Every key with its effective value and where it came from (default, a file or an
+    /// environment variable); secrets are shown as (hidden).
+    #[command(after_help = help::CONFIG_SHOW, after_long_help = help::with_table(help::CONFIG_SHOW))]
+    Show {
+        /// Print one JSON document instead of a table.
+        #[arg(long)]
+        json: bool,
     },
 }
 
@@ -260,6 +282,10 @@ async fn main() -> ExitCode {
     #[cfg(feature = "failpoints")]
     let _faults = fail::FailScenario::setup();
     let cli = Cli::parse();
+    if let Some(dir) = &cli.config_dir {
+        // Before anything reads the settings; the runtime's threads have read nothing yet.
+        std::env::set_var("RPEC_CONFIG_DIR", dir);
+    }
     match cli.command {
         Command::Run => {
             let settings = match settings_with_database() {
@@ -342,6 +368,51 @@ async fn main() -> ExitCode {
         Command::Outbox { json, command } => outbox(command, json).await,
         Command::DeadLetters { json, command } => dead_letters(command, json).await,
         Command::Enquiries { json, command } => enquiries(command, json).await,
+        Command::Config {
+            command: ConfigCommand::Show { json },
+        } => config_show(json),
+    }
+}
+
+/// `config show`: 0 with the settings, 2 (with the problems) when they do not load.
+fn config_show(json: bool) -> ExitCode {
+    let env: std::collections::HashMap<String, String> = std::env::vars().collect();
+    let rows = match Settings::show_from(&env) {
+        Ok(rows) => rows,
+        Err(problems) => {
+            eprintln!("{}", rpec_notify::config::Problems(problems));
+            return ExitCode::from(exit::EXIT_USAGE);
+        }
+    };
+    use std::io::Write;
+    let mut out = std::io::stdout().lock();
+    let written = if json {
+        writeln!(
+            out,
+            "{}",
+            serde_json::to_string_pretty(&rows).expect("rows serialize")
+        )
+    } else {
+        let width = rows.iter().map(|r| r.key.len()).max().unwrap_or(0);
+        let value_width = rows
+            .iter()
+            .map(|r| r.value.chars().count())
+            .max()
+            .unwrap_or(0)
+            .min(60);
+        rows.iter().try_for_each(|r| {
+            writeln!(
+                out,
+                "{:width$}  {:value_width$}  ({})",
+                r.key, r.value, r.source
+            )
+        })
+    };
+    match written {
+        Ok(()) => ExitCode::SUCCESS,
+        // A reader that stopped early (| head): nothing more to say.
+        Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => ExitCode::SUCCESS,
+        Err(e) => fail(e.into()),
     }
 }
 

@@ -50,6 +50,18 @@ Examples:
   RPEC_SMTP_URL=smtp://relay.example.org:587?tls=required rpec-notify send-test newsletter --to me@example.org
   rpec-notify send-test session_reminder --sample 2 --to me@example.org";
 
+pub const CONFIG: &str = "\
+Examples:
+  rpec-notify config show
+  rpec-notify --config-dir /etc/rpec-notify config show --json";
+
+pub const CONFIG_SHOW: &str = "\
+Examples:
+  rpec-notify config show
+  RPEC_PROFILE=production rpec-notify --config-dir /etc/rpec-notify config show --json
+
+Exits 0 with the settings, 2 when they do not load (each problem is printed with its place).";
+
 pub const COMPLETIONS: &str = "\
 Examples:
   rpec-notify completions bash > /etc/bash_completion.d/rpec-notify

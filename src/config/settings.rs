@@ -5,7 +5,7 @@
 use super::Problem;
 use crate::mail::Sender;
 use secrecy::{ExposeSecret, SecretString};
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -138,7 +138,7 @@ pub struct RetentionSettings {
     pub sweep_interval: Duration,
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 struct RawSettings {
     /// Read from the table before the profile file is chosen; declared so it is not "unknown".
@@ -154,13 +154,13 @@ struct RawSettings {
     shutdown: RawShutdown,
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 struct RawSchedule {
     poll_interval_ms: u64,
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 struct RawDatabase {
     max_connections: u32,
@@ -168,7 +168,7 @@ struct RawDatabase {
     statement_timeout_secs: u64,
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 struct RawAmqp {
     url: String,
@@ -195,7 +195,7 @@ fn default_dead_letter_max_messages() -> u32 {
     100_000
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 struct RawRetryMs {
     max_attempts: u32,
@@ -203,7 +203,7 @@ struct RawRetryMs {
     max_ms: u64,
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 struct RawMail {
     smtp_url: String,
@@ -224,7 +224,7 @@ struct RawMail {
 
 /// `[mail.dkim]`: signing for both From addresses; `[mail.dkim.bulk]` changes any of it for
 /// the bulk one (a key and selector of its own, say). Empty strings mean "not set".
-#[derive(Deserialize, Default)]
+#[derive(Deserialize, Serialize, Default)]
 #[serde(deny_unknown_fields, default)]
 struct RawDkim {
     selector: String,
@@ -233,7 +233,7 @@ struct RawDkim {
     bulk: RawDkimBulk,
 }
 
-#[derive(Deserialize, Default)]
+#[derive(Deserialize, Serialize, Default)]
 #[serde(deny_unknown_fields, default)]
 struct RawDkimBulk {
     selector: String,
@@ -241,7 +241,7 @@ struct RawDkimBulk {
     private_key_file: String,
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 struct RawRetrySecs {
     max_attempts: u32,
@@ -249,7 +249,7 @@ struct RawRetrySecs {
     max_secs: f64,
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 struct RawHttp {
     addr: String,
@@ -299,7 +299,7 @@ pub struct HttpLimits {
     pub max_body_bytes: usize,
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 struct RawRetention {
     enquiry_days: u32,
@@ -366,7 +366,7 @@ pub fn redelivery_window(
     retries + unknown_session_wait + dead_letter_ttl
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 struct RawShutdown {
     grace_secs: u64,
@@ -592,24 +592,383 @@ fn token_keys(raw: &str, problems: &mut Vec<Problem>) -> Vec<SecretString> {
         .collect()
 }
 
-/// Lays `over` onto `base`, table by table.
-fn merge(base: &mut toml::Table, over: toml::Table) {
-    for (k, v) in over {
-        match (base.get_mut(&k), v) {
-            (Some(toml::Value::Table(b)), toml::Value::Table(o)) => merge(b, o),
-            (_, v) => {
-                base.insert(k, v);
-            }
-        }
-    }
-}
-
 fn read_table(path: &Path) -> Result<toml::Table, Problem> {
     let place = path.display().to_string();
     let text = std::fs::read_to_string(path)
         .map_err(|e| Problem::new(&place, format!("cannot be read: {e}")))?;
     text.parse::<toml::Table>()
         .map_err(|e| Problem::new(&place, e.to_string().trim().replace('\n', " ")))
+}
+
+/// The defaults, in code: a `config/rpec.toml` need only set what differs (the shipped file
+/// repeats every one of them, with what it means).
+impl Default for RawSettings {
+    fn default() -> Self {
+        RawSettings {
+            profile: "dev".into(),
+            templates_dir: "templates".into(),
+            database: RawDatabase {
+                max_connections: 10,
+                acquire_timeout_secs: 5,
+                statement_timeout_secs: 15,
+            },
+            amqp: RawAmqp {
+                url: "amqp://guest:guest@127.0.0.1:5672/%2f".into(),
+                exchange: "rpec.events".into(),
+                queue: "rpec-notify.events".into(),
+                prefetch: 16,
+                max_body_bytes: 262_144,
+                unknown_session_wait_secs: 600,
+                retry: RawRetryMs {
+                    max_attempts: 5,
+                    initial_ms: 2000,
+                    max_ms: 60_000,
+                },
+                delivery_limit: default_delivery_limit(),
+            },
+            mail: RawMail {
+                smtp_url: "file://./var/mail".into(),
+                tls_ca_file: String::new(),
+                transactional_from:
+                    "Regional Prevent education coordinators <rpec.notifications@example.org>"
+                        .into(),
+                bulk_from: "Regional Prevent education coordinators <rpec.newsletters@example.org>"
+                    .into(),
+                send_timeout_secs: 30,
+                pool_max_size: 10,
+                concurrency: 10,
+                batch_size: 256,
+                lease_secs: 300,
+                poll_interval_ms: 1000,
+                retry: RawRetrySecs {
+                    max_attempts: 15,
+                    initial_secs: 10.0,
+                    max_secs: 3600.0,
+                },
+                dkim: RawDkim::default(),
+            },
+            http: RawHttp {
+                addr: "127.0.0.1:8080".into(),
+                public_url: "http://127.0.0.1:8080".into(),
+                admin_addr: default_admin_addr(),
+                max_connections: default_max_connections(),
+                header_read_timeout_secs: default_header_read_timeout_secs(),
+                request_timeout_secs: default_request_timeout_secs(),
+                max_body_bytes: default_max_request_body_bytes(),
+            },
+            retention: RawRetention {
+                enquiry_days: 90,
+                outbox_days: 30,
+                registration_days: 30,
+                sweep_interval_secs: 300,
+                dead_letter_days: default_dead_letter_days(),
+                dead_letter_max_messages: default_dead_letter_max_messages(),
+                suppression_days: default_suppression_days(),
+                processed_event_days: default_processed_event_days(),
+                scheduled_email_days: default_scheduled_email_days(),
+                newsletter_delivery_days: default_newsletter_delivery_days(),
+                digest_run_days: default_digest_run_days(),
+                batch_size: default_retention_batch_size(),
+            },
+            schedule: RawSchedule {
+                poll_interval_ms: 1000,
+            },
+            shutdown: RawShutdown { grace_secs: 8 },
+        }
+    }
+}
+
+/// The environment variable that sets a key (`mail.concurrency`: `RPEC_MAIL__CONCURRENCY`).
+/// The two top-level keys have the names they always had.
+pub fn env_name(key: &str) -> String {
+    match key {
+        "profile" => "RPEC_PROFILE".into(),
+        "templates_dir" => "RPEC_TEMPLATES_DIR".into(),
+        _ => format!("RPEC_{}", key.replace('.', "__").to_uppercase()),
+    }
+}
+
+/// The older variables that set a key, laid over `RPEC_SECTION__KEY` (binding: CONTRACT.md).
+pub fn alias_of(key: &str) -> Option<&'static str> {
+    Some(match key {
+        "amqp.url" => "RPEC_AMQP_URL",
+        "amqp.exchange" => "RPEC_EXCHANGE",
+        "amqp.queue" => "RPEC_QUEUE",
+        "mail.smtp_url" => "RPEC_SMTP_URL",
+        "mail.tls_ca_file" => "RPEC_SMTP_CA_FILE",
+        "mail.dkim.selector" => "RPEC_DKIM_SELECTOR",
+        "mail.dkim.domain" => "RPEC_DKIM_DOMAIN",
+        "mail.dkim.private_key_file" => "RPEC_DKIM_PRIVATE_KEY_FILE",
+        "http.addr" => "RPEC_HTTP_ADDR",
+        "http.public_url" => "RPEC_PUBLIC_URL",
+        "http.admin_addr" => "RPEC_ADMIN_ADDR",
+        _ => return None,
+    })
+}
+
+/// Every settings key (`section.key`), in the order of the code's defaults: what the README's
+/// table and `config show` list.
+pub fn keys() -> Vec<String> {
+    fn walk(prefix: &str, value: &figment::value::Value, out: &mut Vec<String>) {
+        match value {
+            figment::value::Value::Dict(_, dict) => {
+                for (k, v) in dict {
+                    let key = if prefix.is_empty() {
+                        k.clone()
+                    } else {
+                        format!("{prefix}.{k}")
+                    };
+                    walk(&key, v, out);
+                }
+            }
+            _ => out.push(prefix.to_owned()),
+        }
+    }
+    let value =
+        figment::value::Value::serialize(RawSettings::default()).expect("the defaults serialize");
+    let mut out = Vec::new();
+    walk("", &value, &mut out);
+    out
+}
+
+/// One `RPEC_SECTION__KEY` variable, as a provider of its own so that an error or
+/// `config show` names the very variable.
+struct EnvVar {
+    name: String,
+    key: String,
+    value: figment::value::Value,
+}
+
+/// A variable's text as the value its key holds: a number or a boolean where the default is
+/// one (and the text reads as one), otherwise the text itself, so that `RPEC_AMQP__QUEUE=10`
+/// is the queue "10" and `RPEC_MAIL__CONCURRENCY=many` a type error naming the variable.
+fn typed(key: &str, text: &str, defaults: &figment::value::Value) -> figment::value::Value {
+    use figment::value::Value;
+    let parsed: Value = text.parse().unwrap_or_else(|e| match e {});
+    match (defaults.find_ref(key), &parsed) {
+        (Some(Value::Num(..)), Value::Num(..)) | (Some(Value::Bool(..)), Value::Bool(..)) => parsed,
+        _ => Value::from(text.to_owned()),
+    }
+}
+
+impl figment::Provider for EnvVar {
+    fn metadata(&self) -> figment::Metadata {
+        figment::Metadata::named("environment variable")
+            .source(figment::Source::Custom(self.name.clone()))
+    }
+
+    fn data(
+        &self,
+    ) -> Result<figment::value::Map<figment::Profile, figment::value::Dict>, figment::Error> {
+        let value = figment::util::nest(&self.key, self.value.clone());
+        let dict = value.into_dict().unwrap_or_default();
+        Ok(figment::Profile::Default.collect(dict))
+    }
+}
+
+/// The place a figment error came from: the file, the variable, or the defaults.
+fn source_name(metadata: Option<&figment::Metadata>) -> String {
+    match metadata.and_then(|m| m.source.as_ref()) {
+        Some(figment::Source::File(path)) => path.display().to_string(),
+        Some(figment::Source::Custom(name)) => name.clone(),
+        _ => "default".into(),
+    }
+}
+
+/// The line of `key` in the TOML file at `path`, where the file says (the layers keep no
+/// positions, so the file is read again for them).
+fn line_of(path: &Path, key: &[String]) -> Option<usize> {
+    let text = std::fs::read_to_string(path).ok()?;
+    let doc = toml_edit::ImDocument::parse(text.as_str()).ok()?;
+    let mut item = doc.as_item();
+    for k in key {
+        item = item.get(k.as_str())?;
+    }
+    let start = item.span()?.start;
+    Some(text[..start].matches('\n').count() + 1)
+}
+
+fn figment_problems(e: figment::Error) -> Vec<Problem> {
+    e.into_iter()
+        .map(|e| {
+            let source = source_name(e.metadata.as_ref());
+            let place = if e.path.is_empty() {
+                source
+            } else {
+                format!("{source}: {}", e.path.join("."))
+            };
+            let line = match e.metadata.as_ref().and_then(|m| m.source.as_ref()) {
+                Some(figment::Source::File(path)) => line_of(path, &e.path),
+                _ => None,
+            };
+            let message = match line {
+                Some(line) => format!("{} (line {line})", e.kind),
+                None => e.kind.to_string(),
+            };
+            Problem::new(place, message)
+        })
+        .collect()
+}
+
+/// The layers, lowest first: the defaults in code, `rpec.toml`, `<profile>.toml` when
+/// present, then every `RPEC_SECTION__KEY` variable. Returns the figment, the profile and the
+/// config directory; the older variables (`RPEC_SMTP_URL`, ...) are laid over it afterwards.
+fn layers(
+    var: &dyn Fn(&str) -> Option<String>,
+    env: &HashMap<String, String>,
+) -> Result<(figment::Figment, Profile, PathBuf), Vec<Problem>> {
+    use figment::providers::{Format, Serialized, Toml};
+    let config_dir = PathBuf::from(var("RPEC_CONFIG_DIR").unwrap_or_else(|| "config".into()));
+    let base_path = config_dir.join("rpec.toml");
+    // Read first for the messages they always had (the line of a syntax error, a missing file).
+    read_table(&base_path).map_err(|p| vec![p])?;
+    let mut figment = figment::Figment::from(Serialized::defaults(RawSettings::default()))
+        .merge(Toml::file_exact(&base_path));
+    let profile_name = var("RPEC_PROFILE").or_else(|| {
+        figment
+            .find_value("profile")
+            .ok()
+            .and_then(|v| v.into_string())
+    });
+    let profile = match profile_name.as_deref() {
+        Some("dev") | None => Profile::Dev,
+        Some("production") => Profile::Production,
+        Some(other) => {
+            return Err(vec![Problem::new(
+                "RPEC_PROFILE",
+                format!("{other:?} is not a profile (dev or production)"),
+            )])
+        }
+    };
+    let profile_file = config_dir.join(match profile {
+        Profile::Dev => "dev.toml",
+        Profile::Production => "production.toml",
+    });
+    if profile_file.exists() {
+        read_table(&profile_file).map_err(|p| vec![p])?;
+        figment = figment.merge(Toml::file_exact(&profile_file));
+    }
+    let mut names: Vec<&String> = env
+        .keys()
+        .filter(|k| k.starts_with("RPEC_") && k.contains("__"))
+        .collect();
+    names.sort();
+    let defaults =
+        figment::value::Value::serialize(RawSettings::default()).expect("the defaults serialize");
+    for name in names {
+        let Some(text) = var(name) else { continue };
+        let key = name["RPEC_".len()..].to_lowercase().replace("__", ".");
+        figment = figment.merge(EnvVar {
+            name: name.clone(),
+            value: typed(&key, &text, &defaults),
+            key,
+        });
+    }
+    Ok((figment, profile, config_dir))
+}
+
+/// Keys whose values are never shown.
+fn is_secret(key: &str) -> bool {
+    matches!(key, "amqp.url" | "mail.smtp_url")
+}
+
+/// One row of `config show`.
+#[derive(Debug, Clone, Serialize)]
+pub struct Shown {
+    pub key: String,
+    /// The environment variable that sets it.
+    pub env: String,
+    /// The effective value, or `(hidden)` for a secret.
+    pub value: String,
+    /// `default`, the file it came from, or the variable that set it.
+    pub source: String,
+}
+
+/// The text of a URL with its password (if any) replaced by `(hidden)`.
+fn hide_password(url: &str) -> String {
+    match url::Url::parse(url) {
+        Ok(mut u) if u.password().is_some() => {
+            let _ = u.set_password(Some("(hidden)"));
+            u.to_string()
+        }
+        Ok(_) => url.to_owned(),
+        Err(_) => "(hidden)".into(),
+    }
+}
+
+impl Settings {
+    /// `config show`: every key with its effective value and where it came from, secrets
+    /// hidden; then the settings only the environment holds (database URL, token keys, relay
+    /// password, DKIM key). Fails with the same problems `check` would list for the layers.
+    pub fn show_from(env: &HashMap<String, String>) -> Result<Vec<Shown>, Vec<Problem>> {
+        let (env, _) = with_secret_files(env);
+        let var = |k: &str| {
+            env.get(k)
+                .map(|v| v.trim().to_owned())
+                .filter(|v| !v.is_empty())
+        };
+        let (figment, _, _) = layers(&var, &env)?;
+        figment.extract::<RawSettings>().map_err(figment_problems)?;
+        let mut rows = Vec::new();
+        for key in keys() {
+            let alias = match key.as_str() {
+                "profile" => Some("RPEC_PROFILE"),
+                "templates_dir" => Some("RPEC_TEMPLATES_DIR"),
+                k => alias_of(k),
+            };
+            let (value, source) = match alias.and_then(|a| var(a).map(|v| (v, a))) {
+                Some((v, a)) => (v, a.to_owned()),
+                None => {
+                    let v = figment.find_value(&key).ok();
+                    let text = match v {
+                        Some(figment::value::Value::String(_, s)) => s,
+                        Some(other) => serde_json::to_string(&other).unwrap_or_default(),
+                        None => String::new(),
+                    };
+                    (text, source_name(figment.find_metadata(&key)))
+                }
+            };
+            let value = if is_secret(&key) {
+                hide_password(&value)
+            } else {
+                value
+            };
+            rows.push(Shown {
+                env: env_name(&key),
+                key,
+                value,
+                source,
+            });
+        }
+        let from_env_only = [
+            ("database.url", "DATABASE_URL"),
+            ("token_secret", "RPEC_TOKEN_SECRET"),
+            ("mail.smtp_password", "RPEC_SMTP_PASSWORD"),
+            ("mail.dkim.private_key", "RPEC_DKIM_PRIVATE_KEY"),
+        ];
+        for (key, name) in from_env_only {
+            let file_var = format!("{name}_FILE");
+            let source = if var(&file_var).is_some() {
+                file_var
+            } else if var(name).is_some() {
+                name.to_owned()
+            } else {
+                "not set".to_owned()
+            };
+            let value = match var(name) {
+                Some(v) if key == "database.url" => hide_password(&v),
+                Some(_) => "(hidden)".to_owned(),
+                None => String::new(),
+            };
+            rows.push(Shown {
+                key: key.to_owned(),
+                env: name.to_owned(),
+                value,
+                source,
+            });
+        }
+        Ok(rows)
+    }
 }
 
 impl Settings {
@@ -627,42 +986,18 @@ impl Settings {
                 .map(|v| v.trim().to_owned())
                 .filter(|v| !v.is_empty())
         };
-        let config_dir = PathBuf::from(var("RPEC_CONFIG_DIR").unwrap_or_else(|| "config".into()));
-        let base_path = config_dir.join("rpec.toml");
-        let mut table = read_table(&base_path).map_err(|p| vec![p])?;
-        let profile_name = var("RPEC_PROFILE").or_else(|| {
-            table
-                .get("profile")
-                .and_then(|v| v.as_str())
-                .map(str::to_owned)
-        });
-        let profile = match profile_name.as_deref() {
-            Some("dev") | None => Profile::Dev,
-            Some("production") => Profile::Production,
-            Some(other) => {
-                return Err(vec![Problem::new(
-                    "RPEC_PROFILE",
-                    format!("{other:?} is not a profile (dev or production)"),
-                )])
-            }
+        let (figment, profile, config_dir) = layers(&var, &env)?;
+        let raw: RawSettings = figment.extract().map_err(figment_problems)?;
+        // A problem with a value names the layer it came from: a file, or the variable; a
+        // default (or a whole table) is named after rpec.toml, where it would be changed.
+        let base = config_dir.join("rpec.toml").display().to_string();
+        let place_of = |key: &str| match figment.find_metadata(key).and_then(|m| m.source.as_ref())
+        {
+            Some(figment::Source::File(path)) => path.display().to_string(),
+            Some(figment::Source::Custom(name)) => name.clone(),
+            _ => base.clone(),
         };
-        let profile_file = config_dir.join(match profile {
-            Profile::Dev => "dev.toml",
-            Profile::Production => "production.toml",
-        });
-        if profile_file.exists() {
-            merge(&mut table, read_table(&profile_file).map_err(|p| vec![p])?);
-        }
-        let raw: RawSettings =
-            toml::Value::Table(table)
-                .try_into()
-                .map_err(|e: toml::de::Error| {
-                    vec![Problem::new(
-                        base_path.display().to_string(),
-                        e.to_string().trim().replace('\n', " "),
-                    )]
-                })?;
-        Self::from_raw(raw, profile, config_dir, &var, file_problems)
+        Self::from_raw(raw, profile, config_dir, &var, &place_of, file_problems)
     }
 
     fn from_raw(
@@ -670,10 +1005,10 @@ impl Settings {
         profile: Profile,
         config_dir: PathBuf,
         var: &dyn Fn(&str) -> Option<String>,
+        place_of: &dyn Fn(&str) -> String,
         mut problems: Vec<Problem>,
     ) -> Result<Settings, Vec<Problem>> {
-        let file = config_dir.join("rpec.toml").display().to_string();
-        let at = |key: &str| format!("{file}: {key}");
+        let at = |key: &str| format!("{}: {key}", place_of(key));
 
         if let Some(message) = lease_problem(&raw.mail) {
             problems.push(Problem::new(at("mail.lease_secs"), message));
@@ -1022,6 +1357,179 @@ mod tests {
             token.message.contains("production profile"),
             "production never hears of the dev key: {token}"
         );
+    }
+
+    /// A config directory whose rpec.toml holds only `rpec` (and a production.toml `prod`).
+    fn minimal_config(
+        rpec: &str,
+        prod: Option<&str>,
+    ) -> (tempfile::TempDir, HashMap<String, String>) {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("rpec.toml"), rpec).unwrap();
+        if let Some(prod) = prod {
+            std::fs::write(dir.path().join("production.toml"), prod).unwrap();
+        }
+        let mut e = env(&[("DATABASE_URL", "postgres://x@127.0.0.1/db")]);
+        e.insert("RPEC_CONFIG_DIR".into(), dir.path().display().to_string());
+        (dir, e)
+    }
+
+    #[test]
+    fn an_rpec_toml_with_one_key_loads_with_the_defaults_in_code() {
+        let (_dir, e) = minimal_config("[amqp]\nprefetch = 4\n", None);
+        let s = Settings::load_from(&e).unwrap();
+        assert_eq!(s.prefetch, 4);
+        assert_eq!(s.exchange, "rpec.events");
+        assert_eq!(s.mail.send_concurrency, 10);
+        assert_eq!(s.retention.processed_event_days, 45);
+        assert_eq!(s.http_addr.port(), 8080);
+    }
+
+    #[test]
+    fn the_shipped_rpec_toml_repeats_the_defaults_in_code() {
+        use figment::providers::{Format, Serialized, Toml};
+        let shipped: RawSettings =
+            figment::Figment::from(Serialized::defaults(RawSettings::default()))
+                .merge(Toml::file_exact(concat!(
+                    env!("CARGO_MANIFEST_DIR"),
+                    "/config/rpec.toml"
+                )))
+                .extract()
+                .unwrap();
+        assert_eq!(
+            figment::value::Value::serialize(&shipped).unwrap(),
+            figment::value::Value::serialize(RawSettings::default()).unwrap()
+        );
+    }
+
+    #[test]
+    fn every_key_is_settable_as_rpec_section_key() {
+        let (_dir, mut e) = minimal_config("", None);
+        e.insert("RPEC_MAIL__CONCURRENCY".into(), "20".into());
+        e.insert("RPEC_AMQP__RETRY__MAX_ATTEMPTS".into(), "7".into());
+        e.insert("RPEC_AMQP__QUEUE".into(), "10".into());
+        e.insert("RPEC_MAIL__RETRY__INITIAL_SECS".into(), "2.5".into());
+        let s = Settings::load_from(&e).unwrap();
+        assert_eq!(s.mail.send_concurrency, 20);
+        assert_eq!(s.consume_retry.max_attempts, 7);
+        assert_eq!(
+            s.queue, "10",
+            "a string that looks like a number stays a string"
+        );
+        assert_eq!(s.mail.send_retry.initial, Duration::from_millis(2500));
+        // The older names stay on top.
+        e.insert("RPEC_QUEUE".into(), "q2".into());
+        assert_eq!(Settings::load_from(&e).unwrap().queue, "q2");
+        // The variable beats the files, and names itself when it is wrong.
+        e.insert("RPEC_MAIL__CONCURRENCY".into(), "many".into());
+        let problems = Settings::load_from(&e).unwrap_err();
+        assert!(
+            problems
+                .iter()
+                .any(|p| p.place == "RPEC_MAIL__CONCURRENCY: mail.concurrency"),
+            "{problems:?}"
+        );
+        for key in keys() {
+            let name = env_name(&key);
+            assert!(name.starts_with("RPEC_"), "{name}");
+        }
+    }
+
+    #[test]
+    fn a_type_error_in_the_profile_file_names_that_file_and_the_key() {
+        let (dir, mut e) = minimal_config("", Some("[mail]\nconcurrency = \"lots\"\n"));
+        e.insert("RPEC_PROFILE".into(), "production".into());
+        let problems = Settings::load_from(&e).unwrap_err();
+        let place = format!(
+            "{}: mail.concurrency",
+            dir.path().join("production.toml").display()
+        );
+        assert!(
+            problems
+                .iter()
+                .any(|p| p.place == place && p.message.ends_with("(line 2)")),
+            "{problems:?}"
+        );
+        // So does a value of the right type that breaks a rule.
+        std::fs::write(
+            dir.path().join("production.toml"),
+            "[mail]\nconcurrency = 0\n",
+        )
+        .unwrap();
+        let problems = Settings::load_from(&e).unwrap_err();
+        assert!(
+            problems
+                .iter()
+                .any(|p| p.place == place && p.message == "must be greater than 0"),
+            "{problems:?}"
+        );
+        // A syntax error names the line.
+        std::fs::write(
+            dir.path().join("production.toml"),
+            "[mail]\nconcurrency = \n",
+        )
+        .unwrap();
+        let problems = Settings::load_from(&e).unwrap_err();
+        assert!(
+            problems[0].place.ends_with("production.toml"),
+            "{problems:?}"
+        );
+        assert!(problems[0].message.contains("line 2"), "{problems:?}");
+    }
+
+    #[test]
+    fn config_show_names_each_source_and_hides_secrets() {
+        let (_dir, mut e) = minimal_config("[amqp]\nprefetch = 4\n", None);
+        e.insert("RPEC_MAIL__CONCURRENCY".into(), "20".into());
+        e.insert(
+            "DATABASE_URL".into(),
+            "postgres://u:pw-db@127.0.0.1/db".into(),
+        );
+        e.insert("RPEC_TOKEN_SECRET".into(), "t".repeat(40));
+        e.insert(
+            "RPEC_SMTP_URL".into(),
+            "smtps://u:pw-relay@relay.example.org".into(),
+        );
+        let rows = Settings::show_from(&e).unwrap();
+        let row = |k: &str| rows.iter().find(|r| r.key == k).unwrap().clone();
+        assert_eq!(row("amqp.prefetch").value, "4");
+        assert!(row("amqp.prefetch").source.ends_with("rpec.toml"));
+        assert_eq!(row("mail.concurrency").source, "RPEC_MAIL__CONCURRENCY");
+        assert_eq!(row("amqp.exchange").source, "default");
+        assert_eq!(row("mail.smtp_url").source, "RPEC_SMTP_URL");
+        assert_eq!(row("token_secret").value, "(hidden)");
+        let all = format!("{rows:?}");
+        for secret in ["pw-db", "pw-relay", "tttt", "guest:guest"] {
+            assert!(!all.contains(secret), "{secret} shown: {all}");
+        }
+        assert_eq!(
+            rows.iter().filter(|r| keys().contains(&r.key)).count(),
+            keys().len()
+        );
+    }
+
+    /// Prints the README's table of keys (`cargo test --lib print_the_key_table -- --ignored
+    /// --nocapture`), to paste when a key is added.
+    #[test]
+    #[ignore]
+    fn print_the_key_table() {
+        let (_dir, e) = minimal_config("", None);
+        for row in Settings::show_from(&e).unwrap() {
+            if keys().contains(&row.key) {
+                println!("| `{}` | `{}` | `{}` |", row.key, row.env, row.value);
+            }
+        }
+    }
+
+    /// The README's table lists every key with its variable: a key added without a line there
+    /// fails here.
+    #[test]
+    fn the_readme_lists_every_key_with_its_variable() {
+        let readme = include_str!("../../README.md");
+        for key in keys() {
+            let line = format!("| `{key}` | `{}` |", env_name(&key));
+            assert!(readme.contains(&line), "README.md lacks the row {line}");
+        }
     }
 
     /// A config directory holding the shipped rpec.toml and `dev` as the profile file.

@@ -778,3 +778,101 @@ fn send_test_sends_one_sample_through_the_relay() {
     assert_eq!(code(&out), Some(3), "{}", show(&out));
     assert_eq!(smtp.received().len(), 2);
 }
+
+/// `config show` from the binary, with `--config-dir` and a minimal rpec.toml: each value with
+/// its source, secrets hidden; a wrong type in production.toml names the file and key.
+#[test]
+fn config_show_names_each_source_hides_secrets_and_reads_the_config_dir_given() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("rpec.toml"), "[amqp]\nprefetch = 4\n").unwrap();
+    let show = |args: &[&str], env: &[(&str, &str)]| {
+        binary()
+            .env_remove("RPEC_CONFIG_DIR")
+            .env_remove("DATABASE_URL")
+            .env_remove("RPEC_TOKEN_SECRET")
+            .env_remove("RPEC_SMTP_URL")
+            .env_remove("RPEC_AMQP_URL")
+            .args(args)
+            .envs(env.iter().copied())
+            .output()
+            .unwrap()
+    };
+    let config_dir = dir.path().to_str().unwrap();
+    let out = show(
+        &["--config-dir", config_dir, "config", "show", "--json"],
+        &[
+            ("RPEC_MAIL__CONCURRENCY", "20"),
+            ("DATABASE_URL", "postgres://rpec:db-password@127.0.0.1/rpec"),
+            (
+                "RPEC_TOKEN_SECRET",
+                "a-token-secret-of-at-least-32-bytes-long",
+            ),
+            (
+                "RPEC_SMTP_URL",
+                "smtps://user:relay-password@relay.example.org",
+            ),
+        ],
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let text = String::from_utf8(out.stdout).unwrap();
+    for secret in ["db-password", "a-token-secret", "relay-password"] {
+        assert!(!text.contains(secret), "{secret} shown:\n{text}");
+    }
+    let rows: Vec<serde_json::Value> = serde_json::from_str(&text).unwrap();
+    let row = |key: &str| {
+        rows.iter()
+            .find(|r| r["key"] == key)
+            .unwrap_or_else(|| panic!("no {key} in {text}"))
+            .clone()
+    };
+    assert_eq!(row("amqp.prefetch")["value"], "4");
+    let rpec_toml = dir.path().join("rpec.toml").display().to_string();
+    assert_eq!(row("amqp.prefetch")["source"], rpec_toml.as_str());
+    assert_eq!(row("mail.concurrency")["value"], "20");
+    assert_eq!(row("mail.concurrency")["source"], "RPEC_MAIL__CONCURRENCY");
+    assert_eq!(row("amqp.exchange")["source"], "default");
+    assert_eq!(row("mail.smtp_url")["source"], "RPEC_SMTP_URL");
+    assert_eq!(row("token_secret")["value"], "(hidden)");
+    assert_eq!(row("mail.concurrency")["env"], "RPEC_MAIL__CONCURRENCY");
+
+    // The table, after the command name as well.
+    let out = show(&["config", "show", "--config-dir", config_dir], &[]);
+    assert!(out.status.success());
+    let text = String::from_utf8(out.stdout).unwrap();
+    assert!(
+        text.lines()
+            .any(|l| l.starts_with("amqp.prefetch") && l.contains('4') && l.contains("rpec.toml")),
+        "{text}"
+    );
+
+    // A wrong type in the profile file: exit 2, naming the file and the key.
+    std::fs::write(
+        dir.path().join("production.toml"),
+        "[mail]\nconcurrency = \"lots\"\n",
+    )
+    .unwrap();
+    let out = show(
+        &["--config-dir", config_dir, "config", "show"],
+        &[("RPEC_PROFILE", "production")],
+    );
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("production.toml: mail.concurrency:"), "{err}");
+    // `check` reads the same directory.
+    let out = binary()
+        .env_remove("RPEC_CONFIG_DIR")
+        .args(["--config-dir", config_dir, "check"])
+        .env("RPEC_PROFILE", "production")
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("production.toml: mail.concurrency:"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}

@@ -304,6 +304,13 @@ impl Peer {
         .await;
     }
 
+    /// Takes a one-recipient pipelined group and answers it 250, 250, 354: what comes next is
+    /// the message's content.
+    async fn one_recipient_to_content(&mut self) {
+        self.group(1).await;
+        self.send("250 Ok\r\n250 Ok\r\n354 go on\r\n").await;
+    }
+
     /// Reads one pipelined group (MAIL FROM, the RCPT TOs, DATA), which must come in one write.
     async fn group(&mut self, recipients: usize) -> String {
         let got = String::from_utf8(self.chunk().await).unwrap();
@@ -496,8 +503,7 @@ async fn a_refused_recipient_among_accepted_ones_sends_no_content_to_anyone() {
         // The next message on a new connection.
         let mut second = script.accept().await;
         second.hello(&["PIPELINING"]).await;
-        second.group(1).await;
-        second.send("250 Ok\r\n250 Ok\r\n354 go on\r\n").await;
+        second.one_recipient_to_content().await;
         second.until("\r\n.\r\n").await;
         second.send("250 Ok\r\n").await;
         (script, second)
@@ -531,8 +537,7 @@ async fn data_taken_with_every_recipient_refused_is_ended_with_a_lone_dot() {
         peer.send("554 5.5.1 no valid recipients\r\n").await;
         assert_eq!(peer.line().await, "RSET\r\n");
         peer.send("250 Ok\r\n").await;
-        peer.group(1).await;
-        peer.send("250 Ok\r\n250 Ok\r\n354 go on\r\n").await;
+        peer.one_recipient_to_content().await;
         peer.until("\r\n.\r\n").await;
         peer.send("250 Ok\r\n").await;
         (script, peer)
@@ -596,8 +601,7 @@ async fn a_421_is_transient_and_the_next_message_goes_on_a_new_connection() {
         drop(first);
         let mut second = script.accept().await;
         second.hello(&["PIPELINING"]).await;
-        second.group(1).await;
-        second.send("250 Ok\r\n250 Ok\r\n354 go on\r\n").await;
+        second.one_recipient_to_content().await;
         second.until("\r\n.\r\n").await;
         second.send("250 Ok\r\n").await;
         (script, second)
@@ -618,8 +622,7 @@ async fn no_reply_after_the_final_dot_is_transient_and_the_message_is_not_sent_a
     let server = tokio::spawn(async move {
         let mut peer = script.accept().await;
         peer.hello(&["PIPELINING"]).await;
-        peer.group(1).await;
-        peer.send("250 Ok\r\n250 Ok\r\n354 go on\r\n").await;
+        peer.one_recipient_to_content().await;
         peer.until("\r\n.\r\n").await;
         // Silence: the relay may or may not have the message.
         assert!(peer.closed().await, "the client gives up on the connection");
@@ -664,8 +667,7 @@ async fn a_held_message_goes_all_but_its_final_dot_until_the_hold_is_lifted() {
     let server = tokio::spawn(async move {
         let mut peer = script.accept().await;
         peer.hello(&["PIPELINING"]).await;
-        peer.group(1).await;
-        peer.send("250 Ok\r\n250 Ok\r\n354 go on\r\n").await;
+        peer.one_recipient_to_content().await;
         // The content comes at once, without its end.
         let content = peer.until("hello\r\n").await;
         assert!(content.starts_with("Subject: x\r\n"), "{content:?}");
@@ -699,8 +701,7 @@ async fn a_hold_that_outlasts_its_patience_withdraws_the_message_and_sends_it_on
     let server = tokio::spawn(async move {
         let mut first = script.accept().await;
         first.hello(&["PIPELINING"]).await;
-        first.group(1).await;
-        first.send("250 Ok\r\n250 Ok\r\n354 go on\r\n").await;
+        first.one_recipient_to_content().await;
         first.until("hello\r\n").await;
         // Closed unended: a relay throws such a message away.
         assert!(first.closed().await, "the unended message is withdrawn");
@@ -713,8 +714,7 @@ async fn a_hold_that_outlasts_its_patience_withdraws_the_message_and_sends_it_on
         lift.send(()).unwrap();
         let mut second = script.accept().await;
         second.hello(&["PIPELINING"]).await;
-        second.group(1).await;
-        second.send("250 Ok\r\n250 Ok\r\n354 go on\r\n").await;
+        second.one_recipient_to_content().await;
         let whole = second.until("\r\n.\r\n").await;
         assert!(whole.starts_with("Subject: x\r\n"), "{whole:?}");
         second.send("250 Ok: queued\r\n").await;
@@ -736,8 +736,7 @@ async fn a_pooled_connection_the_relay_closed_while_idle_is_replaced_unseen() {
     let server = tokio::spawn(async move {
         let mut first = script.accept().await;
         first.hello(&["PIPELINING"]).await;
-        first.group(1).await;
-        first.send("250 Ok\r\n250 Ok\r\n354 go on\r\n").await;
+        first.one_recipient_to_content().await;
         first.until("\r\n.\r\n").await;
         first.send("250 Ok\r\n").await;
         // An idle time-out, the way Postfix's smtpd says it.
@@ -747,8 +746,7 @@ async fn a_pooled_connection_the_relay_closed_while_idle_is_replaced_unseen() {
         drop(first);
         let mut second = script.accept().await;
         second.hello(&["PIPELINING"]).await;
-        second.group(1).await;
-        second.send("250 Ok\r\n250 Ok\r\n354 go on\r\n").await;
+        second.one_recipient_to_content().await;
         second.until("\r\n.\r\n").await;
         second.send("250 Ok\r\n").await;
         (script, second)
@@ -766,8 +764,7 @@ async fn a_pooled_connection_found_closed_before_any_reply_is_retried_once_on_a_
     let server = tokio::spawn(async move {
         let mut first = script.accept().await;
         first.hello(&["PIPELINING"]).await;
-        first.group(1).await;
-        first.send("250 Ok\r\n250 Ok\r\n354 go on\r\n").await;
+        first.one_recipient_to_content().await;
         first.until("\r\n.\r\n").await;
         first.send("250 Ok\r\n").await;
         // The next group comes, and the relay closes without a word (it had just timed out):
@@ -906,8 +903,7 @@ async fn credentials_go_with_auth_plain_or_login_and_a_refusal_is_permanent() {
             format!("AUTH PLAIN {}\r\n", b64("\0mail@er\0päss:word"))
         );
         peer.send("235 2.7.0 Authentication successful\r\n").await;
-        peer.group(1).await;
-        peer.send("250 Ok\r\n250 Ok\r\n354 go on\r\n").await;
+        peer.one_recipient_to_content().await;
         peer.until("\r\n.\r\n").await;
         peer.send("250 Ok\r\n").await;
 
@@ -1028,8 +1024,7 @@ async fn starttls_starts_again_with_ehlo_and_credentials_go_only_once_encrypted(
         let plain = base64::engine::general_purpose::STANDARD.encode("\0mailer\0pw");
         assert_eq!(peer.line().await, format!("AUTH PLAIN {plain}\r\n"));
         peer.send("235 2.7.0 Ok\r\n").await;
-        peer.group(1).await;
-        peer.send("250 Ok\r\n250 Ok\r\n354 go on\r\n").await;
+        peer.one_recipient_to_content().await;
         peer.until("\r\n.\r\n").await;
         peer.send("250 Ok\r\n").await;
         (script, peer)

@@ -224,10 +224,9 @@ impl fmt::Debug for Acknowledgement {
 pub struct Escalation {
     #[serde(flatten)]
     pub enquiry: Enquiry,
-    /// 1 at the first deadline, 2 at the second.
+    /// 1 at the first deadline, 2 at the second (the templates' `second`, added when it is
+    /// sent).
     pub level: i16,
-    /// Whether this is the second notice (level 2), for the templates.
-    pub second: bool,
 }
 
 impl fmt::Debug for Escalation {
@@ -562,7 +561,6 @@ pub(crate) mod tests {
             Job::EnquiryEscalation(Escalation {
                 enquiry: enquiry(),
                 level: 2,
-                second: true,
             }),
             Job::RegistrationConfirmation(registrant()),
             Job::SessionReminder(Reminder {

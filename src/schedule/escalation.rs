@@ -120,7 +120,6 @@ async fn queue(
             ..enquiry.clone()
         },
         level,
-        second: level == 2,
     });
     enqueue(tx, &finish(NewEmail::new(escalation, to))).await?;
     // The region's coordinators are reminded with the first escalation, each with their own

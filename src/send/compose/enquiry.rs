@@ -3,7 +3,7 @@
 //! an enquiry that has been claimed since it was queued is not sent at all.
 
 use crate::config::working_time;
-use crate::outbox::job::Enquiry;
+use crate::outbox::job::{Enquiry, Escalation};
 use crate::outbox::{Attachment, Claimed};
 use crate::send::prepare::Prepared;
 use crate::send::Mailer;
@@ -12,6 +12,24 @@ use crate::uk_time;
 use chrono::{DateTime, Utc};
 use serde::Serialize;
 use serde_json::{json, Value};
+
+/// An escalation as its templates see it: the job, and whether it is the second notice
+/// (derived from its level, not stored).
+#[derive(Serialize)]
+pub struct EscalationShown<'a> {
+    #[serde(flatten)]
+    escalation: &'a Escalation,
+    second: bool,
+}
+
+impl<'a> EscalationShown<'a> {
+    pub fn of(escalation: &'a Escalation) -> Self {
+        EscalationShown {
+            escalation,
+            second: escalation.level >= 2,
+        }
+    }
+}
 
 /// The claim link for the copy `enquiry` is, if it is one with a link.
 fn claim_url(mailer: &Mailer, enquiry: &Enquiry) -> Value {

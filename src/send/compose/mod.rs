@@ -24,7 +24,8 @@ pub async fn compose(mailer: &Mailer, row: &Claimed, job: &Job) -> anyhow::Resul
         Job::EnquiryUndeliverable(copy) => enquiry::copy(mailer, row, &copy.enquiry, copy),
         Job::EnquiryReminder(e) => enquiry::waiting(mailer, row, e, e).await,
         Job::EnquiryEscalation(escalation) => {
-            enquiry::waiting(mailer, row, &escalation.enquiry, escalation).await
+            let shown = enquiry::EscalationShown::of(escalation);
+            enquiry::waiting(mailer, row, &escalation.enquiry, &shown).await
         }
         Job::SubscriptionConfirm(confirmation) => as_queued(row, confirmation),
         Job::RegistrationConfirmation(r) => {

@@ -30,7 +30,9 @@
 use std::borrow::Cow;
 use std::collections::HashSet;
 
-use mail_parser::{Address, Header, HeaderValue, Message, MessageParser, MimeHeaders, PartType};
+use mail_parser::{
+    Address, Header, HeaderName, HeaderValue, Message, MessageParser, MimeHeaders, PartType,
+};
 
 /// What came back, as far as it changes anything.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -110,7 +112,7 @@ const MAX_CANDIDATES: usize = 1000;
 /// `Original-Mail-From`), then its `From` and `Sender`; last, any address-shaped token anywhere
 /// in the text.
 pub fn interpret(raw: &[u8], is_return_path: &dyn Fn(&str) -> bool) -> Report {
-    let parsed = MessageParser::default().parse(raw);
+    let parsed = parse(raw);
     let view = match &parsed {
         Some(message) => View::of(message),
         // No headers at all: only the raw scan for addresses remains.
@@ -122,6 +124,108 @@ pub fn interpret(raw: &[u8], is_return_path: &dyn Fn(&str) -> bool) -> Report {
         drop_flat(message);
     }
     report
+}
+
+/// The message's MIME structure, decoded where that is safe, or at least its headers.
+///
+/// Two defects of `mail-parser` 0.11 are kept out here:
+///
+/// - It parses an attached message that has a transfer encoding (base64, quoted-printable:
+///   RFC 2046 forbids both, some MTAs do it) by decoding it and recursing, then copies the
+///   result with a recursive `into_owned`; what the decoded bytes nest inside is not limited, so
+///   a small crafted message overflows the stack (an abort, not a panic). So the structure is
+///   read first with transfer encodings ignored (no decoding, no recursion), and only when no
+///   attached message is encoded is the message parsed again normally. Otherwise the undecoded
+///   reading is used: status and feedback parts are 7-bit in practice, and the top-level
+///   headers are all there.
+/// - Some malformed nestings reach its `debug_assert!`s (and an integer underflow), which panic
+///   in debug builds only. Those are caught, and then only the headers are read, with the rest
+///   as one plain text (which still holds the status fields and the quoted replies).
+fn parse(raw: &[u8]) -> Option<Message<'_>> {
+    let structured = std::panic::catch_unwind(|| {
+        let undecoded = MessageParser::new()
+            .with_mime_headers()
+            .with_address_headers()
+            .with_message_ids()
+            .header_text(HeaderName::Subject)
+            .ignore_header(HeaderName::ContentTransferEncoding)
+            .parse(raw)?;
+        if has_encoded_message(&undecoded) {
+            return Some(undecoded);
+        }
+        drop_flat(undecoded);
+        MessageParser::default().parse(raw)
+    });
+    match structured {
+        Ok(message) => message,
+        Err(_) => std::panic::catch_unwind(|| {
+            let mut message = MessageParser::default().parse_headers(raw)?;
+            let root = message.parts.first_mut()?;
+            // The body starts after the last header (parse_headers does not say where).
+            let end = root.headers.iter().map(|h| h.offset_end).max().unwrap_or(0);
+            let body = raw.get(end as usize..).unwrap_or_default();
+            root.body = PartType::Text(String::from_utf8_lossy(body));
+            // The body is read as one text, whatever the message said it was.
+            root.headers.retain(|h| {
+                h.name != HeaderName::ContentType && h.name != HeaderName::ContentTransferEncoding
+            });
+            Some(message)
+        })
+        .ok()
+        .flatten(),
+    }
+}
+
+/// Whether any part that `mail-parser` would parse as a message (message/rfc822, message/global,
+/// a part without a type in a multipart/digest), at any depth, has a transfer encoding other
+/// than 7bit, 8bit or binary.
+fn has_encoded_message(message: &Message<'_>) -> bool {
+    let mut stack = vec![message];
+    while let Some(message) = stack.pop() {
+        let mut digest_children: HashSet<u32> = HashSet::new();
+        for part in &message.parts {
+            if part.content_type().is_some_and(|ct| {
+                ct.ctype().eq_ignore_ascii_case("multipart")
+                    && ct
+                        .subtype()
+                        .is_some_and(|s| s.eq_ignore_ascii_case("digest"))
+            }) {
+                digest_children.extend(part.sub_parts().unwrap_or_default());
+            }
+        }
+        for (index, part) in message.parts.iter().enumerate() {
+            if let PartType::Message(inner) = &part.body {
+                stack.push(inner);
+            }
+            let is_message = match part.content_type() {
+                Some(ct) => {
+                    ct.ctype().eq_ignore_ascii_case("message")
+                        && ct.subtype().is_some_and(|s| {
+                            s.eq_ignore_ascii_case("rfc822") || s.eq_ignore_ascii_case("global")
+                        })
+                }
+                None => u32::try_from(index).is_ok_and(|i| digest_children.contains(&i)),
+            };
+            let encoded = part.headers.iter().any(|h| {
+                h.name == HeaderName::ContentTransferEncoding
+                    && message
+                        .raw_message
+                        .get(h.offset_start as usize..h.offset_end as usize)
+                        .is_some_and(|v| {
+                            let v = String::from_utf8_lossy(v);
+                            let v = v.trim();
+                            !(v.eq_ignore_ascii_case("7bit")
+                                || v.eq_ignore_ascii_case("8bit")
+                                || v.eq_ignore_ascii_case("binary")
+                                || v.is_empty())
+                        })
+            });
+            if is_message && encoded {
+                return true;
+            }
+        }
+    }
+    false
 }
 
 /// Drops a parsed message without recursing: each nested `message/rfc822` is a level of
@@ -1614,6 +1718,54 @@ mod tests {
             .join()
             .unwrap();
         assert_eq!(r.return_paths, [VERP]);
+    }
+
+    #[test]
+    fn encoded_attached_messages_nested_very_deep_do_not_overflow_the_stack() {
+        use base64::Engine;
+        let inner = "Content-Type: message/rfc822\n\n".repeat(50_000);
+        let encoded = base64::engine::general_purpose::STANDARD.encode(inner);
+        let raw = format!(
+            "To: {VERP}\nContent-Type: multipart/mixed; boundary=b\n\n--b\n\
+             Content-Type: message/rfc822\nContent-Transfer-Encoding: base64\n\n{encoded}\n--b--\n"
+        );
+        let r = std::thread::Builder::new()
+            .stack_size(2 << 20)
+            .spawn(move || read(raw.as_bytes()))
+            .unwrap()
+            .join()
+            .unwrap();
+        assert_eq!(r.return_paths, [VERP]);
+    }
+
+    /// What `mail-parser` answers with a `debug_assert!` (found by the proptest below): the
+    /// Gmail bounce whose first header name starts with a NUL and whose attached message starts
+    /// with a line that ends with the boundary, then a message/rfc822 header.
+    fn mail_parser_asserts() -> Vec<u8> {
+        String::from_utf8(fixture!("gmail-does-not-exist").to_vec())
+            .unwrap()
+            .replace(
+                "Content-Type: message/rfc822\n\nReturn-Path",
+                "Content-Type: message/rfc822\n\n0000000a1b2c3d4e5f60718\n\
+                 Content-Type: message/rfc822\n\nReturn-Path",
+            )
+            .replacen("Delivered-To:", "\0elivered-To:", 1)
+            .into_bytes()
+    }
+
+    #[test]
+    fn mail_parsers_debug_assertions_leave_the_headers_and_the_text() {
+        let raw = mail_parser_asserts();
+        let parsed = std::panic::catch_unwind(|| MessageParser::default().parse(&raw).is_some());
+        assert_eq!(
+            parsed.is_err(),
+            cfg!(debug_assertions),
+            "the defect is still there"
+        );
+        let r = read(&raw);
+        assert_eq!(r.return_paths, [VERP]);
+        assert_eq!(r.kind, Kind::Hard, "from the quoted reply in the text");
+        assert_eq!(r.status.as_deref(), Some("5.1.1"));
     }
 
     /// A fixture with a few bytes changed, cut, or a piece repeated.

@@ -1738,6 +1738,25 @@ mod tests {
         assert_eq!(r.return_paths, [VERP]);
     }
 
+    #[test]
+    fn an_encoded_attached_message_still_leaves_the_status_and_the_headers() {
+        use base64::Engine;
+        let fixture = String::from_utf8(fixture!("postfix-user-unknown").to_vec()).unwrap();
+        let (head, original) = fixture
+            .split_once("Content-Transfer-Encoding: 8bit\n\nReturn-Path")
+            .unwrap();
+        let (original, end) = original.split_once("\n--4XyZ1a2b3c").unwrap();
+        let encoded =
+            base64::engine::general_purpose::STANDARD.encode(format!("Return-Path{original}"));
+        let raw =
+            format!("{head}Content-Transfer-Encoding: base64\n\n{encoded}\n--4XyZ1a2b3c{end}");
+        let r = read(raw.as_bytes());
+        assert_eq!(r.kind, Kind::Hard);
+        assert_eq!(r.status.as_deref(), Some("5.1.1"));
+        assert_eq!(addresses(&r), ["head.teacher@example.net"]);
+        assert_eq!(r.return_paths, [VERP]);
+    }
+
     /// What `mail-parser` answers with a `debug_assert!` (found by the proptest below): the
     /// Gmail bounce whose first header name starts with a NUL and whose attached message starts
     /// with a line that ends with the boundary, then a message/rfc822 header.

@@ -259,7 +259,7 @@ struct Field {
 struct View {
     /// The top-level header fields.
     top: Vec<Field>,
-    /// The top-level `multipart/report`'s `report-type`, lower-cased.
+    /// The first `multipart/report`'s `report-type`, lower-cased.
     report_type: Option<String>,
     /// Bodies of delivery status parts (and text parts of a report that may be one).
     status_parts: Vec<String>,
@@ -300,7 +300,7 @@ impl View {
                 if let Some(children) = part.sub_parts() {
                     report_children.extend(children.iter().skip(1));
                 }
-                continue;
+                // A report whose boundary is missing is one text: read below as such.
             }
             let in_report = u32::try_from(index).is_ok_and(|i| report_children.contains(&i));
             match (ctype.as_str(), subtype.as_str(), &part.body) {

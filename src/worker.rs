@@ -15,7 +15,7 @@ use crate::metrics::Metrics;
 use crate::retention::{self, Sweeper};
 use crate::schedule::{self, Scheduler};
 use crate::send::{self, Mailer};
-use crate::tokens::Links;
+use crate::tokens::{Links, ReturnPaths};
 use anyhow::Context;
 use std::future::Future;
 use std::sync::atomic::AtomicBool;
@@ -23,10 +23,12 @@ use std::sync::Arc;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
-/// Where the worker serves HTTP: the public pages, and health and metrics apart from them.
+/// Where the worker serves HTTP (the public pages, and health and metrics apart from them) and,
+/// when `RPEC_BOUNCE_SMTP_ADDR` is set, takes bounces over SMTP.
 pub struct Listeners {
     pub public: TcpListener,
     pub admin: TcpListener,
+    pub bounces: Option<TcpListener>,
 }
 
 impl Listeners {
@@ -40,6 +42,10 @@ impl Listeners {
         Ok(Listeners {
             public: bind(settings.http_addr).await?,
             admin: bind(settings.admin_addr).await?,
+            bounces: match settings.bounces.smtp_addr {
+                Some(addr) => Some(bind(addr).await?),
+                None => None,
+            },
         })
     }
 }
@@ -114,6 +120,7 @@ pub async fn run_with_clock(
         shells: Default::default(),
         regions: regions.clone(),
         links: links.clone(),
+        return_paths: ReturnPaths::from_settings(&settings),
         metrics: metrics.clone(),
         clock: clock.clone(),
     };

@@ -312,7 +312,11 @@ async fn listeners() -> (rpec_notify::worker::Listeners, SocketAddr, SocketAddr)
     let admin = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let (http, admin_addr) = (public.local_addr().unwrap(), admin.local_addr().unwrap());
     (
-        rpec_notify::worker::Listeners { public, admin },
+        rpec_notify::worker::Listeners {
+            public,
+            admin,
+            bounces: None,
+        },
         http,
         admin_addr,
     )

@@ -120,7 +120,9 @@ pub async fn serve(
     limits: Limits,
     shutdown: CancellationToken,
 ) -> io::Result<()> {
-    let slots = Arc::new(Semaphore::new(limits.max_connections));
+    let slots = Arc::new(Semaphore::new(
+        limits.max_connections.min(Semaphore::MAX_PERMITS),
+    ));
     let shared = Arc::new(Shared {
         ehlo: ehlo_reply(&hostname, limits.max_message_bytes),
         hostname,
@@ -379,6 +381,16 @@ fn reply_text(text: &str, otherwise: &str) -> String {
         otherwise.to_string()
     } else {
         clean.to_string()
+    }
+}
+
+/// Makes room for `more` octets, growing as a Vec does (doubling) but never beyond `max`: a
+/// message of the largest size taken holds `max` octets, not the next power of two.
+fn grow_within(content: &mut Vec<u8>, more: usize, max: usize) {
+    let needed = content.len() + more;
+    if needed > content.capacity() {
+        let grown = (content.capacity() * 2).clamp(needed, max.max(needed));
+        content.reserve_exact(grown - content.len());
     }
 }
 
@@ -773,6 +785,7 @@ impl Conn {
                 too_big = true;
                 content = Vec::new();
             } else {
+                grow_within(&mut content, taken.len(), max);
                 content.extend_from_slice(taken);
             }
             after_cr = taken.last() == Some(&b'\r');
@@ -804,14 +817,15 @@ mod tests {
     /// told to.
     struct Recorder {
         got: Mutex<Vec<Got>>,
-        answer: Mutex<Delivered>,
+        /// None: never answers.
+        answer: Mutex<Option<Delivered>>,
     }
 
     impl Recorder {
         fn new() -> Arc<Self> {
             Arc::new(Self {
                 got: Mutex::new(Vec::new()),
-                answer: Mutex::new(Delivered::Accepted),
+                answer: Mutex::new(Some(Delivered::Accepted)),
             })
         }
 
@@ -819,7 +833,7 @@ mod tests {
             self.got.lock().unwrap().clone()
         }
 
-        fn answer(&self, answer: Delivered) {
+        fn answer(&self, answer: Option<Delivered>) {
             *self.answer.lock().unwrap() = answer;
         }
     }
@@ -837,7 +851,12 @@ mod tests {
         ) -> BoxFuture<'static, Delivered> {
             self.got.lock().unwrap().push((from, rcpts, raw));
             let answer = self.answer.lock().unwrap().clone();
-            Box::pin(async move { answer })
+            Box::pin(async move {
+                match answer {
+                    Some(answer) => answer,
+                    None => std::future::pending().await,
+                }
+            })
         }
     }
 
@@ -1119,19 +1138,49 @@ mod tests {
         let server = start(sink.clone(), Limits::default()).await;
         let mut client = Client::greeted(server.addr).await;
         assert_eq!(client.cmd("EHLO mx.remote.example").await, 250);
-        sink.answer(Delivered::Failed("database unavailable".into()));
+        sink.answer(Some(Delivered::Failed("database unavailable".into())));
         envelope(&mut client).await;
         client.send(b"x\r\n.\r\n").await;
         assert_eq!(client.reply().await, "451 4.3.0 database unavailable\r\n");
-        sink.answer(Delivered::Rejected("not a delivery report\r\n".into()));
+        sink.answer(Some(Delivered::Rejected(
+            "not a delivery report\r\n".into(),
+        )));
         envelope(&mut client).await;
         client.send(b"x\r\n.\r\n").await;
         assert_eq!(client.reply().await, "554 5.6.0 not a delivery report\r\n");
-        sink.answer(Delivered::Failed(String::new()));
+        sink.answer(Some(Delivered::Failed(String::new())));
         envelope(&mut client).await;
         client.send(b"x\r\n.\r\n").await;
         assert_eq!(client.reply().await, "451 4.3.0 try again later\r\n");
         assert_eq!(sink.got().len(), 3);
+    }
+
+    #[tokio::test]
+    async fn a_sink_that_never_answers_is_given_up_at_the_session_timeout() {
+        let sink = Recorder::new();
+        sink.answer(None);
+        let limits = Limits {
+            session_timeout: Duration::from_millis(300),
+            ..Limits::default()
+        };
+        let server = start(sink.clone(), limits).await;
+        let mut client = Client::greeted(server.addr).await;
+        assert_eq!(client.cmd("HELO mx.remote.example").await, 250);
+        envelope(&mut client).await;
+        client.send(b"x\r\n.\r\n").await;
+        assert_eq!(client.reply().await, "421 4.4.2 timeout\r\n");
+        assert!(client.closed().await);
+        assert_eq!(sink.got().len(), 1);
+    }
+
+    #[test]
+    fn content_grows_to_the_limit_and_no_further() {
+        let mut content = Vec::new();
+        for _ in 0..1000 {
+            grow_within(&mut content, 10, 10_000);
+            content.extend_from_slice(&[0; 10]);
+        }
+        assert_eq!(content.capacity(), 10_000);
     }
 
     #[tokio::test]

@@ -17,6 +17,9 @@
 //! is ours, and its replies are written with enhanced codes (RFC 3463).
 //!
 //! Nothing here logs an address or any of a message: only the peer's IP, counts and codes.
+//! mailin itself logs each command line it is given (a RCPT line holds an address) and each
+//! reply, at trace level through `log`: its target `mailin` must stay below trace, as the
+//! default filter keeps it. It is never given a message's content, nor a real sender.
 
 use futures_util::future::BoxFuture;
 use mailin::{Action, Handler, Response, SessionBuilder};
@@ -98,7 +101,8 @@ pub trait Sink: Send + Sync + 'static {
     /// accepted recipients, and the content (dot-unstuffed, exactly the bytes between DATA and
     /// the final dot). The reply to the final dot waits for this. It runs within the
     /// connection's `session_timeout`: the future is dropped when that runs out (the client
-    /// gets 421 and will send the message again).
+    /// gets 421 and will send the message again, so a sink must take the same message twice
+    /// calmly, as it must anyway: a reply lost on the way back has the same effect).
     fn deliver(
         &self,
         from: String,
@@ -109,6 +113,7 @@ pub trait Sink: Send + Sync + 'static {
 
 /// Serves until `shutdown` is cancelled: then stops accepting, lets each session finish the
 /// message it is receiving (a session between messages gets 421 and is closed), and returns.
+/// Waiting for those messages is bounded by `session_timeout`.
 ///
 /// An error accepting one connection is not the end: those that concern only that connection
 /// are passed over, others (out of file descriptors, say) logged and tried again after a
@@ -190,7 +195,7 @@ fn reaped(done: Result<(), tokio::task::JoinError>) {
     }
 }
 
-/// One connection too many: told so and closed, without reading anything from it.
+/// One connection too many: told so and closed, none of its commands served.
 async fn refuse(mut stream: TcpStream) {
     let _ = tokio::time::timeout(LAST_WORDS, async {
         stream
@@ -482,6 +487,8 @@ fn render(verb: Verb, res: &Response, shared: &Shared) -> Vec<u8> {
         (252, _) => "252 2.5.0 cannot verify, send mail to try".to_string(),
         (354, _) => "354 end data with <CR><LF>.<CR><LF>".to_string(),
         (500, _) => "500 5.5.2 syntax error".to_string(),
+        // mailin's "missing parameter" (a parser's Incomplete) is a syntax error in a
+        // parameter, 501 (502 means a command not implemented).
         (502, _) => "501 5.5.4 missing parameter".to_string(),
         (503, _) => "503 5.5.1 bad sequence of commands".to_string(),
         (code @ 400..=499, _) => format!("{code} 4.0.0 try again later"),

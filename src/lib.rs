@@ -57,6 +57,7 @@
 //!   with one exit-code table and reports that hold ids, codes and counts, never personal data.
 
 pub mod admin;
+pub mod bounce;
 pub mod calendar;
 pub mod clock;
 pub mod config;

@@ -156,6 +156,12 @@ enum Command {
         #[command(subcommand)]
         command: ConfigCommand,
     },
+    /// Bounces and complaints that came back after the relay took an email.
+    #[command(after_help = help::BOUNCES, after_long_help = help::with_table(help::BOUNCES))]
+    Bounces {
+        #[command(subcommand)]
+        command: BouncesCommand,
+    },
     /// Enquiries and their claims.
     #[command(after_help = help::ENQUIRIES, after_long_help = help::with_table(help::ENQUIRIES))]
     Enquiries {
@@ -207,6 +213,27 @@ enum ConfigCommand {
     #[command(after_help = help::CONFIG_SHOW, after_long_help = help::with_table(help::CONFIG_SHOW))]
     Show {
         /// Print one JSON document instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+#[derive(Subcommand)]
+enum BouncesCommand {
+    /// Read bounces (delivery status notifications, feedback reports) from files, one message
+    /// or an mbox each, or one message on standard input, with the same effects as the bounce
+    /// listener: a hard bounce suppresses the address and fails the email, a complaint
+    /// unsubscribes, soft bounces are counted, auto-replies ignored, the rest kept for an
+    /// operator.
+    #[command(after_help = help::BOUNCES, after_long_help = help::with_table(help::BOUNCES))]
+    Ingest {
+        files: Vec<PathBuf>,
+        /// The address the message was delivered to (an MTA's envelope recipient, such as
+        /// Postfix's ${original_recipient}); may be repeated. Without it the message's own
+        /// headers say.
+        #[arg(long, value_name = "ADDR")]
+        to: Vec<String>,
+        /// Print one JSON document instead of a line per message.
         #[arg(long)]
         json: bool,
     },
@@ -408,6 +435,9 @@ async fn main() -> ExitCode {
             lead,
         } => example(&out, lead),
         Command::Outbox { json, command } => outbox(command, json).await,
+        Command::Bounces {
+            command: BouncesCommand::Ingest { files, to, json },
+        } => cli::bounces::ingest(files, to, json).await,
         Command::DeadLetters { json, command } => dead_letters(command, json).await,
         Command::Enquiries { json, command } => enquiries(command, json).await,
         Command::Suppressions { json, command } => suppressions(command, json).await,

@@ -4,6 +4,7 @@
 //! `shutdown` resolves; then stops consuming, finishes what is in hand and returns. Nothing
 //! imports it.
 
+use crate::bounce::{self, Bounces};
 use crate::clock::Clock;
 use crate::config::{Problems, Regions, Settings};
 use crate::consume::{self, Consumer, Topology};
@@ -88,6 +89,16 @@ pub async fn run_with_clock(
     let amqp_ready = Arc::new(AtomicBool::new(false));
     let links = Links::from_settings(&settings);
     let bulk_domain = &mail.bulk_from.domain;
+    // Bounces: the listener, when one is bound (settings refuse one without return paths).
+    let bounce_listener = match listeners.bounces {
+        Some(listener) => {
+            let bounces =
+                Bounces::from_settings(&settings, pool.clone(), &regions, metrics.clone())
+                    .context("the bounce listener needs mail.bounce_address")?;
+            Some((listener, bounces))
+        }
+        None => None,
+    };
 
     let consumer = Consumer {
         amqp_url: settings.amqp_url.clone(),
@@ -178,6 +189,16 @@ pub async fn run_with_clock(
         grace,
         stop.clone(),
     )));
+    if let Some((listener, bounces)) = bounce_listener {
+        let hostname = bounces.paths.domain().to_owned();
+        let limits = bounce::limits(&settings.bounces);
+        let stop = stop.clone();
+        tasks.spawn(async move {
+            bounce::listener::serve(listener, hostname, Arc::new(bounces), limits, stop)
+                .await
+                .context("the bounce listener")
+        });
+    }
     tracing::info!("worker started");
 
     // A task that cannot go on (a queue declared differently by an earlier version) stops the

@@ -41,10 +41,10 @@ impl ErrorSummary {
     }
 }
 
-/// What the bounce handler writes in `last_error` when a hard bounce fails a row the relay had
-/// taken: `bounced after the relay took it (5.1.1): <the remote server's diagnostic>`. The
-/// same text as `crate::bounce::BOUNCED`, which is not on this branch yet: keep them equal.
-const BOUNCED: &str = "bounced after the relay took it";
+// What the bounce handler writes at the start of `last_error` when a hard bounce fails a row
+// the relay had taken: `bounced after the relay took it (5.1.1): <the remote server's
+// diagnostic>`.
+use crate::bounce::BOUNCED;
 
 /// An enhanced status code (RFC 3463): class 2, 4 or 5, then subject and detail of one to three
 /// digits each. Anything else is not printed, since it could be the diagnostic's words.

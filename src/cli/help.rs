@@ -153,3 +153,14 @@ Exits 1 when an address was not suppressed; the others named with it are still r
 pub fn with_table(examples: &str) -> String {
     format!("{examples}\n\n{}", super::exit::TABLE)
 }
+
+pub const BOUNCES: &str = "\
+Examples:
+  rpec-notify bounces ingest < returned.eml
+  rpec-notify bounces ingest var/bounces/*.eml --json
+  # Postfix master.cf, for mail to the bounce domain (transport_maps):
+  #   rpec-bounces unix - n n - - pipe
+  #     flags=Rq user=rpec argv=/usr/bin/rpec-notify bounces ingest --to ${original_recipient}
+
+Exits 75 (EX_TEMPFAIL) when PostgreSQL cannot be reached: nothing was recorded, and an MTA
+that piped the message keeps it and tries again.";

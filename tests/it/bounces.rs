@@ -599,3 +599,203 @@ async fn the_binary_with_a_bounce_listener_suppresses_a_reader_whose_dsn_it_rece
     assert!(status.success());
     deployment.remove().await;
 }
+
+/// An email the relay took, written straight into the outbox (as `sent`, so the worker leaves
+/// it alone); its id.
+async fn sent_email(app: &TestApp, kind: &str, to: &str) -> i64 {
+    sqlx::query_scalar(
+        "INSERT INTO outbox (kind, template, stream, recipients, job, message_uuid, status,
+                             sent_at)
+         VALUES ($1, $1, 'bulk', ARRAY[$2], jsonb_build_object('kind', $1), gen_random_uuid(),
+                 'sent', now())
+         RETURNING id",
+    )
+    .bind(kind)
+    .bind(to)
+    .fetch_one(&app.pool)
+    .await
+    .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn soft_bounces_suppress_only_at_the_limit_within_the_window() {
+    // The defaults: 3 within 30 days.
+    let app = spawn_app_with(Options {
+        bounces: true,
+        ..Options::default()
+    })
+    .await;
+    let listener = app.bounce_addr.unwrap();
+    let paths = return_paths();
+    let reader = "full.mailbox@school.example.org";
+    let mut emails = Vec::new();
+    for _ in 0..4 {
+        emails.push(sent_email(&app, "newsletter", reader).await);
+    }
+    let soft = |id: i64| {
+        let rp = paths.address(id, 0);
+        let dsn = postfix_dsn(&rp, reader, "4.2.2", "452 4.2.2 Mailbox full");
+        (rp, dsn)
+    };
+    // The first, long ago: outside the window.
+    let (rp, dsn) = soft(emails[0]);
+    send_bounce(listener, &rp, &dsn).await.unwrap();
+    sqlx::query("UPDATE bounces SET received_at = now() - interval '31 days'")
+        .execute(&app.pool)
+        .await
+        .unwrap();
+    for &id in &emails[1..3] {
+        let (rp, dsn) = soft(id);
+        send_bounce(listener, &rp, &dsn).await.unwrap();
+        // Each is counted, but two within the window suppress nobody; the emails stay sent.
+        assert!(suppressed(&app).await.is_empty());
+    }
+    assert_eq!(
+        count(&app, "SELECT count(*) FROM outbox WHERE status = 'sent'").await,
+        4
+    );
+    let (rp, dsn) = soft(emails[3]);
+    send_bounce(listener, &rp, &dsn).await.unwrap();
+    assert_eq!(suppressed(&app).await, [reader]);
+    assert_eq!(
+        count(&app, "SELECT count(*) FROM bounces WHERE kind = 'soft'").await,
+        4
+    );
+    assert_eq!(
+        app.metric("rpec_bounces_total{email_kind=\"newsletter\",kind=\"soft\"}")
+            .await,
+        4.0
+    );
+    app.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn retention_ends_bounce_records_and_unparsed_mail_at_their_periods() {
+    let now = chrono::Utc::now();
+    let app = spawn_app_with(Options::at(&now.to_rfc3339())).await;
+    let s = app.settings.retention;
+    let email = sent_email(&app, "newsletter", "old.reader@school.example.org").await;
+    for (kind, age) in [("hard", s.bounce_days + 1), ("soft", s.bounce_days - 1)] {
+        sqlx::query(
+            "INSERT INTO bounces (outbox_id, recipient, kind, received_at)
+             VALUES ($1, 'old.reader@school.example.org', $2, $3::timestamptz - make_interval(days => $4))",
+        )
+        .bind(email)
+        .bind(kind)
+        .bind(now)
+        .bind(age as i32)
+        .execute(&app.pool)
+        .await
+        .unwrap();
+    }
+    for (n, age) in [
+        (1, s.unparsed_bounce_days + 1),
+        (2, s.unparsed_bounce_days - 1),
+    ] {
+        sqlx::query(
+            "INSERT INTO unparsed_bounces (content, digest, received_at)
+             VALUES ('mentions old.reader@school.example.org ' || $1, sha256(convert_to($1::text, 'UTF8')),
+                     $2::timestamptz - make_interval(days => $3))",
+        )
+        .bind(n.to_string())
+        .bind(now)
+        .bind(age as i32)
+        .execute(&app.pool)
+        .await
+        .unwrap();
+    }
+    let swept = rpec_notify::retention::sweep_once(&app.sweeper().await)
+        .await
+        .unwrap();
+    assert_eq!((swept.bounces, swept.unparsed_bounces), (1, 1));
+    assert_eq!(
+        app.strings("SELECT kind FROM bounces").await,
+        ["soft"],
+        "the younger bounce stays"
+    );
+    assert_eq!(
+        count(&app, "SELECT count(*) FROM unparsed_bounces").await,
+        1
+    );
+    app.stop().await;
+}
+
+/// The fixtures, in the shapes real servers send (`tests/fixtures/bounces/`), each for an email
+/// of its own: through the listener, each has its kind's effect and no other.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bounces_in_the_shapes_real_servers_send_each_have_their_effect() {
+    let app = spawn_app_with(Options {
+        bounces: true,
+        ..Options::default()
+    })
+    .await;
+    let listener = app.bounce_addr.unwrap();
+    let paths = return_paths();
+    let cases = [
+        ("postfix-user-unknown", "hard"),
+        ("gmail-does-not-exist", "hard"),
+        ("exchange-recipient-not-found", "hard"),
+        ("exim-plain", "hard"),
+        ("postfix-delayed-mailbox-full", "soft"),
+        ("dmarc-rejected", "soft"),
+        ("arf-abuse", "complaint"),
+        ("out-of-office", "auto_reply"),
+        ("delivered-notice", "auto_reply"),
+        ("person-reply", "unparsed"),
+    ];
+    for (fixture, kind) in cases {
+        let reader = format!("{fixture}@school.example.org");
+        let email = sent_email(&app, "newsletter", &reader).await;
+        let rp = paths.address(email, 0);
+        let raw = std::fs::read_to_string(
+            manifest_dir().join(format!("tests/fixtures/bounces/{fixture}.eml")),
+        )
+        .unwrap()
+        .replace("bounces+abc123@bounce.example.org", &rp);
+        send_bounce(listener, &rp, raw.as_bytes())
+            .await
+            .unwrap_or_else(|e| panic!("{fixture}: {e}"));
+        let recorded: Vec<String> =
+            sqlx::query_scalar("SELECT kind FROM bounces WHERE outbox_id = $1")
+                .bind(email)
+                .fetch_all(&app.pool)
+                .await
+                .unwrap();
+        let is_suppressed = suppressed(&app).await.contains(&reader);
+        let (status,): (String,) = sqlx::query_as("SELECT status FROM outbox WHERE id = $1")
+            .bind(email)
+            .fetch_one(&app.pool)
+            .await
+            .unwrap();
+        match kind {
+            "hard" => {
+                assert_eq!(recorded, ["hard"], "{fixture}");
+                assert!(is_suppressed, "{fixture}");
+                assert_eq!(status, "failed", "{fixture}");
+            }
+            "soft" | "complaint" => {
+                assert_eq!(recorded, [kind], "{fixture}");
+                assert_eq!(is_suppressed, kind == "complaint", "{fixture}");
+                assert_eq!(status, "sent", "{fixture}");
+            }
+            _ => {
+                assert!(recorded.is_empty(), "{fixture}: {recorded:?}");
+                assert!(!is_suppressed, "{fixture}");
+                assert_eq!(status, "sent", "{fixture}");
+            }
+        }
+        assert!(
+            app.metric(&format!(
+                "rpec_bounces_total{{email_kind=\"newsletter\",kind=\"{kind}\"}}"
+            ))
+            .await
+                >= 1.0,
+            "{fixture}"
+        );
+    }
+    assert_eq!(
+        count(&app, "SELECT count(*) FROM unparsed_bounces").await,
+        1
+    );
+    app.stop().await;
+}

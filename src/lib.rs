@@ -53,8 +53,10 @@
 //!   reminder and briefing are due within minutes.
 //! - [`validate`]: `rpec-notify validate`: each event of a file judged by the consumer's own
 //!   first judgement ([`consume::admit`]), without publishing.
-//! - [`admin`]: operator tools: `outbox status|list|retry` and `dead-letters list|replay|purge`,
-//!   with one exit-code table and reports that hold ids, codes and counts, never personal data.
+//! - [`admin`]: operator tools: `outbox status|list|show|retry`, `dead-letters
+//!   list|replay|purge`, `enquiries open` and `suppressions list|remove`, with one exit-code
+//!   table and reports that hold ids, codes and counts, never personal data (but for
+//!   `suppressions`, whose subject is addresses).
 
 pub mod admin;
 pub mod bounce;

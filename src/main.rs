@@ -156,6 +156,12 @@ enum Command {
         #[command(subcommand)]
         command: ConfigCommand,
     },
+    /// Bounces and complaints that came back after the relay took an email.
+    #[command(after_help = help::BOUNCES, after_long_help = help::with_table(help::BOUNCES))]
+    Bounces {
+        #[command(subcommand)]
+        command: BouncesCommand,
+    },
     /// Enquiries and their claims.
     #[command(after_help = help::ENQUIRIES, after_long_help = help::with_table(help::ENQUIRIES))]
     Enquiries {
@@ -164,6 +170,39 @@ enum Command {
         json: bool,
         #[command(subcommand)]
         command: EnquiriesCommand,
+    },
+    /// The addresses bulk mail must not go to, and lifting a suppression. Prints addresses:
+    /// the one operator command that does, since an address is what a suppression is.
+    #[command(after_help = help::SUPPRESSIONS, after_long_help = help::with_table(help::SUPPRESSIONS))]
+    Suppressions {
+        /// Print one JSON document instead of a table.
+        #[arg(long, global = true)]
+        json: bool,
+        #[command(subcommand)]
+        command: SuppressionsCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum SuppressionsCommand {
+    /// Suppressed addresses, newest first: address, reason and since when (UK time). Prints the
+    /// addresses themselves: for an operator looking up who is suppressed.
+    #[command(after_help = help::SUPPRESSIONS_LIST, after_long_help = help::with_table(help::SUPPRESSIONS_LIST))]
+    List {
+        /// At most this many rows.
+        #[arg(long, default_value_t = 50)]
+        limit: u32,
+        /// Only this address (any case).
+        #[arg(long, value_name = "ADDR")]
+        address: Option<String>,
+    },
+    /// Lift suppressions (any case), so that newsletters and digests may go to the addresses
+    /// again. Exits 1 when an address was not suppressed; the others are still removed.
+    #[command(after_help = help::SUPPRESSIONS_REMOVE, after_long_help = help::with_table(help::SUPPRESSIONS_REMOVE))]
+    Remove {
+        /// The addresses.
+        #[arg(required = true, value_name = "ADDR")]
+        addresses: Vec<String>,
     },
 }
 
@@ -174,6 +213,27 @@ enum ConfigCommand {
     #[command(after_help = help::CONFIG_SHOW, after_long_help = help::with_table(help::CONFIG_SHOW))]
     Show {
         /// Print one JSON document instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+#[derive(Subcommand)]
+enum BouncesCommand {
+    /// Read bounces (delivery status notifications, feedback reports) from files, one message
+    /// or an mbox each, or one message on standard input, with the same effects as the bounce
+    /// listener: a hard bounce suppresses the address and fails the email, a complaint
+    /// unsubscribes, soft bounces are counted, auto-replies ignored, the rest kept for an
+    /// operator.
+    #[command(after_help = help::BOUNCES, after_long_help = help::with_table(help::BOUNCES))]
+    Ingest {
+        files: Vec<PathBuf>,
+        /// The address the message was delivered to (an MTA's envelope recipient, such as
+        /// Postfix's ${original_recipient}); may be repeated. Without it the message's own
+        /// headers say.
+        #[arg(long, value_name = "ADDR")]
+        to: Vec<String>,
+        /// Print one JSON document instead of a line per message.
         #[arg(long)]
         json: bool,
     },
@@ -207,6 +267,15 @@ enum OutboxCommand {
         /// At most this many rows.
         #[arg(long, default_value_t = 50)]
         limit: u32,
+    },
+    /// One email: kind, stream, status, attempts, times (UTC and UK), why it failed (a code),
+    /// how many recipients (never who), its return path, its triage copy and its bounces (kind,
+    /// status code and time; never the recipient or the remote server's words). Exits 1 when
+    /// the id is no email.
+    #[command(after_help = help::OUTBOX_SHOW, after_long_help = help::with_table(help::OUTBOX_SHOW))]
+    Show {
+        /// An outbox id (from `outbox list`).
+        id: i64,
     },
     /// Put failed emails back to be sent now, with a fresh attempt count.
     #[command(after_help = help::OUTBOX_RETRY, after_long_help = help::with_table(help::OUTBOX_RETRY))]
@@ -366,8 +435,12 @@ async fn main() -> ExitCode {
             lead,
         } => example(&out, lead),
         Command::Outbox { json, command } => outbox(command, json).await,
+        Command::Bounces {
+            command: BouncesCommand::Ingest { files, to, json },
+        } => cli::bounces::ingest(files, to, json).await,
         Command::DeadLetters { json, command } => dead_letters(command, json).await,
         Command::Enquiries { json, command } => enquiries(command, json).await,
+        Command::Suppressions { json, command } => suppressions(command, json).await,
         Command::Config {
             command: ConfigCommand::Show { json },
         } => config_show(json),
@@ -455,6 +528,10 @@ async fn outbox(command: OutboxCommand, json: bool) -> ExitCode {
                 };
                 admin::outbox::list(&pool, &filter).await
             }
+            OutboxCommand::Show { id } => {
+                let paths = rpec_notify::tokens::ReturnPaths::from_settings(&settings);
+                admin::outbox::show(&pool, id, paths.as_ref()).await
+            }
             OutboxCommand::Retry { ids, all_failed } => {
                 let selection = if all_failed {
                     admin::outbox::RetrySelection::AllFailed
@@ -462,6 +539,31 @@ async fn outbox(command: OutboxCommand, json: bool) -> ExitCode {
                     admin::outbox::RetrySelection::Ids(ids)
                 };
                 admin::outbox::retry(&pool, &selection).await
+            }
+        };
+        pool.close().await;
+        report
+    };
+    admin_exit(result.await, json)
+}
+
+async fn suppressions(command: SuppressionsCommand, json: bool) -> ExitCode {
+    let settings = match settings() {
+        Ok(s) => s,
+        Err(code) => return code,
+    };
+    let result = async {
+        let pool = admin::connect_database(&settings).await?;
+        let report = match command {
+            SuppressionsCommand::List { limit, address } => {
+                let filter = admin::suppressions::ListFilter {
+                    address,
+                    limit: limit.into(),
+                };
+                admin::suppressions::list(&pool, &filter).await
+            }
+            SuppressionsCommand::Remove { addresses } => {
+                admin::suppressions::remove(&pool, &addresses).await
             }
         };
         pool.close().await;

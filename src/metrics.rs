@@ -61,6 +61,13 @@ pub struct Metrics {
     pub open_unclaimed: IntGaugeVec,
     /// Escalation emails sent, by level (1: national and triage, 2: the second notice).
     pub escalations: IntCounterVec,
+    /// Bounces received, by what they were (hard, soft, complaint, auto_reply, unparsed) and
+    /// the kind of email they came back for ("unknown" when they named none); a notification
+    /// received again is counted once.
+    pub bounces: IntCounterVec,
+    /// Bounces that named no email of ours: no genuine return path (forged, altered, or sent
+    /// to the bounce address by hand), or an email retention has removed. They change nothing.
+    pub bounces_unmatched: IntCounter,
 }
 
 /// The `region` label for an enquiry's region: a region id, or "triage"; anything else (a bad
@@ -291,6 +298,20 @@ impl Metrics {
                         "Enquiries nobody has claimed yet, by region and topic",
                     ),
                     &["region", "topic"],
+                )
+                .expect("a valid metric"),
+            ),
+            bounces: counter(
+                &registry,
+                "rpec_bounces_total",
+                "Bounces received after the relay took an email, by what they were (hard, soft, complaint, auto_reply, unparsed) and the email's kind",
+                &["kind", "email_kind"],
+            ),
+            bounces_unmatched: register(
+                &registry,
+                IntCounter::new(
+                    "rpec_bounces_unmatched_total",
+                    "Bounces that named no email of ours (no genuine return path, or the email is gone): nothing changed",
                 )
                 .expect("a valid metric"),
             ),

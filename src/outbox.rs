@@ -614,6 +614,27 @@ pub async fn enqueue_undeliverable(
     Ok(queued)
 }
 
+/// Suppresses `addresses` for bulk mail (newsletters, digests), lower-cased, with `reason`
+/// (ids and codes, no address): a relay or a bounce said they do not exist or will never take
+/// our mail, or their owner complained, and mailing them again harms delivery to everyone.
+/// Returns how many addresses were newly suppressed.
+pub async fn suppress(
+    conn: &mut PgConnection,
+    addresses: &[String],
+    reason: &str,
+) -> sqlx::Result<u64> {
+    Ok(sqlx::query(
+        "INSERT INTO suppressions (email, reason)
+         SELECT DISTINCT lower(r), $2 FROM unnest($1::text[]) AS r
+         ON CONFLICT (email) DO NOTHING",
+    )
+    .bind(addresses)
+    .bind(reason)
+    .execute(conn)
+    .await?
+    .rows_affected())
+}
+
 /// Emails not yet sent (pending or being sent).
 pub async fn depth(pool: &PgPool) -> sqlx::Result<i64> {
     let (n,): (i64,) =

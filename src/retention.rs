@@ -53,6 +53,10 @@ pub struct Swept {
     pub digest_runs: u64,
     /// Hashes of erased addresses past the time an event about them could still come.
     pub erased_addresses: u64,
+    /// Bounces and complaints received (an email's go with it too, when the email goes).
+    pub bounces: u64,
+    /// Mail at the bounce address that was not understood.
+    pub unparsed_bounces: u64,
 }
 
 /// A period in days as PostgreSQL's `make_interval` takes it. Capped so that "keep for ever"
@@ -207,6 +211,18 @@ const ERASED_ADDRESSES: &str = delete_batch!(
     "kept_until"
 );
 
+const BOUNCES: &str = delete_batch!(
+    "bounces",
+    "received_at < $1 - make_interval(days => $2)",
+    "received_at"
+);
+
+const UNPARSED_BOUNCES: &str = delete_batch!(
+    "unparsed_bounces",
+    "received_at < $1 - make_interval(days => $2)",
+    "received_at"
+);
+
 const DIGEST_RUNS: &str = delete_batch!(
     "digest_runs",
     "ran_at < $1 - make_interval(days => $2)",
@@ -269,6 +285,8 @@ pub async fn sweep(sweeper: &Sweeper, stop: &CancellationToken) -> sqlx::Result<
     let (pruned_deliveries, _) = run(NEWSLETTER_DELIVERIES, 0).await?;
     let (digest_runs, _) = run(DIGEST_RUNS, s.digest_run_days).await?;
     let (erased_addresses, _) = run(ERASED_ADDRESSES, 0).await?;
+    let (bounces, _) = run(BOUNCES, s.bounce_days).await?;
+    let (unparsed_bounces, _) = run(UNPARSED_BOUNCES, s.unparsed_bounce_days).await?;
     Ok(Swept {
         enquiries,
         registrations,
@@ -281,6 +299,8 @@ pub async fn sweep(sweeper: &Sweeper, stop: &CancellationToken) -> sqlx::Result<
         newsletter_deliveries: pending_deliveries + unsubscribed_deliveries + pruned_deliveries,
         digest_runs,
         erased_addresses,
+        bounces,
+        unparsed_bounces,
     })
 }
 

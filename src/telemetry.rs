@@ -4,10 +4,13 @@
 use tracing_subscriber::EnvFilter;
 
 /// lapin's own logs are off by default: the consumer reports every connection loss itself,
-/// and lapin reports an "error" when a short-lived publisher's runtime ends.
+/// and lapin reports an "error" when a short-lived publisher's runtime ends. mailin's (the bounce
+/// listener's SMTP protocol) are off whatever `RUST_LOG` says: it traces every command line,
+/// and RCPT lines are addresses.
 pub fn init() {
     let filter = EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| EnvFilter::new("info,lapin=off,sqlx=warn"));
+        .unwrap_or_else(|_| EnvFilter::new("info,lapin=off,sqlx=warn"))
+        .add_directive("mailin=off".parse().expect("a valid directive"));
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr);

@@ -209,6 +209,138 @@ fn mac(secret: &[u8]) -> HmacSha256 {
     <HmacSha256 as Mac>::new_from_slice(secret).expect("HMAC takes keys of any length")
 }
 
+/// The recipient part of a return path whose email had several recipients: the bounce itself
+/// says which of them it is about (its `Final-Recipient`), among that email's only.
+pub const EVERY_RECIPIENT: u8 = u8::MAX;
+
+/// What a return path names: an email of the outbox and which of its recipients (an index into
+/// its `recipients`, or [`EVERY_RECIPIENT`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Returned {
+    pub outbox_id: i64,
+    pub recipient: u8,
+}
+
+/// VERP return paths: each email's envelope sender is `{local}+{token}@{domain}`, from
+/// `[mail] bounce_address`, so that a bounce sent back to it says which email and which
+/// recipient it is about, whatever the bounce's content looks like.
+///
+/// The token is 30 lower-case hex digits (case does not matter: some servers change the case
+/// of addresses):
+///
+/// ```text
+/// outbox id (6 bytes, big-endian) | recipient (1 byte) | HMAC-SHA256 of them and a purpose
+///   byte, first 8 bytes
+/// ```
+///
+/// Signed with the link keys (the first signs, every one verifies), so a forged or altered
+/// bounce names nobody. It never expires: a bounce can come days later, and the outbox row it
+/// names goes with retention anyway.
+#[derive(Debug, Clone)]
+pub struct ReturnPaths {
+    local: String,
+    domain: String,
+    keys: Vec<SecretString>,
+}
+
+const RETURN_PATH_PURPOSE: u8 = 0x52;
+const RETURN_PATH_ID_BYTES: usize = 6;
+const RETURN_PATH_MAC_BYTES: usize = 8;
+const RETURN_PATH_TOKEN_CHARS: usize = 2 * (RETURN_PATH_ID_BYTES + 1 + RETURN_PATH_MAC_BYTES);
+
+impl ReturnPaths {
+    /// From `[mail] bounce_address` (already checked: `local@domain`, no `+` in `local`);
+    /// none when it is not set, and the envelope sender is the From address.
+    pub fn from_settings(settings: &Settings) -> Option<ReturnPaths> {
+        let (local, domain) = settings.mail.bounce_address.as_deref()?.rsplit_once('@')?;
+        Some(ReturnPaths::new(local, domain, settings.token_keys.clone()))
+    }
+
+    pub fn new(local: &str, domain: &str, keys: Vec<SecretString>) -> ReturnPaths {
+        ReturnPaths {
+            local: local.to_ascii_lowercase(),
+            domain: domain.to_ascii_lowercase(),
+            keys,
+        }
+    }
+
+    /// The bounce domain: the listener's name, and what it takes mail for.
+    pub fn domain(&self) -> &str {
+        &self.domain
+    }
+
+    /// The envelope sender for `recipient` of outbox row `outbox_id`.
+    pub fn address(&self, outbox_id: i64, recipient: u8) -> String {
+        let key = self
+            .keys
+            .first()
+            .map_or(&[][..], |k| k.expose_secret().as_bytes());
+        let payload = return_path_payload(outbox_id, recipient);
+        let mac = return_path_mac(key, &payload);
+        let mut token = String::with_capacity(RETURN_PATH_TOKEN_CHARS);
+        for b in payload.iter().chain(&mac) {
+            token.push_str(&format!("{b:02x}"));
+        }
+        format!("{}+{token}@{}", self.local, self.domain)
+    }
+
+    /// What a return path names, if it is one of ours with a genuine signature (any case, with
+    /// or without angle brackets).
+    pub fn check(&self, address: &str) -> Option<Returned> {
+        let address = address.trim().trim_start_matches('<').trim_end_matches('>');
+        let (local, domain) = address.rsplit_once('@')?;
+        if !domain.eq_ignore_ascii_case(&self.domain) {
+            return None;
+        }
+        let (base, token) = local.split_once('+')?;
+        if !base.eq_ignore_ascii_case(&self.local) || token.len() != RETURN_PATH_TOKEN_CHARS {
+            return None;
+        }
+        let bytes: Vec<u8> = (0..token.len())
+            .step_by(2)
+            .map(|i| u8::from_str_radix(token.get(i..i + 2)?, 16).ok())
+            .collect::<Option<_>>()?;
+        let (payload, signature) = bytes.split_at(RETURN_PATH_ID_BYTES + 1);
+        // Checked in constant time (hmac's own truncated check): the comparison says nothing
+        // about how close a forgery came.
+        let genuine = self.keys.iter().any(|key| {
+            return_path_hmac(key.expose_secret().as_bytes(), payload)
+                .verify_truncated_left(signature)
+                .is_ok()
+        });
+        if !genuine {
+            return None;
+        }
+        let mut id = [0u8; 8];
+        id[8 - RETURN_PATH_ID_BYTES..].copy_from_slice(&payload[..RETURN_PATH_ID_BYTES]);
+        Some(Returned {
+            outbox_id: i64::from_be_bytes(id),
+            recipient: payload[RETURN_PATH_ID_BYTES],
+        })
+    }
+}
+
+fn return_path_payload(outbox_id: i64, recipient: u8) -> [u8; RETURN_PATH_ID_BYTES + 1] {
+    let mut payload = [0u8; RETURN_PATH_ID_BYTES + 1];
+    payload[..RETURN_PATH_ID_BYTES]
+        .copy_from_slice(&outbox_id.to_be_bytes()[8 - RETURN_PATH_ID_BYTES..]);
+    payload[RETURN_PATH_ID_BYTES] = recipient;
+    payload
+}
+
+fn return_path_hmac(key: &[u8], payload: &[u8]) -> HmacSha256 {
+    mac(key)
+        .chain_update([RETURN_PATH_PURPOSE])
+        .chain_update(payload)
+}
+
+fn return_path_mac(key: &[u8], payload: &[u8]) -> [u8; RETURN_PATH_MAC_BYTES] {
+    let full = return_path_hmac(key, payload).finalize().into_bytes();
+    let mut out = [0u8; RETURN_PATH_MAC_BYTES];
+    out.copy_from_slice(&full[..RETURN_PATH_MAC_BYTES]);
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -225,6 +357,89 @@ mod tests {
     const SEVEN_DAYS: Duration = Duration::hours(7 * 24);
     /// The README's 400 days for unsubscribe links.
     const FOUR_HUNDRED_DAYS: Duration = Duration::hours(400 * 24);
+
+    fn return_paths() -> ReturnPaths {
+        ReturnPaths::new(
+            "bounces",
+            "bounce.example.org",
+            vec![SecretString::from(
+                String::from_utf8(SECRET.to_vec()).unwrap(),
+            )],
+        )
+    }
+
+    #[test]
+    fn a_return_path_names_its_email_and_recipient_in_any_case() {
+        let paths = return_paths();
+        let address = paths.address(123_456_789, 0);
+        assert!(address.starts_with("bounces+") && address.ends_with("@bounce.example.org"));
+        // Short enough for any server: a local part is at most 64 octets.
+        assert!(address.split('@').next().unwrap().len() <= 64, "{address}");
+        let named = Returned {
+            outbox_id: 123_456_789,
+            recipient: 0,
+        };
+        assert_eq!(paths.check(&address), Some(named));
+        assert_eq!(paths.check(&address.to_uppercase()), Some(named));
+        assert_eq!(paths.check(&format!("<{address}>")), Some(named));
+        let several = paths.address(7, EVERY_RECIPIENT);
+        assert_eq!(
+            paths.check(&several),
+            Some(Returned {
+                outbox_id: 7,
+                recipient: EVERY_RECIPIENT
+            })
+        );
+        assert_ne!(several, paths.address(7, 0));
+    }
+
+    #[test]
+    fn a_forged_or_altered_return_path_names_nobody() {
+        let paths = return_paths();
+        let address = paths.address(42, 0);
+        let (local, domain) = address.split_once('@').unwrap();
+        // Every single hex digit changed.
+        for i in "bounces+".len()..local.len() {
+            let mut altered = local.as_bytes().to_vec();
+            altered[i] = if altered[i] == b'0' { b'1' } else { b'0' };
+            let altered = format!("{}@{domain}", String::from_utf8(altered).unwrap());
+            assert_eq!(paths.check(&altered), None, "{altered}");
+        }
+        // Another key, another domain, another local part, junk.
+        let other = ReturnPaths::new(
+            "bounces",
+            "bounce.example.org",
+            vec![SecretString::from(
+                "another secret of at least 32 bytes!!".to_string(),
+            )],
+        );
+        assert_eq!(other.check(&address), None);
+        assert_eq!(
+            paths.check(&address.replace("bounce.example.org", "example.net")),
+            None
+        );
+        assert_eq!(paths.check(&address.replace("bounces+", "other+")), None);
+        for junk in [
+            "",
+            "bounces@bounce.example.org",
+            "bounces+@bounce.example.org",
+            "bounces+zz@bounce.example.org",
+            "@",
+            "bounces+ééééééééééééééééééééééééééééé@bounce.example.org",
+        ] {
+            assert_eq!(paths.check(junk), None, "{junk}");
+        }
+        // A key rotated out of signing still verifies.
+        let rotated = ReturnPaths::new(
+            "bounces",
+            "bounce.example.org",
+            vec![
+                SecretString::from("a new signing secret of at least 32 bytes".to_string()),
+                SecretString::from(String::from_utf8(SECRET.to_vec()).unwrap()),
+            ],
+        );
+        assert_eq!(rotated.check(&address).map(|r| r.outbox_id), Some(42));
+    }
 
     #[test]
     fn a_token_round_trips_until_it_expires() {

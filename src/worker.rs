@@ -4,6 +4,7 @@
 //! `shutdown` resolves; then stops consuming, finishes what is in hand and returns. Nothing
 //! imports it.
 
+use crate::bounce::{self, Bounces};
 use crate::clock::Clock;
 use crate::config::{Problems, Regions, Settings};
 use crate::consume::{self, Consumer, Topology};
@@ -15,7 +16,7 @@ use crate::metrics::Metrics;
 use crate::retention::{self, Sweeper};
 use crate::schedule::{self, Scheduler};
 use crate::send::{self, Mailer};
-use crate::tokens::Links;
+use crate::tokens::{Links, ReturnPaths};
 use anyhow::Context;
 use std::future::Future;
 use std::sync::atomic::AtomicBool;
@@ -23,10 +24,12 @@ use std::sync::Arc;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
-/// Where the worker serves HTTP: the public pages, and health and metrics apart from them.
+/// Where the worker serves HTTP (the public pages, and health and metrics apart from them) and,
+/// when `RPEC_BOUNCE_SMTP_ADDR` is set, takes bounces over SMTP.
 pub struct Listeners {
     pub public: TcpListener,
     pub admin: TcpListener,
+    pub bounces: Option<TcpListener>,
 }
 
 impl Listeners {
@@ -40,6 +43,10 @@ impl Listeners {
         Ok(Listeners {
             public: bind(settings.http_addr).await?,
             admin: bind(settings.admin_addr).await?,
+            bounces: match settings.bounces.smtp_addr {
+                Some(addr) => Some(bind(addr).await?),
+                None => None,
+            },
         })
     }
 }
@@ -82,6 +89,16 @@ pub async fn run_with_clock(
     let amqp_ready = Arc::new(AtomicBool::new(false));
     let links = Links::from_settings(&settings);
     let bulk_domain = &mail.bulk_from.domain;
+    // Bounces: the listener, when one is bound (settings refuse one without return paths).
+    let bounce_listener = match listeners.bounces {
+        Some(listener) => {
+            let bounces =
+                Bounces::from_settings(&settings, pool.clone(), &regions, metrics.clone())
+                    .context("the bounce listener needs mail.bounce_address")?;
+            Some((listener, bounces))
+        }
+        None => None,
+    };
 
     let consumer = Consumer {
         amqp_url: settings.amqp_url.clone(),
@@ -114,6 +131,7 @@ pub async fn run_with_clock(
         shells: Default::default(),
         regions: regions.clone(),
         links: links.clone(),
+        return_paths: ReturnPaths::from_settings(&settings),
         metrics: metrics.clone(),
         clock: clock.clone(),
     };
@@ -171,6 +189,16 @@ pub async fn run_with_clock(
         grace,
         stop.clone(),
     )));
+    if let Some((listener, bounces)) = bounce_listener {
+        let hostname = bounces.paths.domain().to_owned();
+        let limits = bounce::limits(&settings.bounces);
+        let stop = stop.clone();
+        tasks.spawn(async move {
+            bounce::listener::serve(listener, hostname, Arc::new(bounces), limits, stop)
+                .await
+                .context("the bounce listener")
+        });
+    }
     tracing::info!("worker started");
 
     // A task that cannot go on (a queue declared differently by an earlier version) stops the

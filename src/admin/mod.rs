@@ -1,5 +1,5 @@
-//! Operator tools: `rpec-notify outbox status|list|retry`, `rpec-notify dead-letters
-//! list|replay|purge` and `rpec-notify enquiries open`.
+//! Operator tools: `rpec-notify outbox status|list|show|retry`, `rpec-notify dead-letters
+//! list|replay|purge`, `rpec-notify enquiries open` and `rpec-notify suppressions list|remove`.
 //!
 //! Every command returns a [`Report`] (text for people, JSON for scripts) or an [`AdminError`],
 //! and the command line turns them into one exit-code table:
@@ -7,17 +7,20 @@
 //! | code | meaning |
 //! | --- | --- |
 //! | 0 | done |
-//! | 1 | done, but problems were found: an id that is not a failed email or not a dead letter, a message the broker would not take back |
+//! | 1 | done, but problems were found: an id that is not a failed email (`outbox retry`), no email at all (`outbox show`) or not a dead letter, a message the broker would not take back, an address that was not suppressed (`suppressions remove`) |
 //! | 2 | usage or configuration: bad arguments, settings that do not load, a database without the outbox, a dead-letter queue that does not exist |
 //! | 3 | a dependency cannot be reached: PostgreSQL or RabbitMQ |
 //!
 //! Reports hold no personal data: ids, kinds, statuses, counts, ages and error codes only. An
-//! outbox row's recipients and context, a dead letter's body and the relay's reply text (which
-//! can quote an address) are never printed.
+//! outbox row's recipients and context, a dead letter's body, the relay's reply text and a
+//! bounce's recipient and diagnostic (which can quote an address) are never printed. The one
+//! exception is [`suppressions`]: a suppression is an address and nothing else, and looking one
+//! up is what the command is for; it prints them to the operator and logs none.
 
 pub mod dead_letters;
 pub mod enquiries;
 pub mod outbox;
+pub mod suppressions;
 
 use crate::config::Settings;
 use secrecy::ExposeSecret;

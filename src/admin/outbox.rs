@@ -1,8 +1,12 @@
-//! `rpec-notify outbox status|list|retry`: what the outbox holds, which emails failed and why
-//! (as a code, never the relay's words), and putting failed emails back to be sent.
+//! `rpec-notify outbox status|list|show|retry`: what the outbox holds, which emails failed and
+//! why (as a code, never the relay's words), one email in detail, and putting failed emails back
+//! to be sent.
 
 use super::{human_age, table, AdminError, Report};
 use crate::outbox::NOTIFY_CHANNEL;
+use crate::tokens::{self, ReturnPaths};
+use crate::uk_time;
+use chrono::{DateTime, Utc};
 use serde_json::{json, Value};
 use sqlx::PgPool;
 
@@ -14,22 +18,50 @@ pub const STATUSES: [&str; 5] = ["pending", "sending", "sent", "failed", "cancel
 /// (`550 5.1.1 <sam@example.org>: no such user`).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ErrorSummary {
-    /// A stable code: `smtp_permanent`, `smtp_transient`, `not_sendable`, `prepare_failed`,
-    /// `relay_timeout`, `relay_unreachable`, `relay_tls`, `no_longer_wanted` or `other`.
+    /// A stable code: `smtp_permanent`, `smtp_transient`, `bounced`, `not_sendable`,
+    /// `prepare_failed`, `relay_timeout`, `relay_unreachable`, `relay_tls`, `no_longer_wanted`
+    /// or `other`.
     pub class: &'static str,
     /// The relay's reply code, when it gave one.
     pub smtp_code: Option<u16>,
+    /// For `bounced`: the enhanced status code the bounce gave (`5.1.1`), when it gave one
+    /// that is only digits and dots (so never a fragment of the diagnostic text).
+    pub enhanced_status: Option<String>,
 }
 
 impl ErrorSummary {
-    /// `smtp 550 permanent`, `relay_timeout`, ...
+    /// `smtp 550 permanent`, `bounced 5.1.1`, `relay_timeout`, ...
     pub fn text(&self) -> String {
-        match (self.class, self.smtp_code) {
-            ("smtp_permanent", Some(c)) => format!("smtp {c} permanent"),
-            ("smtp_transient", Some(c)) => format!("smtp {c} transient"),
-            (class, _) => class.to_owned(),
+        match (self.class, self.smtp_code, &self.enhanced_status) {
+            ("smtp_permanent", Some(c), _) => format!("smtp {c} permanent"),
+            ("smtp_transient", Some(c), _) => format!("smtp {c} transient"),
+            ("bounced", _, Some(s)) => format!("bounced {s}"),
+            (class, _, _) => class.to_owned(),
         }
     }
+}
+
+// What the bounce handler writes at the start of `last_error` when a hard bounce fails a row
+// the relay had taken: `bounced after the relay took it (5.1.1): <the remote server's
+// diagnostic>`.
+use crate::bounce::BOUNCED;
+
+/// An enhanced status code (RFC 3463): class 2, 4 or 5, then subject and detail of one to three
+/// digits each. Anything else is not printed, since it could be the diagnostic's words.
+fn enhanced_status(text: &str) -> Option<String> {
+    let mut parts = text.split('.');
+    let class = parts.next()?;
+    let ok = matches!(class, "2" | "4" | "5")
+        && parts.clone().count() == 2
+        && parts.all(|p| (1..=3).contains(&p.len()) && p.chars().all(|c| c.is_ascii_digit()));
+    ok.then(|| text.to_owned())
+}
+
+/// The status code of a bounce's `last_error`: what is between the parentheses right after
+/// [`BOUNCED`], if it is an enhanced status code.
+fn bounce_status(text: &str) -> Option<String> {
+    let rest = text.strip_prefix(BOUNCED)?.trim_start().strip_prefix('(')?;
+    enhanced_status(&rest[..rest.find(')')?])
 }
 
 /// The three digits after `marker` (lettre writes `permanent error (550): ...`).
@@ -49,9 +81,18 @@ pub fn summarise_error(status: &str, last_error: Option<&str>) -> Option<ErrorSu
         return Some(ErrorSummary {
             class: "no_longer_wanted",
             smtp_code: None,
+            enhanced_status: None,
         });
     }
     let e = last_error?;
+    // First: a bounce's diagnostic, quoted after the prefix, could hold any of the shapes below.
+    if e.starts_with(BOUNCED) {
+        return Some(ErrorSummary {
+            class: "bounced",
+            smtp_code: None,
+            enhanced_status: bounce_status(e),
+        });
+    }
     let (class, smtp_code) = if let Some(c) = code_after(e, "permanent error (") {
         ("smtp_permanent", Some(c))
     } else if let Some(c) = code_after(e, "transient error (") {
@@ -69,7 +110,11 @@ pub fn summarise_error(status: &str, last_error: Option<&str>) -> Option<ErrorSu
     } else {
         ("other", None)
     };
-    Some(ErrorSummary { class, smtp_code })
+    Some(ErrorSummary {
+        class,
+        smtp_code,
+        enhanced_status: None,
+    })
 }
 
 /// `outbox status`: counts by status and kind, and how long the oldest unsent email has waited.
@@ -177,6 +222,7 @@ pub async fn list(pool: &PgPool, filter: &ListFilter) -> Result<Report, AdminErr
             "age_seconds": age,
             "error": error.as_ref().map(|e| e.class),
             "smtp_code": error.as_ref().and_then(|e| e.smtp_code),
+            "enhanced_status": error.as_ref().and_then(|e| e.enhanced_status.clone()),
         }));
         text_rows.push(vec![
             id.to_string(),
@@ -207,6 +253,166 @@ pub async fn list(pool: &PgPool, filter: &ListFilter) -> Result<Report, AdminErr
     Ok(Report {
         text,
         json: json!({"total": total, "emails": json_rows}),
+        problems: false,
+    })
+}
+
+#[derive(sqlx::FromRow)]
+struct Shown {
+    id: i64,
+    kind: String,
+    stream: String,
+    status: String,
+    attempts: i32,
+    deferrals: i32,
+    created_at: DateTime<Utc>,
+    sent_at: Option<DateTime<Utc>>,
+    last_error: Option<String>,
+    recipients: i32,
+}
+
+/// A time in both forms an operator needs: UTC to compare with logs, UK time to talk about.
+fn both_times(t: DateTime<Utc>) -> String {
+    format!(
+        "{} ({} UK time)",
+        t.format("%Y-%m-%d %H:%M:%S UTC"),
+        uk_time::date_time(t)
+    )
+}
+
+fn time_json(t: Option<DateTime<Utc>>) -> Value {
+    t.map_or(
+        Value::Null,
+        |t| json!({"utc": t.to_rfc3339(), "uk": uk_time::date_time(t)}),
+    )
+}
+
+/// `outbox show ID`: one email in detail. Its recipients are counted, never shown; its bounces
+/// are shown by kind, status code and time only, since their recipient and the remote server's
+/// diagnostic can both quote the address. The return path (when `mail.bounce_address` is set)
+/// is a signed token naming the row, no personal data. An id that is no email: exit 1.
+pub async fn show(
+    pool: &PgPool,
+    id: i64,
+    return_paths: Option<&ReturnPaths>,
+) -> Result<Report, AdminError> {
+    let row: Option<Shown> = sqlx::query_as(
+        "SELECT id, kind, stream, status, attempts, deferrals, created_at, sent_at, last_error,
+                coalesce(cardinality(recipients), 0) AS recipients
+         FROM outbox WHERE id = $1",
+    )
+    .bind(id)
+    .fetch_optional(pool)
+    .await?;
+    let Some(row) = row else {
+        return Ok(Report {
+            text: format!("{id}: no such email in the outbox\n"),
+            json: json!({"id": id, "found": false}),
+            problems: true,
+        });
+    };
+    // The triage mailbox's copy of a coordinators' email that failed for good (at most one:
+    // outbox_undeliverable_once).
+    let triage: Option<(i64, String)> =
+        sqlx::query_as("SELECT id, status FROM outbox WHERE undeliverable_of = $1")
+            .bind(id)
+            .fetch_optional(pool)
+            .await?;
+    let bounces: Vec<(String, Option<String>, DateTime<Utc>)> = sqlx::query_as(
+        "SELECT kind, status, received_at FROM bounces WHERE outbox_id = $1
+         ORDER BY received_at, id",
+    )
+    .bind(id)
+    .fetch_all(pool)
+    .await?;
+    // As `send::send_one` names it: one recipient by its index, several all at once.
+    let return_path = return_paths.map(|paths| {
+        let recipient = match row.recipients {
+            1 => 0,
+            _ => tokens::EVERY_RECIPIENT,
+        };
+        paths.address(row.id, recipient)
+    });
+    let error = summarise_error(&row.status, row.last_error.as_deref());
+    // Only a code from the bounce's row: its `status` column is the remote server's words too.
+    let bounce_status = |s: &Option<String>| s.as_deref().and_then(enhanced_status);
+
+    let dash = || "-".to_owned();
+    let fields: Vec<(&str, String)> = vec![
+        ("id", row.id.to_string()),
+        ("kind", row.kind.clone()),
+        ("stream", row.stream.clone()),
+        ("status", row.status.clone()),
+        ("attempts", row.attempts.to_string()),
+        ("deferrals", row.deferrals.to_string()),
+        ("created", both_times(row.created_at)),
+        ("sent", row.sent_at.map_or_else(dash, both_times)),
+        (
+            "error",
+            error.as_ref().map_or_else(dash, ErrorSummary::text),
+        ),
+        ("recipients", row.recipients.to_string()),
+        (
+            "return path",
+            return_path
+                .clone()
+                .unwrap_or_else(|| "- (mail.bounce_address is not set)".into()),
+        ),
+        (
+            "triage copy",
+            triage
+                .as_ref()
+                .map_or_else(|| "none".into(), |(t, s)| format!("{t} ({s})")),
+        ),
+    ];
+    let width = fields.iter().map(|f| f.0.len()).max().unwrap_or(0);
+    let mut text: String = fields
+        .iter()
+        .map(|(k, v)| format!("{k:width$}  {v}\n"))
+        .collect();
+    if bounces.is_empty() {
+        text.push_str("no bounces\n");
+    } else {
+        text.push_str(&format!("{} bounce(s):\n", bounces.len()));
+        let rows: Vec<Vec<String>> = bounces
+            .iter()
+            .map(|(kind, status, at)| {
+                vec![
+                    kind.clone(),
+                    bounce_status(status).unwrap_or_else(dash),
+                    both_times(*at),
+                ]
+            })
+            .collect();
+        for line in table(&["kind", "status", "received"], &rows).lines() {
+            text.push_str(&format!("  {line}\n"));
+        }
+    }
+    Ok(Report {
+        text,
+        json: json!({
+            "found": true,
+            "id": row.id,
+            "kind": row.kind,
+            "stream": row.stream,
+            "status": row.status,
+            "attempts": row.attempts,
+            "deferrals": row.deferrals,
+            "created_at": time_json(Some(row.created_at)),
+            "sent_at": time_json(row.sent_at),
+            "error": error.as_ref().map(|e| e.class),
+            "error_text": error.as_ref().map(ErrorSummary::text),
+            "smtp_code": error.as_ref().and_then(|e| e.smtp_code),
+            "enhanced_status": error.as_ref().and_then(|e| e.enhanced_status.clone()),
+            "recipients": row.recipients,
+            "return_path": return_path,
+            "triage_copy": triage.map(|(t, s)| json!({"id": t, "status": s})),
+            "bounces": bounces.iter().map(|(kind, status, at)| json!({
+                "kind": kind,
+                "status": bounce_status(status),
+                "received_at": time_json(Some(*at)),
+            })).collect::<Vec<_>>(),
+        }),
         problems: false,
     })
 }
@@ -321,5 +527,53 @@ mod tests {
                 .class,
             "no_longer_wanted"
         );
+    }
+
+    #[test]
+    fn a_bounce_is_shown_as_its_enhanced_status_code_without_the_diagnostic() {
+        let e = summarise_error(
+            "failed",
+            Some(
+                "bounced after the relay took it (5.1.1): 550 permanent error (550): \
+                 <sam@school.example.org>: no such user",
+            ),
+        )
+        .unwrap();
+        assert_eq!(e.class, "bounced");
+        assert_eq!(e.enhanced_status.as_deref(), Some("5.1.1"));
+        assert_eq!(
+            e.smtp_code, None,
+            "the diagnostic's own shapes are not read"
+        );
+        assert_eq!(e.text(), "bounced 5.1.1");
+    }
+
+    #[test]
+    fn a_bounce_without_a_plain_status_code_is_only_bounced() {
+        let text = |s: &str| summarise_error("failed", Some(s)).unwrap().text();
+        assert_eq!(
+            text("bounced after the relay took it: no status"),
+            "bounced"
+        );
+        assert_eq!(
+            text("bounced after the relay took it (sam@example.org): x"),
+            "bounced"
+        );
+        assert_eq!(text("bounced after the relay took it (5.1): x"), "bounced");
+        assert_eq!(
+            text("bounced after the relay took it (5.1.1234): x"),
+            "bounced"
+        );
+        assert_eq!(
+            text("bounced after the relay took it (3.1.1): x"),
+            "bounced"
+        );
+        assert_eq!(text("bounced after the relay took it (5.1.1"), "bounced");
+        assert_eq!(
+            text("bounced after the relay took it (4.2.2): x"),
+            "bounced 4.2.2"
+        );
+        assert_eq!(enhanced_status("5.7.26").as_deref(), Some("5.7.26"));
+        assert_eq!(enhanced_status("5.1.1 user"), None);
     }
 }

@@ -17,11 +17,14 @@ pub const TABLE: &str = "\
 Exit codes (every command):
   0  done, nothing wrong
   1  done, problems found: `check` found configuration or template problems, `validate` an
-     invalid event, an id given to `outbox retry` or `dead-letters replay` matched nothing
+     invalid event, an id given to `outbox retry`, `outbox show` or `dead-letters replay`
+     matched nothing, an address given to `suppressions remove` was not suppressed
   2  usage or configuration: bad arguments, settings, regions.toml or templates that do not
      load, a file that cannot be read, a database without the tables, an address in use
   3  a dependency cannot be reached: PostgreSQL, RabbitMQ or the mail relay
-  4  failed otherwise (the message says why)";
+  4  failed otherwise (the message says why)
+  75 `bounces ingest` only: PostgreSQL cannot be reached, nothing was recorded (EX_TEMPFAIL:
+     an MTA that pipes bounces to it keeps the message and tries again)";
 
 /// Prints an error with its causes and gives the code its kind deserves.
 pub fn fail(e: anyhow::Error) -> ExitCode {

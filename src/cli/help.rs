@@ -72,6 +72,7 @@ pub const OUTBOX: &str = "\
 Examples:
   rpec-notify outbox status
   rpec-notify outbox list --status failed --kind enquiry --json
+  rpec-notify outbox show 812
   rpec-notify outbox retry 812 813
   rpec-notify outbox retry --all-failed";
 
@@ -84,6 +85,13 @@ pub const OUTBOX_LIST: &str = "\
 Examples:
   rpec-notify outbox list
   rpec-notify outbox list --status pending --kind newsletter --limit 10";
+
+pub const OUTBOX_SHOW: &str = "\
+Examples:
+  rpec-notify outbox show 812
+  rpec-notify outbox show 812 --json
+
+Exits 1 when no email has that id.";
 
 pub const OUTBOX_RETRY: &str = "\
 Examples:
@@ -118,7 +126,41 @@ Examples:
 
 pub const ENQUIRIES_OPEN: &str = ENQUIRIES;
 
+pub const SUPPRESSIONS: &str = "\
+Examples:
+  rpec-notify suppressions list
+  rpec-notify suppressions list --address Jo.Bloggs@school.example.org --json
+  rpec-notify suppressions remove jo.bloggs@school.example.org
+
+These print addresses (a suppression is nothing else): keep their output out of tickets and logs.";
+
+pub const SUPPRESSIONS_LIST: &str = "\
+Examples:
+  rpec-notify suppressions list
+  rpec-notify suppressions list --limit 200 --json
+  rpec-notify suppressions list --address Jo.Bloggs@school.example.org
+
+Prints addresses (a suppression is nothing else): keep its output out of tickets and logs.";
+
+pub const SUPPRESSIONS_REMOVE: &str = "\
+Examples:
+  rpec-notify suppressions remove jo.bloggs@school.example.org
+  rpec-notify suppressions remove A@school.example.org b@school.example.org --json
+
+Exits 1 when an address was not suppressed; the others named with it are still removed.";
+
 /// A command's examples, then the exit-code table (its `--help`; `-h` shows the examples only).
 pub fn with_table(examples: &str) -> String {
     format!("{examples}\n\n{}", super::exit::TABLE)
 }
+
+pub const BOUNCES: &str = "\
+Examples:
+  rpec-notify bounces ingest < returned.eml
+  rpec-notify bounces ingest var/bounces/*.eml --json
+  # Postfix master.cf, for mail to the bounce domain (transport_maps):
+  #   rpec-bounces unix - n n - - pipe
+  #     flags=Rq user=rpec argv=/usr/bin/rpec-notify bounces ingest --to ${original_recipient}
+
+Exits 75 (EX_TEMPFAIL) when PostgreSQL cannot be reached: nothing was recorded, and an MTA
+that piped the message keeps it and tries again.";

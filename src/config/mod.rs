@@ -10,7 +10,7 @@ pub use regions::{
     BANK_HOLIDAYS_FILE,
 };
 pub use settings::{
-    HttpLimits, MailSettings, Profile, RetentionSettings, RetryPolicy, Settings,
+    BounceSettings, HttpLimits, MailSettings, Profile, RetentionSettings, RetryPolicy, Settings,
     RECORDING_MARGIN_SECS,
 };
 

@@ -86,6 +86,8 @@ pub struct Settings {
     pub token_keys: Vec<SecretString>,
     /// `[retention]`: how long each place keeps personal data, and how the sweep goes.
     pub retention: RetentionSettings,
+    /// `[bounces]`: the bounce listener and what bounces do.
+    pub bounces: BounceSettings,
     pub shutdown_grace: Duration,
 }
 
@@ -106,6 +108,9 @@ pub struct MailSettings {
     pub send_poll_interval: Duration,
     /// Retries of emails that failed for a passing reason.
     pub send_retry: RetryPolicy,
+    /// `bounce_address` (lower-cased `local@domain`): every email's envelope sender is then a
+    /// VERP address at it (`tokens::ReturnPaths`); none: the From address, as before.
+    pub bounce_address: Option<String>,
 }
 
 impl MailSettings {
@@ -113,6 +118,25 @@ impl MailSettings {
     pub fn smtp_url(&self) -> &str {
         self.smtp_url.expose_secret()
     }
+}
+
+/// `[bounces]`: receiving the bounces and complaints that come back after the relay took an
+/// email (`bounce`), and what they do.
+#[derive(Debug, Clone)]
+pub struct BounceSettings {
+    /// `RPEC_BOUNCE_SMTP_ADDR` / `bounces.smtp_addr`: where the bounce listener takes SMTP;
+    /// none (the default): no listener (`bounces ingest` still works).
+    pub smtp_addr: Option<SocketAddr>,
+    /// Larger messages are refused (552): a bounce quotes at most the email it returns.
+    pub max_message_bytes: usize,
+    /// Connections served at once; more are turned away with 421.
+    pub max_connections: usize,
+    /// A connection silent this long is closed (421).
+    pub command_timeout: Duration,
+    /// Soft bounces (4.x.x) of one address within `soft_window_days` that suppress it for bulk
+    /// mail.
+    pub soft_limit: u32,
+    pub soft_window_days: u32,
 }
 
 /// `[retention]`: the periods the retention sweep applies, in days, and how it goes about them.
@@ -133,6 +157,10 @@ pub struct RetentionSettings {
     pub newsletter_delivery_days: u32,
     /// The record of each digest firing.
     pub digest_run_days: u32,
+    /// Bounces and complaints received, with the address and the remote server's reason.
+    pub bounce_days: u32,
+    /// Mail at the bounce address that could not be understood, kept for an operator.
+    pub unparsed_bounce_days: u32,
     /// Rows each retention statement changes at most (each batch is its own transaction).
     pub batch_size: i64,
     pub sweep_interval: Duration,
@@ -152,6 +180,33 @@ struct RawSettings {
     retention: RawRetention,
     schedule: RawSchedule,
     shutdown: RawShutdown,
+    /// Added with bounces: a default, so that a file written before still loads.
+    #[serde(default)]
+    bounces: RawBounces,
+}
+
+#[derive(Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+struct RawBounces {
+    smtp_addr: String,
+    max_message_bytes: usize,
+    max_connections: usize,
+    command_timeout_secs: u64,
+    soft_limit: u32,
+    soft_window_days: u32,
+}
+
+impl Default for RawBounces {
+    fn default() -> Self {
+        RawBounces {
+            smtp_addr: String::new(),
+            max_message_bytes: 10 * 1024 * 1024,
+            max_connections: 32,
+            command_timeout_secs: 60,
+            soft_limit: 3,
+            soft_window_days: 30,
+        }
+    }
 }
 
 #[derive(Deserialize, Serialize)]
@@ -220,6 +275,9 @@ struct RawMail {
     /// Added after 0.1: absent means no signing, so that a file written for 0.1 still loads.
     #[serde(default)]
     dkim: RawDkim,
+    /// Added with bounces; empty: the envelope sender is the From address.
+    #[serde(default)]
+    bounce_address: String,
 }
 
 /// `[mail.dkim]`: signing for both From addresses; `[mail.dkim.bulk]` changes any of it for
@@ -320,6 +378,10 @@ struct RawRetention {
     newsletter_delivery_days: u32,
     #[serde(default = "default_digest_run_days")]
     digest_run_days: u32,
+    #[serde(default = "default_bounce_days")]
+    bounce_days: u32,
+    #[serde(default = "default_unparsed_bounce_days")]
+    unparsed_bounce_days: u32,
     #[serde(default = "default_retention_batch_size")]
     batch_size: i64,
 }
@@ -344,6 +406,14 @@ fn default_newsletter_delivery_days() -> u32 {
 
 fn default_digest_run_days() -> u32 {
     90
+}
+
+fn default_bounce_days() -> u32 {
+    90
+}
+
+fn default_unparsed_bounce_days() -> u32 {
+    30
 }
 
 fn default_retention_batch_size() -> i64 {
@@ -387,6 +457,37 @@ fn lease_problem(mail: &RawMail) -> Option<String> {
             mail.lease_secs, send_timeout, RECORDING_MARGIN_SECS, needed, needed
         )
     })
+}
+
+/// `mail.bounce_address`, checked: empty is none; otherwise one plain address whose local part
+/// has no `+` (the return paths add `+token`), lower-cased.
+fn bounce_address(
+    raw: &str,
+    at: &dyn Fn(&str) -> String,
+    problems: &mut Vec<Problem>,
+) -> Option<String> {
+    let raw = raw.trim();
+    if raw.is_empty() {
+        return None;
+    }
+    let address: Option<lettre::Address> = raw.parse().ok();
+    match address {
+        Some(a) if !a.user().contains('+') => Some(a.to_string().to_ascii_lowercase()),
+        Some(_) => {
+            problems.push(Problem::new(
+                at("mail.bounce_address"),
+                "its local part may not hold '+': the return paths are local+token@domain",
+            ));
+            None
+        }
+        None => {
+            problems.push(Problem::new(
+                at("mail.bounce_address"),
+                format!("{raw:?} is not an email address (e.g. bounces@rpec-notify.example.org)"),
+            ));
+            None
+        }
+    }
 }
 
 /// The variables that hold secrets. Each can instead name a file that holds it (`NAME_FILE`), as
@@ -646,6 +747,7 @@ impl Default for RawSettings {
                     max_secs: 3600.0,
                 },
                 dkim: RawDkim::default(),
+                bounce_address: String::new(),
             },
             http: RawHttp {
                 addr: "127.0.0.1:8080".into(),
@@ -668,12 +770,15 @@ impl Default for RawSettings {
                 scheduled_email_days: default_scheduled_email_days(),
                 newsletter_delivery_days: default_newsletter_delivery_days(),
                 digest_run_days: default_digest_run_days(),
+                bounce_days: default_bounce_days(),
+                unparsed_bounce_days: default_unparsed_bounce_days(),
                 batch_size: default_retention_batch_size(),
             },
             schedule: RawSchedule {
                 poll_interval_ms: 1000,
             },
             shutdown: RawShutdown { grace_secs: 8 },
+            bounces: RawBounces::default(),
         }
     }
 }
@@ -702,6 +807,7 @@ pub fn alias_of(key: &str) -> Option<&'static str> {
         "http.addr" => "RPEC_HTTP_ADDR",
         "http.public_url" => "RPEC_PUBLIC_URL",
         "http.admin_addr" => "RPEC_ADMIN_ADDR",
+        "bounces.smtp_addr" => "RPEC_BOUNCE_SMTP_ADDR",
         _ => return None,
     })
 }
@@ -1227,6 +1333,53 @@ impl Settings {
             raw.database.max_connections.into(),
             &mut problems,
         );
+        let bounce_address = bounce_address(&raw.mail.bounce_address, &at, &mut problems);
+        let bounce_smtp_raw = var("RPEC_BOUNCE_SMTP_ADDR").unwrap_or(raw.bounces.smtp_addr.clone());
+        let bounce_smtp_addr = match bounce_smtp_raw.trim() {
+            "" => None,
+            addr => match addr.parse::<SocketAddr>() {
+                Ok(addr) => Some(addr),
+                Err(_) => {
+                    problems.push(Problem::new(
+                        "RPEC_BOUNCE_SMTP_ADDR / bounces.smtp_addr",
+                        format!("{addr:?} is not a host:port address"),
+                    ));
+                    None
+                }
+            },
+        };
+        if bounce_smtp_addr.is_some() && bounce_address.is_none() {
+            problems.push(Problem::new(
+                "RPEC_BOUNCE_SMTP_ADDR / bounces.smtp_addr",
+                "needs mail.bounce_address (RPEC_MAIL__BOUNCE_ADDRESS): the listener takes mail \
+                 only for the return paths at it",
+            ));
+        }
+        positive(
+            "bounces.soft_limit",
+            raw.bounces.soft_limit.into(),
+            &mut problems,
+        );
+        if raw.retention.outbox_days < raw.bounces.soft_window_days {
+            problems.push(Problem::new(
+                at("retention.outbox_days"),
+                format!(
+                    "{} days is shorter than bounces.soft_window_days ({}): an email's bounces \
+                     go with it, so soft bounces would be forgotten before they are counted",
+                    raw.retention.outbox_days, raw.bounces.soft_window_days
+                ),
+            ));
+        }
+        if raw.retention.bounce_days < raw.bounces.soft_window_days {
+            problems.push(Problem::new(
+                at("retention.bounce_days"),
+                format!(
+                    "{} days is shorter than bounces.soft_window_days ({}): soft bounces \
+                     would be forgotten before they are counted",
+                    raw.retention.bounce_days, raw.bounces.soft_window_days
+                ),
+            ));
+        }
         if !(raw.mail.retry.initial_secs > 0.0
             && raw.mail.retry.max_secs >= raw.mail.retry.initial_secs)
         {
@@ -1275,6 +1428,15 @@ impl Settings {
                     initial: Duration::from_secs_f64(raw.mail.retry.initial_secs),
                     max: Duration::from_secs_f64(raw.mail.retry.max_secs),
                 },
+                bounce_address,
+            },
+            bounces: BounceSettings {
+                smtp_addr: bounce_smtp_addr,
+                max_message_bytes: raw.bounces.max_message_bytes.max(64 * 1024),
+                max_connections: raw.bounces.max_connections.max(1),
+                command_timeout: Duration::from_secs(raw.bounces.command_timeout_secs.max(1)),
+                soft_limit: raw.bounces.soft_limit,
+                soft_window_days: raw.bounces.soft_window_days,
             },
             http_addr,
             admin_addr,
@@ -1295,6 +1457,8 @@ impl Settings {
                 scheduled_email_days: raw.retention.scheduled_email_days,
                 newsletter_delivery_days: raw.retention.newsletter_delivery_days,
                 digest_run_days: raw.retention.digest_run_days,
+                bounce_days: raw.retention.bounce_days,
+                unparsed_bounce_days: raw.retention.unparsed_bounce_days,
                 batch_size: raw.retention.batch_size,
                 sweep_interval: Duration::from_secs(raw.retention.sweep_interval_secs.max(1)),
             },

@@ -30,6 +30,13 @@ pub const ERASURE: &[(&str, &str)] = &[
         "DELETE FROM subscriptions WHERE lower(email) = $1",
     ),
     ("suppressions", "DELETE FROM suppressions WHERE email = $1"),
+    // Bounces of mail to them (with the remote servers' words, which can quote the address),
+    // and mail at the bounce address that was not understood and names them anywhere.
+    ("bounces", "DELETE FROM bounces WHERE recipient = $1"),
+    (
+        "unparsed_bounces",
+        "DELETE FROM unparsed_bounces WHERE strpos(lower(content), $1) > 0",
+    ),
     // The enquiry itself stays (region, topic, dates, and who claimed it when: the
     // coordinators' statistics); every personal field goes, as the retention sweep does,
     // including a case system's note with its claim. Its escalations are outbox rows about

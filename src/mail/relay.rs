@@ -183,15 +183,17 @@ impl Relay {
     }
 
     /// Sends `message`, but lets the relay take it only once `gate` resolves: see
-    /// [`Relay::send_raw_after`].
+    /// [`Relay::send_raw_after`]. `return_path`, when given, is the envelope sender (where
+    /// bounces go) instead of the message's From address.
     pub async fn send_after(
         &self,
         message: Message,
+        return_path: Option<&str>,
         timeout: Duration,
         gate: impl std::future::Future<Output = ()> + Send,
     ) -> Result<(), SendError> {
         let envelope = message.envelope();
-        let from = envelope.from().map_or("", |a| a.as_ref());
+        let from = return_path.unwrap_or_else(|| envelope.from().map_or("", |a| a.as_ref()));
         let to: Vec<String> = envelope.to().iter().map(|a| a.to_string()).collect();
         self.send_raw_after(from, &to, &message.formatted(), timeout, gate)
             .await

@@ -156,6 +156,48 @@ impl Job {
 #[error("its job does not parse: {0}")]
 pub struct UnreadableJob(String);
 
+impl Job {
+    /// For a coordinators' copy of an enquiry that failed for good (refused by the relay, or
+    /// bounced after it took it), sent to `recipients`: the `triage` mailbox and the copy for
+    /// it, naming the region it could not reach and `reason`, so that somebody sees the enquiry.
+    /// None for other kinds (the triage copy itself included: if that fails too it stays
+    /// failed, and the failed-and-unresolved gauge shows it), and when the copy went to the
+    /// triage mailbox already.
+    pub fn undeliverable_copy(
+        &self,
+        triage: &[crate::domain::EmailAddress],
+        recipients: &[String],
+        reason: &str,
+    ) -> Option<(Vec<String>, Box<Job>)> {
+        let Job::Enquiry(enquiry) = self else {
+            return None;
+        };
+        let triage: Vec<String> = triage.iter().map(|a| a.as_str().to_owned()).collect();
+        let norm = |v: &[String]| {
+            let mut v: Vec<String> = v.iter().map(|x| x.to_lowercase()).collect();
+            v.sort();
+            v.dedup();
+            v
+        };
+        if triage.is_empty() || norm(&triage) == norm(recipients) {
+            return None;
+        }
+        let region_name = enquiry.region_name.as_deref().unwrap_or("triage");
+        let copy = Job::EnquiryUndeliverable(UndeliverableEnquiry {
+            // Without the failed copy's claim link, which named the mailbox that failed.
+            enquiry: Enquiry {
+                copy_id: None,
+                ..enquiry.clone()
+            },
+            undeliverable: Undeliverable {
+                region_name: region_name.to_owned(),
+                reason: reason.to_owned(),
+            },
+        });
+        Some((triage, Box::new(copy)))
+    }
+}
+
 /// A claimed row's job, read with the claim. A job that does not parse is kept with the reason
 /// instead of failing the claim (which would stop every other row too): that row alone fails.
 #[derive(Debug, Clone, PartialEq)]

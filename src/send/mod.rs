@@ -20,9 +20,9 @@ use crate::db;
 use crate::mail::{message, Relay, SendError, Shells, Templates};
 use crate::metrics::kind_label;
 use crate::metrics::Metrics;
-use crate::outbox::job::{Enquiry, Reminder, Undeliverable, UndeliverableEnquiry};
+use crate::outbox::job::Reminder;
 use crate::outbox::{self, Claimed, Counted, Job, Mark, Marked, Outcome, NOTIFY_CHANNEL};
-use crate::tokens::Links;
+use crate::tokens::{self, Links, ReturnPaths};
 use prepare::{prepare, Prepared, UnreadableJob};
 use sqlx::postgres::PgListener;
 use sqlx::PgPool;
@@ -142,6 +142,9 @@ pub struct Mailer {
     pub regions: Arc<Regions>,
     /// Signs each reader's unsubscribe link and each coordinator's claim link.
     pub links: Links,
+    /// `[mail] bounce_address`: each email's envelope sender is then a return path naming it
+    /// (`bounce`); none: the From address.
+    pub return_paths: Option<ReturnPaths>,
     pub metrics: Arc<Metrics>,
     /// "Now" for whether a session has started, for reminders' lateness and for how long an
     /// unclaimed enquiry has waited.
@@ -394,7 +397,17 @@ async fn send_one(
                             let _ = previous.await;
                         }
                     };
-                    let sent = relay.send_after(m, s.send_timeout, recorded).await;
+                    // Bounces come back to a return path that names this row and recipient.
+                    let return_path = mailer.return_paths.as_ref().map(|paths| {
+                        let recipient = match row.recipients.len() {
+                            1 => 0,
+                            _ => tokens::EVERY_RECIPIENT,
+                        };
+                        paths.address(row.id, recipient)
+                    });
+                    let sent = relay
+                        .send_after(m, return_path.as_deref(), s.send_timeout, recorded)
+                        .await;
                     refused_by_relay = matches!(sent, Err(SendError::Permanent(_)));
                     sent
                 }
@@ -424,7 +437,9 @@ async fn send_one(
         }
         Err(e) => Record::Failed {
             suppress: refused_by_relay && row.stream == "bulk",
-            triage: undeliverable_copy(mailer, row, e.text()),
+            triage: row.job.get().ok().and_then(|job| {
+                job.undeliverable_copy(&mailer.regions.triage, &row.recipients, e.text())
+            }),
             summary: e.log_summary(),
             error: e.text().to_owned(),
         },
@@ -621,7 +636,8 @@ async fn record_failure(mailer: &Mailer, batch: &[Done]) -> sqlx::Result<Vec<i64
             continue;
         }
         if *suppress {
-            suppress_recipients(&mut tx, row.id, &row.recipients).await?;
+            let reason = format!("refused permanently by the relay (outbox row {})", row.id);
+            outbox::suppress(&mut tx, &row.recipients, &reason).await?;
         }
         if let Some((to, copy)) = triage {
             let to: Vec<&str> = to.iter().map(String::as_str).collect();
@@ -710,51 +726,6 @@ fn stale(mailer: &Mailer, row: &Claimed) {
     mailer.metrics.stale_outcomes.inc();
 }
 
-/// For a coordinators' copy of an enquiry that failed for good: the triage mailbox and the
-/// copy for it, naming the region it could not reach, so that somebody sees the enquiry. None
-/// for other kinds (the triage copy itself included: if that fails too it stays failed, and the
-/// failed-and-unresolved gauge shows it), and when the copy went to the triage mailbox already.
-fn undeliverable_copy(
-    mailer: &Mailer,
-    row: &Claimed,
-    reason: &str,
-) -> Option<(Vec<String>, Box<Job>)> {
-    let Ok(Job::Enquiry(enquiry)) = row.job.get() else {
-        return None;
-    };
-    let triage: Vec<String> = mailer
-        .regions
-        .triage
-        .iter()
-        .map(|a| a.as_str().to_owned())
-        .collect();
-    let same = |a: &[String], b: &[String]| {
-        let norm = |v: &[String]| {
-            let mut v: Vec<String> = v.iter().map(|x| x.to_lowercase()).collect();
-            v.sort();
-            v.dedup();
-            v
-        };
-        norm(a) == norm(b)
-    };
-    if triage.is_empty() || same(&triage, &row.recipients) {
-        return None;
-    }
-    let region_name = enquiry.region_name.as_deref().unwrap_or("triage");
-    let copy = Job::EnquiryUndeliverable(UndeliverableEnquiry {
-        // Without the failed copy's claim link, which named the mailbox that failed.
-        enquiry: Enquiry {
-            copy_id: None,
-            ..enquiry.clone()
-        },
-        undeliverable: Undeliverable {
-            region_name: region_name.to_owned(),
-            reason: reason.to_owned(),
-        },
-    });
-    Some((triage, Box::new(copy)))
-}
-
 /// When the relay accepted a session reminder (`accepted_at`, the worker's clock), against
 /// when it was due. Rows queued before the due time was kept in the job are skipped.
 fn observe_reminder_lateness(
@@ -766,27 +737,6 @@ fn observe_reminder_lateness(
         let late = (accepted_at - due).to_std().unwrap_or_default();
         mailer.metrics.reminder_lateness.observe(late.as_secs_f64());
     }
-}
-
-/// Suppresses `recipients` for bulk mail (newsletters, digests): a relay said they do not exist
-/// or will never take our mail, and mailing such addresses again harms delivery to everyone.
-/// Returns how many addresses were newly suppressed.
-async fn suppress_recipients(
-    conn: &mut sqlx::PgConnection,
-    outbox_id: i64,
-    recipients: &[String],
-) -> sqlx::Result<u64> {
-    Ok(sqlx::query(
-        "INSERT INTO suppressions (email, reason)
-         SELECT DISTINCT lower(r), 'refused permanently by the relay (outbox row ' || $2 || ')'
-         FROM unnest($1::text[]) AS r
-         ON CONFLICT (email) DO NOTHING",
-    )
-    .bind(recipients)
-    .bind(outbox_id.to_string())
-    .execute(conn)
-    .await?
-    .rows_affected())
 }
 
 async fn connect_listener(mailer: &Mailer) -> Option<PgListener> {

@@ -1,6 +1,7 @@
 //! The operator tools, run as the real binary against a test's own database and broker names:
-//! `outbox status|list|retry` and `dead-letters list|replay|purge`, their JSON, their exit
-//! codes, and that they print no personal data.
+//! `outbox status|list|show|retry`, `dead-letters list|replay|purge` and `suppressions
+//! list|remove`, their JSON, their exit codes, and that they print no personal data (but for
+//! `suppressions`, whose subject is addresses).
 
 use crate::cli::binary;
 use crate::helpers::*;
@@ -446,6 +447,317 @@ async fn failed_emails_are_listed_by_their_smtp_code_and_retry_puts_them_back() 
     app.stop().await;
 }
 
+/// An outbox row as the sender leaves it, straight into the database; its id.
+async fn insert_email(
+    app: &TestApp,
+    kind: &str,
+    recipients: &[&str],
+    status: &str,
+    last_error: Option<&str>,
+    undeliverable_of: Option<i64>,
+) -> i64 {
+    sqlx::query_scalar(
+        "INSERT INTO outbox (kind, template, stream, recipients, job, message_uuid, status,
+                             attempts, last_error, sent_at, undeliverable_of)
+         VALUES ($1, $1, 'transactional', $2, jsonb_build_object('kind', $1::text), $3, $4, 1,
+                 $5, CASE WHEN $4 = 'sent' THEN now() END, $6)
+         RETURNING id",
+    )
+    .bind(kind)
+    .bind(recipients)
+    .bind(uuid::Uuid::new_v4())
+    .bind(status)
+    .bind(last_error)
+    .bind(undeliverable_of)
+    .fetch_one(&app.pool)
+    .await
+    .unwrap()
+}
+
+async fn insert_bounce(app: &TestApp, outbox_id: i64, recipient: &str, kind: &str, reason: &str) {
+    sqlx::query(
+        "INSERT INTO bounces (outbox_id, recipient, kind, status, reason)
+         VALUES ($1, $2, $3, '5.1.1', $4)",
+    )
+    .bind(outbox_id)
+    .bind(recipient)
+    .bind(kind)
+    .bind(reason)
+    .execute(&app.pool)
+    .await
+    .unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn outbox_show_lists_an_emails_bounces_by_kind_and_code_without_address_or_diagnostic() {
+    let app = spawn_app().await;
+    let sam = "sam.okafor@school.example.org";
+    let diagnostic = "Recipient address rejected: mailbox sam.okafor unknown";
+    let sent = insert_email(&app, "enquiry_ack", &[sam], "sent", None, None).await;
+    insert_bounce(
+        &app,
+        sent,
+        sam,
+        "hard",
+        &format!("550 5.1.1 <{sam}>: {diagnostic}"),
+    )
+    .await;
+
+    let shown = run_json(&app, &["outbox", "show", &sent.to_string()], 0).await;
+    assert_eq!(shown["found"], true, "{shown}");
+    assert_eq!(shown["id"], sent);
+    assert_eq!(shown["kind"], "enquiry_ack");
+    assert_eq!(shown["stream"], "transactional");
+    assert_eq!(shown["status"], "sent");
+    assert_eq!(shown["attempts"], 1);
+    assert_eq!(shown["deferrals"], 0);
+    assert_eq!(shown["recipients"], 1);
+    assert_eq!(shown["error"], Value::Null);
+    assert!(shown["sent_at"]["utc"].is_string(), "{shown}");
+    assert!(shown["created_at"]["uk"].is_string(), "{shown}");
+    assert_eq!(shown["return_path"], Value::Null, "no mail.bounce_address");
+    assert_eq!(shown["triage_copy"], Value::Null);
+    let bounces = shown["bounces"].as_array().unwrap();
+    assert_eq!(bounces.len(), 1, "{shown}");
+    assert_eq!(bounces[0]["kind"], "hard");
+    assert_eq!(bounces[0]["status"], "5.1.1");
+    assert!(bounces[0]["received_at"]["utc"].is_string());
+
+    let text = run(&app, &["outbox", "show", &sent.to_string()]).await;
+    assert_exit(&text, 0);
+    let printed = stdout(&text);
+    for line in ["kind         enquiry_ack", "recipients   1", "1 bounce(s):"] {
+        assert!(printed.contains(line), "{line:?}: {printed}");
+    }
+    assert!(
+        printed
+            .lines()
+            .any(|l| l.contains("hard") && l.contains("5.1.1")),
+        "{printed}"
+    );
+    assert!(
+        printed.contains("UTC") && printed.contains("UK time"),
+        "{printed}"
+    );
+    for printed in [shown.to_string(), printed] {
+        assert_no_personal_data(&printed, &["sam", "okafor", "Recipient address", "unknown"]);
+    }
+
+    // A coordinators' email of two recipients that bounced for good after the relay took it,
+    // and whose triage copy was queued.
+    let failed = insert_email(
+        &app,
+        "enquiry",
+        &["rpec.london@example.org", "kim.lee@example.org"],
+        "failed",
+        Some(&format!(
+            "bounced after the relay took it (5.1.1): 550 5.1.1 <kim.lee@example.org>: {diagnostic}"
+        )),
+        None,
+    )
+    .await;
+    insert_bounce(&app, failed, "kim.lee@example.org", "hard", diagnostic).await;
+    let triage = insert_email(
+        &app,
+        "enquiry_undeliverable",
+        &["triage@example.org"],
+        "sent",
+        None,
+        Some(failed),
+    )
+    .await;
+    let shown = run_json(&app, &["outbox", "show", &failed.to_string()], 0).await;
+    assert_eq!(shown["status"], "failed", "{shown}");
+    assert_eq!(shown["error"], "bounced");
+    assert_eq!(shown["error_text"], "bounced 5.1.1");
+    assert_eq!(shown["enhanced_status"], "5.1.1");
+    assert_eq!(shown["recipients"], 2);
+    assert_eq!(shown["triage_copy"]["id"], triage);
+    assert_eq!(shown["bounces"][0]["kind"], "hard");
+    let text = run(&app, &["outbox", "show", &failed.to_string()]).await;
+    assert_exit(&text, 0);
+    assert!(stdout(&text).contains("bounced 5.1.1"), "{}", stdout(&text));
+    assert!(
+        stdout(&text).contains(&format!("triage copy  {triage} (")),
+        "{}",
+        stdout(&text)
+    );
+    for printed in [shown.to_string(), stdout(&text)] {
+        assert_no_personal_data(&printed, &["kim", "rpec.london", "triage@", "Recipient"]);
+    }
+    // And `outbox list` gives the same code.
+    let listed = run_json(&app, &["outbox", "list", "--kind", "enquiry"], 0).await;
+    assert_eq!(listed["emails"][0]["error"], "bounced", "{listed}");
+    assert_eq!(listed["emails"][0]["enhanced_status"], "5.1.1");
+
+    // An id that is no email: said so, exit 1, in both forms.
+    let missing = (triage + 1000).to_string();
+    let out = run(&app, &["outbox", "show", &missing]).await;
+    assert_exit(&out, 1);
+    assert!(
+        stdout(&out).contains(&format!("{missing}: no such email")),
+        "{}",
+        stdout(&out)
+    );
+    let none = run_json(&app, &["outbox", "show", &missing], 1).await;
+    assert_eq!(none["found"], false, "{none}");
+    app.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn outbox_show_gives_the_return_path_that_names_the_email() {
+    let app = spawn_app().await;
+    let one = insert_email(
+        &app,
+        "enquiry_ack",
+        &["sam@school.example.org"],
+        "sent",
+        None,
+        None,
+    )
+    .await;
+    let two = insert_email(
+        &app,
+        "enquiry",
+        &["a@example.org", "b@example.org"],
+        "sent",
+        None,
+        None,
+    )
+    .await;
+    let env = [("RPEC_MAIL__BOUNCE_ADDRESS", "bounces@bounces.example.org")];
+    let paths = rpec_notify::tokens::ReturnPaths::new(
+        "bounces",
+        "bounces.example.org",
+        app.settings.token_keys.clone(),
+    );
+    for (id, recipient) in [(one, 0), (two, rpec_notify::tokens::EVERY_RECIPIENT)] {
+        let out = run_with(&app, &["outbox", "show", &id.to_string(), "--json"], &env).await;
+        assert_exit(&out, 0);
+        let shown: Value = serde_json::from_slice(&out.stdout).unwrap();
+        let return_path = shown["return_path"]
+            .as_str()
+            .unwrap_or_else(|| panic!("{shown}"));
+        assert_eq!(
+            paths.check(return_path),
+            Some(rpec_notify::tokens::Returned {
+                outbox_id: id,
+                recipient
+            }),
+            "{return_path}"
+        );
+        let text = run_with(&app, &["outbox", "show", &id.to_string()], &env).await;
+        assert_exit(&text, 0);
+        assert!(
+            stdout(&text).contains(&format!("return path  {return_path}")),
+            "{}",
+            stdout(&text)
+        );
+        assert!(!stdout(&text).contains("sam"), "{}", stdout(&text));
+    }
+    app.stop().await;
+}
+
+/// `suppressions list|remove`: the one command that prints addresses, since it is how an
+/// operator finds and lifts a suppression; any case finds the lower-cased row.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn suppressions_are_listed_and_removed_in_any_case_and_a_stranger_is_reported() {
+    let app = spawn_app().await;
+    for (address, reason) in [
+        (
+            "jo.bloggs@school.example.org",
+            "hard bounce of outbox 12 (5.1.1)",
+        ),
+        ("kim.lee@school.example.org", "complaint about outbox 14"),
+    ] {
+        sqlx::query("INSERT INTO suppressions (email, reason) VALUES ($1, $2)")
+            .bind(address)
+            .bind(reason)
+            .execute(&app.pool)
+            .await
+            .unwrap();
+    }
+    let all = run_json(&app, &["suppressions", "list"], 0).await;
+    assert_eq!(all["total"], 2, "{all}");
+    assert_eq!(all["suppressions"].as_array().unwrap().len(), 2);
+    let cut = run_json(&app, &["suppressions", "list", "--limit", "1"], 0).await;
+    assert_eq!(cut["total"], 2, "{cut}");
+    assert_eq!(cut["suppressions"].as_array().unwrap().len(), 1);
+
+    let jo = run_json(
+        &app,
+        &[
+            "suppressions",
+            "list",
+            "--address",
+            "Jo.Bloggs@School.Example.org",
+        ],
+        0,
+    )
+    .await;
+    assert_eq!(jo["total"], 1, "{jo}");
+    let entry = &jo["suppressions"][0];
+    assert_eq!(entry["address"], "jo.bloggs@school.example.org");
+    assert_eq!(entry["reason"], "hard bounce of outbox 12 (5.1.1)");
+    assert!(entry["suppressed_at"].is_string() && entry["since_uk"].is_string());
+    let text = run(&app, &["suppressions", "list"]).await;
+    assert_exit(&text, 0);
+    let printed = stdout(&text);
+    assert!(printed.contains("kim.lee@school.example.org"), "{printed}");
+    assert!(printed.contains("complaint about outbox 14"), "{printed}");
+    assert!(printed.contains("2 of 2 suppressed"), "{printed}");
+
+    // One suppressed (in another case), one never was: exit 1, and the first is removed.
+    let out = run_json(
+        &app,
+        &[
+            "suppressions",
+            "remove",
+            "JO.BLOGGS@school.example.org",
+            "nobody@school.example.org",
+        ],
+        1,
+    )
+    .await;
+    assert_eq!(
+        out["removed"],
+        json!(["jo.bloggs@school.example.org"]),
+        "{out}"
+    );
+    assert_eq!(out["count"], 1);
+    assert_eq!(out["not_suppressed"], json!(["nobody@school.example.org"]));
+    let left = app.strings("SELECT email FROM suppressions").await;
+    assert_eq!(left, ["kim.lee@school.example.org"]);
+
+    let again = run(
+        &app,
+        &["suppressions", "remove", "jo.bloggs@school.example.org"],
+    )
+    .await;
+    assert_exit(&again, 1);
+    assert!(
+        stdout(&again).contains("jo.bloggs@school.example.org: not suppressed"),
+        "{}",
+        stdout(&again)
+    );
+    let last = run(
+        &app,
+        &["suppressions", "remove", "Kim.Lee@school.example.org"],
+    )
+    .await;
+    assert_exit(&last, 0);
+    assert!(
+        stdout(&last).contains("1 suppression(s) removed"),
+        "{}",
+        stdout(&last)
+    );
+    assert_eq!(
+        run_json(&app, &["suppressions", "list"], 0).await["total"],
+        0
+    );
+    app.stop().await;
+}
+
 /// A port nothing listens on.
 fn closed_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
@@ -510,6 +822,9 @@ fn exit_codes_say_whether_the_fault_is_the_configuration_or_a_dependency() {
     assert_exit(&out, 2);
     assert!(stderr(&out).contains("RPEC_QUEUE"), "{}", stderr(&out));
     assert_exit(&command(&["outbox", "retry", "twelve"], &[]), 2);
+    assert_exit(&command(&["outbox", "show", "twelve"], &[]), 2);
+    assert_exit(&command(&["outbox", "show"], &[]), 2);
+    assert_exit(&command(&["suppressions", "remove"], &[]), 2);
     assert_exit(&command(&["outbox", "retry"], &[]), 2);
     assert_exit(&command(&["dead-letters", "replay"], &[]), 2);
 }

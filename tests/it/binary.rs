@@ -341,6 +341,7 @@ impl RealWorker {
                 complete.then_some((
                     f,
                     Mail {
+                        envelope_from: String::new(),
                         envelope_to: vec![],
                         raw,
                     },

@@ -72,6 +72,27 @@ async fn after_erasure_no_table_holds_the_address_or_the_name() {
     .execute(pool)
     .await
     .unwrap();
+    // Bounces of their newsletter and the other person's, and mail at the bounce address that
+    // nobody could read, quoting each address in another case.
+    for who in [address, other] {
+        sqlx::query(
+            "INSERT INTO bounces (outbox_id, recipient, kind, status, reason)
+             SELECT id, lower($1), 'soft', '4.2.2', '452 4.2.2 <' || $1 || '>: mailbox full'
+             FROM outbox WHERE kind = 'newsletter' AND recipients = ARRAY[$1]",
+        )
+        .bind(who)
+        .execute(pool)
+        .await
+        .unwrap();
+        sqlx::query(
+            "INSERT INTO unparsed_bounces (content, digest)
+             VALUES ('Subject: ?\r\n\r\nNo such person: ' || upper($1), sha256(convert_to($1, 'UTF8')))",
+        )
+        .bind(who)
+        .execute(pool)
+        .await
+        .unwrap();
+    }
     let before = find_everywhere(pool, address).await;
     let tables: Vec<&str> = before.iter().map(|f| f.0.as_str()).collect();
     for table in [
@@ -80,6 +101,8 @@ async fn after_erasure_no_table_holds_the_address_or_the_name() {
         "outbox",
         "suppressions",
         "registrations",
+        "bounces",
+        "unparsed_bounces",
     ] {
         assert!(
             tables.contains(&table),
@@ -101,9 +124,23 @@ async fn after_erasure_no_table_holds_the_address_or_the_name() {
     // The same search does find the other person, so it is not vacuous.
     let kept = find_everywhere(pool, other).await;
     let kept_tables: Vec<&str> = kept.iter().map(|f| f.0.as_str()).collect();
-    for table in ["enquiries", "subscriptions", "outbox", "registrations"] {
+    for table in [
+        "enquiries",
+        "subscriptions",
+        "outbox",
+        "registrations",
+        "bounces",
+    ] {
         assert!(kept_tables.contains(&table), "{table}: {kept:?}");
     }
+    let kept_unparsed: i64 = sqlx::query_scalar(
+        "SELECT count(*) FROM unparsed_bounces WHERE strpos(content, upper($1)) > 0",
+    )
+    .bind(other)
+    .fetch_one(pool)
+    .await
+    .unwrap();
+    assert_eq!(kept_unparsed, 1, "the other person's unparsed bounce stays");
     assert!(!find_everywhere(pool, other_name).await.is_empty());
 
     // The audit row: the event, the time and counts; nothing about the person.

@@ -75,6 +75,8 @@ grace_secs = 5
 /// One message as the SMTP server received it.
 #[derive(Clone, Debug)]
 pub struct Mail {
+    /// MAIL FROM (the return path), without angle brackets; "" for the null sender.
+    pub envelope_from: String,
     pub envelope_to: Vec<String>,
     pub raw: Vec<u8>,
 }
@@ -138,6 +140,7 @@ impl Mail {
 #[derive(Clone, Default)]
 struct SinkHandler {
     received: Arc<Mutex<Vec<Mail>>>,
+    from: String,
     to: Vec<String>,
     data: Vec<u8>,
     /// How long each message takes to be accepted (a slow relay).
@@ -160,10 +163,14 @@ impl mailin_embedded::Handler for SinkHandler {
     fn data_start(
         &mut self,
         _domain: &str,
-        _from: &str,
+        from: &str,
         _is8bit: bool,
         to: &[String],
     ) -> mailin_embedded::Response {
+        self.from = from
+            .trim_start_matches('<')
+            .trim_end_matches('>')
+            .to_owned();
         self.to = to.to_vec();
         self.data.clear();
         mailin_embedded::response::OK
@@ -179,6 +186,7 @@ impl mailin_embedded::Handler for SinkHandler {
             std::thread::sleep(self.delay);
         }
         let mail = Mail {
+            envelope_from: std::mem::take(&mut self.from),
             envelope_to: std::mem::take(&mut self.to),
             raw: std::mem::take(&mut self.data),
         };
@@ -296,6 +304,8 @@ pub struct TestApp {
     pub broker_proxy: Option<FaultProxy>,
     /// Set once `stop` has removed the database and broker names.
     removed: bool,
+    /// The (first) worker's bounce listener, when the test asked for one (`Options::bounces`).
+    pub bounce_addr: Option<SocketAddr>,
 }
 
 /// One running worker.
@@ -312,7 +322,11 @@ async fn listeners() -> (rpec_notify::worker::Listeners, SocketAddr, SocketAddr)
     let admin = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let (http, admin_addr) = (public.local_addr().unwrap(), admin.local_addr().unwrap());
     (
-        rpec_notify::worker::Listeners { public, admin },
+        rpec_notify::worker::Listeners {
+            public,
+            admin,
+            bounces: None,
+        },
         http,
         admin_addr,
     )
@@ -361,7 +375,12 @@ pub struct Options {
     pub env: Vec<(String, String)>,
     /// The database as an older version of the worker left it, for this one to migrate.
     pub older_database: Option<OlderDatabase>,
+    /// VERP return paths at [`BOUNCE_ADDRESS`] and a bounce listener on a free port.
+    pub bounces: bool,
 }
+
+/// `mail.bounce_address` of a test that asks for bounces.
+pub const BOUNCE_ADDRESS: &str = "bounces@bounce.example.org";
 
 /// A database migrated only up to `migrated_to` (the migrations of an older version), holding
 /// what `statements` write (rows in the shape that version wrote them).
@@ -402,6 +421,7 @@ impl Default for Options {
             proxy_broker: false,
             env: Vec::new(),
             older_database: None,
+            bounces: false,
         }
     }
 }
@@ -496,7 +516,13 @@ pub async fn spawn_app_with(options: Options) -> TestApp {
 
     let smtp = options.smtp.unwrap_or_else(SmtpServer::start_new);
     // Bound first, so that links in emails point at this worker.
-    let (listener, http, admin) = listeners().await;
+    let (mut listener, http, admin) = listeners().await;
+    let mut bounce_addr = None;
+    if options.bounces {
+        let bounces = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        bounce_addr = Some(bounces.local_addr().unwrap());
+        listener.bounces = Some(bounces);
+    }
     let topology = Topology::new(
         &format!("rpec.events.{id}"),
         &format!("rpec-notify.events.{id}"),
@@ -521,6 +547,10 @@ pub async fn spawn_app_with(options: Options) -> TestApp {
     .into_iter()
     .map(|(k, v)| (k.to_owned(), v))
     .collect();
+    if let Some(addr) = bounce_addr {
+        env.insert("RPEC_MAIL__BOUNCE_ADDRESS".into(), BOUNCE_ADDRESS.into());
+        env.insert("RPEC_BOUNCE_SMTP_ADDR".into(), addr.to_string());
+    }
     env.extend(options.env.iter().cloned());
     let settings = Settings::load_from(&env).expect("test settings");
 
@@ -556,6 +586,7 @@ pub async fn spawn_app_with(options: Options) -> TestApp {
         database_proxy,
         broker_proxy,
         removed: false,
+        bounce_addr,
     }
 }
 
@@ -705,6 +736,18 @@ fn header_string(headers: &FieldTable, name: &str) -> String {
         Some(other) => format!("{other:?}"),
         None => String::new(),
     }
+}
+
+/// Delivers `raw` over SMTP to a bounce listener at `addr`, from the null sender (as bounces
+/// come) to `rcpt`: Ok when the listener accepted it, its reply otherwise.
+pub async fn send_bounce(addr: SocketAddr, rcpt: &str, raw: &[u8]) -> Result<(), String> {
+    let relay =
+        rpec_notify::mail::Relay::new(&format!("smtp://{addr}"), 1, Duration::from_secs(10), None)
+            .expect("a client for the bounce listener");
+    relay
+        .send_raw("", &[rcpt.to_owned()], raw, Duration::from_secs(10))
+        .await
+        .map_err(|e| e.text().to_owned())
 }
 
 impl TestApp {

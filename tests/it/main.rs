@@ -3,6 +3,7 @@
 
 mod admin;
 mod binary;
+mod bounces;
 mod browser;
 mod claims;
 mod cli;

@@ -748,6 +748,7 @@ async fn the_example_events_through_the_binary_put_the_newsletter_in_the_mail_di
                     .map(|e| e.path())
                     .filter(|p| p.extension().is_some_and(|x| x == "eml"))
                     .map(|p| Mail {
+                        envelope_from: String::new(),
                         envelope_to: vec![],
                         raw: std::fs::read(p).unwrap(),
                     })

@@ -237,6 +237,7 @@ async fn a_worker_killed_between_commit_and_ack_sends_nothing_twice() {
         .map(|e| {
             let raw = std::fs::read(e.path()).unwrap();
             Mail {
+                envelope_from: String::new(),
                 envelope_to: vec![],
                 raw,
             }

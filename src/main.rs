@@ -237,6 +237,19 @@ enum BouncesCommand {
         #[arg(long)]
         json: bool,
     },
+    /// The mail at the bounce address nobody could understand, kept for an operator: the list
+    /// (ids, times, sizes), or one message whole with its ID (which can quote anyone: for the
+    /// operator's terminal). Exits 1 for an ID that is not there.
+    #[command(after_help = help::BOUNCES_UNPARSED, after_long_help = help::with_table(help::BOUNCES_UNPARSED))]
+    Unparsed {
+        id: Option<i64>,
+        /// At most this many in the list, newest first.
+        #[arg(long, default_value_t = 50)]
+        limit: u32,
+        /// Print one JSON document instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 #[derive(Subcommand)]
@@ -438,6 +451,9 @@ async fn main() -> ExitCode {
         Command::Bounces {
             command: BouncesCommand::Ingest { files, to, json },
         } => cli::bounces::ingest(files, to, json).await,
+        Command::Bounces {
+            command: BouncesCommand::Unparsed { id, limit, json },
+        } => unparsed_bounces(id, limit, json).await,
         Command::DeadLetters { json, command } => dead_letters(command, json).await,
         Command::Enquiries { json, command } => enquiries(command, json).await,
         Command::Suppressions { json, command } => suppressions(command, json).await,
@@ -565,6 +581,23 @@ async fn suppressions(command: SuppressionsCommand, json: bool) -> ExitCode {
             SuppressionsCommand::Remove { addresses } => {
                 admin::suppressions::remove(&pool, &addresses).await
             }
+        };
+        pool.close().await;
+        report
+    };
+    admin_exit(result.await, json)
+}
+
+async fn unparsed_bounces(id: Option<i64>, limit: u32, json: bool) -> ExitCode {
+    let settings = match settings() {
+        Ok(s) => s,
+        Err(code) => return code,
+    };
+    let result = async {
+        let pool = admin::connect_database(&settings).await?;
+        let report = match id {
+            Some(id) => admin::bounces::show(&pool, id).await,
+            None => admin::bounces::list(&pool, limit.into()).await,
         };
         pool.close().await;
         report

@@ -17,6 +17,7 @@
 //! exception is [`suppressions`]: a suppression is an address and nothing else, and looking one
 //! up is what the command is for; it prints them to the operator and logs none.
 
+pub mod bounces;
 pub mod dead_letters;
 pub mod enquiries;
 pub mod outbox;

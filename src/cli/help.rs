@@ -158,9 +158,15 @@ pub const BOUNCES: &str = "\
 Examples:
   rpec-notify bounces ingest < returned.eml
   rpec-notify bounces ingest var/bounces/*.eml --json
+  rpec-notify bounces unparsed                 # what nobody could read, kept for an operator
   # Postfix master.cf, for mail to the bounce domain (transport_maps):
   #   rpec-bounces unix - n n - - pipe
   #     flags=Rq user=rpec argv=/usr/bin/rpec-notify bounces ingest --to ${original_recipient}
 
 Exits 75 (EX_TEMPFAIL) when PostgreSQL cannot be reached: nothing was recorded, and an MTA
 that piped the message keeps it and tries again.";
+
+pub const BOUNCES_UNPARSED: &str = "\
+Examples:
+  rpec-notify bounces unparsed
+  rpec-notify bounces unparsed 12 > unparsed-12.eml";

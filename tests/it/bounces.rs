@@ -525,6 +525,36 @@ async fn bounces_ingest_from_standard_input_has_the_listeners_effects() {
         1
     );
 
+    // An operator reads it: the list names no one, the message itself is shown whole.
+    let command = |args: &[&str]| {
+        binary()
+            .args(args)
+            .env("DATABASE_URL", database_url_for(&app.db_name))
+            .env("RPEC_CONFIG_DIR", &app.settings.config_dir)
+            .env("RPEC_TOKEN_SECRET", TEST_TOKEN_SECRET)
+            .output()
+            .unwrap()
+    };
+    let (id,): (i64,) = sqlx::query_as("SELECT id FROM unparsed_bounces")
+        .fetch_one(&app.pool)
+        .await
+        .unwrap();
+    let list = command(&["bounces", "unparsed"]);
+    let listed = String::from_utf8_lossy(&list.stdout);
+    assert!(
+        list.status.success() && listed.contains("1 of 1"),
+        "{listed}"
+    );
+    assert!(!listed.contains("someone@"), "{listed}");
+    let shown = command(&["bounces", "unparsed", &id.to_string()]);
+    assert!(shown.status.success());
+    assert!(String::from_utf8_lossy(&shown.stdout).contains("Are you there?"));
+    assert_eq!(
+        command(&["bounces", "unparsed", &(id + 1).to_string()])
+            .status
+            .code(),
+        Some(1)
+    );
     // PostgreSQL away: 75, so that the MTA keeps the message and tries again.
     let mut child = binary()
         .args(["bounces", "ingest"])

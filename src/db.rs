@@ -16,17 +16,43 @@ pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");
 /// as unreachable all the same, which every caller already retries (and sqlx then discards the
 /// connection).
 pub async fn connect(settings: &Settings) -> anyhow::Result<PgPool> {
+    open(settings, settings.db_max_connections, &[]).await
+}
+
+/// The sender's pool for recording outcomes (`outbox::record`), of `connections`, whose
+/// statements use one generic plan each (`plan_cache_mode`). A statement with parameters is
+/// otherwise planned again at every execution (custom plans, while they look cheaper), and a
+/// profile of a fan-out showed planning as a large part of PostgreSQL's work: the record
+/// statement runs hundreds of times a second. Its plan is the same whatever the values (the
+/// outcomes' ids, looked up by primary key), so one generic plan loses nothing. The claim is
+/// not run here: its best plan depends on how many rows are due.
+pub async fn connect_recorder(settings: &Settings, connections: u32) -> anyhow::Result<PgPool> {
+    open(
+        settings,
+        connections,
+        &[("plan_cache_mode", "force_generic_plan")],
+    )
+    .await
+}
+
+async fn open(
+    settings: &Settings,
+    max_connections: u32,
+    more: &[(&str, &str)],
+) -> anyhow::Result<PgPool> {
     let url = settings.database_url.expose_secret();
     if url.is_empty() {
         anyhow::bail!("DATABASE_URL is required (a postgres:// URL)");
     }
     let timeout_ms = settings.db_statement_timeout.as_millis().to_string();
+    let mut parameters = vec![("statement_timeout", timeout_ms.as_str())];
+    parameters.extend_from_slice(more);
     let options = PgConnectOptions::from_str(url)
         .context("DATABASE_URL is not a valid PostgreSQL URL")?
         .application_name("rpec-notify")
-        .options([("statement_timeout", timeout_ms.as_str())]);
+        .options(parameters);
     PgPoolOptions::new()
-        .max_connections(settings.db_max_connections)
+        .max_connections(max_connections)
         .acquire_timeout(settings.db_acquire_timeout)
         .test_before_acquire(false)
         .connect_with(options)

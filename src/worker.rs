@@ -76,6 +76,7 @@ pub async fn run_with_clock(
         tracing::warn!("{warning}");
     }
     db::migrate(&pool).await?;
+    let record_pool = db::connect_recorder(&settings, send::RECORDS_IN_FLIGHT as u32).await?;
     let mail = &settings.mail;
     let relay = Relay::new(
         mail.smtp_url(),
@@ -127,6 +128,7 @@ pub async fn run_with_clock(
     let mailer = Mailer {
         settings: mail.clone(),
         pool: pool.clone(),
+        record_pool: record_pool.clone(),
         templates: templates.clone(),
         shells: Default::default(),
         regions: regions.clone(),
@@ -224,6 +226,7 @@ pub async fn run_with_clock(
         tasks.abort_all();
     }
     pool.close().await;
+    record_pool.close().await;
     if let Some(e) = failure {
         return Err(e.context("the worker cannot run"));
     }

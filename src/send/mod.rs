@@ -43,7 +43,7 @@ const ROUND_BACKOFF_MAX: Duration = Duration::from_secs(30);
 const RECORD_BATCH_MAX: usize = 512;
 
 /// Batches of outcomes written at once at most.
-const RECORDS_IN_FLIGHT: usize = 4;
+pub const RECORDS_IN_FLIGHT: usize = 4;
 
 /// Time a row's lease must still have, besides the send itself, for it to be started.
 const RECORDING_MARGIN: Duration = Duration::from_secs(crate::config::RECORDING_MARGIN_SECS);
@@ -132,8 +132,11 @@ pub struct Mailer {
     /// `[mail]`: how many rows to hold and send at once, the lease, the time-outs and retries,
     /// the From addresses.
     pub settings: MailSettings,
-    /// Rows are claimed, read and recorded through it.
+    /// Rows are claimed and read, and failures recorded, through it.
     pub pool: PgPool,
+    /// Plain outcomes are recorded through this one (`db::connect_recorder`: one generic plan
+    /// for the record statement), with a connection for each batch in flight.
+    pub record_pool: PgPool,
     pub templates: Arc<Templates>,
     /// Bulk emails rendered once, filled in for each reader.
     pub shells: Shells,
@@ -612,7 +615,7 @@ async fn record_marks(mailer: &Mailer, batch: &[Done]) -> sqlx::Result<Vec<i64>>
             })
         })
         .collect();
-    outbox::record(&mailer.pool, &marks).await
+    outbox::record(&mailer.record_pool, &marks).await
 }
 
 /// One transaction: the failure, the suppression it implies and the triage copy are recorded

@@ -200,8 +200,9 @@ impl Default for RawBounces {
     fn default() -> Self {
         RawBounces {
             smtp_addr: String::new(),
-            max_message_bytes: 10 * 1024 * 1024,
-            max_connections: 32,
+            // At worst every connection holds a whole message: 16 × 2 MiB = 32 MiB.
+            max_message_bytes: 2 * 1024 * 1024,
+            max_connections: 16,
             command_timeout_secs: 60,
             soft_limit: 3,
             soft_window_days: 30,

@@ -31,6 +31,11 @@
 //!   the job's kind, reading the current state). It suppresses addresses that refuse bulk mail
 //!   for good; outages of the relay or PostgreSQL fail no email; a coordinators' copy of an
 //!   enquiry that fails for good is passed to the triage mailbox.
+//! - [`bounce`]: bounces and complaints that come back after the relay took an email: the
+//!   VERP return paths name the email (`tokens::ReturnPaths`), the listener
+//!   (`bounce::listener`) or `bounces ingest` hands each message to one `ingest`, which reads
+//!   it (`bounce::report`: DSN, feedback report, plain-text bounce, auto-reply) and suppresses,
+//!   unsubscribes, fails the email or passes an enquiry to triage, each once.
 //! - [`problem`]: what `check` reports.
 //! - [`tokens`]: the signed confirmation and unsubscribe links ([`tokens::Links`]: the public
 //!   URL and the keys, all that handlers, sender and pages need of the settings for them).

@@ -175,12 +175,18 @@ fn return_paths() -> ReturnPaths {
     )
 }
 
-async fn with_readers() -> TestApp {
-    let app = spawn_app_with(Options {
+/// A worker with return paths at [`BOUNCE_ADDRESS`] and a bounce listener.
+async fn with_bounces() -> TestApp {
+    spawn_app_with(Options {
         bounces: true,
         ..Options::default()
     })
-    .await;
+    .await
+}
+
+/// [`with_bounces`], with the three [`READERS`] confirmed for London.
+async fn with_readers() -> TestApp {
+    let app = with_bounces().await;
     for reader in READERS {
         add_confirmed(&app.pool, "london", reader, None).await;
     }
@@ -395,11 +401,7 @@ async fn a_complaint_unsubscribes_and_suppresses_and_an_out_of_office_reply_chan
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_coordinators_copy_that_bounces_after_acceptance_reaches_the_triage_mailbox() {
-    let app = spawn_app_with(Options {
-        bounces: true,
-        ..Options::default()
-    })
-    .await;
+    let app = with_bounces().await;
     let listener = app.bounce_addr.unwrap();
     app.publish(&contact_event(json!({
         "region": "north-west", "topic": "complex-case",
@@ -463,23 +465,37 @@ async fn a_coordinators_copy_that_bounces_after_acceptance_reaches_the_triage_ma
     app.stop().await;
 }
 
-/// Runs `rpec-notify bounces ingest` with `args`, `raw` on standard input, against the app's
-/// database and settings.
-fn ingest(app: &TestApp, raw: &[u8], args: &[&str]) -> std::process::Output {
+/// The binary with the app's database and settings (and [`BOUNCE_ADDRESS`]), running `args`
+/// with `stdin` on standard input; `env` changes the environment further.
+fn run_binary(
+    app: &TestApp,
+    args: &[&str],
+    stdin: &[u8],
+    env: &[(&str, &str)],
+) -> std::process::Output {
     let mut child = binary()
-        .args(["bounces", "ingest"])
         .args(args)
         .env("DATABASE_URL", database_url_for(&app.db_name))
         .env("RPEC_CONFIG_DIR", &app.settings.config_dir)
         .env("RPEC_TOKEN_SECRET", TEST_TOKEN_SECRET)
         .env("RPEC_MAIL__BOUNCE_ADDRESS", BOUNCE_ADDRESS)
+        .envs(env.iter().copied())
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
-    child.stdin.take().unwrap().write_all(raw).unwrap();
+    child.stdin.take().unwrap().write_all(stdin).unwrap();
     child.wait_with_output().unwrap()
+}
+
+/// `rpec-notify bounces ingest ARGS`, `raw` on standard input.
+fn ingest(app: &TestApp, raw: &[u8], args: &[&str]) -> std::process::Output {
+    let args: Vec<&str> = ["bounces", "ingest"]
+        .into_iter()
+        .chain(args.iter().copied())
+        .collect();
+    run_binary(app, &args, raw, &[])
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -526,15 +542,7 @@ async fn bounces_ingest_from_standard_input_has_the_listeners_effects() {
     );
 
     // An operator reads it: the list names no one, the message itself is shown whole.
-    let command = |args: &[&str]| {
-        binary()
-            .args(args)
-            .env("DATABASE_URL", database_url_for(&app.db_name))
-            .env("RPEC_CONFIG_DIR", &app.settings.config_dir)
-            .env("RPEC_TOKEN_SECRET", TEST_TOKEN_SECRET)
-            .output()
-            .unwrap()
-    };
+    let command = |args: &[&str]| run_binary(&app, args, b"", &[]);
     let (id,): (i64,) = sqlx::query_as("SELECT id FROM unparsed_bounces")
         .fetch_one(&app.pool)
         .await
@@ -556,20 +564,15 @@ async fn bounces_ingest_from_standard_input_has_the_listeners_effects() {
         Some(1)
     );
     // PostgreSQL away: 75, so that the MTA keeps the message and tries again.
-    let mut child = binary()
-        .args(["bounces", "ingest"])
-        .env("DATABASE_URL", "postgres://postgres@127.0.0.1:1/none")
-        .env("RPEC_CONFIG_DIR", &app.settings.config_dir)
-        .env("RPEC_TOKEN_SECRET", TEST_TOKEN_SECRET)
-        .env("RPEC_MAIL__BOUNCE_ADDRESS", BOUNCE_ADDRESS)
-        .env("RPEC_DATABASE__ACQUIRE_TIMEOUT_SECS", "1")
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    child.stdin.take().unwrap().write_all(&dsn).unwrap();
-    let out = child.wait_with_output().unwrap();
+    let out = run_binary(
+        &app,
+        &["bounces", "ingest"],
+        &dsn,
+        &[
+            ("DATABASE_URL", "postgres://postgres@127.0.0.1:1/none"),
+            ("RPEC_DATABASE__ACQUIRE_TIMEOUT_SECS", "1"),
+        ],
+    );
     assert_eq!(
         out.status.code(),
         Some(75),
@@ -650,11 +653,7 @@ async fn sent_email(app: &TestApp, kind: &str, to: &str) -> i64 {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn soft_bounces_suppress_only_at_the_limit_within_the_window() {
     // The defaults: 3 within 30 days.
-    let app = spawn_app_with(Options {
-        bounces: true,
-        ..Options::default()
-    })
-    .await;
+    let app = with_bounces().await;
     let listener = app.bounce_addr.unwrap();
     let paths = return_paths();
     let reader = "full.mailbox@school.example.org";
@@ -754,11 +753,7 @@ async fn retention_ends_bounce_records_and_unparsed_mail_at_their_periods() {
 /// of its own: through the listener, each has its kind's effect and no other.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bounces_in_the_shapes_real_servers_send_each_have_their_effect() {
-    let app = spawn_app_with(Options {
-        bounces: true,
-        ..Options::default()
-    })
-    .await;
+    let app = with_bounces().await;
     let listener = app.bounce_addr.unwrap();
     let paths = return_paths();
     let cases = [

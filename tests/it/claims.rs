@@ -138,9 +138,18 @@ async fn the_late_august_bank_holiday_is_not_a_working_day() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_claim_between_queuing_and_sending_stops_the_escalation() {
-    // The relay is down, so the escalation waits in the outbox once queued.
+    // The relay is down, so the escalation waits in the outbox once queued. Its tries are 2 s
+    // apart, so that the claim below falls between two of them: a try that had read the
+    // enquiry as unclaimed just before the claim, and reached the relay just after it came
+    // back, would send it (the check is when the email is composed).
+    let slow_retries = FAST_TIMINGS.replace(
+        "initial_secs = 0.2\nmax_secs = 1.0",
+        "initial_secs = 2.0\nmax_secs = 2.0",
+    );
+    assert_ne!(slow_retries, FAST_TIMINGS);
     let app = spawn_app_with(Options {
         smtp: Some(SmtpServer::reserve()),
+        profile_toml: slow_retries,
         ..Options::at("2025-03-25T10:00:00Z")
     })
     .await;
@@ -155,6 +164,22 @@ async fn a_claim_between_queuing_and_sending_stops_the_escalation() {
     })
     .await;
     assert_eq!(app.outbox_of("enquiry_escalation").await.len(), 1);
+    eventually(
+        Duration::from_secs(20),
+        "the escalation and the reminder waiting for their next tries",
+        || async {
+            let waiting: bool = sqlx::query_scalar(
+                "SELECT coalesce(bool_and(status = 'pending' AND deferrals > 0
+                                 AND next_attempt_at > now() + interval '1 second'), false)
+                 FROM outbox WHERE kind IN ('enquiry_escalation', 'enquiry_reminder')",
+            )
+            .fetch_one(&app.pool)
+            .await
+            .unwrap();
+            waiting.then_some(())
+        },
+    )
+    .await;
     // A coordinator claims it from their copy (its link, as the email would carry it).
     let copy_id: i64 = sqlx::query_scalar(
         "SELECT id FROM enquiry_copies WHERE enquiry_id = $1 AND kind = 'enquiry'",

@@ -208,24 +208,24 @@ pub async fn ingest(
         None => None,
     };
     let email_kind = email.as_ref().map_or("unknown", |e| kind_label(&e.kind));
-    let count = |kind: Kind| {
+    let count = |kind: Kind, n: usize| {
         bounces
             .metrics
             .bounces
             .with_label_values(&[kind.as_str(), email_kind])
-            .inc();
+            .inc_by(n as u64);
     };
     let outbox_id = email.as_ref().map(|e| e.id);
     match report.kind {
         Kind::AutoReply => {
-            count(Kind::AutoReply);
+            count(Kind::AutoReply, 1);
             tracing::info!(outbox_id, "auto-reply at the bounce address: ignored");
             Ok(Ingested::AutoReply { outbox_id })
         }
         Kind::Unparsed => {
             let id = keep_unparsed(&bounces.pool, outbox_id, raw).await?;
             if id.is_some() {
-                count(Kind::Unparsed);
+                count(Kind::Unparsed, 1);
             }
             tracing::warn!(
                 unparsed_bounce_id = id,
@@ -267,9 +267,7 @@ pub async fn ingest(
                     outbox_id: email.id,
                 });
             }
-            for _ in 0..recorded {
-                count(kind);
-            }
+            count(kind, recorded);
             tracing::info!(
                 bounce = kind.as_str(),
                 outbox_id = email.id,

@@ -129,6 +129,14 @@ fn out_of_office(return_path: &str, from: &str) -> Vec<u8> {
     .into_bytes()
 }
 
+/// `rpec_bounces_total` for newsletters of `kind` (hard, soft, complaint, auto_reply, ...).
+async fn newsletter_bounces(app: &TestApp, kind: &str) -> f64 {
+    app.metric(&format!(
+        "rpec_bounces_total{{email_kind=\"newsletter\",kind=\"{kind}\"}}"
+    ))
+    .await
+}
+
 async fn count(app: &TestApp, sql: &str) -> i64 {
     sqlx::query_scalar(sql).fetch_one(&app.pool).await.unwrap()
 }
@@ -143,7 +151,7 @@ async fn newsletter_to_readers(app: &TestApp, id: &str, region: &str) -> Vec<Mai
     app.publish(&newsletter(id, region, simple_sections()))
         .await;
     let subject = format!("Prevent update {id}");
-    eventually(
+    let mails = eventually(
         Duration::from_secs(20),
         "the newsletter to each reader",
         || {
@@ -156,7 +164,10 @@ async fn newsletter_to_readers(app: &TestApp, id: &str, region: &str) -> Vec<Mai
             async move { (mails.len() == READERS.len()).then_some(mails) }
         },
     )
-    .await
+    .await;
+    // A bounce comes after the relay took the email and the worker recorded that.
+    app.all_sent().await;
+    mails
 }
 
 fn to<'a>(mails: &'a [Mail], address: &str) -> &'a Mail {
@@ -242,11 +253,7 @@ async fn a_hard_bounce_to_the_listener_keeps_the_next_newsletter_from_that_reade
     );
     // Bulk mail's bounce needs no operator: the suppression is its answer.
     assert!(resolved);
-    assert_eq!(
-        app.metric("rpec_bounces_total{email_kind=\"newsletter\",kind=\"hard\"}")
-            .await,
-        1.0
-    );
+    assert_eq!(newsletter_bounces(&app, "hard").await, 1.0);
 
     // The next newsletter reaches only the other two.
     app.publish(&newsletter("ldn-2", "london", simple_sections()))
@@ -293,11 +300,7 @@ async fn the_same_dsn_twice_counts_once_and_a_forged_or_altered_return_path_chan
     }
     assert_eq!(suppressed(&app).await, [READERS[0]]);
     assert_eq!(count(&app, "SELECT count(*) FROM bounces").await, 1);
-    assert_eq!(
-        app.metric("rpec_bounces_total{email_kind=\"newsletter\",kind=\"hard\"}")
-            .await,
-        1.0
-    );
+    assert_eq!(newsletter_bounces(&app, "hard").await, 1.0);
 
     // Another reader's return path with one digit changed: refused at RCPT by the listener.
     let ben = to(&first, READERS[1]);
@@ -360,11 +363,7 @@ async fn a_complaint_unsubscribes_and_suppresses_and_an_out_of_office_reply_chan
     )
     .await
     .unwrap();
-    assert_eq!(
-        app.metric("rpec_bounces_total{email_kind=\"newsletter\",kind=\"auto_reply\"}")
-            .await,
-        1.0
-    );
+    assert_eq!(newsletter_bounces(&app, "auto_reply").await, 1.0);
     assert!(suppressed(&app).await.is_empty());
     assert_eq!(count(&app, "SELECT count(*) FROM bounces").await, 0);
     assert_eq!(
@@ -391,11 +390,7 @@ async fn a_complaint_unsubscribes_and_suppresses_and_an_out_of_office_reply_chan
             "{region}"
         );
     }
-    assert_eq!(
-        app.metric("rpec_bounces_total{email_kind=\"newsletter\",kind=\"complaint\"}")
-            .await,
-        1.0
-    );
+    assert_eq!(newsletter_bounces(&app, "complaint").await, 1.0);
     app.stop().await;
 }
 
@@ -417,6 +412,7 @@ async fn a_coordinators_copy_that_bounces_after_acceptance_reaches_the_triage_ma
         async move { found }
     })
     .await;
+    app.all_sent().await;
     // The coordinator's mailbox was deleted after the relay took the copy.
     let dsn = postfix_dsn(
         &copy.envelope_from,
@@ -690,11 +686,7 @@ async fn soft_bounces_suppress_only_at_the_limit_within_the_window() {
         count(&app, "SELECT count(*) FROM bounces WHERE kind = 'soft'").await,
         4
     );
-    assert_eq!(
-        app.metric("rpec_bounces_total{email_kind=\"newsletter\",kind=\"soft\"}")
-            .await,
-        4.0
-    );
+    assert_eq!(newsletter_bounces(&app, "soft").await, 4.0);
     app.stop().await;
 }
 
@@ -809,14 +801,7 @@ async fn bounces_in_the_shapes_real_servers_send_each_have_their_effect() {
                 assert_eq!(status, "sent", "{fixture}");
             }
         }
-        assert!(
-            app.metric(&format!(
-                "rpec_bounces_total{{email_kind=\"newsletter\",kind=\"{kind}\"}}"
-            ))
-            .await
-                >= 1.0,
-            "{fixture}"
-        );
+        assert!(newsletter_bounces(&app, kind).await >= 1.0, "{fixture}");
     }
     assert_eq!(
         count(&app, "SELECT count(*) FROM unparsed_bounces").await,

@@ -17,6 +17,10 @@ pub struct Rendered {
     pub subject: String,
     pub text: String,
     pub html: String,
+    /// The HTML part already encoded as quoted-printable with CRLF line ends: the body of the
+    /// text/html part as it is sent (`Shell::fill_encoded`). When `Some`, `html` is left empty
+    /// and the message is built from this.
+    pub html_qp: Option<Vec<u8>>,
 }
 
 /// Marks the start and the end of a hole in a `Shell` (characters of Unicode's private use
@@ -74,31 +78,145 @@ pub struct Shell {
     subject: Vec<Piece>,
     text: Vec<Piece>,
     html: Vec<Piece>,
+    /// `html` with each literal already quoted-printable encoded (`qp_piece`), for
+    /// `fill_encoded`; None where a CRLF pair could straddle a hole, so that encoding the pieces
+    /// one by one might not be encoding the whole.
+    html_qp: Option<Vec<Piece>>,
     holes: usize,
 }
 
+/// The line length the encoder keeps each piece's lines to: one less than quoted-printable's 76,
+/// leaving room for the soft line break that ends a piece.
+const QP_PIECE_LINE: usize = 75;
+
+/// Bare LF made CRLF, as lettre does to a text body before encoding it (a `\r` before every
+/// `\n` not already after one).
+fn crlf_line_ends(s: &str, out: &mut String) {
+    let mut after_cr = false;
+    for c in s.chars() {
+        if c == '\n' && !after_cr {
+            out.push('\r');
+        }
+        out.push(c);
+        after_cr = c == '\r';
+    }
+}
+
+/// Appends piece `s` of an HTML part as quoted-printable (CRLF line ends, text mode), ending
+/// with a soft line break unless it ends a line, so that the next piece starts a line of its
+/// own and no line is longer than 76.
+fn qp_piece(s: &str, out: &mut String) {
+    let mut crlf = String::with_capacity(s.len() + s.len() / 16);
+    crlf_line_ends(s, &mut crlf);
+    let encoded = quoted_printable::encode_with_options(
+        crlf,
+        quoted_printable::Options::default().line_length_limit(QP_PIECE_LINE),
+    );
+    out.push_str(&encoded);
+    if !encoded.is_empty() && !encoded.ends_with("\r\n") {
+        out.push_str("=\r\n");
+    }
+}
+
+/// The HTML pieces with each literal encoded (see `Shell::html_qp`).
+fn encode_pieces(html: &[Piece]) -> Option<Vec<Piece>> {
+    let straddles = html.iter().any(|p| match p {
+        Piece::Literal(l) => l.ends_with('\r') || l.starts_with('\n'),
+        Piece::Hole(_) => false,
+    });
+    if straddles {
+        return None;
+    }
+    let encoded = html
+        .iter()
+        .map(|p| match p {
+            Piece::Literal(l) => {
+                let mut out = String::with_capacity(l.len() + l.len() / 8);
+                qp_piece(l, &mut out);
+                Piece::Literal(out)
+            }
+            Piece::Hole(i) => Piece::Hole(*i),
+        })
+        .collect();
+    Some(encoded)
+}
+
+/// The pieces joined: `put` writes the value of each hole.
+fn join(pieces: &[Piece], values: &[&str], put: &dyn Fn(&str, &mut String)) -> String {
+    let mut out = String::new();
+    for p in pieces {
+        match p {
+            Piece::Literal(l) => out.push_str(l),
+            Piece::Hole(i) => put(values.get(*i).copied().unwrap_or_default(), &mut out),
+        }
+    }
+    out
+}
+
 impl Shell {
+    fn new(subject: Vec<Piece>, text: Vec<Piece>, html: Vec<Piece>, holes: usize) -> Shell {
+        Shell {
+            html_qp: encode_pieces(&html),
+            subject,
+            text,
+            html,
+            holes,
+        }
+    }
+
     /// One copy: `values[i]` in hole `i`, HTML-escaped in the HTML part, folded to one line in
     /// the subject, as a whole rendering would have them.
     pub fn fill(&self, values: &[&str]) -> Result<Rendered, String> {
         if values.len() != self.holes {
             return Err(format!("{} values for {} holes", values.len(), self.holes));
         }
-        let join = |pieces: &[Piece], put: &dyn Fn(&str, &mut String)| {
-            let mut out = String::new();
-            for p in pieces {
-                match p {
-                    Piece::Literal(l) => out.push_str(l),
-                    Piece::Hole(i) => put(values.get(*i).copied().unwrap_or_default(), &mut out),
-                }
-            }
-            out
-        };
+        let (subject, text) = self.subject_and_text(values);
         Ok(Rendered {
-            subject: join(&self.subject, &|v, out| out.push_str(&single_line(v))),
-            text: tidy_text(&join(&self.text, &|v, out| out.push_str(v))),
-            html: join(&self.html, &|v, out| escape_html(v, out)),
+            subject,
+            text,
+            html: join(&self.html, values, &|v, out| escape_html(v, out)),
+            html_qp: None,
         })
+    }
+
+    /// One copy as `fill` makes it, but with the HTML part already quoted-printable encoded
+    /// (`Rendered::html_qp`, `html` empty): the shell's literals were encoded once, and only the
+    /// values are encoded here. Exactly what `fill` returns if the shell has no encoded pieces or
+    /// a value holds a CR or LF (which could pair up with a literal's line end).
+    pub fn fill_encoded(&self, values: &[&str]) -> Result<Rendered, String> {
+        let Some(html_qp) = &self.html_qp else {
+            return self.fill(values);
+        };
+        if values.len() != self.holes || values.iter().any(|v| v.contains(['\r', '\n'])) {
+            return self.fill(values);
+        }
+        let mut encoded = join(html_qp, values, &|v, out| {
+            let mut escaped = String::with_capacity(v.len() + 8);
+            escape_html(v, &mut escaped);
+            qp_piece(&escaped, out);
+        });
+        // No piece follows the last one: its soft line break goes, and the part ends as one
+        // encoding of the whole would (a strict decoder refuses a soft break at the very end).
+        if encoded.ends_with("=\r\n") {
+            encoded.truncate(encoded.len() - 3);
+        }
+        let (subject, text) = self.subject_and_text(values);
+        Ok(Rendered {
+            subject,
+            text,
+            html: String::new(),
+            html_qp: Some(encoded.into_bytes()),
+        })
+    }
+
+    /// The subject (each value folded to one line) and the plain text of a copy.
+    fn subject_and_text(&self, values: &[&str]) -> (String, String) {
+        (
+            join(&self.subject, values, &|v, out| {
+                out.push_str(&single_line(v))
+            }),
+            tidy_text(&join(&self.text, values, &|v, out| out.push_str(v))),
+        )
     }
 }
 
@@ -276,6 +394,7 @@ impl Templates {
             subject,
             text: tidy_text(&text),
             html,
+            html_qp: None,
         })
     }
 
@@ -300,12 +419,12 @@ impl Templates {
             map.insert((*key).to_owned(), Value::String(hole_marker(i)));
         }
         let rendered = self.render(name, &data)?;
-        Ok(Some(Shell {
-            subject: pieces(&rendered.subject),
-            text: pieces(&rendered.text),
-            html: pieces(&rendered.html),
-            holes: holes.len(),
-        }))
+        Ok(Some(Shell::new(
+            pieces(&rendered.subject),
+            pieces(&rendered.text),
+            pieces(&rendered.html),
+            holes.len(),
+        )))
     }
 
     /// Renders web page `name` (`templates/pages/NAME.hbs`), every value HTML-escaped; `site`
@@ -517,6 +636,168 @@ mod tests {
         );
         assert!(!filled.html.contains("<b>"), "{}", filled.html);
         assert!(shell.fill(&[]).is_err());
+    }
+
+    /// `html` with lettre's line ends: every LF that is not already after a CR made CRLF.
+    fn crlf(html: &str) -> String {
+        html.replace("\r\n", "\n").replace('\n', "\r\n")
+    }
+
+    /// A copy from `fill_encoded` is the copy from `fill` with its HTML part encoded: the same
+    /// subject and text, an HTML part that decodes (strictly) to `fill`'s with CRLF line ends,
+    /// all ASCII, in CRLF lines of at most 76 bytes.
+    fn encoded_is_filled(shell: &Shell, values: &[&str]) -> Result<(), String> {
+        let filled = shell.fill(values)?;
+        let encoded = shell.fill_encoded(values)?;
+        if (&encoded.subject, &encoded.text) != (&filled.subject, &filled.text) {
+            return Err(format!("subject or text differ: {encoded:?} {filled:?}"));
+        }
+        if !encoded.html.is_empty() {
+            return Err(format!("html is not left empty: {:?}", encoded.html));
+        }
+        let qp = encoded.html_qp.ok_or("no encoded HTML")?;
+        let shown = String::from_utf8_lossy(&qp).into_owned();
+        if !qp.is_ascii() {
+            return Err(format!("not ASCII: {shown:?}"));
+        }
+        for (i, b) in qp.iter().enumerate() {
+            let crlf_pair = match b {
+                b'\r' => qp.get(i + 1) == Some(&b'\n'),
+                b'\n' => i > 0 && qp[i - 1] == b'\r',
+                _ => true,
+            };
+            if !crlf_pair {
+                return Err(format!("a bare CR or LF at {i}: {shown:?}"));
+            }
+        }
+        if let Some(line) = shown.split("\r\n").find(|l| l.len() > 76) {
+            return Err(format!("a line of {} bytes: {line:?}", line.len()));
+        }
+        let decoded = quoted_printable::decode(&qp, quoted_printable::ParseMode::Strict)
+            .map_err(|e| format!("{e:?} in {shown:?}"))?;
+        let expected = crlf(&filled.html);
+        if decoded != expected.as_bytes() {
+            return Err(format!(
+                "decoded {:?}, filled {expected:?}, encoded {shown:?}",
+                String::from_utf8_lossy(&decoded)
+            ));
+        }
+        Ok(())
+    }
+
+    #[test]
+    fn an_encoded_copy_decodes_to_the_filled_copy() {
+        let dir = sample_dir();
+        let t = Templates::load(dir.path(), "http://x").unwrap();
+        let shell = t
+            .shell("hello", &json!({"name": "x"}), &["name"])
+            .unwrap()
+            .expect("a shell");
+        assert!(shell.html_qp.is_some(), "the sample shell is encoded");
+        let long = "a".repeat(150) + &"é=".repeat(50) + &"b".repeat(50);
+        assert_eq!(long.chars().count(), 300);
+        for value in [
+            "Zoë",
+            "<b>&\"",
+            long.as_str(),
+            "=",
+            "x   ",
+            "x\t",
+            "",
+            "Sam",
+            "https://x.example/u?t=a&b=c",
+        ] {
+            encoded_is_filled(&shell, &[value]).unwrap();
+        }
+        // Each piece ends with a soft line break (a space before it encoded, as at a line's end).
+        let encoded = shell.fill_encoded(&["Sam"]).unwrap().html_qp.unwrap();
+        let encoded = String::from_utf8(encoded).unwrap();
+        assert!(encoded.contains("Hi=20=\r\nSam=\r\n</p>"), "{encoded}");
+        assert!(encoded.ends_with("</html>"), "{encoded}");
+        assert!(shell.fill_encoded(&[]).is_err());
+    }
+
+    #[test]
+    fn a_value_with_a_line_break_or_a_straddling_line_end_is_filled_unencoded() {
+        let dir = sample_dir();
+        let t = Templates::load(dir.path(), "http://x").unwrap();
+        let shell = t
+            .shell("hello", &json!({"name": "x"}), &["name"])
+            .unwrap()
+            .unwrap();
+        for value in ["a\r\nb", "a\nb", "a\r", "\nb"] {
+            let copy = shell.fill_encoded(&[value]).unwrap();
+            assert_eq!(copy, shell.fill(&[value]).unwrap(), "{value:?}");
+            assert_eq!(copy.html_qp, None);
+        }
+        for html in [
+            vec![Piece::Literal("a\r".into()), Piece::Hole(0)],
+            vec![Piece::Hole(0), Piece::Literal("\nb".into())],
+        ] {
+            let shell = Shell::new(Vec::new(), Vec::new(), html, 1);
+            assert_eq!(shell.html_qp, None);
+            assert_eq!(
+                shell.fill_encoded(&["x"]).unwrap(),
+                shell.fill(&["x"]).unwrap()
+            );
+        }
+    }
+
+    fn html_literal() -> impl proptest::strategy::Strategy<Value = String> {
+        use proptest::prelude::*;
+        proptest::collection::vec(
+            prop_oneof![
+                Just(" ".to_owned()),
+                Just("   ".to_owned()),
+                Just("\t".to_owned()),
+                Just("=".to_owned()),
+                Just("\n".to_owned()),
+                Just("\r\n".to_owned()),
+                Just("é".to_owned()),
+                Just("€ Zoë".to_owned()),
+                Just("<p style=\"color: red;\">".to_owned()),
+                Just("</p>\n".to_owned()),
+                "[a-z]{1,200}",
+                "[ a-z=<>&\"]{1,40}",
+            ],
+            0..12,
+        )
+        .prop_map(|parts| parts.concat())
+    }
+
+    fn html_piece() -> impl proptest::strategy::Strategy<Value = Piece> {
+        use proptest::prelude::*;
+        prop_oneof![
+            html_literal().prop_map(Piece::Literal),
+            (0..3usize).prop_map(Piece::Hole),
+        ]
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn any_encoded_copy_decodes_to_the_filled_copy(
+            html in proptest::collection::vec(html_piece(), 0..10),
+            values in proptest::collection::vec(
+                proptest::prop_oneof!["[^\r\n]{0,100}", "[a-z= ]{0,300}", "[ é=]{0,20}"],
+                3,
+            ),
+        ) {
+            let straddles = html.iter().any(|p| {
+                matches!(p, Piece::Literal(l) if l.ends_with('\r') || l.starts_with('\n'))
+            });
+            let shell = Shell::new(Vec::new(), Vec::new(), html, 3);
+            let values: Vec<&str> = values.iter().map(String::as_str).collect();
+            if straddles {
+                proptest::prop_assert_eq!(&shell.html_qp, &None);
+                proptest::prop_assert_eq!(
+                    shell.fill_encoded(&values).unwrap(),
+                    shell.fill(&values).unwrap()
+                );
+            } else {
+                let checked = encoded_is_filled(&shell, &values);
+                proptest::prop_assert!(checked.is_ok(), "{}", checked.unwrap_err());
+            }
+        }
     }
 
     #[test]

@@ -94,7 +94,7 @@ pub async fn complete(
 }
 
 /// One reader's copy of a newsletter shell: their link in the first hole, their name (when the
-/// shell has a hole for it) in the second.
+/// shell has a hole for it) in the second; the HTML part already quoted-printable encoded.
 fn reader_copy(
     shell: &Shell,
     name: Option<&str>,
@@ -104,7 +104,8 @@ fn reader_copy(
         .chain(name)
         .collect();
     Ok(Prepared::Rendered {
-        rendered: shell.fill(&values).map_err(anyhow::Error::msg)?,
+        // The HTML part encoded once per shell: only the reader's values are encoded here.
+        rendered: shell.fill_encoded(&values).map_err(anyhow::Error::msg)?,
         unsubscribe_url: Some(unsubscribe_url),
     })
 }

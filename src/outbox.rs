@@ -310,8 +310,9 @@ pub async fn claim(pool: &PgPool, limit: i64, lease: Duration) -> sqlx::Result<V
     sqlx::query_as(
         "WITH due AS (
              SELECT id FROM outbox
-             WHERE (status = 'pending' AND next_attempt_at <= now())
-                OR (status = 'sending' AND claimed_until < now())
+             WHERE waiting
+               AND ((status = 'pending' AND next_attempt_at <= now())
+                    OR (status = 'sending' AND claimed_until < now()))
              ORDER BY priority DESC, next_attempt_at
              LIMIT $1
              FOR UPDATE SKIP LOCKED
@@ -637,17 +638,16 @@ pub async fn suppress(
 
 /// Emails not yet sent (pending or being sent).
 pub async fn depth(pool: &PgPool) -> sqlx::Result<i64> {
-    let (n,): (i64,) =
-        sqlx::query_as("SELECT count(*) FROM outbox WHERE status IN ('pending', 'sending')")
-            .fetch_one(pool)
-            .await?;
+    let (n,): (i64,) = sqlx::query_as("SELECT count(*) FROM outbox WHERE waiting")
+        .fetch_one(pool)
+        .await?;
     Ok(n)
 }
 
 /// Failed rows that no operator has resolved, by kind (for the metric).
 pub async fn failed_unresolved(pool: &PgPool) -> sqlx::Result<Vec<(String, i64)>> {
     sqlx::query_as(
-        "SELECT kind, count(*) FROM outbox WHERE status = 'failed' AND resolved_at IS NULL
+        "SELECT kind, count(*) FROM outbox WHERE failed AND resolved_at IS NULL
          GROUP BY kind",
     )
     .fetch_all(pool)
@@ -659,7 +659,7 @@ pub async fn failed_unresolved(pool: &PgPool) -> sqlx::Result<Vec<(String, i64)>
 pub async fn oldest_waiting_secs(pool: &PgPool) -> sqlx::Result<f64> {
     let (secs,): (f64,) = sqlx::query_as(
         "SELECT coalesce(extract(epoch FROM now() - min(created_at))::float8, 0)
-         FROM outbox WHERE status IN ('pending', 'sending') AND next_attempt_at <= now()",
+         FROM outbox WHERE waiting AND next_attempt_at <= now()",
     )
     .fetch_one(pool)
     .await?;

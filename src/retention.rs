@@ -115,10 +115,10 @@ SELECT count(*), 0::bigint FROM done";
 
 /// Finished emails, with their recipients and content. A failed one only once an operator has
 /// resolved it: `resolved_at IS NULL` keeps it, whatever its age. (Written so that the
-/// `outbox_finished` index, on the three finished statuses, applies.)
+/// `outbox_finished` index, on rows no longer `waiting`, applies.)
 const EMAILS: &str = delete_batch!(
     "outbox",
-    "status IN ('sent', 'failed', 'cancelled') AND (status <> 'failed' OR resolved_at IS NOT NULL)
+    "NOT waiting AND (NOT failed OR resolved_at IS NOT NULL)
      AND created_at < $1 - make_interval(days => $2)",
     "created_at"
 );

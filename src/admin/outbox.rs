@@ -127,7 +127,7 @@ pub async fn status(pool: &PgPool) -> Result<Report, AdminError> {
     // Waiting: not yet sent, whether due now, waiting out a back-off or being sent.
     let oldest: Option<f64> = sqlx::query_scalar(
         "SELECT EXTRACT(EPOCH FROM now() - min(created_at))::float8 FROM outbox
-         WHERE status IN ('pending', 'sending')",
+         WHERE waiting",
     )
     .fetch_one(pool)
     .await?;

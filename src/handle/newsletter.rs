@@ -9,12 +9,15 @@
 //! in the meantime.
 //!
 //! Exactly once: `newsletter_deliveries` has one row per (newsletter, subscription), written by
-//! the same statement as the outbox row and skipped when present. The fan-out runs in the
-//! event's transaction, so a crash before the commit leaves nothing (the event comes back and
-//! the fan-out starts again), and a crash after it leaves every row queued; the sender's leases
-//! then resume the sending where it stopped. A second event with the same newsletter id queues
-//! it only for readers who have not had it (those confirmed since), as long as retention keeps
-//! the deliveries (`[retention] newsletter_delivery_days`); after that, to nobody.
+//! the same statement as the outbox row and skipped when present. Each batch is committed on
+//! its own, before the event is recorded as handled, so the sender starts on the first
+//! readers while the database is still queuing the rest (a 100,000-reader list is twenty
+//! batches). A crash in the middle leaves the batches committed so far; the event comes back
+//! (it was not recorded) and the fan-out goes on with the readers who have no delivery yet.
+//! The sender's leases resume the sending where it stopped. A second event with the same
+//! newsletter id queues it only for readers who have not had it (those confirmed since), as
+//! long as retention keeps the deliveries (`[retention] newsletter_delivery_days`); after that,
+//! to nobody.
 
 use super::{Failure, Handlers};
 use crate::domain::{Envelope, NewsletterPublished, RegionId};
@@ -31,8 +34,10 @@ const FAN_OUT_BATCH: i64 = 5_000;
 /// large fan-out never delays them.
 const BULK_PRIORITY: i16 = -10;
 
-pub(super) async fn handle(
-    tx: &mut PgConnection,
+/// Stores the newsletter and queues it for its readers, batch by batch, each batch committed
+/// (see the module's notes); `handle::handle` then records the event. Runs before that
+/// record, outside the event's transaction.
+pub(super) async fn publish(
     handlers: &Handlers,
     envelope: &Envelope,
     n: &NewsletterPublished,
@@ -64,78 +69,86 @@ pub(super) async fn handle(
     .bind(&sections)
     .bind(&n.web_url)
     .bind(envelope.occurred_at)
-    .execute(&mut *tx)
+    .execute(&handlers.pool)
     .await?
     .rows_affected()
         == 1;
+    if !first {
+        tracing::info!(event_id = %envelope.id, newsletter_id = %n.newsletter_id,
+            "newsletter already published: queued only for subscribers who have not had it");
+    }
+    let queued = fan_out(handlers, &n.newsletter_id, envelope).await?;
+    tracing::info!(event_id = %envelope.id, newsletter_id = %n.newsletter_id, queued,
+        "newsletter queued");
+    Ok(())
+}
 
+/// The newsletter's stored region, read under a share lock held to the caller's commit; None
+/// once its delivery records have been pruned.
+async fn stored_region(
+    tx: &mut PgConnection,
+    newsletter_id: &str,
+    envelope: &Envelope,
+) -> Result<Option<RegionId>, Failure> {
     // A newsletter published again keeps its first content and region. Read under a share
     // lock, held to the commit: retention marks a newsletter's deliveries as pruned (an update
-    // of this row) before deleting them, so either that mark is seen here, or the fan-out below
-    // is committed before the mark and its deliveries are pruned with the rest.
+    // of this row) before deleting them, so either that mark is seen here, or the batch is
+    // committed before the mark and its deliveries are pruned with the rest.
     let (region, pruned): (String, bool) = sqlx::query_as(
         "SELECT region, deliveries_pruned_at IS NOT NULL FROM newsletters
          WHERE newsletter_id = $1 FOR SHARE",
     )
-    .bind(&n.newsletter_id)
+    .bind(newsletter_id)
     .fetch_one(&mut *tx)
     .await?;
     if pruned {
         // Who has it is no longer recorded (retention's period for deliveries has passed), so
         // queuing it for anyone could give them a second copy: it goes to nobody.
-        tracing::info!(event_id = %envelope.id, newsletter_id = %n.newsletter_id,
+        tracing::info!(event_id = %envelope.id, newsletter_id,
             "newsletter published again after its delivery records were pruned: not sent");
-        return Ok(());
+        return Ok(None);
     }
-    let region: RegionId = region
+    let region = region
         .parse()
         .map_err(|e: String| Failure::Transient(anyhow::anyhow!("stored region: {e}")))?;
-    if !first {
-        tracing::info!(event_id = %envelope.id, newsletter_id = %n.newsletter_id,
-            "newsletter already published: queued only for subscribers who have not had it");
-    }
-    let queued = fan_out(tx, handlers, &n.newsletter_id, region, envelope).await?;
-    tracing::info!(event_id = %envelope.id, newsletter_id = %n.newsletter_id,
-        region = region.as_str(), queued, "newsletter queued");
-    Ok(())
+    Ok(Some(region))
 }
 
-/// Queues the newsletter for every confirmed, not suppressed subscriber of `region` who has not
-/// had it; returns how many were queued.
+/// Queues the newsletter for every confirmed, not suppressed subscriber of its region who has
+/// not had it, one committed transaction per batch; returns how many were queued.
 async fn fan_out(
-    tx: &mut PgConnection,
     handlers: &Handlers,
     newsletter_id: &str,
-    region: RegionId,
     envelope: &Envelope,
 ) -> Result<i64, Failure> {
-    let mut emails = NewEmails {
-        job: ForEach::Newsletter {
-            newsletter_id: newsletter_id.to_owned(),
-        },
-        to: Audience::NewReaders {
-            region,
-            after: 0,
-            limit: FAN_OUT_BATCH,
-        },
-        headers: vec![("List-Id", list_id(&handlers.bulk_domain, region))],
-        priority: BULK_PRIORITY,
-        source_event: Some(envelope.id),
-    };
     let mut queued: i64 = 0;
+    let mut after = 0;
     loop {
+        let mut tx = handlers.pool.begin().await?;
+        // Read again for each batch: a prune marked since the last one ends the fan-out.
+        let Some(region) = stored_region(&mut tx, newsletter_id, envelope).await? else {
+            break;
+        };
         // One statement per batch: pick the next subscribers in id order, record the delivery
         // (skipping anyone who has it already), and queue an email for each new delivery only.
-        let batch = enqueue_each(tx, &emails).await?;
+        let emails = NewEmails {
+            job: ForEach::Newsletter {
+                newsletter_id: newsletter_id.to_owned(),
+            },
+            to: Audience::NewReaders {
+                region,
+                after,
+                limit: FAN_OUT_BATCH,
+            },
+            headers: vec![("List-Id", list_id(&handlers.bulk_domain, region))],
+            priority: BULK_PRIORITY,
+            source_event: Some(envelope.id),
+        };
+        let batch = enqueue_each(&mut tx, &emails).await?;
+        tx.commit().await?;
         queued += batch.queued as i64;
         match batch.last {
-            Some(last) => {
-                emails.to = Audience::NewReaders {
-                    region,
-                    after: last,
-                    limit: FAN_OUT_BATCH,
-                }
-            }
+            Some(last) => after = last,
             None => break,
         }
     }

@@ -1,5 +1,6 @@
 //! The newsletter fan-out at size: 2,000 confirmed subscribers get exactly one copy each, the
-//! same event again gives nobody a second, and a worker killed with `kill -9` in the middle of
+//! same event again gives nobody a second, the event back after part of its fan-out reaches
+//! only the rest, and a worker killed with `kill -9` in the middle of
 //! sending resumes after a restart without skipping anyone.
 
 use crate::binary::Deployment;
@@ -122,6 +123,59 @@ async fn two_thousand_readers_get_one_copy_each_and_the_same_event_again_gives_n
     assert_eq!(readers.len() as i64, READERS);
     assert!(readers.values().all(|ids| ids.len() == 1));
     assert!(!readers.contains_key("other@school.example.org"));
+    app.stop().await;
+}
+
+/// A fan-out is committed batch by batch before its event is recorded as handled, so a crash
+/// can leave part of it queued and the event unrecorded. The event then comes back and must
+/// queue the newsletter only for the readers the first try did not reach. The state such a
+/// crash leaves is made here by handling the event for the first readers, adding the rest, and
+/// taking away the record of the event.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_event_back_after_part_of_its_fan_out_queues_only_the_readers_it_did_not_reach() {
+    let smtp = SmtpServer::reserve().with_threads(32);
+    smtp.start();
+    let app = spawn_app_with(Options {
+        smtp: Some(smtp),
+        profile_toml: profile(16, 200, 5, 90),
+        ..Options::default()
+    })
+    .await;
+    add_readers(&app.pool, "north-west").await;
+    let event = newsletter("nw-resumed", "north-west", simple_sections());
+    app.publish(&event).await;
+    app.processed(event["id"].as_str().unwrap()).await;
+    assert_eq!(queued(&app.pool).await, READERS);
+
+    // Readers the interrupted fan-out had not reached yet, and the event unrecorded.
+    sqlx::query(
+        "INSERT INTO subscriptions (region, email, name, status, confirmed_at)
+         SELECT 'north-west', 'late' || g || '@school.example.org', NULL, 'confirmed', now()
+         FROM generate_series(1, 500) AS g",
+    )
+    .execute(&app.pool)
+    .await
+    .unwrap();
+    sqlx::query("DELETE FROM processed_events WHERE event_id = $1")
+        .bind(uuid::Uuid::parse_str(event["id"].as_str().unwrap()).unwrap())
+        .execute(&app.pool)
+        .await
+        .unwrap();
+    app.publish(&event).await;
+    app.processed(event["id"].as_str().unwrap()).await;
+    let pool = app.pool.clone();
+    eventually(PATIENCE, "every newsletter sent", || {
+        let pool = pool.clone();
+        async move { (sent(&pool).await == READERS + 500).then_some(()) }
+    })
+    .await;
+    assert_eq!(queued(&app.pool).await, READERS + 500);
+    let mails = app.smtp.received();
+    assert_eq!(mails.len() as i64, READERS + 500);
+    let readers = by_recipient(&mails);
+    assert_eq!(readers.len() as i64, READERS + 500);
+    assert!(readers.values().all(|ids| ids.len() == 1));
+    assert!(readers.contains_key("late1@school.example.org"));
     app.stop().await;
 }
 

@@ -1,6 +1,8 @@
-//! Logging: tracing to stderr, JSON when `LOG_FORMAT=json`. Log lines carry ids only: never an
-//! address, a name or the text of an enquiry.
+//! Logging: tracing to stderr, JSON when `LOG_FORMAT=json`, coloured only on a terminal (the
+//! journal and log files get plain text). Log lines carry ids only: never an address, a name or
+//! the text of an enquiry.
 
+use std::io::IsTerminal;
 use tracing_subscriber::EnvFilter;
 
 /// lapin's own logs are off by default: the consumer reports every connection loss itself,
@@ -13,6 +15,7 @@ pub fn init() {
         .add_directive("mailin=off".parse().expect("a valid directive"));
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
+        .with_ansi(std::io::stderr().is_terminal())
         .with_writer(std::io::stderr);
     let result = if std::env::var("LOG_FORMAT").is_ok_and(|f| f == "json") {
         builder.json().flatten_event(true).try_init()

@@ -4,9 +4,10 @@
 //! It consumes events that the website publishes to RabbitMQ (contact enquiries, training sessions,
 //! registrations, newsletters), records their effects in PostgreSQL and turns them into email sent
 //! over SMTP. It also serves the pages behind the links in those emails (confirming a newsletter
-//! subscription, unsubscribing). Every email is written to an outbox in the same transaction as the event's other
-//! effects, and a message is acknowledged only once that transaction has committed, so nothing is
-//! lost and the same event delivered twice causes its effects once.
+//! subscription, unsubscribing). Every email is written to an outbox in the same transaction as
+//! the event's other effects (a newsletter's fan-out in batches, each recording who has it, before
+//! the event is recorded), and a message is acknowledged only once that transaction has
+//! committed, so nothing is lost and the same event delivered twice causes its effects once.
 //!
 //! # Layout
 //!

@@ -77,6 +77,7 @@ pub async fn run_with_clock(
     }
     db::migrate(&pool).await?;
     let record_pool = db::connect_recorder(&settings, send::RECORDS_IN_FLIGHT as u32).await?;
+    let claim_pool = db::connect_claimer(&settings).await?;
     let mail = &settings.mail;
     let relay = Relay::new(
         mail.smtp_url(),
@@ -129,6 +130,7 @@ pub async fn run_with_clock(
         settings: mail.clone(),
         pool: pool.clone(),
         record_pool: record_pool.clone(),
+        claim_pool: claim_pool.clone(),
         templates: templates.clone(),
         shells: Default::default(),
         regions: regions.clone(),
@@ -227,6 +229,7 @@ pub async fn run_with_clock(
     }
     pool.close().await;
     record_pool.close().await;
+    claim_pool.close().await;
     if let Some(e) = failure {
         return Err(e.context("the worker cannot run"));
     }

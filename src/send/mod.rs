@@ -135,11 +135,14 @@ pub struct Mailer {
     /// `[mail]`: how many rows to hold and send at once, the lease, the time-outs and retries,
     /// the From addresses.
     pub settings: MailSettings,
-    /// Rows are claimed and read, and failures recorded, through it.
+    /// Rows are read, and failures recorded, through it.
     pub pool: PgPool,
     /// Plain outcomes are recorded through this one (`db::connect_recorder`: one generic plan
     /// for the record statement), with a connection for each batch in flight.
     pub record_pool: PgPool,
+    /// Rows are claimed through this one (`db::connect_claimer`: the queue's index read in
+    /// order, so that each claim passes over the entries of rows already sent only once).
+    pub claim_pool: PgPool,
     pub templates: Arc<Templates>,
     /// Bulk emails rendered once, filled in for each reader.
     pub shells: Shells,
@@ -205,7 +208,7 @@ async fn claim_all(
             continue;
         }
         let lease_ends = Instant::now() + mailer.settings.send_lease;
-        match outbox::claim(&mailer.pool, room as i64, mailer.settings.send_lease).await {
+        match outbox::claim(&mailer.claim_pool, room as i64, mailer.settings.send_lease).await {
             Ok(rows) => {
                 failed_rounds = 0;
                 let n = rows.len();

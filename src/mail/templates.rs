@@ -582,6 +582,18 @@ mod tests {
         dir
     }
 
+    /// The sample templates (and the directory they were loaded from) and the "hello" shell
+    /// with one hole, for the name.
+    fn sample_shell() -> (tempfile::TempDir, Templates, Shell) {
+        let dir = sample_dir();
+        let t = Templates::load(dir.path(), "http://x").unwrap();
+        let shell = t
+            .shell("hello", &json!({"name": "x"}), &["name"])
+            .unwrap()
+            .expect("a shell");
+        (dir, t, shell)
+    }
+
     #[test]
     fn renders_with_layouts_escaping_and_inlined_css() {
         let dir = sample_dir();
@@ -609,12 +621,7 @@ mod tests {
 
     #[test]
     fn a_filled_shell_is_the_whole_rendering() {
-        let dir = sample_dir();
-        let t = Templates::load(dir.path(), "http://x").unwrap();
-        let shell = t
-            .shell("hello", &json!({"name": "x"}), &["name"])
-            .unwrap()
-            .expect("a shell");
+        let (_dir, t, shell) = sample_shell();
         for name in ["Sam", "Sam O Brien", "https://x.example/u?t=a&b=c"] {
             let whole = t.render("hello", &json!({ "name": name })).unwrap();
             assert_eq!(shell.fill(&[name]).unwrap(), whole, "{name}");
@@ -687,12 +694,7 @@ mod tests {
 
     #[test]
     fn an_encoded_copy_decodes_to_the_filled_copy() {
-        let dir = sample_dir();
-        let t = Templates::load(dir.path(), "http://x").unwrap();
-        let shell = t
-            .shell("hello", &json!({"name": "x"}), &["name"])
-            .unwrap()
-            .expect("a shell");
+        let (_dir, _, shell) = sample_shell();
         assert!(shell.html_qp.is_some(), "the sample shell is encoded");
         let long = "a".repeat(150) + &"é=".repeat(50) + &"b".repeat(50);
         assert_eq!(long.chars().count(), 300);
@@ -719,12 +721,7 @@ mod tests {
 
     #[test]
     fn a_value_with_a_line_break_or_a_straddling_line_end_is_filled_unencoded() {
-        let dir = sample_dir();
-        let t = Templates::load(dir.path(), "http://x").unwrap();
-        let shell = t
-            .shell("hello", &json!({"name": "x"}), &["name"])
-            .unwrap()
-            .unwrap();
+        let (_dir, _, shell) = sample_shell();
         for value in ["a\r\nb", "a\nb", "a\r", "\nb"] {
             let copy = shell.fill_encoded(&[value]).unwrap();
             assert_eq!(copy, shell.fill(&[value]).unwrap(), "{value:?}");

@@ -61,6 +61,21 @@ async fn queued(pool: &PgPool) -> i64 {
         .0
 }
 
+/// A worker with 16 emails in flight and claims of 200, a relay with as many threads, and the
+/// readers of north-west.
+async fn app_with_readers() -> TestApp {
+    let smtp = SmtpServer::reserve().with_threads(32);
+    smtp.start();
+    let app = spawn_app_with(Options {
+        smtp: Some(smtp),
+        profile_toml: profile(16, 200, 5, 90),
+        ..Options::default()
+    })
+    .await;
+    add_readers(&app.pool, "north-west").await;
+    app
+}
+
 /// Message-IDs received per recipient.
 fn by_recipient(mails: &[Mail]) -> HashMap<String, HashSet<String>> {
     let mut map: HashMap<String, HashSet<String>> = HashMap::new();
@@ -75,15 +90,7 @@ fn by_recipient(mails: &[Mail]) -> HashMap<String, HashSet<String>> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_thousand_readers_get_one_copy_each_and_the_same_event_again_gives_none() {
-    let smtp = SmtpServer::reserve().with_threads(32);
-    smtp.start();
-    let app = spawn_app_with(Options {
-        smtp: Some(smtp),
-        profile_toml: profile(16, 200, 5, 90),
-        ..Options::default()
-    })
-    .await;
-    add_readers(&app.pool, "north-west").await;
+    let app = app_with_readers().await;
     // A region's list is only its own.
     sqlx::query("INSERT INTO subscriptions (region, email, status) VALUES ('london', 'other@school.example.org', 'confirmed')")
         .execute(&app.pool)
@@ -133,15 +140,7 @@ async fn two_thousand_readers_get_one_copy_each_and_the_same_event_again_gives_n
 /// taking away the record of the event.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_event_back_after_part_of_its_fan_out_queues_only_the_readers_it_did_not_reach() {
-    let smtp = SmtpServer::reserve().with_threads(32);
-    smtp.start();
-    let app = spawn_app_with(Options {
-        smtp: Some(smtp),
-        profile_toml: profile(16, 200, 5, 90),
-        ..Options::default()
-    })
-    .await;
-    add_readers(&app.pool, "north-west").await;
+    let app = app_with_readers().await;
     let event = newsletter("nw-resumed", "north-west", simple_sections());
     app.publish(&event).await;
     app.processed(event["id"].as_str().unwrap()).await;

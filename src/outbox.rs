@@ -70,32 +70,70 @@ pub use crate::mail::Attachment;
 /// Adds an email to the outbox inside the caller's transaction. The NOTIFY is delivered only
 /// if that transaction commits.
 pub async fn enqueue(conn: &mut PgConnection, email: &NewEmail) -> sqlx::Result<i64> {
-    let recipients: Vec<&str> = email.to.iter().map(EmailAddress::as_str).collect();
-    let job = &email.job;
-    let (id,): (i64,) = sqlx::query_as(
+    let ids = enqueue_many(conn, std::slice::from_ref(email)).await?;
+    ids.first()
+        .copied()
+        .ok_or_else(|| sqlx::Error::Protocol("the outbox insert returned no id".into()))
+}
+
+/// Adds emails to the outbox inside the caller's transaction, all in one statement (the
+/// scheduler hands hundreds of reminders over at once); their ids, in the order given. The
+/// NOTIFY is delivered only if that transaction commits.
+pub async fn enqueue_many(conn: &mut PgConnection, emails: &[NewEmail]) -> sqlx::Result<Vec<i64>> {
+    if emails.is_empty() {
+        return Ok(Vec::new());
+    }
+    // Each row goes as one JSON object; its Message-ID's uuid, made here, finds its id again.
+    let uuids: Vec<Uuid> = emails.iter().map(|_| Uuid::new_v4()).collect();
+    let rows = emails
+        .iter()
+        .zip(&uuids)
+        .map(|(email, uuid)| {
+            let job = &email.job;
+            Ok(serde_json::json!({
+                "kind": job.kind(),
+                "template": job.template(),
+                "stream": job.stream().as_str(),
+                "recipients": email.to.iter().map(EmailAddress::as_str).collect::<Vec<_>>(),
+                "reply_to": email.reply_to.as_ref().map(EmailAddress::as_str),
+                "job": job_json(job)?,
+                "headers": headers_json(&email.headers),
+                "attachments": serde_json::to_value(&email.attachments)
+                    .unwrap_or_else(|_| Value::Array(Vec::new())),
+                "message_uuid": uuid,
+                "source_event": email.source_event,
+                "priority": email.priority,
+            }))
+        })
+        .collect::<sqlx::Result<Vec<Value>>>()?;
+    let written: Vec<(i64, Uuid)> = sqlx::query_as(
         "INSERT INTO outbox (kind, template, stream, recipients, reply_to, job, headers,
                              attachments, message_uuid, source_event, priority)
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)
-         RETURNING id",
+         SELECT kind, template, stream, recipients, reply_to, job, headers, attachments,
+                message_uuid, source_event, priority
+         FROM jsonb_to_recordset($1) AS r(kind text, template text, stream text,
+              recipients text[], reply_to text, job jsonb, headers jsonb, attachments jsonb,
+              message_uuid uuid, source_event uuid, priority smallint)
+         RETURNING id, message_uuid",
     )
-    .bind(job.kind())
-    .bind(job.template())
-    .bind(job.stream().as_str())
-    .bind(&recipients)
-    .bind(email.reply_to.as_ref().map(EmailAddress::as_str))
-    .bind(job_json(job)?)
-    .bind(headers_json(&email.headers))
-    .bind(serde_json::to_value(&email.attachments).unwrap_or_else(|_| Value::Array(Vec::new())))
-    .bind(Uuid::new_v4())
-    .bind(email.source_event)
-    .bind(email.priority)
-    .fetch_one(&mut *conn)
+    .bind(Value::Array(rows))
+    .fetch_all(&mut *conn)
     .await?;
     sqlx::query("SELECT pg_notify($1, '')")
         .bind(NOTIFY_CHANNEL)
         .execute(&mut *conn)
         .await?;
-    Ok(id)
+    let by_uuid: std::collections::HashMap<Uuid, i64> =
+        written.into_iter().map(|(id, uuid)| (uuid, id)).collect();
+    uuids
+        .iter()
+        .map(|uuid| {
+            by_uuid
+                .get(uuid)
+                .copied()
+                .ok_or_else(|| sqlx::Error::Protocol("an outbox row was not written".into()))
+        })
+        .collect()
 }
 
 fn job_json(job: &Job) -> sqlx::Result<Value> {

@@ -157,6 +157,78 @@ async fn the_sender_ignores_and_counts_its_outcome_when_its_claim_was_taken_over
     app.stop().await;
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn emails_queued_together_each_get_their_own_row_and_id_in_the_order_given() {
+    let app = spawn_app_with(Options {
+        proxy_database: true,
+        ..Options::default()
+    })
+    .await;
+    // The worker must not send them meanwhile: only what was written is looked at.
+    app.database_proxy.clone().unwrap().cut_and_settle().await;
+    let email = |who: &str, to: &[&str], priority: i16| {
+        let job = rpec_notify::outbox::Job::from_value(json!({"kind": "enquiry_ack",
+            "enquiry_id": format!("enq-{who}"), "name": who, "topic_label": "Training",
+            "urgent": false, "region_name": "London", "newsletter": false,
+            "newsletter_confirmed": false, "newsletter_recent": false}))
+        .unwrap();
+        let to = to
+            .iter()
+            .map(|a| rpec_notify::domain::EmailAddress::parse(a).unwrap())
+            .collect();
+        let mut e = outbox::NewEmail::new(job, to);
+        e.priority = priority;
+        e
+    };
+    let emails = [
+        email("ann", &["ann@school.example.org"], 0),
+        email(
+            "bo",
+            &["bo@school.example.org", "bo2@school.example.org"],
+            5,
+        ),
+        email("cy", &["cy@school.example.org"], 9),
+    ];
+    let mut conn = app.pool.acquire().await.unwrap();
+    assert!(outbox::enqueue_many(&mut conn, &[])
+        .await
+        .unwrap()
+        .is_empty());
+    let ids = outbox::enqueue_many(&mut conn, &emails).await.unwrap();
+    assert_eq!(ids.len(), 3);
+    for (id, (who, to, priority)) in ids.iter().zip([
+        ("ann", vec!["ann@school.example.org"], 0i16),
+        (
+            "bo",
+            vec!["bo@school.example.org", "bo2@school.example.org"],
+            5,
+        ),
+        ("cy", vec!["cy@school.example.org"], 9),
+    ]) {
+        let (recipients, name, got_priority, status): (Vec<String>, String, i16, String) =
+            sqlx::query_as(
+                "SELECT recipients, job ->> 'name', priority, status FROM outbox WHERE id = $1",
+            )
+            .bind(id)
+            .fetch_one(&app.pool)
+            .await
+            .unwrap();
+        assert_eq!(
+            (recipients, name.as_str(), got_priority),
+            (to.into_iter().map(String::from).collect(), who, priority)
+        );
+        assert_eq!(status, "pending");
+    }
+    let uuids: HashSet<String> = app
+        .strings("SELECT message_uuid::text FROM outbox")
+        .await
+        .into_iter()
+        .collect();
+    assert_eq!(uuids.len(), 3, "each its own Message-ID");
+    drop(conn);
+    app.stop().await;
+}
+
 /// Message-IDs of everything the relay accepted, checking that none came twice.
 fn once_each(mails: &[Mail]) -> HashSet<String> {
     let ids: Vec<String> = mails

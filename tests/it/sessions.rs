@@ -627,6 +627,27 @@ async fn two_workers_send_each_reminder_exactly_once() {
     recipients.sort();
     recipients.dedup();
     assert_eq!(recipients.len(), 30);
+    // Each handed-over reminder names the outbox row written for it (the scheduler writes a
+    // whole batch in one statement): that row is its registration's, to its registrant.
+    let links: Vec<(String, String, String, String)> = sqlx::query_as(
+        "SELECT e.registration_id, o.job ->> 'registration_id', r.email, o.recipients[1]
+         FROM scheduled_emails e
+         JOIN outbox o ON o.id = e.outbox_id
+         JOIN registrations r ON r.registration_id = e.registration_id
+         WHERE e.kind = 'reminder' AND e.status = 'queued'",
+    )
+    .fetch_all(&app.pool)
+    .await
+    .unwrap();
+    assert_eq!(
+        links.len(),
+        30,
+        "every reminder handed over once, with its row"
+    );
+    for (planned_for, job_for, registrant, recipient) in &links {
+        assert_eq!(planned_for, job_for);
+        assert_eq!(registrant, recipient);
+    }
     app.stop().await;
 }
 

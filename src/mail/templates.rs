@@ -285,6 +285,114 @@ pub struct Templates {
     text: Handlebars<'static>,
     /// Values every template may use, under `site`.
     site: Value,
+    /// HTML parts CSS-inlined once per shape (`inline_by_shape`).
+    shapes: Shapes,
+}
+
+/// Inlined shapes by the shape they were made from, a bounded number at a time.
+#[derive(Default)]
+struct Shapes {
+    held: std::sync::Mutex<std::collections::HashMap<String, std::sync::Arc<Vec<Piece>>>>,
+}
+
+/// Shapes kept at most: more than there are kinds of email times the shapes each takes in
+/// a busy hour; when full, they are all dropped and made again as they come.
+const SHAPES_KEPT: usize = 256;
+
+impl Shapes {
+    fn get(&self, shape: &str) -> Option<std::sync::Arc<Vec<Piece>>> {
+        self.lock().get(shape).cloned()
+    }
+
+    fn put(&self, shape: String, inlined: Vec<Piece>) -> std::sync::Arc<Vec<Piece>> {
+        let inlined = std::sync::Arc::new(inlined);
+        let mut held = self.lock();
+        if held.len() >= SHAPES_KEPT {
+            held.clear();
+        }
+        held.insert(shape, inlined.clone());
+        inlined
+    }
+
+    fn lock(
+        &self,
+    ) -> std::sync::MutexGuard<'_, std::collections::HashMap<String, std::sync::Arc<Vec<Piece>>>>
+    {
+        self.held.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+/// `v` with every non-empty string (but those under `site` at the top, which are the same for
+/// every email) made a hole marker, its value pushed to `values`: the context of a shape. Empty
+/// strings stay, so that `{{#if}}` takes the same branch. A string of several lines is a hole
+/// for each line, the line ends kept (so that `{{lines}}` breaks it as it would the value).
+fn mark_strings<'a>(v: &'a Value, values: &mut Vec<&'a str>, top: bool) -> Value {
+    match v {
+        Value::String(s) if !s.is_empty() => {
+            let mut marked = String::new();
+            for (i, line) in s.split('\n').enumerate() {
+                if i > 0 {
+                    marked.push('\n');
+                }
+                let (line, cr) = match line.strip_suffix('\r') {
+                    Some(line) => (line, "\r"),
+                    None => (line, ""),
+                };
+                if !line.is_empty() {
+                    values.push(line);
+                    marked.push_str(&hole_marker(values.len() - 1));
+                }
+                marked.push_str(cr);
+            }
+            Value::String(marked)
+        }
+        Value::Array(a) => Value::Array(a.iter().map(|v| mark_strings(v, values, false)).collect()),
+        Value::Object(o) => Value::Object(
+            o.iter()
+                .map(|(k, v)| {
+                    let v = if top && k == "site" {
+                        v.clone()
+                    } else {
+                        mark_strings(v, values, false)
+                    };
+                    (k.clone(), v)
+                })
+                .collect(),
+        ),
+        other => other.clone(),
+    }
+}
+
+/// Attributes a value may be written into for its part to be inlined by shape: none that a
+/// style's selector could match on (class, id, style, data-…), so that the styles each element
+/// gets do not depend on the values.
+const SHAPE_SAFE_ATTRIBUTES: &[&str] = &["href", "src", "alt", "title"];
+
+/// Whether a hole of `shape` lies inside a tag other than in one of `SHAPE_SAFE_ATTRIBUTES`.
+fn holes_in_styled_attributes(shape: &str) -> bool {
+    shape.match_indices(HOLE_OPEN).any(|(at, _)| {
+        let before = &shape[..at];
+        let in_tag = match (before.rfind('<'), before.rfind('>')) {
+            (Some(lt), Some(gt)) => lt > gt,
+            (Some(_), None) => true,
+            _ => false,
+        };
+        if !in_tag {
+            return false;
+        }
+        let tag = &before[before.rfind('<').unwrap_or(0)..];
+        // The attribute the hole is in: the name before the last `=`.
+        let Some(eq) = tag.rfind('=') else {
+            return true;
+        };
+        let name = tag[..eq]
+            .trim_end()
+            .rsplit(|c: char| c.is_whitespace())
+            .next()
+            .unwrap_or("")
+            .to_ascii_lowercase();
+        !SHAPE_SAFE_ATTRIBUTES.contains(&name.as_str())
+    })
 }
 
 fn hbs_files(dir: &Path, out: &mut Vec<PathBuf>) -> std::io::Result<()> {
@@ -357,6 +465,7 @@ impl Templates {
                 // setting names the form itself, so the link is the site's home page.
                 "contact_form_url": public_url,
             }),
+            shapes: Shapes::default(),
         })
     }
 
@@ -369,6 +478,20 @@ impl Templates {
 
     /// Renders email `name` with `context` (an object); `site` is added to it.
     pub fn render(&self, name: &str, context: &Value) -> Result<Rendered, String> {
+        self.render_traced(name, context, true)
+            .map(|(rendered, _)| rendered)
+    }
+
+    /// Renders as `render` does; with `by_shape` false, always inlining the whole HTML part.
+    /// Also says whether the part came from an inlined shape (`inline_by_shape`). For tests,
+    /// which check that both ways give the same email.
+    #[doc(hidden)]
+    pub fn render_traced(
+        &self,
+        name: &str,
+        context: &Value,
+        by_shape: bool,
+    ) -> Result<(Rendered, bool), String> {
         let mut data = context.clone();
         match data.as_object_mut() {
             Some(map) => {
@@ -388,14 +511,58 @@ impl Templates {
         }
         let text = part(&self.text, "text")?;
         let html = part(&self.html, "html")?;
-        let html = css_inline::inline(&html)
-            .map_err(|e| format!("{name}/html: CSS inlining failed: {e}"))?;
-        Ok(Rendered {
+        let shaped = by_shape
+            .then(|| self.inline_by_shape(name, &data, &html))
+            .flatten();
+        let was_shaped = shaped.is_some();
+        let html = match shaped {
+            Some(inlined) => inlined,
+            None => css_inline::inline(&html)
+                .map_err(|e| format!("{name}/html: CSS inlining failed: {e}"))?,
+        };
+        let rendered = Rendered {
             subject,
             text: tidy_text(&text),
             html,
             html_qp: None,
-        })
+        };
+        Ok((rendered, was_shaped))
+    }
+
+    /// The HTML part `html` (email `name` rendered with `data`) with its CSS inlined, from an
+    /// inlining of the same shape made before: the part rendered with a hole for every string
+    /// value, which is the same for every reminder of a session, every acknowledgement, and so
+    /// on. None (inline it whole) if the template does more with a value than write it escaped
+    /// (so that the part is not its shape filled), or writes one into an attribute that styles
+    /// could select on.
+    fn inline_by_shape(&self, name: &str, data: &Value, html: &str) -> Option<String> {
+        if holds_marker(data) {
+            return None;
+        }
+        let mut values = Vec::new();
+        let marked = mark_strings(data, &mut values, true);
+        let shape = self.html.render(&format!("{name}/html"), &marked).ok()?;
+        let shape_pieces = pieces(&shape);
+        let filled = join(&shape_pieces, &values, &|v, out| {
+            out.push_str(&handlebars::html_escape(v))
+        });
+        if filled != html || holes_in_styled_attributes(&shape) {
+            return None;
+        }
+        let inlined = match self.shapes.get(&shape) {
+            Some(inlined) => inlined,
+            None => {
+                let inlined = pieces(&css_inline::inline(&shape).ok()?);
+                let holes =
+                    |ps: &[Piece]| ps.iter().filter(|p| matches!(p, Piece::Hole(_))).count();
+                // Every hole came through the inlining as it went in.
+                if holes(&inlined) != holes(&shape_pieces) {
+                    return None;
+                }
+                self.shapes.put(shape, inlined)
+            }
+        };
+        Some(join(&inlined, &values, &|v, out| escape_html(v, out)))
     }
 
     /// Renders email `name` once, with holes where each copy's own values go (`holes`: keys of
@@ -617,6 +784,85 @@ mod tests {
             "{}",
             r.html
         );
+    }
+
+    /// Templates whose values go into a class (which styles select on) and into a link.
+    fn attribute_templates() -> (tempfile::TempDir, Templates) {
+        let dir = sample_dir();
+        write(dir.path(), "layout/html.hbs", "<html><head><style>.warn { color: red } a { color: blue }</style></head><body>{{> @partial-block}}</body></html>");
+        for name in ["classy", "linky"] {
+            write(dir.path(), &format!("{name}/subject.hbs"), "S");
+            write(dir.path(), &format!("{name}/text.hbs"), "T");
+        }
+        write(
+            dir.path(),
+            "classy/html.hbs",
+            "{{#> layout/html}}<p class=\"{{kind}}\">Hi {{name}}</p>{{/layout/html}}",
+        );
+        write(
+            dir.path(),
+            "linky/html.hbs",
+            "{{#> layout/html}}<p>Hi {{name}}, <a href=\"{{url}}\">here</a></p>{{/layout/html}}",
+        );
+        let t = Templates::load(dir.path(), "http://x").unwrap();
+        (dir, t)
+    }
+
+    #[test]
+    fn a_value_in_an_attribute_styles_select_on_is_inlined_whole() {
+        let (_dir, t) = attribute_templates();
+        for _ in 0..2 {
+            let (r, shaped) = t
+                .render_traced("classy", &json!({"kind": "warn", "name": "Sam"}), true)
+                .unwrap();
+            assert!(!shaped);
+            assert!(
+                r.html
+                    .contains("<p class=\"warn\" style=\"color: red;\">Hi Sam</p>"),
+                "{}",
+                r.html
+            );
+            let (r, _) = t
+                .render_traced("classy", &json!({"kind": "calm", "name": "Sam"}), true)
+                .unwrap();
+            assert!(
+                r.html.contains("<p class=\"calm\">Hi Sam</p>"),
+                "{}",
+                r.html
+            );
+        }
+    }
+
+    #[test]
+    fn values_in_text_and_links_are_filled_into_one_inlined_shape() {
+        let (_dir, t) = attribute_templates();
+        let (first, shaped) = t
+            .render_traced(
+                "linky",
+                &json!({"name": "Sam", "url": "https://x.example/a?b=1&c=2"}),
+                true,
+            )
+            .unwrap();
+        assert!(shaped);
+        assert!(
+            first.html.contains("<p>Hi Sam, <a href=\"https://x.example/a?b=1&amp;c=2\" style=\"color: blue;\">here</a></p>"),
+            "{}",
+            first.html
+        );
+        let (second, shaped) = t
+            .render_traced(
+                "linky",
+                &json!({"name": "Kim <b>", "url": "https://y.example/\""}),
+                true,
+            )
+            .unwrap();
+        assert!(shaped);
+        assert!(
+            second.html.contains("<p>Hi Kim &lt;b&gt;, <a href=\"https://y.example/&quot;\" style=\"color: blue;\">here</a></p>"),
+            "{}",
+            second.html
+        );
+        assert_eq!(t.shapes.lock().len(), 1, "one shape for both");
     }
 
     #[test]

@@ -486,3 +486,69 @@ fn the_unsubscribe_pages_say_what_the_button_will_do_and_then_that_it_did() {
         }
     }
 }
+
+/// `v` with `tail` added to every non-empty string in it (but the site's own values).
+fn with_tail(v: &Value, tail: &str) -> Value {
+    match v {
+        Value::String(s) if !s.is_empty() => Value::String(format!("{s}{tail}")),
+        Value::Array(a) => Value::Array(a.iter().map(|v| with_tail(v, tail)).collect()),
+        Value::Object(o) => Value::Object(
+            o.iter()
+                .map(|(k, v)| (k.clone(), with_tail(v, tail)))
+                .collect(),
+        ),
+        other => other.clone(),
+    }
+}
+
+/// HTML as a parser reads it: parsed and written out again (by the CSS inliner, which has no
+/// style left to inline into an inlined part, and so only does that).
+fn as_parsed(html: &str) -> String {
+    css_inline::inline(html).expect("the HTML parses")
+}
+
+/// The CSS of an email is inlined once per shape (the part rendered with a hole for each value)
+/// and each email fills in its own values: that must be the email inlined whole, whatever the
+/// values hold, and it must be what most emails get.
+#[test]
+fn every_email_inlined_by_its_shape_is_the_email_inlined_whole() {
+    let templates = templates();
+    let mut shaped = Vec::new();
+    for (name, context) in rpec_notify::handle::samples() {
+        for tail in ["", " & <b>\"Ann\"</b> O'Neil", "\u{a0}é\r\nline two =3D"] {
+            let context = with_tail(&context, tail);
+            // Twice: the first makes the shape, the second is taken from it.
+            for _ in 0..2 {
+                let (by_shape, was_shaped) = templates.render_traced(name, &context, true).unwrap();
+                let (whole, _) = templates.render_traced(name, &context, false).unwrap();
+                assert_eq!(
+                    as_parsed(&by_shape.html),
+                    as_parsed(&whole.html),
+                    "{name} with {tail:?}"
+                );
+                assert_eq!(
+                    (&by_shape.subject, &by_shape.text),
+                    (&whole.subject, &whole.text)
+                );
+                if was_shaped {
+                    shaped.push((name, tail));
+                }
+            }
+        }
+    }
+    for name in [
+        "session_reminder",
+        "registration_confirmation",
+        "enquiry_ack",
+        "enquiry_coordinator",
+    ] {
+        assert!(
+            shaped.contains(&(name, "")),
+            "{name} was never inlined by shape: {:?}",
+            shaped
+                .iter()
+                .map(|s| s.0)
+                .collect::<std::collections::BTreeSet<_>>()
+        );
+    }
+}

@@ -7,14 +7,43 @@ use crate::calendar::{self, CalendarSession, Method};
 use crate::outbox::job::{Briefing, Moved, Registrant, Reminder};
 use crate::send::prepare::Prepared;
 use crate::send::Mailer;
-use crate::state::session::{load_session, offset_phrase, SessionView};
+use crate::state::session::{
+    load_session, offset_phrase, SessionRow, SessionView, SESSION_COLUMNS,
+};
 use serde_json::{json, Value};
 
+/// A session as stored, with one registration as stored (all None if there is no such
+/// registration), read in one statement.
 #[derive(sqlx::FromRow)]
-struct RegistrantRow {
-    name: Option<String>,
-    email: Option<String>,
-    status: String,
+struct SessionAndRegistrant {
+    #[sqlx(flatten)]
+    session: SessionRow,
+    registrant_name: Option<String>,
+    registrant_email: Option<String>,
+    registrant_status: Option<String>,
+}
+
+/// Session `session_id` and registration `registration_id`, as they are now.
+async fn load_with_registrant(
+    pool: &sqlx::PgPool,
+    session_id: &str,
+    registration_id: &str,
+) -> sqlx::Result<Option<SessionAndRegistrant>> {
+    let columns = SESSION_COLUMNS
+        .split(", ")
+        .map(|c| format!("s.{}", c.trim()))
+        .collect::<Vec<_>>()
+        .join(", ");
+    sqlx::query_as(&format!(
+        "SELECT {columns}, r.name AS registrant_name, r.email AS registrant_email,
+                r.status AS registrant_status
+         FROM sessions s LEFT JOIN registrations r ON r.registration_id = $2
+         WHERE s.session_id = $1"
+    ))
+    .bind(session_id)
+    .bind(registration_id)
+    .fetch_optional(pool)
+    .await
 }
 
 /// An email to one registrant about their session, by kind.
@@ -92,23 +121,19 @@ pub async fn briefing(mailer: &Mailer, briefing: &Briefing) -> anyhow::Result<Pr
 /// and a reminder also if the session has started or moved since it was planned.
 pub async fn registrant(mailer: &Mailer, email: Email<'_>) -> anyhow::Result<Prepared> {
     let (registration_id, session_id) = email.ids();
-    let mut conn = mailer.pool.acquire().await?;
-    let Some(session) = load_session(&mut conn, session_id, false).await? else {
+    let Some(SessionAndRegistrant {
+        session,
+        registrant_name,
+        registrant_email,
+        registrant_status,
+    }) = load_with_registrant(&mailer.pool, session_id, registration_id).await?
+    else {
         return skip("the session is gone");
     };
     let now = mailer.clock.now();
     let view = SessionView::new(&mailer.regions, &session);
-
-    let registrant: Option<RegistrantRow> =
-        sqlx::query_as("SELECT name, email, status FROM registrations WHERE registration_id = $1")
-            .bind(registration_id)
-            .fetch_optional(&mut *conn)
-            .await?;
-    let Some(RegistrantRow {
-        name: Some(name),
-        email: Some(address),
-        status,
-    }) = registrant
+    let (Some(name), Some(address), Some(status)) =
+        (registrant_name, registrant_email, registrant_status)
     else {
         return skip("the registration is gone");
     };

@@ -6,7 +6,7 @@ use super::{Failure, Handlers};
 use crate::config::{Regions, Routing};
 use crate::domain::{ContactSubmitted, EmailAddress, Envelope, RegionId, Setting, Topic};
 use crate::outbox::job::{Acknowledgement, Enquiry};
-use crate::outbox::{enqueue, Job, NewEmail};
+use crate::outbox::{enqueue_many, Job, NewEmail};
 use crate::state::enquiry::{new_copy, routing_note, urgent_headers, URGENT_PRIORITY};
 use crate::uk_time;
 use chrono::{DateTime, Utc};
@@ -148,6 +148,8 @@ pub(super) async fn handle(
     let mailboxes = regions.mailboxes(routing).to_vec();
 
     // Each mailbox gets its own copy, with its own claim link: a claim records who took it.
+    // The copies and the acknowledgement are queued in one statement.
+    let mut emails = Vec::with_capacity(mailboxes.len() + 1);
     for mailbox in &mailboxes {
         let copy_id = new_copy(tx, &c.enquiry_id, mailbox.as_str(), "enquiry", now).await?;
         let copy = Enquiry {
@@ -161,7 +163,7 @@ pub(super) async fn handle(
             to_coordinator.priority = URGENT_PRIORITY;
             to_coordinator.headers = urgent_headers();
         }
-        enqueue(tx, &to_coordinator).await?;
+        emails.push(to_coordinator);
     }
 
     let mut ack = NewEmail::new(Job::EnquiryAck(ack_copy), vec![c.email.clone()]);
@@ -171,7 +173,8 @@ pub(super) async fn handle(
     if c.topic.is_urgent() {
         ack.priority = URGENT_PRIORITY;
     }
-    enqueue(tx, &ack).await?;
+    emails.push(ack);
+    enqueue_many(tx, &emails).await?;
 
     tracing::info!(
         event_id = %envelope.id,

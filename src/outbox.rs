@@ -106,23 +106,24 @@ pub async fn enqueue_many(conn: &mut PgConnection, emails: &[NewEmail]) -> sqlx:
             }))
         })
         .collect::<sqlx::Result<Vec<Value>>>()?;
+    // The NOTIFY goes with the insert, in the same statement (one round trip, not two).
     let written: Vec<(i64, Uuid)> = sqlx::query_as(
-        "INSERT INTO outbox (kind, template, stream, recipients, reply_to, job, headers,
-                             attachments, message_uuid, source_event, priority)
-         SELECT kind, template, stream, recipients, reply_to, job, headers, attachments,
-                message_uuid, source_event, priority
-         FROM jsonb_to_recordset($1) AS r(kind text, template text, stream text,
-              recipients text[], reply_to text, job jsonb, headers jsonb, attachments jsonb,
-              message_uuid uuid, source_event uuid, priority smallint)
-         RETURNING id, message_uuid",
+        "WITH written AS (
+             INSERT INTO outbox (kind, template, stream, recipients, reply_to, job, headers,
+                                 attachments, message_uuid, source_event, priority)
+             SELECT kind, template, stream, recipients, reply_to, job, headers, attachments,
+                    message_uuid, source_event, priority
+             FROM jsonb_to_recordset($1) AS r(kind text, template text, stream text,
+                  recipients text[], reply_to text, job jsonb, headers jsonb, attachments jsonb,
+                  message_uuid uuid, source_event uuid, priority smallint)
+             RETURNING id, message_uuid
+         )
+         SELECT w.id, w.message_uuid FROM written w CROSS JOIN (SELECT pg_notify($2, '')) AS n",
     )
     .bind(Value::Array(rows))
+    .bind(NOTIFY_CHANNEL)
     .fetch_all(&mut *conn)
     .await?;
-    sqlx::query("SELECT pg_notify($1, '')")
-        .bind(NOTIFY_CHANNEL)
-        .execute(&mut *conn)
-        .await?;
     let by_uuid: std::collections::HashMap<Uuid, i64> =
         written.into_iter().map(|(id, uuid)| (uuid, id)).collect();
     uuids

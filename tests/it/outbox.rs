@@ -189,6 +189,11 @@ async fn emails_queued_together_each_get_their_own_row_and_id_in_the_order_given
         ),
         email("cy", &["cy@school.example.org"], 9),
     ];
+    // The senders are woken by the statement that queues them.
+    let mut listener = sqlx::postgres::PgListener::connect_with(&app.pool)
+        .await
+        .unwrap();
+    listener.listen(outbox::NOTIFY_CHANNEL).await.unwrap();
     let mut conn = app.pool.acquire().await.unwrap();
     assert!(outbox::enqueue_many(&mut conn, &[])
         .await
@@ -196,6 +201,8 @@ async fn emails_queued_together_each_get_their_own_row_and_id_in_the_order_given
         .is_empty());
     let ids = outbox::enqueue_many(&mut conn, &emails).await.unwrap();
     assert_eq!(ids.len(), 3);
+    let woken = tokio::time::timeout(Duration::from_secs(5), listener.recv()).await;
+    assert!(matches!(woken, Ok(Ok(_))), "no NOTIFY: {woken:?}");
     for (id, (who, to, priority)) in ids.iter().zip([
         ("ann", vec!["ann@school.example.org"], 0i16),
         (

@@ -295,9 +295,10 @@ struct Shapes {
     held: std::sync::Mutex<std::collections::HashMap<String, std::sync::Arc<Vec<Piece>>>>,
 }
 
-/// Shapes kept at most: more than there are kinds of email times the shapes each takes in
-/// a busy hour; when full, they are all dropped and made again as they come.
-const SHAPES_KEPT: usize = 256;
+/// Shapes kept at most (each two copies of an HTML part, about 20 KB): more than the kinds
+/// of email times the shapes each takes at once (a briefing's shape changes with its number of
+/// registrants); when full, they are all dropped and made again as they come.
+const SHAPES_KEPT: usize = 64;
 
 impl Shapes {
     fn get(&self, shape: &str) -> Option<std::sync::Arc<Vec<Piece>>> {

@@ -203,6 +203,27 @@ fn email_for(scheduler: &Scheduler, d: &Due) -> anyhow::Result<NewEmail> {
     }
 }
 
+/// When the earliest scheduled email not yet handed over falls due (None: none is waiting).
+async fn next_due_at(pool: &PgPool) -> sqlx::Result<Option<DateTime<Utc>>> {
+    sqlx::query_scalar("SELECT min(due_at) FROM scheduled_emails WHERE status = 'pending'")
+        .fetch_one(pool)
+        .await
+}
+
+/// The shortest wait between two rounds, however soon something falls due: a row already due
+/// that this worker could not take (another worker holds it) is not polled for in a loop.
+const MIN_WAIT: Duration = Duration::from_millis(50);
+
+/// How long to wait before the next round, at `now`: until `next_due`, but at least `MIN_WAIT`
+/// and at most `poll` (which also bounds a clock set by hand, as in tests).
+fn next_wait(poll: Duration, now: DateTime<Utc>, next_due: Option<DateTime<Utc>>) -> Duration {
+    let Some(at) = next_due else {
+        return poll;
+    };
+    let until = (at - now).to_std().unwrap_or(Duration::ZERO);
+    until.clamp(MIN_WAIT.min(poll), poll)
+}
+
 /// Runs rounds until `stop`.
 pub async fn run(scheduler: Scheduler, stop: CancellationToken) {
     loop {
@@ -227,10 +248,55 @@ pub async fn run(scheduler: Scheduler, stop: CancellationToken) {
             tracing::warn!(error = %format!("{e:#}"), "digest round failed");
         }
         scheduler.metrics.scheduler_rounds.inc();
+        // The next round comes when the next reminder or briefing falls due, if that is sooner
+        // than the poll interval: a reminder goes on time, not up to an interval late.
+        let next_due = match next_due_at(&scheduler.pool).await {
+            Ok(at) => at,
+            Err(e) => {
+                tracing::warn!(error = %e, "could not read when the next scheduled email is due");
+                None
+            }
+        };
+        let wait = next_wait(scheduler.poll_interval, scheduler.clock.now(), next_due);
         tokio::select! {
             _ = stop.cancelled() => break,
-            _ = tokio::time::sleep(scheduler.poll_interval) => {}
+            _ = tokio::time::sleep(wait) => {}
         }
     }
     tracing::info!("scheduler stopped");
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn at(s: &str) -> DateTime<Utc> {
+        s.parse().unwrap()
+    }
+
+    #[test]
+    fn the_next_round_comes_when_the_next_email_falls_due_within_the_poll_interval() {
+        let poll = Duration::from_secs(1);
+        let now = at("2024-10-10T13:00:00Z");
+        // Nothing waiting, or due later than one interval: the interval.
+        assert_eq!(next_wait(poll, now, None), poll);
+        assert_eq!(next_wait(poll, now, Some(at("2024-10-10T13:00:05Z"))), poll);
+        // Due within it: then.
+        assert_eq!(
+            next_wait(poll, now, Some(at("2024-10-10T13:00:00.300Z"))),
+            Duration::from_millis(300)
+        );
+        // Already due (held by another worker) or due at once: a short wait, not a busy loop.
+        assert_eq!(
+            next_wait(poll, now, Some(at("2024-10-10T12:59:00Z"))),
+            MIN_WAIT
+        );
+        assert_eq!(
+            next_wait(poll, now, Some(at("2024-10-10T13:00:00.010Z"))),
+            MIN_WAIT
+        );
+        // A poll interval shorter than the least wait is kept.
+        let fast = Duration::from_millis(10);
+        assert_eq!(next_wait(fast, now, Some(at("2024-10-10T12:59:00Z"))), fast);
+    }
 }

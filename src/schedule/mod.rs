@@ -97,7 +97,6 @@ async fn hand_over_batch(scheduler: &Scheduler) -> anyhow::Result<Round> {
     .bind(BATCH)
     .fetch_all(&mut *tx)
     .await?;
-    let mut round = Round::default();
     // Decided here, written in three statements however many rows are due: the emails, then
     // every row's fate.
     let mut emails = Vec::new();
@@ -151,10 +150,11 @@ async fn hand_over_batch(scheduler: &Scheduler) -> anyhow::Result<Round> {
         .execute(&mut *tx)
         .await?;
     }
-    round.queued = queued_ids.len();
-    round.dropped = dropped_ids.len();
     tx.commit().await?;
-    Ok(round)
+    Ok(Round {
+        queued: queued_ids.len(),
+        dropped: dropped_ids.len(),
+    })
 }
 
 /// How far before the session an offset lies (days counted as 24 hours: this is for judging

@@ -29,21 +29,25 @@ async fn load_with_registrant(
     session_id: &str,
     registration_id: &str,
 ) -> sqlx::Result<Option<SessionAndRegistrant>> {
-    let columns = SESSION_COLUMNS
-        .split(", ")
-        .map(|c| format!("s.{}", c.trim()))
-        .collect::<Vec<_>>()
-        .join(", ");
-    sqlx::query_as(&format!(
-        "SELECT {columns}, r.name AS registrant_name, r.email AS registrant_email,
-                r.status AS registrant_status
-         FROM sessions s LEFT JOIN registrations r ON r.registration_id = $2
-         WHERE s.session_id = $1"
-    ))
-    .bind(session_id)
-    .bind(registration_id)
-    .fetch_optional(pool)
-    .await
+    // Made once: this runs for every registrant's email.
+    static SQL: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
+        let columns = SESSION_COLUMNS
+            .split(", ")
+            .map(|c| format!("s.{}", c.trim()))
+            .collect::<Vec<_>>()
+            .join(", ");
+        format!(
+            "SELECT {columns}, r.name AS registrant_name, r.email AS registrant_email,
+                    r.status AS registrant_status
+             FROM sessions s LEFT JOIN registrations r ON r.registration_id = $2
+             WHERE s.session_id = $1"
+        )
+    });
+    sqlx::query_as(SQL.as_str())
+        .bind(session_id)
+        .bind(registration_id)
+        .fetch_optional(pool)
+        .await
 }
 
 /// An email to one registrant about their session, by kind.

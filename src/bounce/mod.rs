@@ -347,10 +347,14 @@ async fn record(
                 // Bulk mail's bounce is resolved by the suppression: nothing is left for an
                 // operator, and retention takes the row in its time. Transactional mail's waits
                 // for one (an enquiry's, besides, goes to the triage mailbox below).
+                // A bounce can overtake the sender's record of the send (the relay took the
+                // email, the row is still `sending`), or follow a try the sender counted as
+                // passing (a time-out after the relay took it: `pending`): the row fails all
+                // the same, and the claim's own record, fenced on `sending`, changes nothing.
                 sqlx::query(
-                    "UPDATE outbox SET status = 'failed', last_error = $2,
+                    "UPDATE outbox SET status = 'failed', last_error = $2, claimed_until = NULL,
                             resolved_at = CASE WHEN stream = 'bulk' THEN now() END
-                     WHERE id = $1 AND status = 'sent'",
+                     WHERE id = $1 AND status IN ('sent', 'sending', 'pending')",
                 )
                 .bind(email.id)
                 .bind(&why)

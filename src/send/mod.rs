@@ -730,7 +730,7 @@ fn report(mailer: &Mailer, d: &Done, recorded: bool) {
 fn stale(mailer: &Mailer, row: &Claimed) {
     tracing::warn!(
         outbox_id = row.id,
-        "outcome not recorded: the lease ran out and the email was claimed again"
+        "outcome not recorded: the row was claimed again (the lease ran out) or finished meanwhile (a bounce failed it)"
     );
     mailer.metrics.stale_outcomes.inc();
 }

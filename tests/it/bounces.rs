@@ -646,6 +646,75 @@ async fn sent_email(app: &TestApp, kind: &str, to: &str) -> i64 {
     .unwrap()
 }
 
+/// A bounce that overtakes the sender's record of the send (the relay took the email and its
+/// DSN came back before the outcome was committed) fails the row all the same, and the
+/// claim's own record then changes nothing; so does one for a try the sender counted as
+/// passing (`pending`).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hard_bounce_before_the_send_is_recorded_fails_the_row_and_the_late_record_changes_nothing(
+) {
+    let app = with_bounces().await;
+    let listener = app.bounce_addr.unwrap();
+    let paths = return_paths();
+    let mut rows = Vec::new();
+    for (status, to) in [
+        ("sending", "gone.early@school.example.org"),
+        ("pending", "gone.later@school.example.org"),
+    ] {
+        let token = uuid::Uuid::new_v4();
+        // Held by a claim of its own (a lease well in the future), or waiting out a back-off:
+        // the worker under test claims neither.
+        let id: i64 = sqlx::query_scalar(
+            "INSERT INTO outbox (kind, template, stream, recipients, job, message_uuid, status,
+                                 attempts, claim_token, claimed_until, next_attempt_at)
+             VALUES ('newsletter', 'newsletter', 'bulk', ARRAY[$1],
+                     jsonb_build_object('kind', 'newsletter'), gen_random_uuid(), $2, 1, $3,
+                     CASE WHEN $2 = 'sending' THEN now() + interval '10 minutes' END,
+                     now() + interval '10 minutes')
+             RETURNING id",
+        )
+        .bind(to)
+        .bind(status)
+        .bind(token)
+        .fetch_one(&app.pool)
+        .await
+        .unwrap();
+        let rp = paths.address(id, 0);
+        let dsn = postfix_dsn(&rp, to, "5.1.1", "550 5.1.1 User unknown");
+        send_bounce(listener, &rp, &dsn).await.unwrap();
+        rows.push((id, token, to));
+    }
+    for &(id, token, to) in &rows {
+        let (status, error, resolved): (String, String, bool) = sqlx::query_as(
+            "SELECT status, last_error, resolved_at IS NOT NULL FROM outbox WHERE id = $1",
+        )
+        .bind(id)
+        .fetch_one(&app.pool)
+        .await
+        .unwrap();
+        assert_eq!(status, "failed", "row {id} ({to})");
+        assert!(error.starts_with(rpec_notify::bounce::BOUNCED), "{error}");
+        // Bulk mail: the suppression resolves it.
+        assert!(resolved);
+        // The claim's record comes after the bounce, and is stale.
+        assert!(!rpec_notify::outbox::mark_sent(&app.pool, id, token)
+            .await
+            .unwrap());
+        let (status,): (String,) = sqlx::query_as("SELECT status FROM outbox WHERE id = $1")
+            .bind(id)
+            .fetch_one(&app.pool)
+            .await
+            .unwrap();
+        assert_eq!(status, "failed");
+    }
+    let mut expected: Vec<&str> = rows.iter().map(|r| r.2).collect();
+    expected.sort();
+    let mut got = suppressed(&app).await;
+    got.sort();
+    assert_eq!(got, expected);
+    app.stop().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn soft_bounces_suppress_only_at_the_limit_within_the_window() {
     // The defaults: 3 within 30 days.

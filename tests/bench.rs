@@ -43,6 +43,8 @@ mod helpers;
 #[allow(dead_code)]
 mod proxy;
 
+#[path = "bench/cpu.rs"]
+mod cpu;
 #[path = "bench/deploy.rs"]
 mod deploy;
 #[path = "bench/publish.rs"]
@@ -329,9 +331,23 @@ async fn ceiling(ctx: Arc<Ctx>) -> anyhow::Result<Vec<Row>> {
         "ceiling: smtp-source -d -s 10 -l 5000 -m {n} into the sink"
     ));
     let deadline = Instant::now() + Duration::from_secs_f64(30.0 + n as f64 / 500.0);
+    let meter = cpu::Meter::start(cpu::Parts {
+        sink: ctx.sink.pid(),
+        ..cpu::Parts::default()
+    })
+    .await;
     let (rate, secs) = ctx.sink.ceiling(&ctx.postfix, n, deadline).await?;
+    let spent = meter.finish().await;
     ctx.figures.lock().unwrap().ceiling = Some(rate);
     let mut row = Row::new("ceiling", "ceiling");
+    spent.describe(
+        &mut row,
+        n,
+        &[
+            ("sink", "smtp-sink", spent.sink),
+            ("rest", "smtp-source and the rest", spent.rest),
+        ],
+    );
     row.result = format!(
         "{} msg/s: smtp-source, {} messages of 5,000 bytes, 10 sessions, {secs:.1} s",
         figure(rate),
@@ -411,6 +427,8 @@ struct FanOut {
     outbox: Vec<(String, i64)>,
     /// Times the publisher found the broker gone.
     broker_outages: usize,
+    /// CPU spent from publishing to the end, by part.
+    cpu: cpu::Spent,
 }
 
 impl FanOut {
@@ -456,6 +474,7 @@ async fn measure_fan_out(
         thousands(readers as f64),
         deadline_in.as_secs_f64()
     ));
+    let meter = cpu::Meter::start(d.cpu_parts(sink)).await;
     let started = Instant::now();
     let deadline = started + deadline_in;
     publisher
@@ -514,6 +533,7 @@ async fn measure_fan_out(
         }
         tokio::time::sleep(Duration::from_millis(20)).await;
     };
+    let cpu = meter.finish().await;
     let now = d.peaks_kib();
     if !now.is_empty() {
         peak_kib = now;
@@ -569,6 +589,7 @@ async fn measure_fan_out(
         peak_kib,
         outbox: outbox_by_status(&d.pool).await,
         broker_outages,
+        cpu,
     })
 }
 
@@ -584,6 +605,17 @@ fn outage_note(outages: usize) -> Option<String> {
 
 /// Notes every fan-out row carries: what the outbox came to, and how the workers stopped.
 fn fan_out_notes(row: &mut Row, f: &FanOut, stop_notes: Vec<String>) {
+    let c = &f.cpu;
+    c.describe(
+        row,
+        f.accepted,
+        &[
+            ("worker", "worker", c.worker),
+            ("postgres", "PostgreSQL", c.postgres),
+            ("sink", "smtp-sink", c.sink),
+            ("rest", "the rest", c.rest),
+        ],
+    );
     let failed: i64 = f
         .outbox
         .iter()
@@ -652,6 +684,19 @@ async fn fan_out(ctx: Arc<Ctx>) -> anyhow::Result<Vec<Row>> {
     }
     if let Some(r) = ratio {
         row.goal("ratio ≥ 0.7", r >= 0.7);
+    }
+    // smtp-sink is one single-threaded process: one CPU at most, however the rest is made.
+    let sink_us = f.cpu.sink * 1e6 / f.accepted.max(1) as f64;
+    if let (Some(c), true) = (ceiling, sink_us > 0.0) {
+        let most = 1e6 / sink_us;
+        row.value("sink_bound_ratio", most / c);
+        row.note(format!(
+            "smtp-sink (one process) spent {sink_us:.0} µs per copy: on one whole CPU it could take \
+             at most {} of these copies a second, {:.2} of the ceiling, were the worker and \
+             PostgreSQL free",
+            figure(most),
+            most / c
+        ));
     }
     fan_out_notes(&mut row, &f, stop_notes);
 

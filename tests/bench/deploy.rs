@@ -219,6 +219,17 @@ impl Deployment {
         self.workers.get(i).and_then(|w| w.child.id())
     }
 
+    /// Whose CPU time a row counts: these workers, this database's PostgreSQL, `sink`.
+    pub fn cpu_parts(&self, sink: &crate::sink::Sink) -> crate::cpu::Parts {
+        crate::cpu::Parts {
+            worker: (0..self.workers.len())
+                .filter_map(|i| self.pid(i))
+                .collect(),
+            sink: sink.pid(),
+            postgres: Some(self.pool.clone()),
+        }
+    }
+
     /// Peak resident memory (VmHWM) of each worker so far, in KiB.
     pub fn peaks_kib(&self) -> Vec<u64> {
         (0..self.workers.len())

@@ -280,6 +280,11 @@ fn parse_mesg(line: &[u8]) -> Option<u64> {
 }
 
 impl Sink {
+    /// Its process id (None once it has exited).
+    pub fn pid(&self) -> Option<u32> {
+        self.child.lock().ok().and_then(|c| c.id())
+    }
+
     /// Kills the sink (also done when it is dropped).
     pub fn kill(&self) {
         if let Ok(mut c) = self.child.lock() {

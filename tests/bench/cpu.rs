@@ -145,21 +145,20 @@ impl Meter {
         postgres.dedup();
         let end = snapshot(self.parts.fixed().chain(postgres.iter().copied()));
         let hz = ticks_per_sec();
-        let spent = |pids: &mut dyn Iterator<Item = u32>| -> f64 {
-            pids.map(|p| {
-                let before = self.start.ticks.get(&p).copied().unwrap_or(0);
-                end.ticks
-                    .get(&p)
-                    .copied()
-                    .unwrap_or(before)
-                    .saturating_sub(before)
-            })
-            .sum::<u64>() as f64
-                / hz
+        let spent = |pids: &[u32]| -> f64 {
+            let ticks: u64 = pids
+                .iter()
+                .map(|p| {
+                    let before = self.start.ticks.get(p).copied().unwrap_or(0);
+                    let after = end.ticks.get(p).copied().unwrap_or(before);
+                    after.saturating_sub(before)
+                })
+                .sum();
+            ticks as f64 / hz
         };
-        let worker = spent(&mut self.parts.worker.iter().copied());
-        let sink = spent(&mut self.parts.sink.into_iter());
-        let postgres = spent(&mut postgres.into_iter());
+        let worker = spent(&self.parts.worker);
+        let sink = spent(self.parts.sink.as_slice());
+        let postgres = spent(&postgres);
         let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
         let busy_ticks = end.busy.saturating_sub(self.start.busy) as f64;
         let total_ticks = end.total.saturating_sub(self.start.total) as f64;

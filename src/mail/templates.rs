@@ -547,12 +547,16 @@ impl Templates {
         let filled = join(&shape_pieces, &values, &|v, out| {
             out.push_str(&handlebars::html_escape(v))
         });
-        if filled != html || holes_in_styled_attributes(&shape) {
+        if filled != html {
             return None;
         }
         let inlined = match self.shapes.get(&shape) {
+            // Kept only once it passed the checks below.
             Some(inlined) => inlined,
             None => {
+                if holes_in_styled_attributes(&shape) {
+                    return None;
+                }
                 let inlined = pieces(&css_inline::inline(&shape).ok()?);
                 let holes =
                     |ps: &[Piece]| ps.iter().filter(|p| matches!(p, Piece::Hole(_))).count();

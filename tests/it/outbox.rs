@@ -180,15 +180,20 @@ async fn emails_queued_together_each_get_their_own_row_and_id_in_the_order_given
         e.priority = priority;
         e
     };
-    let emails = [
-        email("ann", &["ann@school.example.org"], 0),
-        email(
+    // (who, to, priority) of each, in the order given.
+    let wanted: [(&str, &[&str], i16); 3] = [
+        ("ann", &["ann@school.example.org"], 0),
+        (
             "bo",
             &["bo@school.example.org", "bo2@school.example.org"],
             5,
         ),
-        email("cy", &["cy@school.example.org"], 9),
+        ("cy", &["cy@school.example.org"], 9),
     ];
+    let emails: Vec<_> = wanted
+        .iter()
+        .map(|&(who, to, priority)| email(who, to, priority))
+        .collect();
     // The senders are woken by the statement that queues them.
     let mut listener = sqlx::postgres::PgListener::connect_with(&app.pool)
         .await
@@ -203,15 +208,7 @@ async fn emails_queued_together_each_get_their_own_row_and_id_in_the_order_given
     assert_eq!(ids.len(), 3);
     let woken = tokio::time::timeout(Duration::from_secs(5), listener.recv()).await;
     assert!(matches!(woken, Ok(Ok(_))), "no NOTIFY: {woken:?}");
-    for (id, (who, to, priority)) in ids.iter().zip([
-        ("ann", vec!["ann@school.example.org"], 0i16),
-        (
-            "bo",
-            vec!["bo@school.example.org", "bo2@school.example.org"],
-            5,
-        ),
-        ("cy", vec!["cy@school.example.org"], 9),
-    ]) {
+    for (id, &(who, to, priority)) in ids.iter().zip(&wanted) {
         let (recipients, name, got_priority, status): (Vec<String>, String, i16, String) =
             sqlx::query_as(
                 "SELECT recipients, job ->> 'name', priority, status FROM outbox WHERE id = $1",
@@ -222,7 +219,11 @@ async fn emails_queued_together_each_get_their_own_row_and_id_in_the_order_given
             .unwrap();
         assert_eq!(
             (recipients, name.as_str(), got_priority),
-            (to.into_iter().map(String::from).collect(), who, priority)
+            (
+                to.iter().copied().map(String::from).collect(),
+                who,
+                priority
+            )
         );
         assert_eq!(status, "pending");
     }
